@@ -1,0 +1,3 @@
+from sd_cli.cli import main
+
+main()
