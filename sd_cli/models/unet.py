@@ -1,0 +1,276 @@
+"""The denoising UNet of Stable Diffusion 1.x/2.x.
+
+Module names equal the original checkpoint's keys below `model.diffusion_model.`
+(`time_embed.0`, `input_blocks.1.0.in_layers.0`, `output_blocks.2.1.conv`, `out.2`, ...), so
+an original state dict loads with `load_state_dict(sd, strict=True, assign=True)`.
+
+Nothing is zero-initialised and nothing is computed from parameter values in `__init__`:
+weights always come from a checkpoint, and the model must be constructible under
+`torch.device("meta")`.
+"""
+
+import math
+
+import torch
+from torch import nn
+
+from sd_cli.models.attention import GroupNorm32, SpatialTransformer
+
+# UNet GroupNorms (`normalization()` in the original) use torch's default eps.
+RESBLOCK_NORM_EPS = 1e-5
+
+# Further original UNetModel params that change nothing here (see also the ignored
+# arguments of UNetModel.__init__).
+IGNORED_PARAMS = {
+    "use_bf16",  # like use_fp16: the caller picks the dtype
+    "num_heads_upsample",  # only used by the non-transformer AttentionBlock
+    "use_new_attention_order",  # only used by the non-transformer AttentionBlock
+}
+
+# Original UNetModel params that sd_cli accepts only at their default (no-op) value.
+UNSUPPORTED_UNLESS_DEFAULT = {
+    "num_classes": None,  # class/noise-level conditioning (x4 upscaler)
+    "adm_in_channels": None,
+    "disable_self_attentions": None,  # x4 upscaler
+    "disable_middle_self_attn": False,
+    "num_attention_blocks": None,
+    "n_embed": None,  # codebook-id prediction head
+    "use_scale_shift_norm": False,
+    "resblock_updown": False,
+    "conv_resample": True,
+    "dims": 2,
+}
+
+
+def check_extra_params(extra: dict) -> None:
+    """Raise ValueError for original params that sd_cli does not implement."""
+    for name, value in extra.items():
+        if name in IGNORED_PARAMS:
+            continue
+        if name not in UNSUPPORTED_UNLESS_DEFAULT:
+            raise ValueError(f"UNetModel: unknown unet_config param {name!r}")
+        default = UNSUPPORTED_UNLESS_DEFAULT[name]
+        if value != default:
+            raise ValueError(
+                f"UNetModel: {name}={value!r} is not supported (only {default!r}); "
+                "class-conditional UNets such as the x4 upscaler are out of scope"
+            )
+
+
+def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal embedding of (possibly fractional) timesteps: [cos | sin], float32.
+
+    timesteps: [B], long or float (DPM-Solver passes values like 999.0). Returns [B, dim].
+    """
+    half = dim // 2
+    k = torch.arange(half, dtype=torch.float32, device=timesteps.device)
+    freqs = torch.exp(-math.log(max_period) * k / half)
+    args = timesteps.float()[:, None] * freqs[None, :]
+    embedding = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    if dim % 2:
+        embedding = nn.functional.pad(embedding, (0, 1))
+    return embedding
+
+
+def conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=stride, padding=1)
+
+
+class ResBlock(nn.Module):
+    """Two norm-SiLU-conv stages with the timestep embedding added in between."""
+
+    def __init__(self, channels: int, emb_channels: int, out_channels: int):
+        super().__init__()
+        self.in_layers = nn.Sequential(
+            GroupNorm32(channels, RESBLOCK_NORM_EPS), nn.SiLU(), conv3x3(channels, out_channels)
+        )
+        self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, out_channels))
+        # Slot 2 held dropout in the original; Identity keeps the conv at key `out_layers.3`.
+        self.out_layers = nn.Sequential(
+            GroupNorm32(out_channels, RESBLOCK_NORM_EPS), nn.SiLU(), nn.Identity(),
+            conv3x3(out_channels, out_channels),
+        )
+        if channels == out_channels:
+            self.skip_connection = nn.Identity()
+        else:
+            self.skip_connection = nn.Conv2d(channels, out_channels, kernel_size=1)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        # x: [B, C_in, H, W]; emb: [B, emb_channels]
+        h = self.in_layers(x)
+        h = h + self.emb_layers(emb)[:, :, None, None]
+        h = self.out_layers(h)
+        return self.skip_connection(x) + h  # [B, C_out, H, W]
+
+
+class Downsample(nn.Module):
+    """Stride-2 3x3 conv (padding 1) halving H and W."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.op = conv3x3(channels, channels, stride=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.op(x)
+
+
+class Upsample(nn.Module):
+    """Nearest-neighbour ×2, then a 3x3 conv."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = conv3x3(channels, channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(nn.functional.interpolate(x, scale_factor=2, mode="nearest"))
+
+
+class TimestepEmbedSequential(nn.Sequential):
+    """A Sequential that hands each layer the inputs it needs (emb, context, or neither)."""
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        for layer in self:
+            if isinstance(layer, ResBlock):
+                x = layer(x, emb)
+            elif isinstance(layer, SpatialTransformer):
+                x = layer(x, context)
+            else:
+                x = layer(x)
+        return x
+
+
+class UNetModel(nn.Module):
+    """The SD UNet, built from the original YAML's `unet_config.params`.
+
+    forward(x [B, in_channels, h, w], timesteps [B], context [B, M, context_dim])
+    -> [B, out_channels, h, w]. Channels concatenated for inpainting/depth are already in x.
+    """
+
+    def __init__(self, *, in_channels: int, out_channels: int, model_channels: int,
+                 attention_resolutions, num_res_blocks, channel_mult,
+                 num_heads: int = -1, num_head_channels: int = -1,
+                 use_spatial_transformer: bool = False, use_linear_in_transformer: bool = False,
+                 transformer_depth: int = 1, context_dim: int | None = None,
+                 image_size=None, use_checkpoint: bool = False, use_fp16: bool = False,
+                 legacy: bool = True, dropout: float = 0.0, **extra):
+        super().__init__()
+        # Accepted for YAML compatibility, deliberately unused:
+        # - image_size: the YAML itself marks it unused;
+        # - use_checkpoint: gradient checkpointing only matters for training;
+        # - use_fp16: the caller picks the dtype by casting the whole module (the original's
+        #   flag only cast the input and relied on autocast, see original-scripts.md §6.2);
+        # - legacy: only changes head sizes of the non-transformer AttentionBlock;
+        # - dropout: training-time only, the dropout slots here are Identity.
+        del image_size, use_checkpoint, use_fp16, legacy, dropout
+        check_extra_params(extra)
+        if not use_spatial_transformer or not isinstance(context_dim, int):
+            raise ValueError("UNetModel: only the cross-attention UNet (use_spatial_transformer: "
+                             "True with an int context_dim) is supported")
+        if num_heads == -1 and num_head_channels == -1:
+            raise ValueError("UNetModel: set num_heads or num_head_channels")
+        self.model_channels = model_channels
+        self.num_heads = num_heads
+        self.num_head_channels = num_head_channels
+        self.attention_resolutions = set(attention_resolutions)
+        self.channel_mult = list(channel_mult)
+        self.num_res_blocks = self._per_level(num_res_blocks)
+        self.transformer_depth = transformer_depth
+        self.context_dim = context_dim
+        self.use_linear = use_linear_in_transformer
+
+        time_embed_dim = model_channels * 4
+        self.time_embed = nn.Sequential(
+            nn.Linear(model_channels, time_embed_dim), nn.SiLU(),
+            nn.Linear(time_embed_dim, time_embed_dim),
+        )
+        skip_channels = self._build_input_blocks(in_channels, time_embed_dim)
+        ch = model_channels * self.channel_mult[-1]
+        self.middle_block = TimestepEmbedSequential(
+            ResBlock(ch, time_embed_dim, ch),
+            self._spatial_transformer(ch),  # the middle block always has attention
+            ResBlock(ch, time_embed_dim, ch),
+        )
+        self._build_output_blocks(skip_channels, time_embed_dim)
+        self.out = nn.Sequential(
+            GroupNorm32(model_channels, RESBLOCK_NORM_EPS), nn.SiLU(),
+            conv3x3(model_channels, out_channels),
+        )
+
+    def _per_level(self, num_res_blocks) -> list[int]:
+        if isinstance(num_res_blocks, int):
+            return [num_res_blocks] * len(self.channel_mult)
+        if len(num_res_blocks) != len(self.channel_mult):
+            raise ValueError("UNetModel: num_res_blocks needs one entry per channel_mult level")
+        return list(num_res_blocks)
+
+    def _heads(self, channels: int) -> tuple[int, int]:
+        """(heads, head_dim) at a width: num_head_channels fixes head_dim, else num_heads fixes heads."""
+        if self.num_head_channels != -1:
+            per_head = self.num_head_channels
+            if channels % per_head:
+                raise ValueError(f"UNetModel: {channels} channels not divisible by num_head_channels {per_head}")
+            return channels // per_head, per_head
+        if channels % self.num_heads:
+            raise ValueError(f"UNetModel: {channels} channels not divisible by num_heads {self.num_heads}")
+        return self.num_heads, channels // self.num_heads
+
+    def _spatial_transformer(self, channels: int) -> SpatialTransformer:
+        heads, dim_head = self._heads(channels)
+        return SpatialTransformer(channels, heads, dim_head, self.transformer_depth,
+                                  self.context_dim, self.use_linear)
+
+    def _res_and_attention(self, ch_in: int, emb: int, ch_out: int, ds: int) -> list[nn.Module]:
+        layers = [ResBlock(ch_in, emb, ch_out)]
+        if ds in self.attention_resolutions:
+            layers.append(self._spatial_transformer(ch_out))
+        return layers
+
+    def _build_input_blocks(self, in_channels: int, emb: int) -> list[int]:
+        """Build `input_blocks`; return the channel count of every skip they emit, in order."""
+        ch = self.model_channels
+        self.input_blocks = nn.ModuleList([TimestepEmbedSequential(conv3x3(in_channels, ch))])
+        skip_channels = [ch]
+        ds = 1  # downsampling rate of the current level
+        for level, mult in enumerate(self.channel_mult):
+            for _ in range(self.num_res_blocks[level]):
+                layers = self._res_and_attention(ch, emb, mult * self.model_channels, ds)
+                ch = mult * self.model_channels
+                self.input_blocks.append(TimestepEmbedSequential(*layers))
+                skip_channels.append(ch)
+            if level != len(self.channel_mult) - 1:
+                self.input_blocks.append(TimestepEmbedSequential(Downsample(ch)))
+                skip_channels.append(ch)
+                ds *= 2
+        return skip_channels
+
+    def _build_output_blocks(self, skip_channels: list[int], emb: int) -> None:
+        """Build `output_blocks`, consuming `skip_channels` from the end (deepest first)."""
+        skip_channels = list(skip_channels)
+        ch = self.model_channels * self.channel_mult[-1]
+        ds = 2 ** (len(self.channel_mult) - 1)
+        self.output_blocks = nn.ModuleList()
+        for level in reversed(range(len(self.channel_mult))):
+            ch_out = self.model_channels * self.channel_mult[level]
+            for i in range(self.num_res_blocks[level] + 1):
+                layers = self._res_and_attention(ch + skip_channels.pop(), emb, ch_out, ds)
+                ch = ch_out
+                if level > 0 and i == self.num_res_blocks[level]:
+                    layers.append(Upsample(ch))
+                    ds //= 2
+                self.output_blocks.append(TimestepEmbedSequential(*layers))
+
+    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        # x: [B, in_channels, h, w]; timesteps: [B] (or []) long or float; context: [B, M, context_dim]
+        if timesteps.dim() == 0:
+            timesteps = timesteps.expand(x.shape[0])
+        t_emb = timestep_embedding(timesteps, self.model_channels)  # [B, model_channels] float32
+        emb = self.time_embed(t_emb.to(self.time_embed[0].weight.dtype))  # [B, 4*model_channels]
+        skips = []
+        h = x
+        for block in self.input_blocks:
+            h = block(h, emb, context)
+            skips.append(h)
+        h = self.middle_block(h, emb, context)
+        for block in self.output_blocks:
+            h = block(torch.cat([h, skips.pop()], dim=1), emb, context)
+        return self.out(h)  # [B, out_channels, h, w]
