@@ -21,3 +21,30 @@ def info(message: str) -> None:
 def warn(message: str) -> None:
     """Warnings are shown even when quiet: they say something about the result."""
     print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+class Progress:
+    """A per-batch progress line on stderr: redrawn in place on a terminal, one summary line otherwise."""
+
+    def __init__(self, label: str):
+        import time
+
+        self.label = label
+        self._clock = time.perf_counter
+        self._started = self._clock()
+        self._done = 0
+        self._total = 0
+        self._live = sys.stderr.isatty() and not _quiet
+
+    def __call__(self, done: int, total: int) -> None:
+        self._done, self._total = done, total
+        if self._live:
+            print(f"\r{self._line()}", end="", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self._total and not _quiet:
+            print(f"\r{self._line()}" if self._live else self._line(), file=sys.stderr, flush=True)
+
+    def _line(self) -> str:
+        elapsed = max(self._clock() - self._started, 1e-9)
+        return f"{self.label}: {self._done}/{self._total} steps, {self._done / elapsed:.2f} it/s, {elapsed:.1f}s"

@@ -1,0 +1,83 @@
+"""The whole Stable Diffusion model, with attribute names equal to the checkpoint's key prefixes.
+
+`model.diffusion_model.*` is the UNet, `first_stage_model.*` the VAE, `cond_stage_model.*` the
+text encoder (its own key layout: see text_encoder.py for the mapping). The noise schedule is
+kept as `alphas_cumprod`, a non-persistent buffer filled by the loader.
+"""
+
+import torch
+from torch import nn
+
+from sd_cli.config import ModelConfig
+from sd_cli.models.unet import UNetModel
+from sd_cli.models.vae import AutoencoderKL
+from sd_cli.sampling.schedule import alphas_cumprod as linear_alphas_cumprod
+
+# Noise-schedule buffers the original stores at the checkpoint's root; all follow from the config.
+SCHEDULE_KEYS = (
+    "betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod",
+    "log_one_minus_alphas_cumprod", "sqrt_recip_alphas_cumprod", "sqrt_recipm1_alphas_cumprod",
+    "posterior_variance", "posterior_log_variance_clipped", "posterior_mean_coef1", "posterior_mean_coef2",
+    "logvar",
+)
+
+WATERMARK_TEXT = {("clip", "txt2img"): "StableDiffusionV1", ("clip", "inpaint"): "StableDiffusionV1-Inpainting"}
+
+
+def text_encoder_class(name: str):
+    from sd_cli.models import text_encoder
+
+    return {"clip": text_encoder.CLIPTextEncoder, "openclip": text_encoder.OpenCLIPTextEncoder}[name]
+
+
+class DiffusionWrapper(nn.Module):
+    """Holds the UNet under `diffusion_model`, as the original's wrapper does (key prefix `model.`)."""
+
+    def __init__(self, unet: nn.Module):
+        super().__init__()
+        self.diffusion_model = unet
+
+
+class LatentDiffusion(nn.Module):
+    def __init__(self, config: ModelConfig, text_encoder: nn.Module):
+        super().__init__()
+        self.config = config
+        self.model = DiffusionWrapper(UNetModel(**config.unet_params))
+        self.first_stage_model = AutoencoderKL(**config.vae_params)
+        self.cond_stage_model = text_encoder
+        schedule = linear_alphas_cumprod(config.linear_start, config.linear_end, config.timesteps)
+        self.register_buffer("alphas_cumprod", schedule, persistent=False)
+
+    @property
+    def parameterization(self) -> str:
+        return self.config.parameterization
+
+    @property
+    def watermark_text(self) -> str:
+        return WATERMARK_TEXT.get((self.config.text_encoder, self.config.kind), "SDV2")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def encode_text(self, prompts: list[str]) -> torch.Tensor:
+        """[B, 77, D] conditioning for a list of prompts."""
+        return self.cond_stage_model(prompts)
+
+    def unet(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        dtype = self.dtype
+        return self.model.diffusion_model(x.to(dtype), t, context.to(dtype))
+
+    def encode_image(self, image: torch.Tensor) -> torch.Tensor:
+        """[B, 3, H, W] in [-1, 1] -> scaled latent [B, 4, H/8, W/8]: the posterior mean (no sampling)."""
+        mean, _ = self.first_stage_model.encode_moments(image.to(self.device, self.dtype))
+        return mean * self.config.scale_factor
+
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Scaled latent -> image [B, 3, H, W], nominally in [-1, 1]."""
+        z = latents.to(self.device, self.dtype) / self.config.scale_factor
+        return self.first_stage_model.decode(z)

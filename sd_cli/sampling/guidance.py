@@ -1,0 +1,39 @@
+"""The model as the samplers see it: a guided prediction for a batch of latents at timestep t.
+
+Classifier-free guidance is batched as the original does it: one UNet call on [uncond, cond]
+(unconditional half first), then uncond + scale * (cond - uncond) on the raw output (ε or v).
+A scale of exactly 1.0 skips the unconditional half.
+"""
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+UNetFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class GuidedModel:
+    unet: UNetFn  # (x [B, C, h, w], t [B], context [B, 77, D]) -> raw prediction [B, 4, h, w]
+    cond: torch.Tensor  # [B, 77, D] prompt embedding
+    uncond: torch.Tensor | None  # [B, 77, D] negative-prompt embedding; None when scale == 1
+    scale: float
+    parameterization: str  # "eps" or "v"
+    concat: torch.Tensor | None = None  # [B, k, h, w] extra UNet input channels (inpaint mask, depth)
+
+    def raw(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Guided raw model output (ε or v, as the model predicts), in x's dtype."""
+        x_in = x if self.concat is None else torch.cat([x, self.concat.to(x.dtype)], dim=1)
+        if self.uncond is None or self.scale == 1.0:
+            return self.unet(x_in, t, self.cond).to(x.dtype)
+        both = self.unet(torch.cat([x_in, x_in]), torch.cat([t, t]), torch.cat([self.uncond, self.cond]))
+        uncond_out, cond_out = both.to(x.dtype).chunk(2)
+        return uncond_out + self.scale * (cond_out - uncond_out)
+
+    def eps(self, x: torch.Tensor, t: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """Guided ε given sqrt(ᾱ_t)=alpha and sqrt(1-ᾱ_t)=sigma; converts v → ε for v-models."""
+        out = self.raw(x, t)
+        if self.parameterization == "v":
+            return alpha * out + sigma * x
+        return out
