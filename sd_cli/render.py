@@ -64,20 +64,27 @@ def run(request: RunRequest) -> list[Path]:
     loaded = _load(resolve_checkpoint(request.checkpoint), request, device, dtype)
     height, width = _size(request, loaded.model)
     init = _init_image(request)
-    writer = _Writer(request, loaded, height, width)
+    writer = _Writer(request, loaded, height, width, image_seeds(request))
     log.info(f"base seed {request.seed}; {request.image_count} image(s) at {width}x{height}, "
              f"{request.sampling.sampler} {request.sampling.steps} steps, scale {request.sampling.scale}, "
              f"{str(dtype).replace('torch.', '')} on {device}")
+    seeds_by_image = image_seeds(request)
     index = 0
     for _ in range(request.n_iter):
         for prompts in request.batches:
-            seeds = [request.seed if request.fixed_code else request.seed + index + k for k in range(len(prompts))]
+            seeds = seeds_by_image[index:index + len(prompts)]
             images = _render_batch(loaded.model, request, prompts, seeds, init, height, width, index)
             writer.add(images, prompts, seeds)
             index += len(prompts)
             del images
             torch.cuda.empty_cache() if device.type == "cuda" else None
     return writer.finish()
+
+
+def image_seeds(request: RunRequest) -> list[int]:
+    """Seed of every image of the run, in the order they are rendered."""
+    count = request.image_count
+    return [request.seed] * count if request.fixed_code else [request.seed + i for i in range(count)]
 
 
 def _load(checkpoint: Path, request: RunRequest, device, dtype):
@@ -124,13 +131,14 @@ def _render_batch(model, request: RunRequest, prompts, seeds, init, height, widt
 class _Writer:
     """Turns decoded batches into watermarked PNGs with metadata; builds the grid at the end."""
 
-    def __init__(self, request: RunRequest, loaded, height: int, width: int):
-        from sd_cli.output import OutputPlan
+    def __init__(self, request: RunRequest, loaded, height: int, width: int, seeds: list[int]):
+        from sd_cli.output import OutputPlan, output_paths
 
         self.request = request
         self.loaded = loaded
         self.size = f"{width}x{height}"
         self.plan = OutputPlan(request.outdir) if request.output is None else None
+        self.exact_paths = None if request.output is None else output_paths(request.output, len(seeds), seeds)
         self.grid_images = []
         self.written: list[Path] = []
         self.index = 0
@@ -143,7 +151,7 @@ class _Writer:
             if not self.request.skip_grid:
                 self.grid_images.append(image)
             if not self.request.skip_save:
-                self._save(image, self._sample_path(seed), self._infotext(prompt, seed))
+                self._save_sample(image, self._infotext(prompt, seed))
             self.index += 1
 
     def finish(self) -> list[Path]:
@@ -151,21 +159,18 @@ class _Writer:
             from sd_cli.images import make_grid
 
             grid = self._watermarked(make_grid(self.grid_images, self.request.n_rows or self.request.n_samples))
-            first = self.request.prompts[0]
-            self._save(grid, self.plan.grid_path(), self._infotext(first, self.request.seed))
+            self._announce(self.plan.save_grid(grid, self._infotext(self.request.prompts[0], self.request.seed)))
         return self.written
 
-    def _sample_path(self, seed: int) -> Path:
+    def _save_sample(self, image, infotext: str) -> None:
         if self.plan is not None:
-            return self.plan.next_sample_path()
-        from sd_cli.output import output_path
+            self._announce(self.plan.save_sample(image, infotext))
+        else:
+            from sd_cli.output import save_png
 
-        return output_path(self.request.output, self.index, self.request.image_count, seed)
+            self._announce(save_png(image, self.exact_paths[self.index], infotext))
 
-    def _save(self, image, path: Path, infotext: str) -> None:
-        from sd_cli.output import save_png
-
-        save_png(image, path, infotext)
+    def _announce(self, path: Path) -> None:
         self.written.append(path)
         print(path, flush=True)
 
