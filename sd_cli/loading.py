@@ -122,7 +122,7 @@ def _check_keys(model: LatentDiffusion, module_weights: dict, unexpected: list[s
                    if tuple(module_weights[key].shape) != expected[key]]
     problems = []
     if wrong_shape:
-        problems.append(f"{len(wrong_shape)} tensors have other shapes than {source} builds (checkpoint vs config): "
+        problems.append(f"{len(wrong_shape)} tensors differ in shape (checkpoint vs config): "
                         + _some(wrong_shape))
     if missing:
         problems.append(f"{len(missing)} missing tensors: " + _some(missing))

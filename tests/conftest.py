@@ -1,0 +1,61 @@
+"""Shared fixtures: tiny original-format checkpoints built once per test session, and a CLI runner."""
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from tiny_models import write_tiny_checkpoint  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("tiny")
+
+
+@pytest.fixture(scope="session")
+def sd1_ckpt(tiny_dir) -> Path:
+    """SD 1.x tiny checkpoint (.ckpt, Lightning-style pickle, EMA shadows) with its YAML beside it."""
+    return write_tiny_checkpoint("sd1", tiny_dir, ema=True)
+
+
+@pytest.fixture(scope="session")
+def sd1_safetensors(tiny_dir) -> Path:
+    return write_tiny_checkpoint("sd1", tiny_dir / "st", fmt="safetensors")
+
+
+@pytest.fixture(scope="session")
+def sd2_ckpt(tiny_dir) -> Path:
+    return write_tiny_checkpoint("sd2", tiny_dir)
+
+
+@pytest.fixture(scope="session")
+def sd2v_ckpt(tiny_dir) -> Path:
+    return write_tiny_checkpoint("sd2-v", tiny_dir)
+
+
+@dataclass
+class CliResult:
+    code: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def run_cli(capsys):
+    """Run `sd-cli ARGS` in this process; returns exit code and captured output."""
+    from sd_cli.cli import main
+
+    def run(*args) -> CliResult:
+        try:
+            main([str(a) for a in args])
+            code = 0
+        except SystemExit as done:
+            code = done.code or 0
+        out, err = capsys.readouterr()
+        return CliResult(code, out, err)
+
+    return run
