@@ -90,7 +90,7 @@ def build_and_load(config: ModelConfig, weights: dict, name: str) -> LatentDiffu
     module_weights, unexpected = _module_state_dict(weights, encoder_class, config)
     _check_keys(model, module_weights, unexpected, name, config.source)
     model.load_state_dict(module_weights, strict=True, assign=True)
-    model.register_buffer("alphas_cumprod", _schedule(weights, config), persistent=False)
+    model.alphas_cumprod = _schedule(weights, config)
     return model
 
 

@@ -1,8 +1,9 @@
 """The whole Stable Diffusion model, with attribute names equal to the checkpoint's key prefixes.
 
 `model.diffusion_model.*` is the UNet, `first_stage_model.*` the VAE, `cond_stage_model.*` the
-text encoder (its own key layout: see text_encoder.py for the mapping). The noise schedule is
-kept as `alphas_cumprod`, a non-persistent buffer filled by the loader.
+text encoder (its own key layout: see text_encoder.py for the mapping). The noise schedule
+`alphas_cumprod` is a plain float32 CPU tensor, not a buffer, so that moving the model to fp16 or
+bf16 never rounds ᾱ (0.99915 is 0.999 in fp16): samplers compute their coefficients from it.
 """
 
 import torch
@@ -45,8 +46,7 @@ class LatentDiffusion(nn.Module):
         self.model = DiffusionWrapper(UNetModel(**config.unet_params))
         self.first_stage_model = AutoencoderKL(**config.vae_params)
         self.cond_stage_model = text_encoder
-        schedule = linear_alphas_cumprod(config.linear_start, config.linear_end, config.timesteps)
-        self.register_buffer("alphas_cumprod", schedule, persistent=False)
+        self.alphas_cumprod = linear_alphas_cumprod(config.linear_start, config.linear_end, config.timesteps)
 
     @property
     def parameterization(self) -> str:
