@@ -34,14 +34,20 @@ class SamplingParams:
 @torch.inference_mode()
 def txt2img(model: LatentDiffusion, prompts: list[str], negative_prompts: list[str], seeds: list[int],
             params: SamplingParams, height: int, width: int, progress: Progress | None = None) -> torch.Tensor:
+    return model.decode_latents(txt2img_latents(model, prompts, negative_prompts, seeds, params, height, width, progress))
+
+
+@torch.inference_mode()
+def txt2img_latents(model: LatentDiffusion, prompts: list[str], negative_prompts: list[str], seeds: list[int],
+                    params: SamplingParams, height: int, width: int, progress: Progress | None = None) -> torch.Tensor:
+    """The denoised latents [B, 4, H/8, W/8] of txt2img, before the VAE."""
     # 1. Text conditioning (the unconditional branch encodes the negative prompt).
     guided = _guided_model(model, prompts, negative_prompts, params.scale)
     # 2. Start noise: each image's own generator, drawn on the CPU in float32.
     noise = NoiseSource(seeds)
     x_t = noise.draw((LATENT_CHANNELS, height // DOWNSAMPLING, width // DOWNSAMPLING), model.device)
-    # 3. Denoise, then decode.
-    latents = _denoise(model, guided, x_t, noise, params, progress)
-    return model.decode_latents(latents)
+    # 3. Denoise.
+    return _denoise(model, guided, x_t, noise, params, progress)
 
 
 @torch.inference_mode()

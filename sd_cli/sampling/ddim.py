@@ -16,8 +16,12 @@ Progress = Callable[[int, int], None]  # (steps done, steps total)
 
 
 def _coefficient(values: torch.Tensor, index: int, x: torch.Tensor) -> torch.Tensor:
-    """A per-index scalar as a [1, 1, 1, 1] tensor in float32, as torch.full builds it in the original."""
-    return values[index].reshape(1, 1, 1, 1).to(device=x.device, dtype=torch.float32)
+    """A per-index scalar as a [1, 1, 1, 1] float32 tensor, as torch.full builds it in the original.
+
+    `values` already lives on x's device (DdimSchedule.to), so no host-device copy (and no
+    synchronisation) happens inside the sampling loop.
+    """
+    return values[index].reshape(1, 1, 1, 1)
 
 
 def _timestep(schedule: DdimSchedule, index: int, x: torch.Tensor) -> torch.Tensor:
@@ -47,6 +51,7 @@ def sample_ddim(model: GuidedModel, x: torch.Tensor, schedule: DdimSchedule, noi
     """Denoise x from DDIM index start_index-1 (default: the top) down to index 0."""
     top = len(schedule) if start_index is None else start_index
     has_noise = bool((schedule.sigmas[:top] > 0).any())
+    schedule = schedule.to(x.device)
     for done, index in enumerate(reversed(range(top))):
         eps = _eps(model, x, schedule, index)
         x = ddim_update(x, eps, schedule, index, noise.like(x) if has_noise else None)
@@ -72,6 +77,7 @@ def sample_plms(model: GuidedModel, x: torch.Tensor, schedule: DdimSchedule, noi
     """
     del noise  # deterministic: PLMS requires η = 0
     top = len(schedule) if start_index is None else start_index
+    schedule = schedule.to(x.device)
     history: list[torch.Tensor] = []
     for done, index in enumerate(reversed(range(top))):
         eps_t = _eps(model, x, schedule, index)

@@ -48,7 +48,7 @@ def _data_prediction(model: GuidedModel, x, t: torch.Tensor, ns: DiscreteVPSched
     """x̂₀ from the guided model at continuous time t (scalar float64 tensor)."""
     alpha, sigma = float(ns.alpha(t)), float(ns.sigma(t))
     t_model = torch.full((x.shape[0],), float((t - 1.0 / ns.total) * ns.total), device=x.device)
-    eps = model.eps(x, t_model, torch.tensor(alpha, device=x.device), torch.tensor(sigma, device=x.device))
+    eps = model.eps(x, t_model, alpha, sigma)  # Python floats: no host-device copy per step
     return (x - sigma * eps) / alpha
 
 

@@ -31,7 +31,7 @@ class GuidedModel:
         uncond_out, cond_out = both.to(x.dtype).chunk(2)
         return uncond_out + self.scale * (cond_out - uncond_out)
 
-    def eps(self, x: torch.Tensor, t: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    def eps(self, x: torch.Tensor, t: torch.Tensor, alpha, sigma) -> torch.Tensor:
         """Guided ε given sqrt(ᾱ_t)=alpha and sqrt(1-ᾱ_t)=sigma; converts v → ε for v-models."""
         out = self.raw(x, t)
         if self.parameterization == "v":

@@ -47,6 +47,10 @@ class DdimSchedule:
     def __len__(self) -> int:
         return len(self.timesteps)
 
+    def to(self, device) -> "DdimSchedule":
+        """The same schedule with its coefficient tensors on `device` (timesteps stay numpy)."""
+        return DdimSchedule(self.timesteps, self.alphas.to(device), self.alphas_prev.to(device), self.sigmas.to(device))
+
 
 def make_ddim_schedule(alphas_cumprod: torch.Tensor, num_steps: int, eta: float) -> DdimSchedule:
     timesteps = ddim_timesteps(num_steps, len(alphas_cumprod))

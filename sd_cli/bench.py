@@ -1,0 +1,328 @@
+"""Side-by-side benchmark: sd_cli against diffusers on the same full-size checkpoint.
+
+    python -m sd_cli.bench                      # build random SD 1.5 checkpoints in .bench/, run everything
+    python -m sd_cli.bench --only load,cpu-step --repeats 3
+    python -m sd_cli.bench --only gpu-step --device cuda
+
+Speed does not depend on weight values, so the checkpoints are full-size SD 1.5 layouts with
+random weights: a 4 GB fp32 `.ckpt` (Lightning-style pickle) and a 2 GB fp16 `.safetensors`.
+Each figure alternates sd_cli and diffusers runs, repeats them, and prints medians and the
+sd_cli/diffusers ratio (below 1 means sd_cli is faster or smaller). Load figures run each side
+in a fresh process, from process start to the first denoising step, with peak RSS.
+diffusers is a test-only dependency; it is built offline from local config files.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH_DIR = ROOT / ".bench"
+FIGURES = ("startup", "load", "cpu-step", "gpu-step")
+
+
+def main(argv=None) -> None:
+    args = _parse(argv)
+    BENCH_DIR.mkdir(exist_ok=True)
+    results = {}
+    only = set(args.only.split(",")) if args.only else set(FIGURES)
+    if "startup" in only:
+        results["startup"] = bench_startup(args.repeats)
+    if only & {"load", "cpu-step", "gpu-step"}:
+        ckpt, st = full_size_checkpoints()
+        diffusers_config_dir(st)
+    if "load" in only:
+        results["load"] = bench_load(ckpt, st, args.repeats)
+    if "cpu-step" in only:
+        results["cpu-step"] = bench_steps(st, "cpu", args.precision or "fp32", args.repeats, args.steps, 512)
+    if "gpu-step" in only:
+        results["gpu-step"] = bench_steps(st, args.device, args.precision or "fp16", args.repeats, args.steps, 512,
+                                          compile_unet=args.compile)
+    print(json.dumps(results, indent=2))
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(results, indent=2))
+
+
+def _parse(argv):
+    parser = argparse.ArgumentParser(prog="python -m sd_cli.bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", help=f"comma-separated subset of {', '.join(FIGURES)}")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=4, help="denoising steps timed per run")
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--precision", help="fp32, fp16 or bf16 for the step figures")
+    parser.add_argument("--compile", action="store_true", help="also time sd_cli with --compile")
+    parser.add_argument("--json-out")
+    return parser.parse_args(argv)
+
+
+def summarize(ours: list[float], theirs: list[float], unit: str) -> dict:
+    a, b = statistics.median(ours), statistics.median(theirs)
+    return {"sd_cli": round(a, 4), "diffusers": round(b, 4), "ratio": round(a / b, 3), "unit": unit,
+            "runs": {"sd_cli": [round(x, 4) for x in ours], "diffusers": [round(x, 4) for x in theirs]}}
+
+
+# -- start-up ------------------------------------------------------------------------------------
+
+def bench_startup(repeats: int) -> dict:
+    times = []
+    for _ in range(repeats + 1):
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "sd_cli", "--help"], check=True, capture_output=True)
+        times.append(time.perf_counter() - started)
+    probe = "import sys, sd_cli.cli; print('torch' in sys.modules)"
+    imports_torch = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip()
+    return {"help_seconds_median": round(statistics.median(times[1:]), 3), "cli_import_loads_torch": imports_torch == "True"}
+
+
+# -- checkpoints ---------------------------------------------------------------------------------
+
+def full_size_checkpoints() -> tuple[Path, Path]:
+    """SD 1.5-layout checkpoints with random weights (built once, kept in .bench/)."""
+    ckpt, st = BENCH_DIR / "sd15-random.ckpt", BENCH_DIR / "sd15-random-fp16.safetensors"
+    if ckpt.exists() and st.exists():
+        return ckpt, st
+    import torch
+
+    weights = _random_sd15_weights()
+    print(f"writing {ckpt} and {st} ...", file=sys.stderr)
+    torch.save({"state_dict": weights, "global_step": 0}, ckpt)
+    from safetensors.torch import save_file
+
+    save_file({k: v.half().contiguous() for k, v in weights.items()}, str(st))
+    return ckpt, st
+
+
+def _random_sd15_weights() -> dict:
+    import torch
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from sd_cli.config import bundled_config, load_config
+    from sd_cli.models.unet import UNetModel
+    from sd_cli.models.vae import AutoencoderKL
+
+    config = load_config(bundled_config("v1-inference.yaml"))
+    torch.manual_seed(0)
+    weights = {}
+    for prefix, module in (("model.diffusion_model.", UNetModel(**config.unet_params)),
+                           ("first_stage_model.", AutoencoderKL(**config.vae_params))):
+        weights.update({prefix + k: v for k, v in module.state_dict().items()})
+        del module
+    text = CLIPTextModel(CLIPTextConfig(hidden_act="quick_gelu"))  # ViT-L/14 text tower sizes
+    for key, value in text.state_dict().items():
+        weights["cond_stage_model.transformer.text_model." + key.removeprefix("text_model.")] = value
+    return weights
+
+
+def diffusers_config_dir(st: Path) -> Path:
+    """A local diffusers config folder for from_single_file(config=...), so nothing is downloaded."""
+    folder = BENCH_DIR / "diffusers-sd15-config"
+    if (folder / "model_index.json").exists():
+        return folder
+    from diffusers import DDIMScheduler
+    from diffusers.loaders.single_file_utils import create_unet_diffusers_config_from_ldm, create_vae_diffusers_config_from_ldm
+    from omegaconf import OmegaConf
+    from safetensors import safe_open
+    from transformers import CLIPTextConfig, CLIPTokenizer
+
+    original = OmegaConf.to_container(OmegaConf.load(ROOT / "configs" / "v1-inference.yaml"))
+    with safe_open(str(st), "pt") as f:
+        shapes = {k: f.get_slice(k) for k in f.keys() if k.startswith(("model.diffusion_model.input_blocks.0", "first_stage_model.encoder.conv_in"))}
+        sample = {k: f.get_tensor(k) for k in shapes}
+    for name, cfg in (("unet", create_unet_diffusers_config_from_ldm(original, sample)),
+                      ("vae", create_vae_diffusers_config_from_ldm(original, sample))):
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        cls = "UNet2DConditionModel" if name == "unet" else "AutoencoderKL"
+        (folder / name / "config.json").write_text(json.dumps({"_class_name": cls, **cfg}))
+    CLIPTextConfig(hidden_act="quick_gelu").save_pretrained(folder / "text_encoder")
+    _clip_tokenizer_files(folder / "tokenizer", CLIPTokenizer)
+    DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                  set_alpha_to_one=False, steps_offset=1).save_pretrained(folder / "scheduler")
+    (folder / "model_index.json").write_text(json.dumps({
+        "_class_name": "StableDiffusionPipeline", "feature_extractor": [None, None], "safety_checker": [None, None],
+        "requires_safety_checker": False, "image_encoder": [None, None],
+        "scheduler": ["diffusers", "DDIMScheduler"], "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"], "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"]}))
+    return folder
+
+
+def _clip_tokenizer_files(folder: Path, tokenizer_class) -> None:
+    """CLIP's vocab.json/merges.txt rebuilt from open_clip's bundled BPE file (same vocabulary)."""
+    import gzip
+
+    from open_clip.tokenizer import default_bpe
+
+    merges = gzip.open(default_bpe()).read().decode("utf-8").split("\n")[1:49152 - 256 - 2 + 1]
+    pairs = [tuple(m.split()) for m in merges]
+    byte_chars = _bytes_to_unicode()
+    vocab = list(byte_chars) + [c + "</w>" for c in byte_chars] + ["".join(p) for p in pairs]
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps({tok: i for i, tok in enumerate(vocab)}))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(p) for p in pairs) + "\n")
+    tokenizer_class(str(folder / "vocab.json"), str(folder / "merges.txt")).save_pretrained(folder)
+
+
+def _bytes_to_unicode() -> list[str]:
+    """GPT-2/CLIP byte-level alphabet, in CLIP's vocabulary order."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    codes, extra = printable[:], 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            codes.append(256 + extra)
+            extra += 1
+    return [chr(c) for c in codes]
+
+
+# -- load: process start to first denoising step -------------------------------------------------
+
+_SD_CLI_CHILD = """
+import resource, sys, time
+import torch
+from sd_cli.loading import load_model
+from sd_cli import pipeline
+class FirstStep(Exception): pass
+def progress(done, total):
+    raise FirstStep
+loaded = load_model(sys.argv[1], device="cpu", dtype=torch.float32)
+try:
+    pipeline.txt2img(loaded.model, ["a photo"], [""], [0], pipeline.SamplingParams(steps=2), 64, 64, progress)
+except FirstStep:
+    pass
+print("MARK", time.time(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+"""
+
+_DIFFUSERS_CHILD = """
+import resource, sys, time
+import torch
+from diffusers import StableDiffusionPipeline
+class FirstStep(Exception): pass
+def on_step(pipe, i, t, kwargs):
+    raise FirstStep
+pipe = StableDiffusionPipeline.from_single_file(sys.argv[1], config=sys.argv[2], local_files_only=True,
+                                                torch_dtype=torch.float32, safety_checker=None)
+try:
+    pipe("a photo", num_inference_steps=2, height=64, width=64, callback_on_step_end=on_step)
+except FirstStep:
+    pass
+print("MARK", time.time(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+"""
+
+
+def bench_load(ckpt: Path, st: Path, repeats: int) -> dict:
+    config_dir = diffusers_config_dir(st)
+    results = {}
+    for label, path in (("ckpt_fp32", ckpt), ("safetensors_fp16", st)):
+        ours, theirs, rss_ours, rss_theirs = [], [], [], []
+        for _ in range(repeats):
+            seconds, rss = _child(_SD_CLI_CHILD, [str(path)])
+            ours.append(seconds)
+            rss_ours.append(rss)
+            seconds, rss = _child(_DIFFUSERS_CHILD, [str(path), str(config_dir)])
+            theirs.append(seconds)
+            rss_theirs.append(rss)
+        size = path.stat().st_size
+        results[label] = {"to_first_step": summarize(ours, theirs, "s"),
+                          "peak_rss_gb": summarize([r / 1e9 for r in rss_ours], [r / 1e9 for r in rss_theirs], "GB"),
+                          "file_gb": round(size / 1e9, 3),
+                          "sd_cli_peak_rss_over_file": round(statistics.median(rss_ours) / size, 3)}
+    return results
+
+
+def _child(code: str, args: list[str]) -> tuple[float, int]:
+    started = time.time()
+    out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=ROOT)
+    marks = [line.split() for line in out.stdout.splitlines() if line.startswith("MARK")]
+    if out.returncode != 0 or not marks:
+        raise RuntimeError(f"benchmark child failed:\n{out.stderr[-3000:]}")
+    return float(marks[-1][1]) - started, int(marks[-1][2])
+
+
+# -- per-step time -------------------------------------------------------------------------------
+
+def bench_steps(st: Path, device: str, precision: str, repeats: int, steps: int, size: int,
+                compile_unet: bool = False) -> dict:
+    """Seconds per denoising step, whole pipeline, CFG batch of 2, DDIM, size x size."""
+    import torch
+
+    from sd_cli import pipeline
+    from sd_cli.device import resolve_dtype
+    from sd_cli.loading import load_model
+
+    dev = torch.device(device)
+    dtype = resolve_dtype(precision, dev)
+    ours_model = load_model(st, device=dev, dtype=dtype).model
+    theirs_pipe = _diffusers_pipeline(st, dev, dtype)
+    variants = {"sd_cli": lambda: _time_sd_cli(ours_model, pipeline, steps, size, dev),
+                "diffusers": lambda: _time_diffusers(theirs_pipe, steps, size, dev)}
+    if compile_unet:
+        from sd_cli.speed import compile_model
+
+        compiled = compile_model(load_model(st, device=dev, dtype=dtype).model)
+        variants["sd_cli_compiled"] = lambda: _time_sd_cli(compiled, pipeline, steps, size, dev)
+    for run in variants.values():  # warm-up (kernels, compilation, allocator)
+        run()
+    timings = {name: [] for name in variants}
+    for _ in range(repeats):
+        for name, run in variants.items():
+            timings[name].append(run())
+    result = {"eager": summarize(timings["sd_cli"], timings["diffusers"], "s/step"), "precision": precision,
+              "device": torch.cuda.get_device_name() if dev.type == "cuda" else "cpu", "size": size}
+    if compile_unet:
+        result["compiled"] = summarize(timings["sd_cli_compiled"], timings["diffusers"], "s/step")
+        result["compiled_it_per_s"] = round(1 / statistics.median(timings["sd_cli_compiled"]), 1)
+    result["eager_it_per_s"] = {n: round(1 / statistics.median(t), 2) for n, t in timings.items()}
+    if dev.type == "cuda":
+        result["peak_vram_gb"] = round(torch.cuda.max_memory_allocated() / 1e9, 2)
+    return result
+
+
+def _diffusers_pipeline(st: Path, dev, dtype):
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_single_file(str(st), config=str(diffusers_config_dir(st)), local_files_only=True,
+                                                    torch_dtype=dtype, safety_checker=None)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(dev)
+
+
+def _sync(dev) -> None:
+    import torch
+
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _time_sd_cli(model, pipeline, steps: int, size: int, dev) -> float:
+    """Median seconds between consecutive step callbacks (excludes text encoding and decoding)."""
+    stamps = []
+
+    def progress(done, total):
+        _sync(dev)
+        stamps.append(time.perf_counter())
+
+    pipeline.txt2img_latents(model, ["a photo of a cat"], [""], [0], pipeline.SamplingParams(steps=steps), size, size, progress)
+    return statistics.median(b - a for a, b in zip(stamps, stamps[1:]))
+
+
+def _time_diffusers(pipe, steps: int, size: int, dev) -> float:
+    stamps = []
+
+    def on_step(p, i, t, kwargs):
+        _sync(dev)
+        stamps.append(time.perf_counter())
+        return kwargs
+
+    pipe("a photo of a cat", num_inference_steps=steps, height=size, width=size, guidance_scale=7.5,
+         callback_on_step_end=on_step, output_type="latent")
+    return statistics.median(b - a for a, b in zip(stamps, stamps[1:]))
+
+
+if __name__ == "__main__":
+    main()
