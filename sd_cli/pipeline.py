@@ -10,7 +10,7 @@ from typing import Callable
 import torch
 
 from sd_cli.models.latent_diffusion import LatentDiffusion
-from sd_cli.sampling.ddim import sample_ddim, sample_plms
+from sd_cli.sampling.ddim import AfterStep, sample_ddim, sample_plms
 from sd_cli.sampling.dpm_solver import sample_dpm_solver
 from sd_cli.sampling.guidance import GuidedModel
 from sd_cli.sampling.noise import NoiseSource
@@ -42,12 +42,12 @@ def txt2img_latents(model: LatentDiffusion, prompts: list[str], negative_prompts
                     params: SamplingParams, height: int, width: int, progress: Progress | None = None) -> torch.Tensor:
     """The denoised latents [B, 4, H/8, W/8] of txt2img, before the VAE."""
     # 1. Text conditioning (the unconditional branch encodes the negative prompt).
-    guided = _guided_model(model, prompts, negative_prompts, params.scale)
+    guided = guided_model(model, prompts, negative_prompts, params.scale)
     # 2. Start noise: each image's own generator, drawn on the CPU in float32.
     noise = NoiseSource(seeds)
     x_t = noise.draw((LATENT_CHANNELS, height // DOWNSAMPLING, width // DOWNSAMPLING), model.device)
     # 3. Denoise.
-    return _denoise(model, guided, x_t, noise, params, progress)
+    return denoise(model, guided, x_t, noise, params, progress)
 
 
 @torch.inference_mode()
@@ -56,7 +56,7 @@ def img2img(model: LatentDiffusion, init_image: torch.Tensor, prompts: list[str]
             progress: Progress | None = None) -> torch.Tensor:
     """init_image [1, 3, H, W] in [-1, 1]; strength in [0, 1] (1.0 starts from pure noise)."""
     # 1. Conditioning, and the init latent: the VAE posterior mean times scale_factor (no sampling).
-    guided = _guided_model(model, prompts, negative_prompts, params.scale)
+    guided = guided_model(model, prompts, negative_prompts, params.scale)
     x0 = model.encode_image(init_image).float().expand(len(prompts), -1, -1, -1)
     # 2. Forward-diffuse to DDIM index t_enc = int(strength * steps) with each image's first draw.
     noise = NoiseSource(seeds)
@@ -64,27 +64,31 @@ def img2img(model: LatentDiffusion, init_image: torch.Tensor, prompts: list[str]
     schedule = make_ddim_schedule(model.alphas_cumprod, params.steps, params.eta)
     t_enc = int(strength * params.steps)
     if t_enc >= len(schedule):  # the original crashes here (index out of range); we start from noise
-        return model.decode_latents(_denoise(model, guided, forward_noise, noise, params, progress))
+        return model.decode_latents(denoise(model, guided, forward_noise, noise, params, progress))
     a_t = schedule.alphas[t_enc].to(x0.device)
     x_t = a_t.sqrt() * x0 + (1 - a_t).sqrt() * forward_noise
     # 3. Denoise from index t_enc - 1 down (the original's off-by-one: noise at t_enc, start one below).
-    latents = _denoise(model, guided, x_t, noise, params, progress, start_index=t_enc)
+    latents = denoise(model, guided, x_t, noise, params, progress, start_index=t_enc)
     return model.decode_latents(latents)
 
 
-def _guided_model(model: LatentDiffusion, prompts: list[str], negative_prompts: list[str], scale: float) -> GuidedModel:
+def guided_model(model: LatentDiffusion, prompts: list[str], negative_prompts: list[str], scale: float) -> GuidedModel:
+    """Prompt and negative-prompt embeddings with the model's UNet: the guided prediction the samplers call."""
     cond = model.encode_text(prompts)
     uncond = model.encode_text(negative_prompts) if scale != 1.0 else None
     return GuidedModel(model.unet, cond, uncond, scale, model.parameterization)
 
 
-def _denoise(model: LatentDiffusion, guided: GuidedModel, x: torch.Tensor, noise: NoiseSource,
-             params: SamplingParams, progress: Progress | None, start_index: int | None = None) -> torch.Tensor:
+def denoise(model: LatentDiffusion, guided: GuidedModel, x: torch.Tensor, noise: NoiseSource,
+            params: SamplingParams, progress: Progress | None, start_index: int | None = None,
+            after_step: AfterStep | None = None) -> torch.Tensor:
+    """Run the chosen sampler from DDIM index start_index - 1 (default: the top) to the end."""
     if params.sampler == "dpm":
         schedule = make_ddim_schedule(model.alphas_cumprod, params.steps, 0.0)
         t_start = None if start_index is None else int(schedule.timesteps[start_index])
         steps = params.steps if start_index is None else start_index
-        return sample_dpm_solver(guided, x, model.alphas_cumprod, steps, progress, t_start_timestep=t_start)
+        return sample_dpm_solver(guided, x, model.alphas_cumprod, steps, progress, t_start_timestep=t_start,
+                                 after_step=after_step)
     schedule = make_ddim_schedule(model.alphas_cumprod, params.steps, params.eta)
     sample = sample_plms if params.sampler == "plms" else sample_ddim
-    return sample(guided, x, schedule, noise, start_index=start_index, progress=progress)
+    return sample(guided, x, schedule, noise, start_index=start_index, progress=progress, after_step=after_step)

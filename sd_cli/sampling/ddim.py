@@ -13,6 +13,9 @@ from sd_cli.sampling.noise import NoiseSource
 from sd_cli.sampling.schedule import DdimSchedule
 
 Progress = Callable[[int, int], None]  # (steps done, steps total)
+# Called after every step with the new x and the ᾱ of its noise level (None after the last step,
+# where x is clean); returns x, possibly changed (inpainting blends the known region back in).
+AfterStep = Callable[[torch.Tensor, "torch.Tensor | float | None"], torch.Tensor]
 
 
 def _coefficient(values: torch.Tensor, index: int, x: torch.Tensor) -> torch.Tensor:
@@ -47,7 +50,8 @@ def ddim_update(x, eps, schedule: DdimSchedule, index: int, noise: torch.Tensor 
 
 
 def sample_ddim(model: GuidedModel, x: torch.Tensor, schedule: DdimSchedule, noise: NoiseSource,
-                start_index: int | None = None, progress: Progress | None = None) -> torch.Tensor:
+                start_index: int | None = None, progress: Progress | None = None,
+                after_step: AfterStep | None = None) -> torch.Tensor:
     """Denoise x from DDIM index start_index-1 (default: the top) down to index 0."""
     top = len(schedule) if start_index is None else start_index
     has_noise = bool((schedule.sigmas[:top] > 0).any())
@@ -55,6 +59,8 @@ def sample_ddim(model: GuidedModel, x: torch.Tensor, schedule: DdimSchedule, noi
     for done, index in enumerate(reversed(range(top))):
         eps = _eps(model, x, schedule, index)
         x = ddim_update(x, eps, schedule, index, noise.like(x) if has_noise else None)
+        if after_step:
+            x = after_step(x, schedule.alphas_prev[index] if index > 0 else None)
         if progress:
             progress(done + 1, top)
     return x
@@ -70,7 +76,8 @@ def _plms_eps(eps_t: torch.Tensor, history: list[torch.Tensor]) -> torch.Tensor:
 
 
 def sample_plms(model: GuidedModel, x: torch.Tensor, schedule: DdimSchedule, noise: NoiseSource,
-                start_index: int | None = None, progress: Progress | None = None) -> torch.Tensor:
+                start_index: int | None = None, progress: Progress | None = None,
+                after_step: AfterStep | None = None) -> torch.Tensor:
     """PLMS (pseudo linear multistep), η = 0.
 
     Unlike the original, ε is obtained through GuidedModel.eps, so v-prediction models work too.
@@ -90,6 +97,8 @@ def sample_plms(model: GuidedModel, x: torch.Tensor, schedule: DdimSchedule, noi
             eps_prime = _plms_eps(eps_t, history)
         x = ddim_update(x, eps_prime, schedule, index, None)
         history = (history + [eps_t])[-3:]
+        if after_step:
+            x = after_step(x, schedule.alphas_prev[index] if index > 0 else None)
         if progress:
             progress(done + 1, top)
     return x

@@ -10,7 +10,7 @@ multistep after it, and a first-order last step when S < 15. The UNet sees t as 
 
 import torch
 
-from sd_cli.sampling.ddim import Progress
+from sd_cli.sampling.ddim import AfterStep, Progress
 from sd_cli.sampling.guidance import GuidedModel
 
 
@@ -67,7 +67,8 @@ def _second_order_update(x, x0_prev, x0_last, t_prev, t_last, t, ns: DiscreteVPS
 
 
 def sample_dpm_solver(model: GuidedModel, x: torch.Tensor, alphas_cumprod: torch.Tensor, steps: int,
-                      progress: Progress | None = None, t_start_timestep: int | None = None) -> torch.Tensor:
+                      progress: Progress | None = None, t_start_timestep: int | None = None,
+                      after_step: AfterStep | None = None) -> torch.Tensor:
     """S model evaluations; deterministic after x_T (η is ignored, as in the original).
 
     The original asserts steps >= 2; one step here is a single first-order update.
@@ -86,6 +87,8 @@ def sample_dpm_solver(model: GuidedModel, x: torch.Tensor, alphas_cumprod: torch
             x = _second_order_update(x, x0_history[-2], x0_history[-1], times[step - 2], times[step - 1], times[step], ns)
         else:
             x = _first_order_update(x, x0_history[-1], times[step - 1], times[step], ns)
+        if after_step:
+            x = after_step(x, float(ns.alpha(times[step])) ** 2 if step < steps else None)
         if step < steps:  # the last model value is never used
             x0_history = (x0_history + [_data_prediction(model, x, times[step], ns)])[-2:]
         if progress:
