@@ -23,7 +23,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = ROOT / ".bench"
-FIGURES = ("startup", "load", "cpu-step", "gpu-step")
+FIGURES = ("startup", "load", "cpu-step", "gpu-step", "gpu-precision")
+# CLIP ViT-L/14's text tower (SD 1.x); transformers' CLIPTextConfig defaults are a smaller model.
+CLIP_L_TEXT = dict(hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12,
+                   projection_dim=768, hidden_act="quick_gelu")
 
 
 def main(argv=None) -> None:
@@ -40,12 +43,21 @@ def main(argv=None) -> None:
         results["load"] = bench_load(ckpt, st, args.repeats)
     if "cpu-step" in only:
         results["cpu-step"] = bench_steps(st, "cpu", args.precision or "fp32", args.repeats, args.steps, 512)
+    if "gpu-precision" in only:
+        results["gpu-precision"] = bench_precision(st, args.device)
+        _save(results, args.json_out)
     if "gpu-step" in only:
         results["gpu-step"] = bench_steps(st, args.device, args.precision or "fp16", args.repeats, args.steps, 512,
                                           compile_unet=args.compile)
     print(json.dumps(results, indent=2))
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(results, indent=2))
+
+
+def _save(results: dict, path) -> None:
+    """Write what is measured so far (a long run that is cut off keeps its earlier figures)."""
+    if path:
+        Path(path).write_text(json.dumps(results, indent=2))
 
 
 def _parse(argv):
@@ -112,7 +124,7 @@ def _random_sd15_weights() -> dict:
                            ("first_stage_model.", AutoencoderKL(**config.vae_params))):
         weights.update({prefix + k: v for k, v in module.state_dict().items()})
         del module
-    text = CLIPTextModel(CLIPTextConfig(hidden_act="quick_gelu"))  # ViT-L/14 text tower sizes
+    text = CLIPTextModel(CLIPTextConfig(**CLIP_L_TEXT))  # ViT-L/14 text tower sizes
     for key, value in text.state_dict().items():
         weights["cond_stage_model.transformer.text_model." + key.removeprefix("text_model.")] = value
     return weights
@@ -138,7 +150,7 @@ def diffusers_config_dir(st: Path) -> Path:
         (folder / name).mkdir(parents=True, exist_ok=True)
         cls = "UNet2DConditionModel" if name == "unet" else "AutoencoderKL"
         (folder / name / "config.json").write_text(json.dumps({"_class_name": cls, **cfg}))
-    CLIPTextConfig(hidden_act="quick_gelu").save_pretrained(folder / "text_encoder")
+    CLIPTextConfig(**CLIP_L_TEXT).save_pretrained(folder / "text_encoder")
     _clip_tokenizer_files(folder / "tokenizer", CLIPTokenizer)
     DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
                   set_alpha_to_one=False, steps_offset=1).save_pretrained(folder / "scheduler")
@@ -165,7 +177,8 @@ def _clip_tokenizer_files(folder: Path, tokenizer_class) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "vocab.json").write_text(json.dumps({tok: i for i, tok in enumerate(vocab)}))
     (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(p) for p in pairs) + "\n")
-    tokenizer_class(str(folder / "vocab.json"), str(folder / "merges.txt")).save_pretrained(folder)
+    tokenizer_class(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77,
+                    pad_token="<|endoftext|>").save_pretrained(folder)
 
 
 def _bytes_to_unicode() -> list[str]:
@@ -281,6 +294,31 @@ def bench_steps(st: Path, device: str, precision: str, repeats: int, steps: int,
     if dev.type == "cuda":
         result["peak_vram_gb"] = round(torch.cuda.max_memory_allocated() / 1e9, 2)
     return result
+
+
+def bench_precision(st: Path, device: str) -> dict:
+    """fp16/bf16 against fp32 on the same device: relative error of latents and images after 10 steps."""
+    import torch
+
+    from sd_cli import pipeline
+    from sd_cli.loading import load_model
+
+    outputs = {}
+    for name, dtype in (("fp32", torch.float32), ("fp16", torch.float16), ("bf16", torch.bfloat16)):
+        model = load_model(st, device=device, dtype=dtype).model
+        latents = pipeline.txt2img_latents(model, ["a photo of a cat"], [""], [0], pipeline.SamplingParams(steps=10), 512, 512)
+        image = model.decode_latents(latents).float()
+        outputs[name] = (latents.float().cpu(), image.cpu())
+        del model
+        torch.cuda.empty_cache()
+    ref_latents, ref_image = outputs["fp32"]
+    report = {}
+    for name in ("fp16", "bf16"):
+        latents, image = outputs[name]
+        report[name] = {"latents_rel_err": round(float((latents - ref_latents).norm() / ref_latents.norm()), 5),
+                        "image_mean_abs_err": round(float((image - ref_image).abs().mean()), 5),
+                        "finite": bool(torch.isfinite(image).all())}
+    return report
 
 
 def _diffusers_pipeline(st: Path, dev, dtype):

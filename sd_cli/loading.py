@@ -22,6 +22,7 @@ EMA_PREFIX = "model_ema."
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
 TEXT_PREFIX = "cond_stage_model."
+DEPTH_PREFIX = "depth_model.model."  # MiDaS, built on first use by depth.py
 
 
 @dataclass
@@ -41,11 +42,13 @@ def load_model(checkpoint_path, config_path=None, *, device="cpu", dtype=torch.f
     checkpoint = read_checkpoint(path)
     config, measure_v = choose_config(path, config_path, checkpoint)
     weights = select_weights(checkpoint.state_dict, use_ema, path.name)
-    model = build_and_load(config, weights, path.name)
-    model.to(device=device, dtype=dtype).eval()
+    global_step = checkpoint.global_step
+    del checkpoint  # from here on only `weights` holds the file's tensors
+    model = build_and_load(config, weights, path.name, device=device, dtype=dtype)
+    model.eval()
     if measure_v:
         model = _settle_parameterization(model, path.name)
-    return LoadedModel(model, path, model.config.source, checkpoint.global_step)
+    return LoadedModel(model, path, model.config.source, global_step)
 
 
 def choose_config(path: Path, config_path, checkpoint: CheckpointFile) -> tuple[ModelConfig, bool]:
@@ -82,15 +85,19 @@ def select_weights(state_dict: dict, use_ema: bool, name: str) -> dict:
     return weights
 
 
-def build_and_load(config: ModelConfig, weights: dict, name: str) -> LatentDiffusion:
+def build_and_load(config: ModelConfig, weights: dict, name: str, device="cpu", dtype=torch.float32) -> LatentDiffusion:
     encoder_class = text_encoder_class(config.text_encoder)
     with torch.device("meta"):  # no random initialisation: every tensor comes from the file
         text_encoder = encoder_class.from_checkpoint(weights, **config.text_params)
         model = LatentDiffusion(config, text_encoder)
     module_weights, unexpected = _module_state_dict(weights, encoder_class, config)
     _check_keys(model, module_weights, unexpected, name, config.source)
+    _cast_in_place(module_weights, device, dtype)
     model.load_state_dict(module_weights, strict=True, assign=True)
     model.alphas_cumprod = _schedule(weights, config)
+    # The depth model's MiDaS weights, kept as they are until depth2img builds it (timm is imported only then).
+    model.depth_weights = ({key[len(DEPTH_PREFIX):]: value for key, value in weights.items()
+                            if key.startswith(DEPTH_PREFIX)} if config.kind == "depth" else None)
     return model
 
 
@@ -104,8 +111,8 @@ def _module_state_dict(weights: dict, encoder_class, config: ModelConfig) -> tup
             module[key] = value
         elif key.startswith((EMA_PREFIX, TEXT_PREFIX)) or key in SCHEDULE_KEYS:
             continue  # EMA shadows (see --ema), text tower (mapped above), schedule (from the config)
-        elif key.startswith("depth_model.") and config.kind == "depth":
-            continue  # MiDaS weights: loaded by the depth subcommand
+        elif key.startswith(DEPTH_PREFIX) and config.kind == "depth":
+            continue  # MiDaS weights: kept aside in build_and_load, loaded strictly by depth.py
         elif key.startswith("first_stage_model.loss.") or key == "model_ema.decay":
             continue  # training-time loss weights
         else:
@@ -131,6 +138,16 @@ def _check_keys(model: LatentDiffusion, module_weights: dict, unexpected: list[s
     if problems:
         raise CheckpointError(f"{name} does not match config {source}: " + "; ".join(problems)
                               + ". Pass the config this checkpoint was made for with --config")
+
+
+def _cast_in_place(module_weights: dict, device, dtype) -> None:
+    """Move and cast tensor by tensor, so at most one extra tensor exists at a time.
+
+    A tensor already on the device in the dtype (a memory-mapped fp32 file run in fp32 on the CPU)
+    is used as it is: no copy at all.
+    """
+    for key, value in module_weights.items():
+        module_weights[key] = value.to(device=device, dtype=dtype if value.is_floating_point() else None)
 
 
 def _some(names: list[str], limit: int = 4) -> str:
