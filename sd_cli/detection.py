@@ -34,6 +34,8 @@ FAMILIES = {
     ("openclip", 4, False): Family("SD 2.x", "v2-inference.yaml", measure_v=True),
     ("openclip", 9, False): Family("SD 2.x inpainting", "v2-inpainting-inference.yaml"),
     ("openclip", 5, True): Family("SD 2.x depth", "v2-midas-inference.yaml"),
+    ("openclip", 5, False): Family("SD 2.x depth (no MiDaS weights: depth2img needs --depth-model or --depth-map)",
+                                   "v2-midas-inference.yaml"),
 }
 
 

@@ -27,6 +27,7 @@ FAMILIES = {
     "sd2-v": ("v2-inference-v.yaml", 4),
     "sd1-inpaint": ("v1-inpainting-inference.yaml", 9),
     "sd2-inpaint": ("v2-inpainting-inference.yaml", 9),
+    "sd2-depth": ("v2-midas-inference.yaml", 5),  # with a tiny MiDaS under depth_model.model.* (tiny_midas.py)
 }
 
 
@@ -124,6 +125,10 @@ def tiny_state_dict(family: str, seed: int = 0, ema: bool = False) -> tuple[dict
     weights.update(schedule_buffers(config))
     if ema:
         weights.update(ema_shadows(weights, seed + 2))
+    if family == "sd2-depth":
+        from tiny_midas import tiny_dpt_weights
+
+        weights.update({f"depth_model.model.{k}": v for k, v in tiny_dpt_weights(seed + 3).items()})
     return weights, config
 
 

@@ -67,6 +67,7 @@ class _TextTower(nn.Module):
     def __init__(self, vocab_size: int, context_length: int, width: int, layers: int, mlp_width: int,
                  layer: str = "last"):
         super().__init__()
+        _import_open_clip()
         from open_clip.transformer import LayerNorm, QuickGELU, Transformer
 
         if layer not in self.layers_supported:
@@ -234,9 +235,26 @@ class OpenCLIPTextEncoder(_TextTower):
 
 
 @functools.cache
+def _import_open_clip() -> None:
+    """Import open_clip without timm: its package import pulls timm in for image towers sd_cli never
+    builds (about 0.1 s); only depth2img's MiDaS needs timm, and imports it itself."""
+    import sys
+
+    if "open_clip" in sys.modules or "timm" in sys.modules:
+        return
+    sys.modules["timm"] = None  # `import timm` raises ImportError, which open_clip handles
+    try:
+        import open_clip  # noqa: F401
+    finally:
+        del sys.modules["timm"]
+
+
+@functools.cache
 def _bpe_tokenizer(hf_cleaning: bool):
     """open_clip's BPE tokenizer with its bundled vocabulary (about 0.07 s to build)."""
     import ftfy
+
+    _import_open_clip()
     from open_clip.tokenizer import SimpleTokenizer, whitespace_clean
 
     bpe = SimpleTokenizer()
