@@ -9,14 +9,16 @@ from typing import Callable
 
 import torch
 
+from sd_cli.errors import UsageError
 from sd_cli.models.latent_diffusion import LatentDiffusion
+from sd_cli.sampling import samplers, schedules
 from sd_cli.sampling.ddim import AfterStep, sample_ddim, sample_plms
+from sd_cli.sampling.denoiser import KDenoiser, LCMDenoiser
 from sd_cli.sampling.dpm_solver import sample_dpm_solver
 from sd_cli.sampling.guidance import GuidedModel
 from sd_cli.sampling.noise import NoiseSource
 from sd_cli.sampling.schedule import make_ddim_schedule
 
-SAMPLERS = ("ddim", "plms", "dpm")
 LATENT_CHANNELS = 4
 DOWNSAMPLING = 8
 
@@ -25,7 +27,7 @@ Progress = Callable[[int, int], None]
 
 @dataclass(frozen=True)
 class SamplingParams:
-    sampler: str = "ddim"  # one of SAMPLERS
+    sampler: str = "ddim"  # a name samplers.choose accepts: "euler_a", "dpmpp_2m_karras", "DPM++ 2M Karras", ...
     steps: int = 50  # requested steps; DDIM/PLMS may run the original's count for it (see schedule.py)
     scale: float = 7.5  # classifier-free guidance scale; 1.0 skips the unconditional pass
     eta: float = 0.0  # DDIM η; PLMS needs 0, DPM-Solver ignores it
@@ -61,6 +63,10 @@ def img2img(model: LatentDiffusion, init_image: torch.Tensor, prompts: list[str]
     # 2. Forward-diffuse to DDIM index t_enc = int(strength * steps) with each image's first draw.
     noise = NoiseSource(seeds)
     forward_noise = noise.like(x0)
+    if not samplers.choose(params.sampler).sampler.original:  # k-diffusion: strength is a slice of the σ schedule
+        sigmas = k_sigmas(model, params, strength)
+        latents = sample_k(model, guided, x0 + forward_noise * float(sigmas[0]), sigmas, noise, params, progress)
+        return model.decode_latents(latents)
     schedule = make_ddim_schedule(model.alphas_cumprod, params.steps, params.eta)
     t_enc = int(strength * params.steps)
     if t_enc >= len(schedule):  # the original crashes here (index out of range); we start from noise
@@ -83,6 +89,11 @@ def denoise(model: LatentDiffusion, guided: GuidedModel, x: torch.Tensor, noise:
             params: SamplingParams, progress: Progress | None, start_index: int | None = None,
             after_step: AfterStep | None = None) -> torch.Tensor:
     """Run the chosen sampler from DDIM index start_index - 1 (default: the top) to the end."""
+    if not samplers.choose(params.sampler).sampler.original:  # x: unit noise, scaled to the first σ
+        if start_index is not None or after_step is not None:
+            raise UsageError(f"sampler {params.sampler} is for txt2img and img2img; use ddim, plms or dpm here")
+        sigmas = k_sigmas(model, params)
+        return sample_k(model, guided, x * float(sigmas[0]), sigmas, noise, params, progress)
     if params.sampler == "dpm":
         schedule = make_ddim_schedule(model.alphas_cumprod, params.steps, 0.0)
         t_start = None if start_index is None else int(schedule.timesteps[start_index])
@@ -92,3 +103,25 @@ def denoise(model: LatentDiffusion, guided: GuidedModel, x: torch.Tensor, noise:
     schedule = make_ddim_schedule(model.alphas_cumprod, params.steps, params.eta)
     sample = sample_plms if params.sampler == "plms" else sample_ddim
     return sample(guided, x, schedule, noise, start_index=start_index, progress=progress, after_step=after_step)
+
+
+def k_sigmas(model: LatentDiffusion, params: SamplingParams, strength: float = 1.0) -> torch.Tensor:
+    """The σ schedule (float64, ends in 0) of a k-diffusion sampler. img2img runs its last
+    t_enc = int(strength · steps) steps: it starts at sigmas[steps - t_enc], the image latent noised to
+    that σ (AUTOMATIC1111 starts one σ earlier and runs t_enc + 1 steps); strength 1 noises the image
+    to σ_max, strength 0 returns it unchanged."""
+    choice = samplers.choose(params.sampler)
+    sigmas = schedules.make_sigmas(choice.schedule, params.steps, model.alphas_cumprod,
+                                   choice.sampler.discard_penultimate)
+    return sigmas[params.steps - int(strength * params.steps):]
+
+
+def sample_k(model: LatentDiffusion, guided: GuidedModel, x: torch.Tensor, sigmas: torch.Tensor, noise: NoiseSource,
+             params: SamplingParams, progress: Progress | None) -> torch.Tensor:
+    """Run a k-diffusion sampler from x at noise level sigmas[0] (x₀ + σ·ε) down the schedule."""
+    spec = samplers.choose(params.sampler).sampler
+    if params.eta:
+        raise UsageError(f"--eta is DDIM's η; {spec.id} runs with AUTOMATIC1111's defaults (η = 1 for the "
+                         "ancestral and SDE samplers)")
+    denoiser = (LCMDenoiser if spec.denoiser == "lcm" else KDenoiser)(guided, model.alphas_cumprod)
+    return spec.function_object()(denoiser, x, sigmas, noise, progress)
