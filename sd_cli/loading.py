@@ -52,14 +52,14 @@ def load_model(checkpoint_path, config_path=None, *, device="cpu", dtype=torch.f
 
 
 def choose_config(path: Path, config_path, checkpoint: CheckpointFile) -> tuple[ModelConfig, bool]:
-    """--config wins; then a YAML beside the checkpoint with its stem; then the fingerprint table."""
+    """--config wins; then a YAML with the checkpoint's stem, beside it or in configs/ (the built-in
+    model's sd-cli-tiny.yaml is found that way); then the fingerprint table."""
     if config_path is not None:
         return load_config(config_path), False
-    for suffix in (".yaml", ".yml"):
-        sibling = path.with_suffix(suffix)
-        if sibling.is_file():
-            log.info(f"using config {sibling} (found beside the checkpoint)")
-            return load_config(sibling), False
+    for candidate in (path.with_suffix(".yaml"), path.with_suffix(".yml"), bundled_config(path.stem + ".yaml")):
+        if candidate.is_file():
+            log.info(f"using config {candidate} (named after the checkpoint)")
+            return load_config(candidate), False
     family = detect_family(checkpoint.state_dict, path.name)
     log.info(f"detected {family.description} from the checkpoint's weights; using configs/{family.config_name}")
     return load_config(bundled_config(family.config_name)), family.measure_v

@@ -1,6 +1,8 @@
 """Shared fixtures: tiny original-format checkpoints built once per test session, and a CLI runner."""
 
 import sys
+
+import sd_cli  # noqa: F401  (sets OMP_WAIT_POLICY before torch is imported; see sd_cli/__init__.py)
 from dataclasses import dataclass
 from pathlib import Path
 

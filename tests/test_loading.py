@@ -94,7 +94,7 @@ def test_yaml_beside_checkpoint_wins_over_detection(tmp_path, capsys):
     path = write_tiny_checkpoint("sd2-v", tmp_path)
     loaded = load_model(path)
     assert loaded.model.parameterization == "v"
-    assert "found beside the checkpoint" in capsys.readouterr().err
+    assert "named after the checkpoint" in capsys.readouterr().err
 
 
 def test_precision_bf16_runs_close_to_fp32(sd1_ckpt):
