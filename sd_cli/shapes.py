@@ -134,30 +134,33 @@ def _noun(scene: Scene) -> str:
     return f"{scene.shape}s" if scene.count == 2 else scene.shape
 
 
+def with_article(phrase: str) -> str:
+    """'a red circle', 'an orange circle'."""
+    return ("an " if phrase[0] in "aeiou" else "a ") + phrase
+
+
 def caption(scene: Scene, rng: np.random.Generator) -> str:
     """A caption naming the colour and shape, and at random the size, position, background."""
-    words = ["two"] if scene.count == 2 else ["a"]
+    words = [scene.colour, _noun(scene)]
     if scene.count == 1 and rng.random() < 0.5:
-        words.append(scene.size)
-    words += [scene.colour, _noun(scene)]
+        words.insert(0, scene.size)
+    words = ["two"] + words if scene.count == 2 else [with_article(" ".join(words))]
     extras = []
-    if scene.position is not None and rng.random() < 0.5:
+    if scene.position is not None and rng.random() < 0.7:
         corner = " corner" if scene.position != "center" and rng.random() < 0.5 else ""
         extras.append(f"in the {scene.position}{corner}")
     if rng.random() < 0.6:
-        extras.append(f"on a {scene.background} background")
+        extras.append(f"on {with_article(scene.background)} background")
     rng.shuffle(extras)
     return " ".join(words + extras)
 
 
 def full_caption(scene: Scene) -> str:
     """The caption that names every attribute of the scene, in a fixed order."""
+    background = f"on {with_article(scene.background)} background"
     if scene.count == 2:
-        return f"two {scene.colour} {_noun(scene)} on a {scene.background} background"
-    return (
-        f"a {scene.size} {scene.colour} {scene.shape} in the {scene.position}"
-        f" on a {scene.background} background"
-    )
+        return f"two {scene.colour} {_noun(scene)} {background}"
+    return f"a {scene.size} {scene.colour} {scene.shape} in the {scene.position} {background}"
 
 
 _COLOUR_RE = "|".join(COLOURS)

@@ -136,3 +136,10 @@ def test_captions_vary():
 )
 def test_parse_prompt(prompt, expected):
     assert shapes.parse_prompt(prompt) == expected
+
+
+def test_captions_use_an_before_vowels():
+    rng = np.random.default_rng(11)
+    texts = [shapes.caption(s, rng) for s in scenes(300, seed=12)]
+    assert not any("a orange" in t for t in texts)
+    assert any("an orange" in t for t in texts)
