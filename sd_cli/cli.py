@@ -14,6 +14,7 @@ import typer
 
 from sd_cli import log
 from sd_cli.errors import SdCliError, UsageError
+from sd_cli.sampling.samplers import SAMPLERS, SCHEDULES
 
 app = typer.Typer(
     name="sd-cli",
@@ -25,10 +26,9 @@ app = typer.Typer(
 )
 
 
-class Sampler(str, Enum):
-    ddim = "ddim"
-    plms = "plms"
-    dpm = "dpm"
+class OnError(str, Enum):
+    stop = "stop"
+    continue_ = "continue"
 
 
 # Shared option types: one definition per flag, used by every subcommand.
@@ -38,7 +38,8 @@ NegativeOpt = Annotated[str, typer.Option("--negative-prompt", "-n", help="What 
 StepsOpt = Annotated[int, typer.Option("--steps", "--ddim_steps", help="Sampling steps (DDIM/PLMS run the original's count for it).")]
 ScaleOpt = Annotated[float, typer.Option("--scale", help="Classifier-free guidance scale; 1.0 skips the unconditional pass.")]
 SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Base seed; image i uses seed+i. Random (and printed) if not given.")]
-SamplerOpt = Annotated[Sampler, typer.Option("--sampler", help="Sampler.", case_sensitive=False)]
+SamplerOpt = Annotated[str, typer.Option("--sampler", help=f"Sampler: {', '.join(SAMPLERS)}, or an AUTOMATIC1111 name (\"Euler a\", \"DPM++ 2M Karras\"); any case.")]
+ScheduleOpt = Annotated[Optional[str], typer.Option("--schedule", help=f"σ schedule of the k-diffusion samplers: {', '.join(SCHEDULES)} (default: the sampler's own; the original ddim/plms/dpm have none).", show_default=False)]
 PlmsOpt = Annotated[bool, typer.Option("--plms", help="Same as --sampler plms (original flag).")]
 DpmOpt = Annotated[bool, typer.Option("--dpm", help="Same as --sampler dpm (v2 flag; --plms wins over it, as in v2).")]
 DpmSolverOpt = Annotated[bool, typer.Option("--dpm_solver", help="Same as --sampler dpm (v1 flag; wins over --plms, as in v1).")]
@@ -53,7 +54,12 @@ RowsOpt = Annotated[int, typer.Option("--n-rows", "--n_rows", help="Grid images 
 SkipGridOpt = Annotated[bool, typer.Option("--skip-grid", "--skip_grid", help="Do not write the grid.")]
 SkipSaveOpt = Annotated[bool, typer.Option("--skip-save", "--skip_save", help="Do not write the individual samples.")]
 FixedCodeOpt = Annotated[bool, typer.Option("--fixed-code", "--fixed_code", help="Every image uses the base seed's noise.")]
-FromFileOpt = Annotated[Optional[Path], typer.Option("--from-file", help="Read prompts from a file, one per line.")]
+FromFileOpt = Annotated[Optional[str], typer.Option("--from-file", help="Prompt file ('-' for stdin): plain lines, JSON Lines or AUTOMATIC1111 '--prompt ... --seed 5' lines.")]
+OnErrorOpt = Annotated[OnError, typer.Option("--on-error", help="When an image or prompt-file line fails: stop, or continue and exit 3.", case_sensitive=False)]
+JsonOpt = Annotated[bool, typer.Option("--json", help="stdout: one JSON object per written image (path, seed, prompt, parameters, timings).")]
+NameOpt = Annotated[Optional[str], typer.Option("--name", help="File name template inside --outdir, e.g. '{index:05}-{seed}-{prompt_slug}.png'.")]
+SkipExistingOpt = Annotated[bool, typer.Option("--skip-existing", help="Do not render images whose file (from --name or -o) already exists.")]
+FromPngOpt = Annotated[Optional[Path], typer.Option("--from-png", help="Re-render with the parameters recorded in this PNG (flags given win).")]
 RepeatOpt = Annotated[int, typer.Option("--repeat", help="Repeat each prompt of --from-file this many times.")]
 PrecisionOpt = Annotated[str, typer.Option("--precision", help="auto (fp16 on CUDA, fp32 elsewhere), fp32, fp16, bf16; the original's full/autocast too.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
@@ -67,6 +73,17 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks.")]
 StrengthOpt = Annotated[float, typer.Option("--strength", help="img2img: how much to change the input, 0..1 (1 = start from noise).")]
 InitImgOpt = Annotated[Optional[Path], typer.Option("--init-img", "--init_img", help="img2img: the input image.")]
+ImageOpt = Annotated[Optional[Path], typer.Option("--image", "--init-img", "--init_img", help="The input image.")]
+MaskOpt = Annotated[Optional[Path], typer.Option("--mask", help="Mask image: white = repaint, black = keep; converted to grey and binarised at 50% as the original. Default: the image's transparent pixels.")]
+InvertMaskOpt = Annotated[bool, typer.Option("--invert-mask", help="Repaint the black part of the mask instead of the white.")]
+MaskBlurOpt = Annotated[float, typer.Option("--mask-blur", help="Gaussian blur of the mask in pixels (AUTOMATIC1111's 'Mask blur'): soft paste-back edges; 0 = the original's hard mask.")]
+PasteBackOpt = Annotated[bool, typer.Option("--paste-back/--no-paste-back", help="Copy the kept pixels from the input into the result, so they are unchanged (the original returns the whole VAE output).")]
+OutpaintOpt = Annotated[Optional[str], typer.Option("--outpaint", help="LEFT,RIGHT,UP,DOWN: add that many pixels on each side (filled with the nearest edge pixels) and paint them.")]
+InpaintStrengthOpt = Annotated[float, typer.Option("--strength", help="1 (default): the masked area is painted from noise, as the original; below 1: start from the image noised that far (img2img's rule).")]
+DepthStrengthOpt = Annotated[float, typer.Option("--strength", help="How much to change the input, 0..1: noise to index min(int(strength*steps), steps-1) as the original depth2img; 1 starts from noise.")]
+DepthMapOpt = Annotated[Optional[Path], typer.Option("--depth-map", help="Use this depth image (greyscale, white = near) instead of estimating one with MiDaS.")]
+DepthModelOpt = Annotated[Optional[Path], typer.Option("--depth-model", help="MiDaS weights (dpt_hybrid-midas-501f0c75.pt) for a depth checkpoint without depth_model.* weights.")]
+SaveDepthOpt = Annotated[Optional[Path], typer.Option("--save-depth", help="Write the depth map used as a PNG (white = near).")]
 # Original flags that cannot apply to sd_cli: accepted by the parser only to give a clear error.
 Laion400mOpt = Annotated[bool, typer.Option("--laion400m", hidden=True)]
 TorchscriptOpt = Annotated[bool, typer.Option("--torchscript", hidden=True)]
@@ -83,13 +100,15 @@ UNSUPPORTED = {
 
 @app.command()
 def txt2img(
-    prompt_arg: PromptArg = None, prompt: PromptOpt = None, negative_prompt: NegativeOpt = "",
+    ctx: typer.Context, prompt_arg: PromptArg = None, prompt: PromptOpt = None, negative_prompt: NegativeOpt = "",
     steps: StepsOpt = 50, scale: ScaleOpt = 7.5, seed: SeedOpt = None,
-    sampler: SamplerOpt = Sampler.ddim, plms: PlmsOpt = False, dpm: DpmOpt = False, dpm_solver: DpmSolverOpt = False,
+    sampler: SamplerOpt = "ddim", schedule: ScheduleOpt = None, plms: PlmsOpt = False, dpm: DpmOpt = False, dpm_solver: DpmSolverOpt = False,
     eta: EtaOpt = 0.0, height: HeightOpt = None, width: WidthOpt = None, C: ChannelsOpt = 4, f: FactorOpt = 8,
     n_samples: SamplesOpt = 1, n_iter: IterOpt = 1, n_rows: RowsOpt = 0,
     skip_grid: SkipGridOpt = False, skip_save: SkipSaveOpt = False, fixed_code: FixedCodeOpt = False,
-    from_file: FromFileOpt = None, repeat: RepeatOpt = 1, precision: PrecisionOpt = "auto", device: DeviceOpt = "auto",
+    from_file: FromFileOpt = None, repeat: RepeatOpt = 1, on_error: OnErrorOpt = OnError.stop,
+    from_png: FromPngOpt = None, name: NameOpt = None, skip_existing: SkipExistingOpt = False, json_out: JsonOpt = False,
+    precision: PrecisionOpt = "auto", device: DeviceOpt = "auto",
     ckpt: CkptOpt = None, config: ConfigOpt = None, ema: EmaOpt = False,
     outdir: OutdirOpt = None, output: OutputOpt = None, no_watermark: NoWatermarkOpt = False,
     quiet: QuietOpt = False, debug: DebugOpt = False,
@@ -103,14 +122,16 @@ def txt2img(
 
 @app.command()
 def img2img(
-    prompt_arg: PromptArg = None, prompt: PromptOpt = None, negative_prompt: NegativeOpt = "",
+    ctx: typer.Context, prompt_arg: PromptArg = None, prompt: PromptOpt = None, negative_prompt: NegativeOpt = "",
     init_img: InitImgOpt = None, strength: StrengthOpt = 0.75,
     steps: StepsOpt = 50, scale: ScaleOpt = 7.5, seed: SeedOpt = None,
-    sampler: SamplerOpt = Sampler.ddim, plms: PlmsOpt = False, dpm: DpmOpt = False, dpm_solver: DpmSolverOpt = False,
+    sampler: SamplerOpt = "ddim", schedule: ScheduleOpt = None, plms: PlmsOpt = False, dpm: DpmOpt = False, dpm_solver: DpmSolverOpt = False,
     eta: EtaOpt = 0.0, C: ChannelsOpt = 4, f: FactorOpt = 8,
     n_samples: SamplesOpt = 1, n_iter: IterOpt = 1, n_rows: RowsOpt = 0,
     skip_grid: SkipGridOpt = False, skip_save: SkipSaveOpt = False, fixed_code: FixedCodeOpt = False,
-    from_file: FromFileOpt = None, repeat: RepeatOpt = 1, precision: PrecisionOpt = "auto", device: DeviceOpt = "auto",
+    from_file: FromFileOpt = None, repeat: RepeatOpt = 1, on_error: OnErrorOpt = OnError.stop,
+    from_png: FromPngOpt = None, name: NameOpt = None, skip_existing: SkipExistingOpt = False, json_out: JsonOpt = False,
+    precision: PrecisionOpt = "auto", device: DeviceOpt = "auto",
     ckpt: CkptOpt = None, config: ConfigOpt = None, ema: EmaOpt = False,
     outdir: OutdirOpt = None, output: OutputOpt = None, no_watermark: NoWatermarkOpt = False,
     quiet: QuietOpt = False, debug: DebugOpt = False,
@@ -120,6 +141,109 @@ def img2img(
     args = dict(locals())
     _start(args)
     _render("img2img", args)
+
+
+@app.command()
+def inpaint(
+    ctx: typer.Context, prompt_arg: PromptArg = None, prompt: PromptOpt = None, negative_prompt: NegativeOpt = "",
+    init_img: ImageOpt = None, mask: MaskOpt = None, invert_mask: InvertMaskOpt = False, mask_blur: MaskBlurOpt = 4.0,
+    paste_back: PasteBackOpt = True, outpaint: OutpaintOpt = None, strength: InpaintStrengthOpt = 1.0,
+    steps: StepsOpt = 50, scale: ScaleOpt = 7.5, seed: SeedOpt = None,
+    sampler: SamplerOpt = "ddim", schedule: ScheduleOpt = None, plms: PlmsOpt = False, dpm: DpmOpt = False, dpm_solver: DpmSolverOpt = False,
+    eta: EtaOpt = 0.0, C: ChannelsOpt = 4, f: FactorOpt = 8,
+    n_samples: SamplesOpt = 1, n_iter: IterOpt = 1, n_rows: RowsOpt = 0,
+    skip_grid: SkipGridOpt = False, skip_save: SkipSaveOpt = False, fixed_code: FixedCodeOpt = False,
+    from_file: FromFileOpt = None, repeat: RepeatOpt = 1, on_error: OnErrorOpt = OnError.stop,
+    from_png: FromPngOpt = None, name: NameOpt = None, skip_existing: SkipExistingOpt = False, json_out: JsonOpt = False,
+    precision: PrecisionOpt = "auto", device: DeviceOpt = "auto",
+    ckpt: CkptOpt = None, config: ConfigOpt = None, ema: EmaOpt = False,
+    outdir: OutdirOpt = None, output: OutputOpt = None, no_watermark: NoWatermarkOpt = False,
+    quiet: QuietOpt = False, debug: DebugOpt = False,
+    laion400m: Laion400mOpt = False, torchscript: TorchscriptOpt = False, ipex: IpexOpt = False, bf16: Bf16FlagOpt = False,
+):
+    """Repaint the masked part of an image (white in --mask, or the image's transparent pixels).
+
+    Inpainting checkpoints (9-channel UNet: SD 1.5 / SD 2 inpainting) get the mask and the masked
+    image as extra UNet input, as the original. Ordinary 4-channel checkpoints inpaint by blending
+    the kept area's noised latent back in after every step. The image keeps its size (padded to
+    multiples of 64 for the model and cropped back); the kept pixels are pasted back unchanged.
+    """
+    args = dict(locals())
+    _start(args)
+    _render("inpaint", args)
+
+
+@app.command()
+def depth2img(
+    ctx: typer.Context, prompt_arg: PromptArg = None, prompt: PromptOpt = None, negative_prompt: NegativeOpt = "",
+    init_img: ImageOpt = None, strength: DepthStrengthOpt = 0.9,
+    depth_map: DepthMapOpt = None, depth_model: DepthModelOpt = None, save_depth: SaveDepthOpt = None,
+    steps: StepsOpt = 50, scale: ScaleOpt = 7.5, seed: SeedOpt = None,
+    sampler: SamplerOpt = "ddim", schedule: ScheduleOpt = None, plms: PlmsOpt = False, dpm: DpmOpt = False, dpm_solver: DpmSolverOpt = False,
+    eta: EtaOpt = 0.0, C: ChannelsOpt = 4, f: FactorOpt = 8,
+    n_samples: SamplesOpt = 1, n_iter: IterOpt = 1, n_rows: RowsOpt = 0,
+    skip_grid: SkipGridOpt = False, skip_save: SkipSaveOpt = False, fixed_code: FixedCodeOpt = False,
+    from_file: FromFileOpt = None, repeat: RepeatOpt = 1, on_error: OnErrorOpt = OnError.stop,
+    from_png: FromPngOpt = None, name: NameOpt = None, skip_existing: SkipExistingOpt = False, json_out: JsonOpt = False,
+    precision: PrecisionOpt = "auto", device: DeviceOpt = "auto",
+    ckpt: CkptOpt = None, config: ConfigOpt = None, ema: EmaOpt = False,
+    outdir: OutdirOpt = None, output: OutputOpt = None, no_watermark: NoWatermarkOpt = False,
+    quiet: QuietOpt = False, debug: DebugOpt = False,
+    laion400m: Laion400mOpt = False, torchscript: TorchscriptOpt = False, ipex: IpexOpt = False, bf16: Bf16FlagOpt = False,
+):
+    """Change an image following a prompt while keeping its depth (the SD 2 depth model, 512-depth-ema).
+
+    The depth comes from MiDaS DPT-Hybrid, built from the checkpoint's own depth_model.* weights
+    (or --depth-model), or from --depth-map. The image's size is floored to multiples of 64.
+    """
+    args = dict(locals())
+    _start(args)
+    _render("depth2img", args)
+
+
+ImagesArg = Annotated[list[Path], typer.Argument(help="PNG files.", show_default=False)]
+InfoJsonOpt = Annotated[bool, typer.Option("--json", help="One JSON object per image (the fields of txt2img --json).")]
+
+
+@app.command()
+def info(images: ImagesArg, json_out: InfoJsonOpt = False):
+    """Print the generation parameters recorded in images (exit 1 if one has none)."""
+    import json
+
+    from sd_cli.image_info import info_record, read_infotext
+
+    failed = 0
+    for path in images:
+        try:
+            text = json.dumps(info_record(path), ensure_ascii=False) if json_out else read_infotext(path)
+        except SdCliError as err:
+            log.error(str(err))
+            failed += 1
+            continue
+        print(text if json_out or len(images) == 1 else f"{path}:\n{text}\n", flush=True)
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def verify(images: ImagesArg, json_out: InfoJsonOpt = False):
+    """Tell which known invisible watermark images carry: exit 0 when every image has one, 1 otherwise."""
+    import json
+
+    from sd_cli.image_info import describe_verify, verify_record
+
+    unmarked = 0
+    for path in images:
+        try:
+            record = verify_record(path)
+        except SdCliError as err:
+            log.error(str(err))
+            unmarked += 1
+            continue
+        unmarked += record["watermark"] is None
+        print(json.dumps(record) if json_out else describe_verify(record), flush=True)
+    if unmarked:
+        raise typer.Exit(1)
 
 
 def _start(args: dict) -> None:
@@ -132,89 +256,188 @@ def _start(args: dict) -> None:
 
 
 def _render(mode: str, args: dict) -> None:
+    from sd_cli import jobs
     from sd_cli.render import RunRequest, run
 
+    png_values, png_model = _from_png(args)
+    requests, bad_lines = _requests(mode, args, png_values)
+    count = _positive("--repeat", args["repeat"]) if args["from_file"] else _positive("--n-samples", args["n_samples"])
+    defaults = jobs.Defaults(values=_default_values(args, png_values), count=count,
+                             n_iter=_positive("--n-iter", args["n_iter"]), fixed_code=args["fixed_code"],
+                             name_template=args["name"])
     request = RunRequest(
-        mode=mode, prompts=_prompts(args), negative_prompt=args["negative_prompt"], sampling=_sampling(args),
-        seed=_seed(args["seed"]), n_samples=_positive("--n-samples", args["n_samples"]),
-        n_iter=_positive("--n-iter", args["n_iter"]), fixed_code=args["fixed_code"],
-        height=args.get("height"), width=args.get("width"), strength=_strength(args.get("strength", 0.75)),
-        init_img=args.get("init_img"), checkpoint=args["ckpt"], config=args["config"], ema=args["ema"],
+        mode=mode, jobs=jobs.build_jobs(requests, defaults), batch_size=_positive("--n-samples", args["n_samples"]),
+        bad_lines=bad_lines, checkpoint=_checkpoint(args, png_model), config=args["config"], ema=args["ema"],
         device=args["device"], precision=_precision(args["precision"]),
         outdir=args["outdir"] or Path(f"outputs/{mode}-samples"), output=args["output"], n_rows=args["n_rows"],
         skip_grid=args["skip_grid"], skip_save=args["skip_save"], watermark=not args["no_watermark"],
+        skip_existing=args["skip_existing"], on_error=args["on_error"].value, json=args["json_out"],
+        inpaint=_mask_options(args) if mode == "inpaint" else None,
+        depth=_depth_options(args) if mode == "depth2img" else None,
     )
     if request.skip_save and request.skip_grid:
         raise UsageError("--skip-save together with --skip-grid would write nothing; drop one of them")
+    if args["from_png"] is not None:
+        _warn_other_model(request.checkpoint, png_model, args["from_png"])
     run(request)
 
 
-def _prompts(args: dict) -> list[str]:
+def _requests(mode: str, args: dict, png_values: dict) -> tuple[list, int]:
+    """One request per prompt-file line (and the number of bad lines skipped), or the one prompt."""
+    from sd_cli import jobs
+
     given = [p for p in (args["prompt_arg"], args["prompt"]) if p is not None]
     if len(given) == 2 and given[0] != given[1]:
         raise UsageError("the prompt was given twice (as an argument and with --prompt); give it once")
     if args["from_file"] is not None:
-        if given:
-            raise UsageError("give either a prompt or --from-file, not both")
-        lines = _read_prompt_file(args["from_file"])
-        return [line for line in lines for _ in range(_positive("--repeat", args["repeat"]))]
-    if not given:
+        if given or args["from_png"]:
+            raise UsageError("give either a prompt, --from-png or --from-file, not two of them")
+        return _good_lines(jobs.parse_prompt_file(jobs.read_prompt_file(args["from_file"])), args)
+    prompt = given[0] if given else png_values.get("prompt")
+    if prompt is None:
         raise UsageError("no prompt: pass it as the first argument, with --prompt, or use --from-file")
-    return [given[0]] * _positive("--n-samples", args["n_samples"])
+    if mode != "txt2img" and args["init_img"] is None:
+        raise UsageError(f"{mode} needs an input image: pass {'--image' if mode == 'inpaint' else '--init-img'} PATH")
+    return [jobs.Request({"prompt": prompt})], 0
 
 
-def _read_prompt_file(path: Path) -> list[str]:
+def _good_lines(parsed: list, args: dict) -> tuple[list, int]:
+    from sd_cli.jobs import BadLine
+
+    source = "stdin" if args["from_file"] == "-" else args["from_file"]
+    bad = [p for p in parsed if isinstance(p, BadLine)]
+    if bad and args["on_error"] == OnError.stop:
+        more = f" (and {len(bad) - 1} more bad line(s))" if len(bad) > 1 else ""
+        raise UsageError(f"{source} line {bad[0].line}: {bad[0].message}{more}; fix it or use --on-error continue")
+    for line in bad:
+        log.error(f"{source} line {line.line}: {line.message} (skipped, --on-error continue)")
+    return [p for p in parsed if not isinstance(p, BadLine)], len(bad)
+
+
+FLAG_NAMES = {"steps": "--steps", "scale": "--scale", "seed": "--seed", "eta": "--eta", "width": "--width",
+              "height": "--height", "strength": "--strength", "sampler": "--sampler",
+              "negative_prompt": "--negative-prompt", "init_img": "--init-img", "mask": "--mask"}
+
+
+def _default_values(args: dict, png_values: dict) -> dict:
+    """The command line's values for every job, over those of --from-png; checked like a prompt-file line."""
+    from sd_cli import jobs
+
+    flags = {"negative_prompt": args["negative_prompt"], "sampler": _sampler(args), "steps": args["steps"],
+             "scale": args["scale"], "eta": args["eta"], "width": args.get("width"), "height": args.get("height"),
+             "strength": args.get("strength", 0.75), "init_img": args.get("init_img"), "seed": args["seed"],
+             "mask": args.get("mask")}
+    values = {k: v for k, v in png_values.items() if k != "prompt"}
+    values.update({k: v for k, v in flags.items() if v is not None and (k not in values or _explicit(args, k))})
+    for key in ("init_img", "mask"):
+        values[key] = str(values[key]) if values.get(key) is not None else None
     try:
-        text = path.read_bytes().decode("utf-8")
-    except OSError as err:
-        raise UsageError(f"cannot read prompt file {path}: {err.strerror or err}") from None
-    except UnicodeDecodeError:
-        raise UsageError(f"prompt file {path} is not UTF-8 text; re-save it as UTF-8") from None
-    lines = text.splitlines()
-    if not lines:
-        raise UsageError(f"prompt file {path} is empty; put one prompt per line")
-    return lines
+        values = jobs.check_values({k: v for k, v in values.items() if v is not None}, FLAG_NAMES.get)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    values["seed"] = _seed(values.get("seed"))
+    return values
 
 
-def _sampling(args: dict):
-    from sd_cli.pipeline import SamplingParams
+def _mask_options(args: dict):
+    from sd_cli.masks import MaskOptions, parse_outpaint
 
-    sampler = args["sampler"].value
+    if args["mask_blur"] < 0:
+        raise UsageError(f"--mask-blur {args['mask_blur']} must be 0 or more")
+    outpaint = parse_outpaint(args["outpaint"]) if args["outpaint"] else (0, 0, 0, 0)
+    return MaskOptions(invert=args["invert_mask"], blur=args["mask_blur"], paste_back=args["paste_back"],
+                       outpaint=outpaint)
+
+
+def _depth_options(args: dict):
+    from sd_cli.depth import DepthOptions
+
+    if args["depth_map"] is not None and args["depth_model"] is not None:
+        raise UsageError("--depth-map replaces MiDaS, so --depth-model would not be used; give one of them")
+    return DepthOptions(depth_map=args["depth_map"], depth_model=args["depth_model"], save_depth=args["save_depth"])
+
+
+def _sampler(args: dict) -> str:
+    """The canonical sampler name (samplers.py): "euler_a", "dpmpp_2m_karras", ..."""
+    from sd_cli.sampling import samplers
+
     # Precedence of the original flags: v1 --dpm_solver > --plms; v2 --plms > --dpm.
-    if args["dpm_solver"]:
-        sampler = "dpm"
-    elif args["plms"]:
-        sampler = "plms"
-    elif args["dpm"]:
-        sampler = "dpm"
-    steps = args["steps"]
-    if steps < 1 or steps > 1000:
-        raise UsageError(f"--steps {steps} is out of range; use 1 to 1000")
-    if sampler == "plms" and args["eta"] != 0:
-        raise UsageError("PLMS is deterministic and needs --eta 0; use --sampler ddim for eta > 0")
-    if args["eta"] < 0:
-        raise UsageError("--eta must be 0 or more")
-    return SamplingParams(sampler=sampler, steps=steps, scale=args["scale"], eta=args["eta"])
+    name = "dpm" if args["dpm_solver"] else "plms" if args["plms"] else "dpm" if args["dpm"] else args["sampler"]
+    try:
+        schedule = None if args["schedule"] is None else samplers.schedule_id(args["schedule"])
+    except samplers.UnknownSampler as err:
+        raise UsageError(f"--schedule {err}") from None
+    try:
+        return samplers.canonical(name, schedule)
+    except samplers.UnknownSampler as err:
+        raise UsageError(f"--sampler {err}") from None
+
+
+def _explicit(args: dict, key: str) -> bool:
+    """Whether the flag for `key` was given on the command line (it then wins over --from-png)."""
+    names = {"sampler": ("sampler", "schedule", "plms", "dpm", "dpm_solver")}.get(key, (key,))
+    sources = [args["ctx"].get_parameter_source(name) for name in names]
+    return any(source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP") for source in sources)
+
+
+def _from_png(args: dict) -> tuple[dict, dict]:
+    if args["from_png"] is None:
+        return {}, {}
+    from sd_cli.image_info import render_values
+
+    values, model = render_values(args["from_png"])
+    log.info(f"parameters from {args['from_png']}: seed {values['seed']}, {values['sampler']} "
+             f"{values['steps']} steps, scale {values['scale']}; flags given on the command line win")
+    return values, model
+
+
+def _checkpoint(args: dict, png_model: dict):
+    """--ckpt; for --from-png without it, the recorded model when it is found in checkpoints/."""
+    if args["ckpt"] is not None or not png_model.get("model"):
+        return args["ckpt"]
+    from sd_cli.errors import CheckpointError
+    from sd_cli.models_on_disk import resolve_checkpoint
+
+    for suffix in (".safetensors", ".ckpt"):
+        try:
+            return resolve_checkpoint(png_model["model"] + suffix)
+        except CheckpointError:
+            continue
+    log.warn(f"{args['from_png']} was made with model {png_model['model']}, not found in checkpoints/; "
+             "using the default model (pass --ckpt)")
+    return None
+
+
+def _warn_other_model(checkpoint, png_model: dict, png: Path) -> None:
+    """--from-png with a checkpoint whose hash differs from the recorded one cannot give the same image."""
+    from sd_cli.checkpoint import model_hash
+    from sd_cli.errors import CheckpointError
+    from sd_cli.models_on_disk import resolve_checkpoint
+
+    recorded = png_model.get("model_hash")
+    try:
+        actual = model_hash(resolve_checkpoint(checkpoint)) if recorded else None
+    except CheckpointError:
+        return  # the run itself reports the missing checkpoint
+    if actual and actual != recorded:
+        log.warn(f"{png} was made with model hash {recorded} ({png_model.get('model')}), this checkpoint has "
+                 f"{actual}: the image will differ")
 
 
 def _seed(seed: Optional[int]) -> int:
     if seed is None:
+        from sd_cli.distributed import current
+
+        if current().distributed:
+            raise UsageError("several processes (torchrun) must render the same run: pass --seed")
         seed = secrets.randbelow(2**32)
         log.info(f"seed {seed} (random; pass --seed {seed} to repeat this run)")
-    if not 0 <= seed < 2**63:
-        raise UsageError(f"--seed {seed} is out of range; use 0 to 2**63-1")
     return seed
 
 
 def _positive(flag: str, value: int) -> int:
     if value < 1:
         raise UsageError(f"{flag} must be at least 1, got {value}")
-    return value
-
-
-def _strength(value: float) -> float:
-    if not 0.0 <= value <= 1.0:
-        raise UsageError(f"--strength {value} is outside [0, 1]")
     return value
 
 
@@ -231,7 +454,11 @@ def main(argv: Optional[list[str]] = None) -> None:
         argv = ["--help"]
     debug = "--debug" in argv
     try:
-        app(args=argv, prog_name="sd-cli", standalone_mode=False)
+        code = app(args=argv, prog_name="sd-cli", standalone_mode=False)
+        if code == 130:  # typer turns Ctrl-C into Exit(130), which comes back as a return value here
+            _fail("interrupted", 130)
+        if isinstance(code, int) and code:  # typer.Exit(code) likewise
+            sys.exit(code)
     except typer.Exit as done:
         sys.exit(done.exit_code)
     except typer.Abort:

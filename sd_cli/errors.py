@@ -15,3 +15,17 @@ class UsageError(SdCliError):
 
 class CheckpointError(SdCliError):
     """A checkpoint file is missing, unreadable, unsafe or does not match its config."""
+
+
+class OutputError(SdCliError):
+    """An output file or folder cannot be written (disk full, no permission): always stops the run."""
+
+
+class NumericsError(SdCliError):
+    """The model produced NaN or inf: no image is saved for it."""
+
+
+class PartialFailure(SdCliError):
+    """Some images failed under --on-error continue, the others were written (exit code 3)."""
+
+    exit_code = 3

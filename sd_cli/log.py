@@ -48,3 +48,8 @@ class Progress:
     def _line(self) -> str:
         elapsed = max(self._clock() - self._started, 1e-9)
         return f"{self.label}: {self._done}/{self._total} steps, {self._done / elapsed:.2f} it/s, {elapsed:.1f}s"
+
+
+def error(message: str) -> None:
+    """An error that does not end the run (the run's own last error goes through the CLI)."""
+    print(f"error: {message}", file=sys.stderr, flush=True)

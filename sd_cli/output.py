@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sd_cli.errors import SdCliError, UsageError
+from sd_cli.errors import OutputError, UsageError
 
 SAMPLES_DIR = "samples"
 _SAMPLE_NAME = re.compile(r"(\d+)\.png")
@@ -106,7 +106,7 @@ def save_png(image: np.ndarray, path: str | Path, infotext: str | None = None) -
     """Write `image` ([H, W, 3] uint8 RGB) as a PNG at `path`, replacing any file there, atomically.
 
     The text goes into the ``parameters`` chunk. Parent folders are created. Any OS failure
-    (disk full, no permission) leaves no temporary file behind and raises SdCliError.
+    (disk full, no permission) leaves no temporary file behind and raises OutputError.
     """
     path = Path(path)
     temp = _write_temp(image, path, infotext)
@@ -228,7 +228,7 @@ def _write_temp(image: np.ndarray, path: Path, infotext: str | None) -> Path:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except FileExistsError:
-        raise SdCliError(f"cannot write {path}: {folder} is a file, not a folder; "
+        raise OutputError(f"cannot write {path}: {folder} is a file, not a folder; "
                          "choose another path") from None
     except OSError as e:
         raise _write_error(path, e) from None
@@ -297,7 +297,23 @@ _ADVICE = {
 }
 
 
-def _write_error(path: Path, error: OSError) -> SdCliError:
+def _write_error(path: Path, error: OSError) -> OutputError:
     reason = error.strerror or str(error)
     advice = _ADVICE.get(error.errno, "check the path and the disk")
-    return SdCliError(f"cannot write {path}: {reason}; {advice}")
+    return OutputError(f"cannot write {path}: {reason}; {advice}")
+
+
+def check_writable(folder: str | Path) -> None:
+    """Create `folder` if needed and prove a file can be made in it (before any work is done)."""
+    folder = Path(folder)
+    probe = folder / "write-check"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise OutputError(f"cannot write into {folder}: it is a file, not a folder; "
+                          "choose another path") from None
+    except OSError as e:
+        raise _write_error(folder, e) from None
+    temp, fd = _create_temp(folder, probe.name)
+    os.close(fd)
+    _remove(temp)

@@ -1,36 +1,32 @@
-"""A whole run: load the model once, render every batch, write samples and the grid.
+"""A whole run: load the model once, render the jobs batch by batch, write each image as it is done.
 
-Image i of a run (counting across iterations and batches) gets seed = base seed + i, or the base
-seed for every image with --fixed_code.
+The jobs (one per image, from jobs.py) carry their own seed and file name. So:
+- `--skip-existing` drops the jobs whose file is already there, and a rerun renders what is missing;
+- under torchrun each rank renders its share (distributed.py) and the union is the plain run;
+- with `--on-error continue` a failing batch is reported and the run goes on (exit code 3);
+- Ctrl-C stops after the image being written (no half file) and reports what was written.
 """
 
+import json
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sd_cli import __version__, log
-from sd_cli.errors import UsageError
-from sd_cli.pipeline import SamplingParams
-
-SAMPLER_LABELS = {"ddim": "DDIM", "plms": "PLMS", "dpm": "DPM++ 2M"}
+from sd_cli import __version__, distributed, log
+from sd_cli.errors import OutputError, PartialFailure, SdCliError, UsageError
+from sd_cli.jobs import Job
+from sd_cli.sampling.samplers import label as sampler_label
 
 
 @dataclass
 class RunRequest:
-    """Everything a txt2img/img2img command asks for, in sd_cli's own terms."""
+    """Everything a txt2img/img2img/inpaint/depth2img command asks for, in sd_cli's own terms."""
 
-    mode: str  # "txt2img" or "img2img"
-    prompts: list[str]  # one entry per prompt line; each renders n_samples images per iteration
-    negative_prompt: str
-    sampling: SamplingParams
-    seed: int
-    n_samples: int = 1
-    n_iter: int = 1
-    fixed_code: bool = False
-    height: int | None = None  # None: the model's native size
-    width: int | None = None
-    strength: float = 0.75
-    init_img: Path | None = None
+    mode: str  # "txt2img", "img2img", "inpaint" or "depth2img"
+    jobs: list[Job]  # every image of the run, in order (all ranks)
+    batch_size: int = 1  # --n-samples: consecutive jobs with equal settings share a batch
+    bad_lines: int = 0  # prompt-file lines skipped under --on-error continue (count as failed)
     checkpoint: Path | None = None
     config: Path | None = None
     ema: bool = False
@@ -38,141 +34,334 @@ class RunRequest:
     precision: str = "auto"
     outdir: Path = Path("outputs/txt2img-samples")
     output: str | None = None  # -o: exact file or pattern, instead of the outdir layout
-    n_rows: int = 0  # grid images per row; 0 = n_samples
+    n_rows: int = 0  # grid images per row; 0 = batch_size
     skip_grid: bool = False
     skip_save: bool = False
     watermark: bool = True
-    batches: list[list[str]] = field(init=False)
-
-    def __post_init__(self):
-        self.batches = [self.prompts[i:i + self.n_samples] for i in range(0, len(self.prompts), self.n_samples)]
-
-    @property
-    def image_count(self) -> int:
-        return self.n_iter * len(self.prompts)
+    skip_existing: bool = False
+    on_error: str = "stop"  # or "continue"
+    json: bool = False  # one JSON object per written image on stdout instead of its path
+    inpaint: "MaskOptions | None" = None  # inpaint: mask blur, invert, paste-back, outpaint (masks.py)
+    depth: "DepthOptions | None" = None  # depth2img: --depth-map, --depth-model, --save-depth (depth.py)
 
 
-def run(request: RunRequest) -> list[Path]:
-    """Render everything the request asks for; return the written paths."""
-    import torch
+@dataclass
+class RunReport:
+    written: list[Path] = field(default_factory=list)
+    failed: int = 0
+    skipped: int = 0
 
+
+def run(request: RunRequest) -> RunReport:
+    """Render this process's share of the jobs; raise PartialFailure when some failed."""
+    rank = distributed.current()
+    if not rank.is_main:
+        log.set_quiet(True)
+    targets = _targets(request)
+    jobs, skipped = _todo(request, targets, rank)
+    report = RunReport(skipped=skipped, failed=request.bad_lines if rank.is_main else 0)
+    if jobs:
+        _check_outputs_writable(request, targets, jobs)
+        _render_jobs(request, jobs, targets, rank, report)
+    _finish(report, rank, resumable=all(path is not None for path in targets.values()))
+    return report
+
+
+def _targets(request: RunRequest) -> dict[int, Path | None]:
+    """Each job's file, where it does not depend on what is already there; None: numbered."""
+    from sd_cli.output import output_paths
+
+    jobs = request.jobs
+    if request.output is not None:
+        if any(job.name for job in jobs):
+            raise UsageError("-o and file names (--name, or name on a prompt-file line) both say where images go; "
+                             "use --outdir with the names, or -o alone")
+        paths = output_paths(request.output, len(jobs), [job.seed for job in jobs]) if jobs else []
+        return {job.index: path for job, path in zip(jobs, paths)}
+    return {job.index: request.outdir / job.name if job.name else None for job in jobs}
+
+
+def _todo(request: RunRequest, targets: dict, rank) -> tuple[list[Job], int]:
+    """This rank's jobs, without those whose file exists under --skip-existing."""
+    jobs = distributed.shard(request.jobs, rank)
+    if not request.skip_existing:
+        return jobs, 0
+    if any(targets[job.index] is None for job in request.jobs):
+        raise UsageError("--skip-existing needs file names that do not depend on what is already there: "
+                         "add --name \"{index:05}-{seed}.png\" (or -o PATTERN, or a name on every line)")
+    todo = [job for job in jobs if not targets[job.index].exists()]
+    if len(todo) < len(jobs):
+        log.info(f"skipping {len(jobs) - len(todo)} image(s) already written (--skip-existing)")
+    return todo, len(jobs) - len(todo)
+
+
+def _check_outputs_writable(request: RunRequest, targets: dict, jobs: list[Job]) -> None:
+    """Fail before loading the model when an output folder cannot be written."""
+    from sd_cli.output import SAMPLES_DIR, check_writable
+
+    folders = {targets[job.index].parent if targets[job.index] else request.outdir / SAMPLES_DIR for job in jobs}
+    for folder in sorted(folders):
+        check_writable(folder)
+
+
+def _render_jobs(request: RunRequest, jobs: list[Job], targets: dict, rank, report: RunReport) -> None:
+    if request.on_error == "stop" and request.mode != "txt2img":  # a bad input fails before the model loads
+        _inpaint_canvas(request, jobs[0]) if request.mode == "inpaint" else _init_image(request.mode, jobs[0])
+    loaded = _load(request, rank)
+    _check_model_fits(request.mode, loaded.model)
+    writer = _Writer(request, loaded, targets, report, grid=_grid_wanted(request, rank))
+    log.info(f"{len(jobs)} image(s), {_describe(jobs[0])}, {str(loaded.model.dtype).replace('torch.', '')} "
+             f"on {loaded.model.device}" + (f" (rank {rank.rank} of {rank.world})" if rank.distributed else ""))
+    done = 0
+    try:
+        for batch in batches(jobs, request.batch_size):
+            done += len(batch)
+            images, seconds = _try_batch(loaded, request, batch, report, f"{done - len(batch) + 1}-{done} of {len(jobs)}")
+            if images is not None:
+                writer.add(batch, images, seconds)
+            del images
+        writer.finish()
+    except KeyboardInterrupt:
+        log.warn(f"interrupted: {len(report.written)} of {len(jobs)} image(s) written; "
+                 "nothing half-written is left (rerun with --skip-existing to finish)")
+        raise
+    except SdCliError:
+        if report.written:
+            log.warn(f"stopped after writing {len(report.written)} of {len(jobs)} image(s)")
+        raise
+
+
+def _describe(job: Job) -> str:
+    size = f"{job.width}x{job.height}" if job.width and job.height else "native size"
+    return f"{job.sampler} {job.steps} steps, scale {job.scale}, {size}"
+
+
+def _grid_wanted(request: RunRequest, rank) -> bool:
+    """The original's grid: only in the numbered layout of a plain (single-process) run."""
+    named = request.output is not None or any(job.name for job in request.jobs)
+    return not (request.skip_grid or named or rank.distributed)
+
+
+def batches(jobs: list[Job], size: int) -> list[list[Job]]:
+    """Consecutive jobs with equal settings, at most `size` to a batch."""
+    groups: list[list[Job]] = []
+    for job in jobs:
+        if groups and len(groups[-1]) < size and groups[-1][0].batch_key() == job.batch_key():
+            groups[-1].append(job)
+        else:
+            groups.append([job])
+    return groups
+
+
+def _load(request: RunRequest, rank):
     from sd_cli.device import resolve_device, resolve_dtype
+    from sd_cli.loading import load_model
     from sd_cli.models_on_disk import resolve_checkpoint
 
-    device = resolve_device(request.device)
+    checkpoint = resolve_checkpoint(request.checkpoint)
+    device = resolve_device(distributed.device_name(request.device, rank))
     dtype = resolve_dtype(request.precision, device)
-    loaded = _load(resolve_checkpoint(request.checkpoint), request, device, dtype)
-    height, width = _size(request, loaded.model)
-    init = _init_image(request)
-    writer = _Writer(request, loaded, height, width, image_seeds(request))
-    log.info(f"base seed {request.seed}; {request.image_count} image(s) at {width}x{height}, "
-             f"{request.sampling.sampler} {request.sampling.steps} steps, scale {request.sampling.scale}, "
-             f"{str(dtype).replace('torch.', '')} on {device}")
-    seeds_by_image = image_seeds(request)
-    index = 0
-    for _ in range(request.n_iter):
-        for prompts in request.batches:
-            seeds = seeds_by_image[index:index + len(prompts)]
-            images = _render_batch(loaded.model, request, prompts, seeds, init, height, width, index)
-            writer.add(images, prompts, seeds)
-            index += len(prompts)
-            del images
-            torch.cuda.empty_cache() if device.type == "cuda" else None
-    return writer.finish()
-
-
-def image_seeds(request: RunRequest) -> list[int]:
-    """Seed of every image of the run, in the order they are rendered."""
-    count = request.image_count
-    return [request.seed] * count if request.fixed_code else [request.seed + i for i in range(count)]
-
-
-def _load(checkpoint: Path, request: RunRequest, device, dtype):
-    from sd_cli.loading import load_model
-
     started = time.perf_counter()
     loaded = load_model(checkpoint, request.config, device=device, dtype=dtype, use_ema=request.ema)
     log.info(f"loaded {checkpoint} in {time.perf_counter() - started:.1f}s")
     return loaded
 
 
-def _size(request: RunRequest, model) -> tuple[int, int]:
-    native = model.config.native_size
-    height, width = request.height or native, request.width or native
-    for name, value in (("height", height), ("width", width)):
-        if value % 64:
-            raise UsageError(f"--{name} {value} is not a multiple of 64, which the UNet needs; try {max(64, value // 64 * 64)}")
-    return height, width
+def _try_batch(loaded, request: RunRequest, batch: list[Job], report: RunReport, label: str):
+    """(images, seconds) of one batch, or (None, 0) when it failed under --on-error continue."""
+    import torch
+
+    started = time.perf_counter()
+    try:
+        images = _render_batch(loaded.model, request, batch, label)
+    except (SdCliError, torch.OutOfMemoryError) as err:
+        message = _with_place(err, batch[0])
+        if isinstance(err, OutputError) or request.on_error == "stop":
+            raise _as_error(err, message) from None
+        log.error(f"{message} (skipped, --on-error continue)")
+        report.failed += len(batch)
+        return None, 0.0
+    return images, time.perf_counter() - started
 
 
-def _init_image(request: RunRequest):
-    if request.mode != "img2img":
+def _with_place(err: Exception, job: Job) -> str:
+    message = str(err) if isinstance(err, SdCliError) else f"out of memory ({str(err).splitlines()[0]})"
+    return f"{job.where}: {message}" if job.line is not None else message
+
+
+def _as_error(err: Exception, message: str) -> SdCliError:
+    if isinstance(err, SdCliError):
+        return type(err)(message)
+    return SdCliError(f"{message}; use a smaller size or --n-samples")
+
+
+def _render_batch(model, request: RunRequest, batch: list[Job], label: str):
+    """Decoded images [B, 3, H, W] in [-1, 1] for one batch of jobs with equal settings."""
+    from sd_cli import memory, pipeline
+
+    job = batch[0]
+    height, width = job.height or model.config.native_size, job.width or model.config.native_size
+    init = _inpaint_canvas(request, job) if request.mode == "inpaint" else _init_image(request.mode, job)
+    if init is not None:  # the input decides the size
+        height, width = init.padded_size if request.mode == "inpaint" else tuple(init.shape[-2:])
+    memory.check_fits(model, len(batch), height, width, guided=job.scale != 1.0)
+    prompts, negatives, seeds = [j.prompt for j in batch], [j.negative_prompt for j in batch], [j.seed for j in batch]
+    params = pipeline.SamplingParams(sampler=job.sampler, steps=job.steps, scale=job.scale, eta=job.eta)
+    progress = log.Progress(f"images {label}")
+    if request.mode == "inpaint":
+        from sd_cli.inpainting import inpaint
+
+        decoded = inpaint(model, *init.tensors(), prompts, negatives, seeds, params, job.strength, progress)
+    elif request.mode == "depth2img":
+        from sd_cli.depth import depth2img
+
+        depth = _depth_source(request).for_image(model, job.init_img, init)
+        decoded = depth2img(model, init, depth, prompts, negatives, seeds, params, job.strength, progress)
+    elif init is None:
+        decoded = pipeline.txt2img(model, prompts, negatives, seeds, params, height, width, progress)
+    else:
+        decoded = pipeline.img2img(model, init, prompts, negatives, seeds, params, job.strength, progress)
+    progress.close()
+    return decoded
+
+
+def _check_model_fits(mode: str, model) -> None:
+    """Before any rendering: the checkpoint's UNet must suit the subcommand (inputs 4, 9 or 5 channels)."""
+    channels = model.config.unet_in_channels
+    if mode == "inpaint":
+        from sd_cli.inpainting import inpaint_method
+
+        method = inpaint_method(model)
+        log.info("inpaint method: " + ("mask and masked-image latent as extra UNet input (inpainting checkpoint)"
+                                       if method == "concat" else "known region blended back after every step "
+                                       "(ordinary checkpoint; an inpainting checkpoint usually does better)"))
+    elif mode == "depth2img":
+        from sd_cli.depth import check_depth_model
+
+        check_depth_model(model)
+    elif channels != 4:
+        use = {9: "inpaint", 5: "depth2img"}.get(channels)
+        raise UsageError(f"this checkpoint's UNet takes {channels} input channels ({model.config.kind} model): "
+                         + (f"use sd-cli {use}" if use else f"{mode} needs an ordinary 4-channel checkpoint"))
+
+
+_canvas_cache: dict = {}
+_depth_sources: dict = {}
+
+
+def _inpaint_canvas(request: RunRequest, job: Job):
+    """The job's image and mask prepared for inpaint (masks.InpaintCanvas); the last one made is kept."""
+    if job.init_img is None:
+        raise UsageError("inpaint needs an input image: pass --image PATH (or init_img on the line)")
+    from sd_cli.masks import load_inpaint_canvas
+
+    key = (job.init_img, job.mask, request.inpaint)
+    if key not in _canvas_cache:
+        _canvas_cache.clear()
+        _canvas_cache[key] = load_inpaint_canvas(job.init_img, job.mask, request.inpaint)
+    return _canvas_cache[key]
+
+
+def _depth_source(request: RunRequest):
+    """depth2img's depth maps (depth.DepthSource), one per run: MiDaS runs once per input image."""
+    from sd_cli.depth import DepthSource
+
+    if request.depth not in _depth_sources:
+        _depth_sources.clear()
+        _depth_sources[request.depth] = DepthSource(request.depth)
+    return _depth_sources[request.depth]
+
+
+def _finished(request: RunRequest, batch: list[Job], images: list) -> list:
+    """inpaint: crop the padding and paste the kept pixels back, in uint8 so that they stay exact."""
+    if request.mode != "inpaint":
+        return images
+    return [_inpaint_canvas(request, job).finish(image) for job, image in zip(batch, images)]
+
+
+_init_cache: dict = {}
+
+
+def _init_image(mode: str, job: Job):
+    """The job's init image ([1, 3, h, w]), or None for txt2img; the last one read is kept."""
+    if job.mask is not None:
+        raise UsageError(f"a mask ({job.mask}) needs the inpaint subcommand; {mode} takes none")
+    if job.init_img is None:
+        if mode != "txt2img":
+            raise UsageError(f"{mode} needs an input image: pass --init-img PATH (or init_img on the line)")
         return None
     from sd_cli.images import load_init_image
 
-    if request.init_img is None:
-        raise UsageError("img2img needs an input image: pass --init-img PATH")
-    return load_init_image(request.init_img)
+    if job.init_img not in _init_cache:
+        _init_cache.clear()
+        _init_cache[job.init_img] = load_init_image(job.init_img)
+    return _init_cache[job.init_img]
 
 
-def _render_batch(model, request: RunRequest, prompts, seeds, init, height, width, first_index):
-    from sd_cli import pipeline
+def _finish(report: RunReport, rank, resumable: bool) -> None:
+    """Rank 0 sums every rank's counts; a run with failures raises (exit 3, or 1 if nothing was written)."""
+    counts = distributed.gather((len(report.written), report.failed, report.skipped), rank)
+    written, failed, skipped = (sum(c[i] for c in counts) for i in range(3))
+    where = f" by {rank.world} processes" if rank.distributed else ""
+    log.info(f"wrote {written} image(s){where}" + (f", {skipped} already there" if skipped else "")
+             + (f", {failed} failed" if failed else ""))
+    if failed and not (written or skipped):
+        raise SdCliError(f"all {failed} image(s) failed; see the errors above")
+    if failed:
+        hint = "; fix them and rerun with --skip-existing to render only what is missing" if resumable else ""
+        raise PartialFailure(f"{failed} of {written + failed + skipped} image(s) failed (see above){hint}")
 
-    negatives = [request.negative_prompt] * len(prompts)
-    progress = log.Progress(f"images {first_index + 1}-{first_index + len(prompts)} of {request.image_count}")
-    if init is None:
-        decoded = pipeline.txt2img(model, prompts, negatives, seeds, request.sampling, height, width, progress)
-    else:
-        decoded = pipeline.img2img(model, init, prompts, negatives, seeds, request.sampling, request.strength, progress)
-    progress.close()
-    return decoded
+
+def _emit(line: str) -> None:
+    """One line on stdout in one write, so lines of parallel ranks sharing a pipe do not interleave."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
 
 
 class _Writer:
     """Turns decoded batches into watermarked PNGs with metadata; builds the grid at the end."""
 
-    def __init__(self, request: RunRequest, loaded, height: int, width: int, seeds: list[int]):
-        from sd_cli.output import OutputPlan, output_paths
+    def __init__(self, request: RunRequest, loaded, targets: dict, report: RunReport, grid: bool):
+        from sd_cli.output import OutputPlan
 
-        self.request = request
-        self.loaded = loaded
-        self.size = f"{width}x{height}"
-        self.plan = OutputPlan(request.outdir) if request.output is None else None
-        self.exact_paths = None if request.output is None else output_paths(request.output, len(seeds), seeds)
-        self.grid_images = []
-        self.written: list[Path] = []
-        self.index = 0
+        self.request, self.loaded, self.targets, self.report = request, loaded, targets, report
+        self.plan = OutputPlan(request.outdir)
+        self.grid_images = [] if grid else None
+        self.first: tuple | None = None  # the first image's job and shape, for the grid's infotext
 
-    def add(self, decoded, prompts: list[str], seeds: list[int]) -> None:
+    def add(self, batch: list[Job], decoded, seconds: float) -> None:
         from sd_cli.images import to_uint8
 
-        for image, prompt, seed in zip(to_uint8(decoded), prompts, seeds):
+        for job, image in zip(batch, _finished(self.request, batch, to_uint8(decoded))):
+            self.first = self.first or (job, image.shape)
+            started = time.perf_counter()
             image = self._watermarked(image)
-            if not self.request.skip_grid:
+            if self.grid_images is not None:
                 self.grid_images.append(image)
             if not self.request.skip_save:
-                self._save_sample(image, self._infotext(prompt, seed))
-            self.index += 1
+                path = self._save(job, image)
+                timings = {"sample_s": round(seconds / len(batch), 4), "write_s": round(time.perf_counter() - started, 4)}
+                self._announce(path, job, image.shape, timings)
 
-    def finish(self) -> list[Path]:
-        if self.grid_images and len(self.grid_images) > 1 and self.request.output is None:
-            from sd_cli.images import make_grid
+    def finish(self) -> None:
+        if self.grid_images is None or len(self.grid_images) < 2:
+            return
+        from sd_cli.images import make_grid
 
-            grid = self._watermarked(make_grid(self.grid_images, self.request.n_rows or self.request.n_samples))
-            self._announce(self.plan.save_grid(grid, self._infotext(self.request.prompts[0], self.request.seed)))
-        return self.written
+        grid = self._watermarked(make_grid(self.grid_images, self.request.n_rows or self.request.batch_size))
+        path = self.plan.save_grid(grid, self._infotext(*self.first))  # not counted: the samples are the images
+        _emit(json.dumps({"path": str(path), "grid": True}) if self.request.json else str(path))
 
-    def _save_sample(self, image, infotext: str) -> None:
-        if self.plan is not None:
-            self._announce(self.plan.save_sample(image, infotext))
-        else:
-            from sd_cli.output import save_png
+    def _save(self, job: Job, image) -> Path:
+        from sd_cli.output import save_png
 
-            self._announce(save_png(image, self.exact_paths[self.index], infotext))
+        infotext = self._infotext(job, image.shape)
+        target = self.targets[job.index]
+        return self.plan.save_sample(image, infotext) if target is None else save_png(image, target, infotext)
 
-    def _announce(self, path: Path) -> None:
-        self.written.append(path)
-        print(path, flush=True)
+    def _announce(self, path: Path, job: Job, shape, timings: dict) -> None:
+        self.report.written.append(path)
+        _emit(json.dumps(self._record(path, job, shape, timings), ensure_ascii=False) if self.request.json else str(path))
 
     def _watermarked(self, image):
         if not self.request.watermark:
@@ -181,17 +370,34 @@ class _Writer:
 
         return add_watermark(image, self.loaded.model.watermark_text)
 
-    def _infotext(self, prompt: str, seed: int) -> str:
+    def _record(self, path: Path, job: Job, shape, timings: dict) -> dict:
+        """The --json object of a written image (the same fields `sd-cli info --json` reads back)."""
+        from sd_cli.checkpoint import model_hash
+
+        record = {"path": str(path), "index": job.index, "line": job.line, "prompt": job.prompt,
+                  "negative_prompt": job.negative_prompt, "seed": job.seed, "sampler": job.sampler,
+                  "steps": job.steps, "scale": job.scale, "eta": job.eta, "width": shape[1], "height": shape[0],
+                  "model": self.loaded.name, "model_hash": model_hash(self.loaded.checkpoint_path)}
+        if job.init_img is not None:
+            record.update(strength=job.strength, init_img=str(job.init_img))
+        if job.mask is not None:
+            record["mask"] = str(job.mask)
+        record["timings"] = timings
+        return record
+
+    def _infotext(self, job: Job, shape) -> str:
         from sd_cli.checkpoint import model_hash
         from sd_cli.metadata import format_infotext
 
-        sampling = self.request.sampling
-        fields = {"Steps": sampling.steps, "Sampler": SAMPLER_LABELS[sampling.sampler], "CFG scale": sampling.scale,
-                  "Seed": seed, "Size": self.size, "Model hash": model_hash(self.loaded.checkpoint_path),
+        fields = {"Steps": job.steps, "Sampler": sampler_label(job.sampler), "CFG scale": job.scale,
+                  "Seed": job.seed, "Size": f"{shape[1]}x{shape[0]}", "Model hash": model_hash(self.loaded.checkpoint_path),
                   "Model": self.loaded.name}
-        if self.request.mode == "img2img":
-            fields["Denoising strength"] = self.request.strength
-        if sampling.eta:
-            fields["Eta"] = sampling.eta
+        if job.init_img is not None:
+            fields["Denoising strength"] = job.strength
+        if self.request.inpaint is not None:
+            blur = self.request.inpaint.blur
+            fields["Mask blur"] = int(blur) if blur == int(blur) else blur
+        if job.eta:
+            fields["Eta"] = job.eta
         fields["Version"] = f"sd_cli {__version__}"
-        return format_infotext(prompt, self.request.negative_prompt, fields)
+        return format_infotext(job.prompt, job.negative_prompt, fields)

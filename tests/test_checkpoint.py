@@ -115,7 +115,7 @@ def test_lightning_checkpoint_loads_without_lightning(tmp_path, fmt):
     path = tmp_path / "sd-v1-4.ckpt"
     save_lightning_checkpoint(path, expected, zip_format=FORMATS[fmt])
     assert_no_lightning()
-    safe_globals_before = torch.serialization.get_safe_globals()
+    safe_globals_before = set(torch.serialization.get_safe_globals())  # a set: its list order is arbitrary
 
     checkpoint = read_checkpoint(path)
 
@@ -123,7 +123,7 @@ def test_lightning_checkpoint_loads_without_lightning(tmp_path, fmt):
     assert checkpoint.path == path
     assert checkpoint.global_step == 470000
     assert_same_tensors(checkpoint.state_dict, expected)
-    assert torch.serialization.get_safe_globals() == safe_globals_before  # nothing left allowed
+    assert set(torch.serialization.get_safe_globals()) == safe_globals_before  # nothing left allowed
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -207,13 +207,13 @@ def test_malicious_pickle_is_refused_and_never_runs(tmp_path, monkeypatch, name,
     marker = tmp_path / "MARKER"
     path = tmp_path / "model.ckpt"
     torch.save(PLACEMENTS[placement](payloads(marker)[name]), path, _use_new_zipfile_serialization=FORMATS[fmt])
-    safe_globals_before = torch.serialization.get_safe_globals()
+    safe_globals_before = set(torch.serialization.get_safe_globals())  # a set: its list order is arbitrary
 
     message = read_error(path)
 
     assert "refused" in message and name in message and "malicious" in message
     assert not marker.exists()
-    assert torch.serialization.get_safe_globals() == safe_globals_before
+    assert set(torch.serialization.get_safe_globals()) == safe_globals_before
 
 
 def test_numpy_object_scalar_is_refused(tmp_path):

@@ -9,7 +9,9 @@ bf16 never rounds ᾱ (0.99915 is 0.999 in fp16): samplers compute their coeffic
 import torch
 from torch import nn
 
+from sd_cli import log
 from sd_cli.config import ModelConfig
+from sd_cli.errors import NumericsError
 from sd_cli.models.unet import UNetModel
 from sd_cli.models.vae import AutoencoderKL
 from sd_cli.sampling.schedule import alphas_cumprod as linear_alphas_cumprod
@@ -78,6 +80,30 @@ class LatentDiffusion(nn.Module):
         return mean * self.config.scale_factor
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        """Scaled latent -> image [B, 3, H, W], nominally in [-1, 1]."""
+        """Scaled latent -> image [B, 3, H, W], nominally in [-1, 1]; never NaN or inf.
+
+        NaN/inf latents (the UNet overflowed) are an error. A VAE that overflows in fp16/bf16
+        (the classic black image) is run once more in float32; if that fails too, an error.
+        """
+        if not torch.isfinite(latents).all():
+            raise NumericsError(f"the UNet produced NaN or inf values in {self.dtype}; no image was saved. "
+                                "Try --precision fp32 or other settings (a lower --scale)")
         z = latents.to(self.device, self.dtype) / self.config.scale_factor
-        return self.first_stage_model.decode(z)
+        images = self.first_stage_model.decode(z)
+        if torch.isfinite(images).all():
+            return images
+        if self.dtype != torch.float32:
+            log.warn(f"the VAE produced NaN or inf in {self.dtype}; decoding again in float32")
+            images = self._decode_fp32(latents)
+            if torch.isfinite(images).all():
+                return images
+        raise NumericsError("the VAE produced NaN or inf values even in float32; no image was saved. "
+                            "The checkpoint's VAE weights may be broken")
+
+    def _decode_fp32(self, latents: torch.Tensor) -> torch.Tensor:
+        vae, dtype = self.first_stage_model, self.dtype
+        vae.float()  # fp16/bf16 -> fp32 -> fp16/bf16 is exact, so the weights come back unchanged
+        try:
+            return vae.decode(latents.to(self.device, torch.float32) / self.config.scale_factor)
+        finally:
+            vae.to(dtype)
