@@ -208,14 +208,17 @@ class DepthSource:
                 depth = load_depth_map(self.options.depth_map)
             else:
                 depth = estimate_depth(model, image, self.options.depth_model)
-            self._save(depth)
+            self._save(depth, image.shape[-2:])
             self._cache[key] = depth
         return self._cache[key]
 
-    def _save(self, depth: torch.Tensor) -> None:
+    def _save(self, depth: torch.Tensor, size) -> None:
+        """The depth map at the image's size (bicubic), min-max to 0..255; usable again as --depth-map."""
         if self.options.save_depth is None:
             return
         from PIL import Image
+
+        depth = F.interpolate(depth, size=tuple(size), mode="bicubic", align_corners=False)
 
         path = Path(self.options.save_depth)
         if self._saved:  # another input image: depth.png, depth-1.png, ...

@@ -1,4 +1,4 @@
-"""The original scripts' command lines, run through sd_cli with the original v1 defaults.
+"""The original scripts' command lines, run through sd_cli with the original scripts' defaults.
 
 Defaults are prepended to the user's arguments, so anything the user gives wins (the parser
 keeps the last value of a repeated option).
@@ -13,6 +13,13 @@ ORIGINAL_DEFAULTS = {
                 "--outdir", "outputs/txt2img-samples"],
     "img2img": ["--n_samples", "2", "--n_iter", "1", "--seed", "42", "--scale", "5.0", "--strength", "0.75",
                 "--outdir", "outputs/img2img-samples"],
+    # runwayml's scripts/inpaint_st.py (SD 1.5 inpainting): seed 0, one sample, scale 7.5, η 1.0 hard-coded,
+    # the hard binarised mask and no paste-back
+    "inpaint": ["--n_samples", "1", "--seed", "0", "--scale", "7.5", "--ddim_eta", "1.0", "--mask-blur", "0",
+                "--no-paste-back", "--outdir", "outputs/inpaint-samples"],
+    # v2 scripts/streamlit/depth2img.py: seed 0, one sample, scale 9.0, strength 0.9, η 0
+    "depth2img": ["--n_samples", "1", "--seed", "0", "--scale", "9.0", "--strength", "0.9",
+                  "--outdir", "outputs/depth2img-samples"],
 }
 
 

@@ -118,6 +118,87 @@ def test_dpt_forward_matches_timm_blocks_with_hooks():
     assert torch.allclose(layers[2], post3[3](tokens), atol=1e-5)
 
 
+def to_transformers_dpt(weights: dict) -> dict:
+    """MiDaS keys (below depth_model.model.) -> transformers' DPTForDepthEstimation (hybrid) keys."""
+    import re
+
+    renames = [  # (pattern, replacement), applied in order
+        (r"^pretrained\.model\.cls_token$", "dpt.embeddings.cls_token"),
+        (r"^pretrained\.model\.pos_embed$", "dpt.embeddings.position_embeddings"),
+        (r"^pretrained\.model\.patch_embed\.proj\.", "dpt.embeddings.projection."),
+        (r"^pretrained\.model\.patch_embed\.backbone\.stem\.conv\.", "dpt.embeddings.backbone.bit.embedder.convolution."),
+        (r"^pretrained\.model\.patch_embed\.backbone\.stem\.norm\.", "dpt.embeddings.backbone.bit.embedder.norm."),
+        (r"^pretrained\.model\.patch_embed\.backbone\.stages\.(\d+)\.blocks\.", r"dpt.embeddings.backbone.bit.encoder.stages.\1.layers."),
+        (r"^pretrained\.model\.blocks\.(\d+)\.norm1\.", r"dpt.encoder.layer.\1.layernorm_before."),
+        (r"^pretrained\.model\.blocks\.(\d+)\.norm2\.", r"dpt.encoder.layer.\1.layernorm_after."),
+        (r"^pretrained\.model\.blocks\.(\d+)\.attn\.proj\.", r"dpt.encoder.layer.\1.attention.output.dense."),
+        (r"^pretrained\.model\.blocks\.(\d+)\.mlp\.fc1\.", r"dpt.encoder.layer.\1.intermediate.dense."),
+        (r"^pretrained\.model\.blocks\.(\d+)\.mlp\.fc2\.", r"dpt.encoder.layer.\1.output.dense."),
+        (r"^pretrained\.model\.norm\.", "dpt.layernorm."),
+        (r"^pretrained\.act_postprocess3\.0\.project\.0\.", "neck.reassemble_stage.readout_projects.2.0."),
+        (r"^pretrained\.act_postprocess4\.0\.project\.0\.", "neck.reassemble_stage.readout_projects.3.0."),
+        (r"^pretrained\.act_postprocess3\.3\.", "neck.reassemble_stage.layers.2.projection."),
+        (r"^pretrained\.act_postprocess4\.3\.", "neck.reassemble_stage.layers.3.projection."),
+        (r"^pretrained\.act_postprocess4\.4\.", "neck.reassemble_stage.layers.3.resize."),
+        (r"^scratch\.output_conv\.", "head.head."),
+        (r"resConfUnit(\d)\.conv(\d)\.", r"residual_layer\1.convolution\2."),
+        (r"out_conv\.", "projection."),
+    ]
+    converted = {}
+    for key, value in weights.items():
+        if key.startswith("pretrained.model.head."):
+            continue  # ImageNet head: unused by MiDaS, absent from transformers
+        qkv = re.match(r"^pretrained\.model\.blocks\.(\d+)\.attn\.qkv\.(weight|bias)$", key)
+        if qkv:
+            for name, part in zip(("query", "key", "value"), value.chunk(3)):
+                converted[f"dpt.encoder.layer.{qkv[1]}.attention.attention.{name}.{qkv[2]}"] = part
+            continue
+        layer_rn = re.match(r"^scratch\.layer(\d)_rn\.", key)
+        if layer_rn:
+            key = f"neck.convs.{int(layer_rn[1]) - 1}." + key[layer_rn.end():]
+        refine = re.match(r"^scratch\.refinenet(\d)\.", key)
+        if refine:  # transformers fuses from the deepest level: refinenet4 is its layer 0
+            key = f"neck.fusion_stage.layers.{4 - int(refine[1])}." + key[refine.end():]
+        for pattern, replacement in renames:
+            key = re.sub(pattern, replacement, key)
+        converted[key] = value
+    return converted
+
+
+def test_dpt_matches_transformers_dpt_hybrid():
+    """An independent DPT-Hybrid (transformers: BiT backbone, its own ViT, neck and head) on the same weights."""
+    from transformers import BitConfig, DPTConfig, DPTForDepthEstimation
+
+    weights = tiny_dpt_weights(7)
+    bit = BitConfig(global_padding="same", layer_type="bottleneck", depths=list(TINY["layers"]),
+                    hidden_sizes=list(TINY["channels"]), embedding_size=TINY["stem"],
+                    out_features=["stage1", "stage2", "stage3"], embedding_dynamic_padding=True)
+    width, grid = TINY["width"], TINY["grid"]
+    config = DPTConfig(is_hybrid=True, backbone_config=bit, hidden_size=width, num_hidden_layers=TINY["depth"],
+                       num_attention_heads=width // 64, intermediate_size=4 * width, image_size=16 * grid, patch_size=16,
+                       layer_norm_eps=1e-6, backbone_out_indices=[2, 5, 8, 11], readout_type="project",
+                       neck_hidden_sizes=[TINY["channels"][0], TINY["channels"][1], width, width],
+                       fusion_hidden_size=TINY["features"], reassemble_factors=[1, 1, 1, 0.5],
+                       backbone_featmap_shape=[1, TINY["channels"][2], grid, grid], neck_ignore_stages=[0, 1])
+    reference = DPTForDepthEstimation(config).eval()
+    reference.load_state_dict(to_transformers_dpt(weights), strict=True)
+    ours = build_dpt_hybrid(weights)
+    ours.load_state_dict(weights, assign=True)
+    x = torch.randn(2, 3, 384, 384, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        theirs, mine = reference(pixel_values=x).predicted_depth, ours.eval()(x)
+    assert mine.shape == theirs.shape == (2, 384, 384) and mine.std() > 1e-2
+    diff = (mine - theirs).abs().max().item()
+    print(f"max abs diff {diff:.2e}")
+    assert diff < 1e-4
+    # other sizes: transformers' hybrid reassembly is square-only; its position-embedding resize is checked alone
+    from sd_cli.models.midas import _resized_position_embedding
+
+    pos = weights["pretrained.model.pos_embed"]
+    expected = reference.dpt.embeddings._resize_pos_embed(pos, 16, 24)
+    assert torch.allclose(_resized_position_embedding(pos, (16, 24)), expected, atol=1e-6)
+
+
 def test_wrong_midas_weights_are_named(depth_model, tmp_path):
     from safetensors.torch import save_file
 
@@ -170,7 +251,8 @@ def test_depth_source_uses_given_map_and_saves_it(depth_model, tmp_path):
     source = DepthSource(DepthOptions(depth_map=tmp_path / "given.png", save_depth=tmp_path / "out" / "d.png"))
     depth = source.for_image(model, "a", init_image())
     assert torch.equal(depth, load_depth_map(tmp_path / "given.png"))
-    assert np.array_equal(np.asarray(Image.open(tmp_path / "out" / "d.png")), depth_preview(depth))
+    saved = np.asarray(Image.open(tmp_path / "out" / "d.png"))
+    assert saved.shape == (64, 64) and np.array_equal(saved, depth_preview(depth))  # given map is 64x64 too
     source.for_image(model, "b", init_image())
     assert (tmp_path / "out" / "d-1.png").exists()
 
@@ -254,3 +336,78 @@ def test_timm_is_imported_only_for_midas(sd1_ckpt, tmp_path):
                          cwd=root, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "False True"
+
+
+# ---------------------------------------------------------------- the command line
+
+FAST = ["--steps", "2", "--seed", "3"]
+
+
+@pytest.fixture(scope="module")
+def cli_files(tmp_path_factory):
+    """A tiny depth checkpoint with MiDaS, one without (and the MiDaS weights as their own file), a photo."""
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path_factory.mktemp("depth-cli")
+    with_midas = write_tiny_checkpoint("sd2-depth", folder, fmt="safetensors")
+    weights = load_file(str(with_midas))
+    prefix = "depth_model.model."
+    save_file({k: v for k, v in weights.items() if not k.startswith(prefix)}, str(folder / "no-midas.safetensors"))
+    (folder / "no-midas.yaml").write_text(with_midas.with_suffix(".yaml").read_text())
+    save_file({k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}, str(folder / "dpt.safetensors"))
+    photo = folder / "room.png"
+    Image.fromarray(np.random.default_rng(5).integers(0, 255, (80, 70, 3), dtype=np.uint8)).save(photo)
+    return with_midas, folder / "no-midas.safetensors", folder / "dpt.safetensors", photo
+
+
+def test_cli_depth2img_with_the_checkpoints_midas(run_cli, cli_files, tmp_path):
+    from sd_cli.metadata import parse_infotext
+
+    ckpt, _, _, photo = cli_files
+    out, depth = tmp_path / "d.png", tmp_path / "depth.png"
+    result = run_cli("depth2img", "a cabin", "--ckpt", ckpt, "--init-img", photo, *FAST, "--save-depth", depth, "-o", out)
+    assert result.code == 0, result.stderr
+    assert "MiDaS DPT-Hybrid from the checkpoint's depth_model.model.*" in result.stderr
+    assert Image.open(out).size == (64, 64)  # floored to multiples of 64, as img2img
+    assert Image.open(depth).size == (64, 64) and Image.open(depth).mode == "L"
+    assert parse_infotext(Image.open(out).text["parameters"])[2]["Denoising strength"] == "0.9"
+    # the saved map fed back as --depth-map gives (nearly) the same conditioning, hence image
+    again = tmp_path / "again.png"
+    assert run_cli("depth2img", "a cabin", "--ckpt", ckpt, "--init-img", photo, *FAST, "--depth-map", depth,
+                   "-o", again).code == 0
+    flipped = tmp_path / "flipped.png"
+    Image.fromarray(np.asarray(Image.open(depth))[:, ::-1]).save(tmp_path / "flip-depth.png")
+    assert run_cli("depth2img", "a cabin", "--ckpt", ckpt, "--init-img", photo, *FAST, "--depth-map",
+                   tmp_path / "flip-depth.png", "-o", flipped).code == 0
+    a, b, c = (np.asarray(Image.open(p)).astype(int) for p in (out, again, flipped))
+    assert np.abs(a - b).mean() < np.abs(a - c).mean()
+
+
+def test_cli_depth2img_without_midas_weights(run_cli, cli_files, tmp_path):
+    _, bare, dpt, photo = cli_files
+    result = run_cli("depth2img", "x", "--ckpt", bare, "--init-img", photo, *FAST, "-o", tmp_path / "x.png")
+    assert result.code == 2 and "pass --depth-model" in result.stderr
+    result = run_cli("depth2img", "x", "--ckpt", bare, "--init-img", photo, *FAST, "--depth-model", dpt,
+                     "-o", tmp_path / "y.png")
+    assert result.code == 0, result.stderr
+    result = run_cli("depth2img", "x", "--ckpt", bare, "--init-img", photo, "--depth-model", dpt, "--depth-map", dpt)
+    assert result.code == 2 and "give one of them" in result.stderr
+
+
+def test_original_depth2img_command_line(cli_files, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from sd_cli.metadata import parse_infotext
+
+    ckpt, _, _, photo = cli_files
+    root = Path(__file__).resolve().parent.parent
+    result = subprocess.run([sys.executable, str(root / "scripts" / "depth2img.py"), "--prompt", "a cabin interior",
+                             "--init-img", str(photo), "--ckpt", str(ckpt), "--ddim_steps", "2", "--strength", "0.8"],
+                            cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    written = sorted((tmp_path / "outputs" / "depth2img-samples" / "samples").glob("*.png"))
+    assert len(written) == 1
+    fields = parse_infotext(Image.open(written[0]).text["parameters"])[2]
+    assert fields["Seed"] == "0" and fields["CFG scale"] == "9.0" and fields["Denoising strength"] == "0.8"

@@ -300,3 +300,164 @@ def test_outpaint_canvas(tmp_path):
         parse_outpaint("10,20")
     with pytest.raises(UsageError, match="LEFT,RIGHT,UP,DOWN"):
         parse_outpaint("1,2,3,-4")
+
+
+# ---------------------------------------------------------------- the command line
+
+FAST = ["--steps", "2", "--seed", "7"]
+
+
+def pixels(path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB")).astype(np.int16)
+
+
+@pytest.fixture(scope="module")
+def cli_files(tmp_path_factory):
+    """Tiny SD 1.x inpainting, SD 2.x inpainting and SD 1.x checkpoints; a 100x70 photo and its mask."""
+    folder = tmp_path_factory.mktemp("cli")
+    ckpts = {family: write_tiny_checkpoint(family, folder) for family in ("sd1-inpaint", "sd2-inpaint")}
+    photo = np.random.default_rng(4).integers(0, 255, (70, 100, 3), dtype=np.uint8)
+    mask = np.zeros((70, 100), np.uint8)
+    mask[20:50, 30:70] = 255
+    return ckpts, save(photo, folder / "photo.png"), save(mask, folder / "mask.png")
+
+
+def test_cli_keeps_size_and_unmasked_pixels(run_cli, cli_files, tmp_path):
+    ckpts, photo, mask = cli_files
+    out = tmp_path / "o.png"
+    result = run_cli("inpaint", "a red door", "--ckpt", ckpts["sd1-inpaint"], "--image", photo, "--mask", mask,
+                     *FAST, "--mask-blur", "0", "-o", out)
+    assert result.code == 0, result.stderr
+    assert "mask and masked-image latent as extra UNet input" in result.stderr
+    written, original, repaint = pixels(out), pixels(photo), np.asarray(Image.open(mask)) > 127
+    assert written.shape == original.shape  # 100x70: padded to 128x128 for the model, cropped back
+    assert np.array_equal(written[~repaint], original[~repaint])
+    assert np.abs(written[repaint] - original[repaint]).mean() > 10
+    from sd_cli.metadata import parse_infotext
+
+    fields = parse_infotext(Image.open(out).text["parameters"])[2]
+    assert fields["Size"] == "100x70" and fields["Denoising strength"] == "1.0" and fields["Mask blur"] == "0"
+    no_paste = tmp_path / "n.png"
+    assert run_cli("inpaint", "a red door", "--ckpt", ckpts["sd1-inpaint"], "--image", photo, "--mask", mask,
+                   *FAST, "--mask-blur", "0", "--no-paste-back", "-o", no_paste).code == 0
+    assert not np.array_equal(pixels(no_paste)[~repaint], original[~repaint])  # the VAE round trip
+    assert np.array_equal(pixels(no_paste)[repaint], written[repaint])
+
+
+def test_cli_blur_widens_the_changed_band(run_cli, cli_files, tmp_path):
+    ckpts, photo, mask = cli_files
+    changed = []
+    for blur in ("0", "6"):
+        out = tmp_path / f"b{blur}.png"
+        assert run_cli("inpaint", "x", "--ckpt", ckpts["sd2-inpaint"], "--image", photo, "--mask", mask, *FAST,
+                       "--mask-blur", blur, "-o", out).code == 0
+        changed.append(int((pixels(out) != pixels(photo)).any(-1).sum()))
+    assert changed[1] > changed[0] + 2 * (30 + 40) * 5  # at least 5 px more all round
+
+
+def test_cli_outpaint_and_alpha_mask(run_cli, cli_files, tmp_path):
+    ckpts, photo, _ = cli_files
+    out = tmp_path / "wide.png"
+    assert run_cli("inpaint", "x", "--ckpt", ckpts["sd1-inpaint"], "--image", photo, "--outpaint", "0,60,10,0",
+                   *FAST, "-o", out).code == 0
+    assert Image.open(out).size == (160, 80)
+    assert np.array_equal(pixels(out)[10 + 11:, :100 - 11], pixels(photo)[11:, :89])  # beyond the blur (10 px)
+    rgba = np.dstack([np.asarray(Image.open(photo)), np.full((70, 100), 255, np.uint8)])
+    rgba[10:30, 10:40, 3] = 0
+    holed = save(rgba, tmp_path / "holed.png")
+    out = tmp_path / "alpha.png"
+    result = run_cli("inpaint", "x", "--ckpt", ckpts["sd1-inpaint"], "--image", holed, *FAST, "--mask-blur", "0",
+                     "-o", out)
+    assert result.code == 0 and "transparent pixels" in result.stderr
+    diff = (pixels(out) != pixels(photo)).any(-1)
+    assert diff[10:30, 10:40].mean() > 0.9 and diff.sum() == diff[10:30, 10:40].sum()
+
+
+def test_cli_watermark_texts(run_cli, cli_files, tmp_path):
+    from sd_cli.watermark import identify_watermark
+
+    ckpts, photo, mask = cli_files
+    big, big_mask = tmp_path / "big.png", tmp_path / "big-mask.png"
+    Image.open(photo).resize((256, 256)).save(big)
+    Image.open(mask).resize((256, 256)).save(big_mask)
+    for family, text in (("sd1-inpaint", "StableDiffusionV1-Inpainting"), ("sd2-inpaint", "SDV2")):
+        out = tmp_path / f"{family}.png"
+        assert run_cli("inpaint", "x", "--ckpt", ckpts[family], "--image", big, "--mask", big_mask, "--steps", "1",
+                       "--seed", "1", "-o", out).code == 0
+        assert identify_watermark(np.asarray(Image.open(out).convert("RGB")))[0] == text
+
+
+@pytest.mark.parametrize("args, message", [
+    ([], "inpaint needs a mask"),
+    (["--mask", "BLACK"], "the mask is empty"),
+    (["--outpaint", "1,2"], "LEFT,RIGHT,UP,DOWN"),
+    (["--mask-blur", "-1"], "--mask-blur -1.0 must be 0 or more"),
+])
+def test_cli_input_errors_before_loading(run_cli, cli_files, tmp_path, args, message):
+    ckpts, photo, _ = cli_files
+    save(np.zeros((70, 100), np.uint8), tmp_path / "black.png")
+    args = [str(tmp_path / "black.png") if a == "BLACK" else a for a in args]
+    result = run_cli("inpaint", "x", "--ckpt", ckpts["sd1-inpaint"], "--image", photo, *FAST, *args,
+                     "-o", tmp_path / "x.png")
+    assert result.code == 2 and message in result.stderr
+    assert "loaded" not in result.stderr and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: ")
+
+
+def test_cli_refuses_other_models_and_missing_image(run_cli, cli_files, sd1_ckpt, tmp_path):
+    ckpts, photo, mask = cli_files
+    result = run_cli("txt2img", "x", "--ckpt", ckpts["sd1-inpaint"], *FAST, "-o", tmp_path / "t.png")
+    assert result.code == 2 and "use sd-cli inpaint" in result.stderr
+    assert run_cli("inpaint", "x", "--ckpt", sd1_ckpt, "--mask", mask, *FAST).code == 2  # no --image
+    result = run_cli("img2img", "x", "--ckpt", sd1_ckpt, "--init-img", photo, "--strength", "0.5", *FAST,
+                     "-o", tmp_path / "i.png")
+    assert result.code == 0, result.stderr
+
+
+def test_cli_ordinary_checkpoint_blends(run_cli, cli_files, sd1_ckpt, tmp_path):
+    _, photo, mask = cli_files
+    out = tmp_path / "blend.png"
+    result = run_cli("inpaint", "x", "--ckpt", sd1_ckpt, "--image", photo, "--mask", mask, *FAST, "--strength", "0.7",
+                     "-o", out)
+    assert result.code == 0, result.stderr
+    assert "known region blended back after every step" in result.stderr
+    assert Image.open(out).size == (100, 70)
+
+
+def test_original_inpaint_command_line(cli_files, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    ckpts, photo, mask = cli_files
+    root = Path(__file__).resolve().parent.parent
+    result = subprocess.run([sys.executable, str(root / "scripts" / "inpaint.py"), "--prompt", "a red door",
+                             "--init-img", str(photo), "--mask", str(mask), "--ckpt", str(ckpts["sd1-inpaint"]),
+                             "--ddim_steps", "2", "--n_samples", "2"], cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    from sd_cli.metadata import parse_infotext
+
+    written = sorted((tmp_path / "outputs" / "inpaint-samples" / "samples").glob("*.png"))
+    assert len(written) == 2 and (tmp_path / "outputs" / "inpaint-samples" / "grid-0000.png").exists()
+    fields = parse_infotext(Image.open(written[1]).text["parameters"])[2]
+    assert fields["Seed"] == "1" and fields["Eta"] == "1.0" and fields["CFG scale"] == "7.5"  # inpaint_st defaults
+    assert not np.array_equal(pixels(written[0])[:10], pixels(photo)[:10])  # no paste-back, as the original
+
+
+def test_help_describes_methods_without_importing_torch():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    probe = ("import sys, io, contextlib\nfrom sd_cli.cli import main\nout = io.StringIO()\n"
+             "for args in (['inpaint', '--help'], ['depth2img', '--help']):\n"
+             "    with contextlib.redirect_stdout(out):\n"
+             "        try: main(args)\n"
+             "        except SystemExit as e: assert e.code == 0, e.code\n"
+             "print(out.getvalue())\nprint('torch' in sys.modules, 'timm' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=Path(__file__).resolve().parent.parent,
+                         capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "False False"
+    text = " ".join(out.split())
+    assert "9-channel UNet" in text and "4-channel checkpoints" in text and "--outpaint" in text
+    assert "--depth-map" in text and "--save-depth" in text
