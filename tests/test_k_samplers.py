@@ -537,3 +537,27 @@ def test_every_choice_round_trips_and_resolves():
 def test_bad_sampler_names(name, schedule, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         samplers.choose(name, schedule)
+
+
+# ---------------------------------------------------------------- the command line and the PNG
+
+
+def test_cli_accepts_a1111_names_and_records_them(run_cli, sd1_ckpt, tmp_path):
+    from PIL import Image
+
+    from sd_cli.metadata import parse_infotext
+
+    def render(*args):
+        out = tmp_path / f"{len(list(tmp_path.iterdir()))}.png"
+        result = run_cli("txt2img", "a red circle", "--ckpt", sd1_ckpt, "--steps", "3", "--seed", "7", *args, "-o", out)
+        assert result.code == 0, result.stderr
+        return Image.open(out)
+
+    a1111 = render("--sampler", "DPM++ 2M Karras")
+    assert parse_infotext(a1111.text["parameters"])[2]["Sampler"] == "DPM++ 2M Karras"
+    flags = render("--sampler", "dpmpp_2m", "--schedule", "Karras")
+    assert parse_infotext(flags.text["parameters"])[2]["Sampler"] == "DPM++ 2M Karras"
+    assert np.array_equal(np.asarray(a1111), np.asarray(flags))
+    plain = render("--sampler", "euler a")
+    assert parse_infotext(plain.text["parameters"])[2]["Sampler"] == "Euler a"
+    assert not np.array_equal(np.asarray(a1111), np.asarray(plain))
