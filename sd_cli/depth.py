@@ -129,7 +129,9 @@ def depth_estimator(model: LatentDiffusion, path: Path | None = None) -> torch.n
     estimator = build_dpt_hybrid(weights)
     _load_strict(estimator, weights, source)
     holder = torch.nn.Module()
-    holder.model = estimator.to(model.device, model.dtype).eval()
+    # float32 whatever the model's precision: the original ran it under autocast (its weight-standardised
+    # convolutions' normalisation in float32), and it runs once per input image.
+    holder.model = estimator.to(model.device, torch.float32).eval()
     model.depth_model = holder
     model.depth_weights = None
     log.info(f"MiDaS DPT-Hybrid from {source}")
