@@ -61,8 +61,8 @@ def info_record(path: str | Path) -> dict:
             record[name] = _value(fields[key], kind, key, path)
     if "Size" in fields:
         record["width"], record["height"] = _size(fields["Size"], path)
-    if "sampler" in record:
-        record["sampler"] = _sampler(record["sampler"])
+    if "sampler" in record:  # sd_cli writes "Sampler id" where the label is ambiguous ("DPM++ 2M")
+        record["sampler"] = fields.get("Sampler id") or _sampler(record["sampler"])
     record["parameters"] = fields
     return record
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from sd_cli import __version__, distributed, log
 from sd_cli.errors import OutputError, PartialFailure, SdCliError, UsageError
-from sd_cli.jobs import Job
+from sd_cli.jobs import Job, sampler_id
 from sd_cli.sampling.samplers import label as sampler_label
 
 
@@ -57,6 +57,9 @@ def run(request: RunRequest) -> RunReport:
     rank = distributed.current()
     if not rank.is_main:
         log.set_quiet(True)
+    if request.skip_save and not _grid_wanted(request, rank):
+        raise UsageError("--skip-save writes only the grid, and runs with -o, --name or several processes make none; "
+                         "drop --skip-save")
     targets = _targets(request)
     jobs, skipped = _todo(request, targets, rank)
     report = RunReport(skipped=skipped, failed=request.bad_lines if rank.is_main else 0)
@@ -399,5 +402,7 @@ class _Writer:
             fields["Mask blur"] = int(blur) if blur == int(blur) else blur
         if job.eta:
             fields["Eta"] = job.eta
+        if sampler_id(fields["Sampler"]) != job.sampler:  # "DPM++ 2M" reads back as dpmpp_2m, not dpm
+            fields["Sampler id"] = job.sampler
         fields["Version"] = f"sd_cli {__version__}"
         return format_infotext(job.prompt, job.negative_prompt, fields)

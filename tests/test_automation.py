@@ -208,6 +208,11 @@ def test_skip_existing_needs_deterministic_names(run_cli, sd1_ckpt, tmp_path):
     assert result.code == 2 and "--skip-existing needs file names" in result.stderr
 
 
+def test_a_run_that_would_write_nothing_is_refused(run_cli, sd1_ckpt, tmp_path):
+    result = run_cli("txt2img", "x", "--ckpt", sd1_ckpt, *FAST, "--n-samples", "2", "-o", tmp_path / "{index}.png", "--skip-save")
+    assert result.code == 2 and "drop --skip-save" in result.stderr and not list(tmp_path.iterdir())
+
+
 # --- info, verify, --from-png --------------------------------------------------------------------------
 
 
@@ -252,6 +257,10 @@ def test_from_png_renders_the_same_image(run_cli, sd1_ckpt, tmp_path):
     assert again.code == 0, again.stderr
     assert np.array_equal(pixels(original), pixels(tmp_path / "again.png"))
     assert Image.open(original).text == Image.open(tmp_path / "again.png").text
+    dpm = run_cli("txt2img", "--from-png", original, "--ckpt", sd1_ckpt, "--sampler", "dpm", "-o", tmp_path / "dpm.png")
+    assert dpm.code == 0 and fields(tmp_path / "dpm.png")["Sampler id"] == "dpm"  # its label, "DPM++ 2M", is dpmpp_2m's
+    assert run_cli("txt2img", "--from-png", tmp_path / "dpm.png", "--ckpt", sd1_ckpt, "-o", tmp_path / "dpm2.png").code == 0
+    assert np.array_equal(pixels(tmp_path / "dpm.png"), pixels(tmp_path / "dpm2.png"))
     changed = run_cli("txt2img", "--from-png", original, "--ckpt", sd1_ckpt, "--steps", "1", "-o", tmp_path / "one.png")
     assert changed.code == 0 and fields(tmp_path / "one.png")["Steps"] == "1"
     assert fields(tmp_path / "one.png")["Seed"] == "123" and fields(tmp_path / "one.png")["Size"] == "64x128"
