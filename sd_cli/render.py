@@ -55,6 +55,7 @@ class RunReport:
 def run(request: RunRequest) -> RunReport:
     """Render this process's share of the jobs; raise PartialFailure when some failed."""
     rank = distributed.current()
+    _init_cache.clear()  # a file may have changed since an earlier run in this process
     if not rank.is_main:
         log.set_quiet(True)
     if request.skip_save and not _grid_wanted(request, rank):
