@@ -68,6 +68,8 @@ ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="Original mo
 EmaOpt = Annotated[bool, typer.Option("--ema", help="Use the checkpoint's EMA weights (model_ema.*).")]
 OutdirOpt = Annotated[Optional[Path], typer.Option("--outdir", help="Output folder: samples/NNNNN.png and grid-NNNN.png inside.")]
 OutputOpt = Annotated[Optional[str], typer.Option("--output", "-o", help="Write exactly this file (a pattern like out-{index}.png for several).")]
+CompileOpt = Annotated[bool, typer.Option("--compile", help="torch.compile the UNet (CUDA graphs on CUDA): a slow first step, then much faster steps; for long runs.")]
+VaeTilingOpt = Annotated[bool, typer.Option("--vae-tiling", help="Decode large images in overlapping tiles to bound memory (slightly different pixels).")]
 NoWatermarkOpt = Annotated[bool, typer.Option("--no-watermark", help="Do not embed the invisible watermark.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors on stderr.")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks.")]
@@ -110,7 +112,7 @@ def txt2img(
     from_png: FromPngOpt = None, name: NameOpt = None, skip_existing: SkipExistingOpt = False, json_out: JsonOpt = False,
     precision: PrecisionOpt = "auto", device: DeviceOpt = "auto",
     ckpt: CkptOpt = None, config: ConfigOpt = None, ema: EmaOpt = False,
-    outdir: OutdirOpt = None, output: OutputOpt = None, no_watermark: NoWatermarkOpt = False,
+    outdir: OutdirOpt = None, output: OutputOpt = None, no_watermark: NoWatermarkOpt = False, compile_unet: CompileOpt = False, vae_tiling: VaeTilingOpt = False,
     quiet: QuietOpt = False, debug: DebugOpt = False,
     laion400m: Laion400mOpt = False, torchscript: TorchscriptOpt = False, ipex: IpexOpt = False, bf16: Bf16FlagOpt = False,
 ):
@@ -133,7 +135,7 @@ def img2img(
     from_png: FromPngOpt = None, name: NameOpt = None, skip_existing: SkipExistingOpt = False, json_out: JsonOpt = False,
     precision: PrecisionOpt = "auto", device: DeviceOpt = "auto",
     ckpt: CkptOpt = None, config: ConfigOpt = None, ema: EmaOpt = False,
-    outdir: OutdirOpt = None, output: OutputOpt = None, no_watermark: NoWatermarkOpt = False,
+    outdir: OutdirOpt = None, output: OutputOpt = None, no_watermark: NoWatermarkOpt = False, compile_unet: CompileOpt = False, vae_tiling: VaeTilingOpt = False,
     quiet: QuietOpt = False, debug: DebugOpt = False,
     laion400m: Laion400mOpt = False, torchscript: TorchscriptOpt = False, ipex: IpexOpt = False, bf16: Bf16FlagOpt = False,
 ):
@@ -157,7 +159,7 @@ def inpaint(
     from_png: FromPngOpt = None, name: NameOpt = None, skip_existing: SkipExistingOpt = False, json_out: JsonOpt = False,
     precision: PrecisionOpt = "auto", device: DeviceOpt = "auto",
     ckpt: CkptOpt = None, config: ConfigOpt = None, ema: EmaOpt = False,
-    outdir: OutdirOpt = None, output: OutputOpt = None, no_watermark: NoWatermarkOpt = False,
+    outdir: OutdirOpt = None, output: OutputOpt = None, no_watermark: NoWatermarkOpt = False, compile_unet: CompileOpt = False, vae_tiling: VaeTilingOpt = False,
     quiet: QuietOpt = False, debug: DebugOpt = False,
     laion400m: Laion400mOpt = False, torchscript: TorchscriptOpt = False, ipex: IpexOpt = False, bf16: Bf16FlagOpt = False,
 ):
@@ -187,7 +189,7 @@ def depth2img(
     from_png: FromPngOpt = None, name: NameOpt = None, skip_existing: SkipExistingOpt = False, json_out: JsonOpt = False,
     precision: PrecisionOpt = "auto", device: DeviceOpt = "auto",
     ckpt: CkptOpt = None, config: ConfigOpt = None, ema: EmaOpt = False,
-    outdir: OutdirOpt = None, output: OutputOpt = None, no_watermark: NoWatermarkOpt = False,
+    outdir: OutdirOpt = None, output: OutputOpt = None, no_watermark: NoWatermarkOpt = False, compile_unet: CompileOpt = False, vae_tiling: VaeTilingOpt = False,
     quiet: QuietOpt = False, debug: DebugOpt = False,
     laion400m: Laion400mOpt = False, torchscript: TorchscriptOpt = False, ipex: IpexOpt = False, bf16: Bf16FlagOpt = False,
 ):
@@ -274,6 +276,7 @@ def _render(mode: str, args: dict) -> None:
         skip_existing=args["skip_existing"], on_error=args["on_error"].value, json=args["json_out"],
         inpaint=_mask_options(args) if mode == "inpaint" else None,
         depth=_depth_options(args) if mode == "depth2img" else None,
+        compile=args["compile_unet"], vae_tiling=args["vae_tiling"],
     )
     if request.skip_save and request.skip_grid:
         raise UsageError("--skip-save together with --skip-grid would write nothing; drop one of them")

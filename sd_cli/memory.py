@@ -24,8 +24,17 @@ def needed_bytes(model, batch: int, height: int, width: int, guided: bool) -> in
     unet = (2 if guided else 1) * batch * latent_pixels * unet_channels * UNET_MAPS * element
     ddconfig = model.config.vae_params["ddconfig"]
     vae_channels = int(ddconfig["ch"]) * int(ddconfig["ch_mult"][0])
-    vae = batch * height * width * vae_channels * VAE_MAPS * element
+    vae = batch * _decoded_pixels(model, height, width) * vae_channels * VAE_MAPS * element
     return max(unet, vae)
+
+
+def _decoded_pixels(model, height: int, width: int) -> int:
+    """Pixels the VAE decodes at once: the whole image, or one tile with --vae-tiling."""
+    if not getattr(model, "vae_tiling", False):
+        return height * width
+    from sd_cli.tiling import TILE
+
+    return min(height * width, (TILE * 8) ** 2)
 
 
 def available_bytes(device) -> int | None:

@@ -43,6 +43,8 @@ class RunRequest:
     json: bool = False  # one JSON object per written image on stdout instead of its path
     inpaint: "MaskOptions | None" = None  # inpaint: mask blur, invert, paste-back, outpaint (masks.py)
     depth: "DepthOptions | None" = None  # depth2img: --depth-map, --depth-model, --save-depth (depth.py)
+    compile: bool = False  # --compile: torch.compile the UNet (speed.py)
+    vae_tiling: bool = False  # --vae-tiling: decode large images in tiles (tiling.py)
 
 
 @dataclass
@@ -168,6 +170,11 @@ def _load(request: RunRequest, rank):
     started = time.perf_counter()
     loaded = load_model(checkpoint, request.config, device=device, dtype=dtype, use_ema=request.ema)
     log.info(f"loaded {checkpoint} in {time.perf_counter() - started:.1f}s")
+    loaded.model.vae_tiling = request.vae_tiling
+    if request.compile:
+        from sd_cli.speed import compile_model
+
+        compile_model(loaded.model)
     return loaded
 
 

@@ -48,6 +48,7 @@ class LatentDiffusion(nn.Module):
         self.model = DiffusionWrapper(UNetModel(**config.unet_params))
         self.first_stage_model = AutoencoderKL(**config.vae_params)
         self.cond_stage_model = text_encoder
+        self.vae_tiling = False  # --vae-tiling: decode in tiles (sd_cli/tiling.py)
         self.alphas_cumprod = linear_alphas_cumprod(config.linear_start, config.linear_end, config.timesteps)
 
     @property
@@ -89,7 +90,7 @@ class LatentDiffusion(nn.Module):
             raise NumericsError(f"the UNet produced NaN or inf values in {self.dtype}; no image was saved. "
                                 "Try --precision fp32 or other settings (a lower --scale)")
         z = latents.to(self.device, self.dtype) / self.config.scale_factor
-        images = self.first_stage_model.decode(z)
+        images = self._vae_decode(self.first_stage_model, z)
         if torch.isfinite(images).all():
             return images
         if self.dtype != torch.float32:
@@ -104,6 +105,15 @@ class LatentDiffusion(nn.Module):
         vae, dtype = self.first_stage_model, self.dtype
         vae.float()  # fp16/bf16 -> fp32 -> fp16/bf16 is exact, so the weights come back unchanged
         try:
-            return vae.decode(latents.to(self.device, torch.float32) / self.config.scale_factor)
+            return self._vae_decode(vae, latents.to(self.device, torch.float32) / self.config.scale_factor)
         finally:
             vae.to(dtype)
+
+    def _vae_decode(self, vae, z: torch.Tensor) -> torch.Tensor:
+        """Whole, or in overlapping tiles with --vae-tiling (bounded memory for large images)."""
+        if not self.vae_tiling:
+            return vae.decode(z)
+        from sd_cli.tiling import decode_tiled
+
+        factor = 2 ** (len(self.config.vae_params["ddconfig"]["ch_mult"]) - 1)
+        return decode_tiled(vae.decode, z, factor=factor)
