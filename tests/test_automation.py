@@ -416,6 +416,26 @@ def test_torchrun_two_processes_equal_one(run_cli, sd1_ckpt, tmp_path):
     assert result.stderr.count("wrote 5 image(s) by 2 processes") == 1
 
 
+def test_accelerate_launch_two_processes_equal_one(run_cli, sd1_ckpt, tmp_path):
+    """accelerate launch sets the same RANK/WORLD_SIZE/LOCAL_RANK variables torchrun does."""
+    pytest.importorskip("accelerate")
+    prompts = write(tmp_path / "p.txt", "a\nb\nc\n")
+    common = ["--from-file", prompts, "--ckpt", sd1_ckpt, *FAST, "--name", "{index}-{seed}"]
+    assert run_cli("txt2img", *common, "--outdir", tmp_path / "one").code == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                             "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                             "-m", "sd_cli", "txt2img", *map(str, common), "--outdir", str(tmp_path / "two")],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    names = sorted(p.name for p in (tmp_path / "one").iterdir())
+    assert names == ["0-7.png", "1-8.png", "2-9.png"]
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == names
+    for name in names:
+        assert np.array_equal(pixels(tmp_path / "one" / name), pixels(tmp_path / "two" / name)), name
+    assert result.stderr.count("wrote 3 image(s) by 2 processes") == 1
+
+
 def test_torchrun_needs_a_seed(run_cli, sd1_ckpt, monkeypatch):
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", "2")
