@@ -55,6 +55,18 @@ def read_checkpoint(path: str | os.PathLike) -> CheckpointFile:
     return CheckpointFile(path=path, state_dict=state_dict, global_step=global_step)
 
 
+def read_pickle_data(path: str | os.PathLike) -> object:
+    """A small PyTorch pickle (an embedding file) as data: tensors and plain containers only."""
+    shown = str(path)
+    path = _existing_file(path)
+    try:
+        return _read_pickle(path, shown)
+    except CheckpointError:
+        raise
+    except Exception as err:
+        raise CheckpointError(f"{shown}: cannot read the file ({_cause(err)}).") from err
+
+
 # --- file checks and format sniffing -------------------------------------------------------------
 
 _ZIP_MAGIC = b"PK\x03\x04"

@@ -31,6 +31,11 @@ class OnError(str, Enum):
     continue_ = "continue"
 
 
+class Emphasis(str, Enum):
+    original = "original"
+    none = "none"
+
+
 # Shared option types: one definition per flag, used by every subcommand.
 PromptArg = Annotated[Optional[str], typer.Argument(help="The prompt (same as --prompt).", show_default=False)]
 PromptOpt = Annotated[Optional[str], typer.Option("--prompt", "-p", help="What to draw.")]
@@ -70,6 +75,9 @@ OutdirOpt = Annotated[Optional[Path], typer.Option("--outdir", help="Output fold
 OutputOpt = Annotated[Optional[str], typer.Option("--output", "-o", help="Write exactly this file (a pattern like out-{index}.png for several).")]
 CompileOpt = Annotated[bool, typer.Option("--compile", help="torch.compile the UNet (CUDA graphs on CUDA): a slow first step, then much faster steps; for long runs.")]
 VaeTilingOpt = Annotated[bool, typer.Option("--vae-tiling", help="Decode large images in overlapping tiles to bound memory (slightly different pixels).")]
+EmphasisOpt = Annotated[Emphasis, typer.Option("--emphasis", help="original: AUTOMATIC1111's (word), ((word)), [word], (word:1.3) weights (\\( for a literal bracket); none: brackets are plain text.", case_sensitive=False)]
+ClipSkipOpt = Annotated[Optional[int], typer.Option("--clip-skip", help="Use the text encoder's output N blocks from the end (AUTOMATIC1111's Clip skip; 2 = penultimate). Default: the model's own (SD 1.x 1, SD 2.x 2).", show_default=False)]
+EmbeddingsOpt = Annotated[Optional[Path], typer.Option("--embeddings", help="Textual inversion folder (.pt/.safetensors, used by file name in the prompt); default: checkpoints/embeddings if it exists.", show_default=False)]
 NoWatermarkOpt = Annotated[bool, typer.Option("--no-watermark", help="Do not embed the invisible watermark.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors on stderr.")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks.")]
@@ -113,6 +121,7 @@ def txt2img(
     precision: PrecisionOpt = "auto", device: DeviceOpt = "auto",
     ckpt: CkptOpt = None, config: ConfigOpt = None, ema: EmaOpt = False,
     outdir: OutdirOpt = None, output: OutputOpt = None, no_watermark: NoWatermarkOpt = False, compile_unet: CompileOpt = False, vae_tiling: VaeTilingOpt = False,
+    emphasis: EmphasisOpt = Emphasis.original, clip_skip: ClipSkipOpt = None, embeddings: EmbeddingsOpt = None,
     quiet: QuietOpt = False, debug: DebugOpt = False,
     laion400m: Laion400mOpt = False, torchscript: TorchscriptOpt = False, ipex: IpexOpt = False, bf16: Bf16FlagOpt = False,
 ):
@@ -136,6 +145,7 @@ def img2img(
     precision: PrecisionOpt = "auto", device: DeviceOpt = "auto",
     ckpt: CkptOpt = None, config: ConfigOpt = None, ema: EmaOpt = False,
     outdir: OutdirOpt = None, output: OutputOpt = None, no_watermark: NoWatermarkOpt = False, compile_unet: CompileOpt = False, vae_tiling: VaeTilingOpt = False,
+    emphasis: EmphasisOpt = Emphasis.original, clip_skip: ClipSkipOpt = None, embeddings: EmbeddingsOpt = None,
     quiet: QuietOpt = False, debug: DebugOpt = False,
     laion400m: Laion400mOpt = False, torchscript: TorchscriptOpt = False, ipex: IpexOpt = False, bf16: Bf16FlagOpt = False,
 ):
@@ -160,6 +170,7 @@ def inpaint(
     precision: PrecisionOpt = "auto", device: DeviceOpt = "auto",
     ckpt: CkptOpt = None, config: ConfigOpt = None, ema: EmaOpt = False,
     outdir: OutdirOpt = None, output: OutputOpt = None, no_watermark: NoWatermarkOpt = False, compile_unet: CompileOpt = False, vae_tiling: VaeTilingOpt = False,
+    emphasis: EmphasisOpt = Emphasis.original, clip_skip: ClipSkipOpt = None, embeddings: EmbeddingsOpt = None,
     quiet: QuietOpt = False, debug: DebugOpt = False,
     laion400m: Laion400mOpt = False, torchscript: TorchscriptOpt = False, ipex: IpexOpt = False, bf16: Bf16FlagOpt = False,
 ):
@@ -190,6 +201,7 @@ def depth2img(
     precision: PrecisionOpt = "auto", device: DeviceOpt = "auto",
     ckpt: CkptOpt = None, config: ConfigOpt = None, ema: EmaOpt = False,
     outdir: OutdirOpt = None, output: OutputOpt = None, no_watermark: NoWatermarkOpt = False, compile_unet: CompileOpt = False, vae_tiling: VaeTilingOpt = False,
+    emphasis: EmphasisOpt = Emphasis.original, clip_skip: ClipSkipOpt = None, embeddings: EmbeddingsOpt = None,
     quiet: QuietOpt = False, debug: DebugOpt = False,
     laion400m: Laion400mOpt = False, torchscript: TorchscriptOpt = False, ipex: IpexOpt = False, bf16: Bf16FlagOpt = False,
 ):
@@ -277,6 +289,7 @@ def _render(mode: str, args: dict) -> None:
         inpaint=_mask_options(args) if mode == "inpaint" else None,
         depth=_depth_options(args) if mode == "depth2img" else None,
         compile=args["compile_unet"], vae_tiling=args["vae_tiling"],
+        emphasis=args["emphasis"].value, clip_skip=_clip_skip(args["clip_skip"]), embeddings=args["embeddings"],
     )
     if request.skip_save and request.skip_grid:
         raise UsageError("--skip-save together with --skip-grid would write nothing; drop one of them")
@@ -436,6 +449,10 @@ def _seed(seed: Optional[int]) -> int:
         seed = secrets.randbelow(2**32)
         log.info(f"seed {seed} (random; pass --seed {seed} to repeat this run)")
     return seed
+
+
+def _clip_skip(value: Optional[int]) -> Optional[int]:
+    return None if value is None else _positive("--clip-skip", value)
 
 
 def _positive(flag: str, value: int) -> int:

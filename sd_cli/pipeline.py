@@ -11,6 +11,7 @@ import torch
 
 from sd_cli.errors import UsageError
 from sd_cli.models.latent_diffusion import LatentDiffusion
+from sd_cli.prompts import match_lengths
 from sd_cli.sampling import samplers, schedules
 from sd_cli.sampling.ddim import AfterStep, sample_ddim, sample_plms
 from sd_cli.sampling.denoiser import KDenoiser, LCMDenoiser
@@ -82,6 +83,7 @@ def guided_model(model: LatentDiffusion, prompts: list[str], negative_prompts: l
     """Prompt and negative-prompt embeddings with the model's UNet: the guided prediction the samplers call."""
     cond = model.encode_text(prompts)
     uncond = model.encode_text(negative_prompts) if scale != 1.0 else None
+    cond, uncond = match_lengths(model, cond, uncond)  # a long prompt or negative: pad the other
     return GuidedModel(model.unet, cond, uncond, scale, model.parameterization)
 
 

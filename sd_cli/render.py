@@ -45,6 +45,9 @@ class RunRequest:
     depth: "DepthOptions | None" = None  # depth2img: --depth-map, --depth-model, --save-depth (depth.py)
     compile: bool = False  # --compile: torch.compile the UNet (speed.py)
     vae_tiling: bool = False  # --vae-tiling: decode large images in tiles (tiling.py)
+    emphasis: str = "original"  # --emphasis: AUTOMATIC1111's (text:1.2) weights, or "none" (prompts.py)
+    clip_skip: int | None = None  # --clip-skip N; None: the model's own layer
+    embeddings: Path | None = None  # --embeddings DIR; None: checkpoints/embeddings if it exists
 
 
 @dataclass
@@ -171,6 +174,9 @@ def _load(request: RunRequest, rank):
     loaded = load_model(checkpoint, request.config, device=device, dtype=dtype, use_ema=request.ema)
     log.info(f"loaded {checkpoint} in {time.perf_counter() - started:.1f}s")
     loaded.model.vae_tiling = request.vae_tiling
+    from sd_cli.prompts import configure
+
+    configure(loaded.model, request.emphasis, request.clip_skip, request.embeddings)
     if request.compile:
         from sd_cli.speed import compile_model
 
@@ -412,5 +418,8 @@ class _Writer:
             fields["Eta"] = job.eta
         if sampler_id(fields["Sampler"]) != job.sampler:  # "DPM++ 2M" reads back as dpmpp_2m, not dpm
             fields["Sampler id"] = job.sampler
+        from sd_cli.prompts import infotext_fields
+
+        fields.update(infotext_fields(self.loaded.model, job.prompt, job.negative_prompt))
         fields["Version"] = f"sd_cli {__version__}"
         return format_infotext(job.prompt, job.negative_prompt, fields)

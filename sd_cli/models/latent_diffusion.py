@@ -49,6 +49,7 @@ class LatentDiffusion(nn.Module):
         self.first_stage_model = AutoencoderKL(**config.vae_params)
         self.cond_stage_model = text_encoder
         self.vae_tiling = False  # --vae-tiling: decode in tiles (sd_cli/tiling.py)
+        self.text_options = None  # prompts.TextOptions (--emphasis, --embeddings); None: the defaults
         self.alphas_cumprod = linear_alphas_cumprod(config.linear_start, config.linear_end, config.timesteps)
 
     @property
@@ -68,8 +69,11 @@ class LatentDiffusion(nn.Module):
         return next(self.model.parameters()).device
 
     def encode_text(self, prompts: list[str]) -> torch.Tensor:
-        """[B, 77, D] conditioning for a list of prompts."""
-        return self.cond_stage_model(prompts)
+        """[B, 77·chunks, D] conditioning for a list of prompts (prompts.py: emphasis, BREAK, long
+        prompts, embeddings); [B, 77, D], the original's, for a plain prompt of up to 75 tokens."""
+        from sd_cli.prompts import TextOptions, encode_prompts
+
+        return encode_prompts(self.cond_stage_model, prompts, self.text_options or TextOptions())
 
     def unet(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         dtype = self.dtype

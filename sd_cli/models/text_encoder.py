@@ -74,6 +74,7 @@ class _TextTower(nn.Module):
             raise ValueError(f"{type(self).__name__}: layer {layer!r} is not supported "
                              f"(choose from {', '.join(self.layers_supported)})")
         self.layer = layer
+        self.clip_skip: int | None = None  # --clip-skip N: stop N - 1 blocks before the last; None: `layer`
         self.context_length = context_length
         self.token_embedding = nn.Embedding(vocab_size, width)
         self.positional_embedding = nn.Parameter(torch.empty(context_length, width))
@@ -111,13 +112,22 @@ class _TextTower(nn.Module):
 
     def encode(self, tokens: Tensor) -> Tensor:
         """[B, L] token ids → [B, L, width] hidden states after `ln_final`."""
-        x = self.token_embedding(tokens) + self.positional_embedding[: tokens.shape[1]]
+        return self.encode_embedded(self.token_embedding(tokens))
+
+    def encode_embedded(self, embedded: Tensor) -> Tensor:
+        """[B, L, width] token embeddings (textual inversion vectors included) → hidden states."""
+        x = embedded + self.positional_embedding[: embedded.shape[1]]
         # additive causal mask, built here so that a module built on meta needs no buffer fix-up
-        mask = torch.full((tokens.shape[1],) * 2, float("-inf"), dtype=x.dtype, device=x.device).triu_(1)
+        mask = torch.full((embedded.shape[1],) * 2, float("-inf"), dtype=x.dtype, device=x.device).triu_(1)
         blocks = self.transformer.resblocks
-        for block in blocks[: len(blocks) - (self.layer == "penultimate")]:
+        skipped = self.clip_skip - 1 if self.clip_skip is not None else int(self.layer == "penultimate")
+        for block in blocks[: len(blocks) - skipped]:
             x = block(x, attn_mask=mask)
         return self.ln_final(x)
+
+    def bpe(self):
+        """The BPE tokenizer this encoder's prompts are cleaned and split with."""
+        return _bpe_tokenizer(self.hf_cleaning)
 
 
 class CLIPTextEncoder(_TextTower):
