@@ -23,7 +23,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = ROOT / ".bench"
-FIGURES = ("startup", "load", "cpu-step", "gpu-step", "gpu-precision")
+FIGURES = ("startup", "load", "cpu-step", "gpu-step", "gpu-precision", "batch")
 # CLIP ViT-L/14's text tower (SD 1.x); transformers' CLIPTextConfig defaults are a smaller model.
 CLIP_L_TEXT = dict(hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12,
                    projection_dim=768, hidden_act="quick_gelu")
@@ -36,13 +36,16 @@ def main(argv=None) -> None:
     only = set(args.only.split(",")) if args.only else set(FIGURES)
     if "startup" in only:
         results["startup"] = bench_startup(args.repeats)
-    if only & {"load", "cpu-step", "gpu-step"}:
+    if only & {"load", "cpu-step", "gpu-step", "gpu-precision", "batch"}:
         ckpt, st = full_size_checkpoints()
         diffusers_config_dir(st)
     if "load" in only:
         results["load"] = bench_load(ckpt, st, args.repeats)
     if "cpu-step" in only:
         results["cpu-step"] = bench_steps(st, "cpu", args.precision or "fp32", args.repeats, args.steps, 512)
+    if "batch" in only:
+        results["batch"] = bench_batches(st, args.device, args.precision or "auto", args.steps, args.size)
+        _save(results, args.json_out)
     if "gpu-precision" in only:
         results["gpu-precision"] = bench_precision(st, args.device)
         _save(results, args.json_out)
@@ -68,6 +71,7 @@ def _parse(argv):
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--precision", help="fp32, fp16 or bf16 for the step figures")
     parser.add_argument("--compile", action="store_true", help="also time sd_cli with --compile")
+    parser.add_argument("--size", type=int, default=512, help="image side for the batch figure")
     parser.add_argument("--json-out")
     return parser.parse_args(argv)
 
@@ -294,6 +298,32 @@ def bench_steps(st: Path, device: str, precision: str, repeats: int, steps: int,
     if dev.type == "cuda":
         result["peak_vram_gb"] = round(torch.cuda.max_memory_allocated() / 1e9, 2)
     return result
+
+
+def bench_batches(st: Path, device: str, precision: str, steps: int, size: int) -> dict:
+    """sd_cli images/s (sampling + decoding) for growing batch sizes, until memory runs out."""
+    import torch
+
+    from sd_cli import pipeline
+    from sd_cli.device import resolve_device, resolve_dtype
+    from sd_cli.loading import load_model
+
+    dev = resolve_device(device)
+    model = load_model(st, device=dev, dtype=resolve_dtype(precision, dev)).model
+    params = pipeline.SamplingParams(steps=steps)
+    rates = {}
+    for batch in (1, 2, 4, 8, 16):
+        try:
+            pipeline.txt2img(model, ["a photo"] * batch, [""] * batch, list(range(batch)), params, size, size)  # warm-up
+            _sync(dev)
+            started = time.perf_counter()
+            pipeline.txt2img(model, ["a photo"] * batch, [""] * batch, list(range(batch)), params, size, size)
+            _sync(dev)
+        except torch.OutOfMemoryError:
+            rates[batch] = "out of memory"
+            break
+        rates[batch] = round(batch / (time.perf_counter() - started), 3)
+    return {"images_per_s": rates, "steps": steps, "size": size, "device": str(dev), "precision": precision}
 
 
 def bench_precision(st: Path, device: str) -> dict:

@@ -289,7 +289,7 @@ def _render(mode: str, args: dict) -> None:
         inpaint=_mask_options(args) if mode == "inpaint" else None,
         depth=_depth_options(args) if mode == "depth2img" else None,
         compile=args["compile_unet"], vae_tiling=args["vae_tiling"],
-        emphasis=args["emphasis"].value, clip_skip=_clip_skip(args["clip_skip"]), embeddings=args["embeddings"],
+        emphasis=args["emphasis"].value, clip_skip=_clip_skip(args["clip_skip"]), embeddings=_embeddings_dir(args["embeddings"]),
     )
     if request.skip_save and request.skip_grid:
         raise UsageError("--skip-save together with --skip-grid would write nothing; drop one of them")
@@ -453,6 +453,13 @@ def _seed(seed: Optional[int]) -> int:
 
 def _clip_skip(value: Optional[int]) -> Optional[int]:
     return None if value is None else _positive("--clip-skip", value)
+
+
+def _embeddings_dir(folder: Optional[Path]) -> Optional[Path]:
+    """--embeddings: checked before the model loads (the files are read when a prompt uses them)."""
+    if folder is not None and not folder.is_dir():
+        raise UsageError(f"--embeddings {folder}: no such folder")
+    return folder
 
 
 def _positive(flag: str, value: int) -> int:

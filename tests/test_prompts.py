@@ -137,6 +137,24 @@ def test_clip_skip_is_transformers_hidden_state_through_the_final_norm():
         torch.testing.assert_close(encoder.encode(tokens), hf(tokens).last_hidden_state, rtol=1e-5, atol=1e-5)
 
 
+def test_clip_skip_on_sd2_counts_from_the_last_block(sd2):
+    tokens = sd2.tokenize(["a red circle"])
+    with torch.inference_mode():
+        default = sd2.encode(tokens)  # the YAML's penultimate layer
+        try:
+            sd2.clip_skip = 2
+            assert torch.equal(sd2.encode(tokens), default)
+            sd2.clip_skip = 1
+            last = sd2.encode(tokens)
+        finally:
+            sd2.clip_skip = None
+    sd2.layer = "last"
+    try:
+        assert torch.equal(sd2.encode(tokens), last) and not torch.equal(last, default)
+    finally:
+        sd2.layer = "penultimate"
+
+
 def write_embeddings(folder, width=TEXT_WIDTH):
     """An AUTOMATIC1111 .pt (string_to_param) and .safetensors (emb_params), as its trainer saves them."""
     from safetensors.torch import save_file
@@ -205,3 +223,5 @@ def test_cli_records_clip_skip_ti_hashes_and_emphasis(run_cli, sd1_ckpt, tmp_pat
     assert result.code == 0 and fields["Emphasis"] == "None" and "Clip skip" not in fields
     result = run_cli("txt2img", "a", "--ckpt", sd1_ckpt, *FAST, "--clip-skip", "3", "-o", out)
     assert result.code == 2 and "--clip-skip 3" in result.stderr
+    result = run_cli("txt2img", "a", "--ckpt", sd1_ckpt, *FAST, "--embeddings", tmp_path / "none", "-o", out)
+    assert result.code == 2 and "no such folder" in result.stderr
