@@ -39,6 +39,17 @@ def sd2v_ckpt(tiny_dir) -> Path:
     return write_tiny_checkpoint("sd2-v", tiny_dir)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run faster on one thread: two threads' hand-offs cost more than the work."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @dataclass
 class CliResult:
     code: int

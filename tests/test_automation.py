@@ -22,12 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 FAST = ["--steps", "1", "--seed", "7"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest.one_thread
 
 
 def pixels(path) -> np.ndarray:

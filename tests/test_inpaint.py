@@ -34,12 +34,7 @@ PROMPTS = ["a red circle on a blue square", "two green triangles"]
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = [pytestmark, pytest.mark.usefixtures("one_thread")]  # tiny models: see conftest.one_thread
 
 
 @pytest.fixture(autouse=True)

@@ -54,12 +54,7 @@ LATENT = (4, SIZE // 8, SIZE // 8)
 DISCRETE_10 = list(range(999, -1, -111))  # the discrete schedule's timesteps for 10 steps
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = [pytestmark, pytest.mark.usefixtures("one_thread")]  # tiny models: see conftest.one_thread
 
 
 @pytest.fixture(scope="module")

@@ -282,13 +282,7 @@ class Model:
         return ours, theirs
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These models are tiny: on a shared 2-core CPU, one thread is several times faster than two."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = [pytestmark, pytest.mark.usefixtures("one_thread")]  # tiny models: see conftest.one_thread
 
 
 @pytest.fixture(scope="module")
