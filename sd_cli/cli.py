@@ -78,6 +78,12 @@ VaeTilingOpt = Annotated[bool, typer.Option("--vae-tiling", help="Decode large i
 EmphasisOpt = Annotated[Emphasis, typer.Option("--emphasis", help="original: AUTOMATIC1111's (word), ((word)), [word], (word:1.3) weights (\\( for a literal bracket); none: brackets are plain text.", case_sensitive=False)]
 ClipSkipOpt = Annotated[Optional[int], typer.Option("--clip-skip", help="Use the text encoder's output N blocks from the end (AUTOMATIC1111's Clip skip; 2 = penultimate). Default: the model's own (SD 1.x 1, SD 2.x 2).", show_default=False)]
 EmbeddingsOpt = Annotated[Optional[Path], typer.Option("--embeddings", help="Textual inversion folder (.pt/.safetensors, used by file name in the prompt); default: checkpoints/embeddings if it exists.", show_default=False)]
+VaeOpt = Annotated[Optional[Path], typer.Option("--vae", help="A separate VAE (.ckpt/.safetensors; original or diffusers key names), e.g. the ft-MSE VAE.")]
+LoraOpt = Annotated[Optional[list[str]], typer.Option("--lora", help="LoRA file or name in --lora-dir, PATH[:weight] (weight 1 by default); repeatable. Prompts can also say <lora:name:0.8>.")]
+LoraDirOpt = Annotated[Path, typer.Option("--lora-dir", help="Folder where <lora:name:weight> and --lora names are looked up.")]
+HiresScaleOpt = Annotated[Optional[float], typer.Option("--hires-scale", help="Hires fix: upscale the latent by this factor (size floored to multiples of 64), then a second img2img pass.", show_default=False)]
+HiresStepsOpt = Annotated[int, typer.Option("--hires-steps", help="Hires fix: steps of the second pass (0 = --steps).")]
+HiresStrengthOpt = Annotated[float, typer.Option("--hires-strength", help="Hires fix: denoising strength of the second pass, 0..1.")]
 NoWatermarkOpt = Annotated[bool, typer.Option("--no-watermark", help="Do not embed the invisible watermark.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors on stderr.")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks.")]
@@ -114,6 +120,7 @@ def txt2img(
     steps: StepsOpt = 50, scale: ScaleOpt = 7.5, seed: SeedOpt = None,
     sampler: SamplerOpt = "ddim", schedule: ScheduleOpt = None, plms: PlmsOpt = False, dpm: DpmOpt = False, dpm_solver: DpmSolverOpt = False,
     eta: EtaOpt = 0.0, height: HeightOpt = None, width: WidthOpt = None, C: ChannelsOpt = 4, f: FactorOpt = 8,
+    hires_scale: HiresScaleOpt = None, hires_steps: HiresStepsOpt = 0, hires_strength: HiresStrengthOpt = 0.7,
     n_samples: SamplesOpt = 1, n_iter: IterOpt = 1, n_rows: RowsOpt = 0,
     skip_grid: SkipGridOpt = False, skip_save: SkipSaveOpt = False, fixed_code: FixedCodeOpt = False,
     from_file: FromFileOpt = None, repeat: RepeatOpt = 1, on_error: OnErrorOpt = OnError.stop,
@@ -122,6 +129,7 @@ def txt2img(
     ckpt: CkptOpt = None, config: ConfigOpt = None, ema: EmaOpt = False,
     outdir: OutdirOpt = None, output: OutputOpt = None, no_watermark: NoWatermarkOpt = False, compile_unet: CompileOpt = False, vae_tiling: VaeTilingOpt = False,
     emphasis: EmphasisOpt = Emphasis.original, clip_skip: ClipSkipOpt = None, embeddings: EmbeddingsOpt = None,
+    vae: VaeOpt = None, lora: LoraOpt = None, lora_dir: LoraDirOpt = Path("checkpoints/lora"),
     quiet: QuietOpt = False, debug: DebugOpt = False,
     laion400m: Laion400mOpt = False, torchscript: TorchscriptOpt = False, ipex: IpexOpt = False, bf16: Bf16FlagOpt = False,
 ):
@@ -146,6 +154,7 @@ def img2img(
     ckpt: CkptOpt = None, config: ConfigOpt = None, ema: EmaOpt = False,
     outdir: OutdirOpt = None, output: OutputOpt = None, no_watermark: NoWatermarkOpt = False, compile_unet: CompileOpt = False, vae_tiling: VaeTilingOpt = False,
     emphasis: EmphasisOpt = Emphasis.original, clip_skip: ClipSkipOpt = None, embeddings: EmbeddingsOpt = None,
+    vae: VaeOpt = None, lora: LoraOpt = None, lora_dir: LoraDirOpt = Path("checkpoints/lora"),
     quiet: QuietOpt = False, debug: DebugOpt = False,
     laion400m: Laion400mOpt = False, torchscript: TorchscriptOpt = False, ipex: IpexOpt = False, bf16: Bf16FlagOpt = False,
 ):
@@ -171,6 +180,7 @@ def inpaint(
     ckpt: CkptOpt = None, config: ConfigOpt = None, ema: EmaOpt = False,
     outdir: OutdirOpt = None, output: OutputOpt = None, no_watermark: NoWatermarkOpt = False, compile_unet: CompileOpt = False, vae_tiling: VaeTilingOpt = False,
     emphasis: EmphasisOpt = Emphasis.original, clip_skip: ClipSkipOpt = None, embeddings: EmbeddingsOpt = None,
+    vae: VaeOpt = None, lora: LoraOpt = None, lora_dir: LoraDirOpt = Path("checkpoints/lora"),
     quiet: QuietOpt = False, debug: DebugOpt = False,
     laion400m: Laion400mOpt = False, torchscript: TorchscriptOpt = False, ipex: IpexOpt = False, bf16: Bf16FlagOpt = False,
 ):
@@ -202,6 +212,7 @@ def depth2img(
     ckpt: CkptOpt = None, config: ConfigOpt = None, ema: EmaOpt = False,
     outdir: OutdirOpt = None, output: OutputOpt = None, no_watermark: NoWatermarkOpt = False, compile_unet: CompileOpt = False, vae_tiling: VaeTilingOpt = False,
     emphasis: EmphasisOpt = Emphasis.original, clip_skip: ClipSkipOpt = None, embeddings: EmbeddingsOpt = None,
+    vae: VaeOpt = None, lora: LoraOpt = None, lora_dir: LoraDirOpt = Path("checkpoints/lora"),
     quiet: QuietOpt = False, debug: DebugOpt = False,
     laion400m: Laion400mOpt = False, torchscript: TorchscriptOpt = False, ipex: IpexOpt = False, bf16: Bf16FlagOpt = False,
 ):
@@ -287,7 +298,7 @@ def _render(mode: str, args: dict) -> None:
         skip_grid=args["skip_grid"], skip_save=args["skip_save"], watermark=not args["no_watermark"],
         skip_existing=args["skip_existing"], on_error=args["on_error"].value, json=args["json_out"],
         inpaint=_mask_options(args) if mode == "inpaint" else None,
-        depth=_depth_options(args) if mode == "depth2img" else None,
+        depth=_depth_options(args) if mode == "depth2img" else None, **_addon_options(args),
         compile=args["compile_unet"], vae_tiling=args["vae_tiling"],
         emphasis=args["emphasis"].value, clip_skip=_clip_skip(args["clip_skip"]), embeddings=_embeddings_dir(args["embeddings"]),
     )
@@ -353,6 +364,21 @@ def _default_values(args: dict, png_values: dict) -> dict:
         raise UsageError(str(err)) from None
     values["seed"] = _seed(values.get("seed"))
     return values
+
+
+def _addon_options(args: dict) -> dict:
+    """--vae, --lora, --lora-dir and the hires fix, as RunRequest fields."""
+    from sd_cli.lora import parse_flag
+
+    hires = None
+    if args.get("hires_scale") is not None:
+        from sd_cli.hires import HiresOptions
+
+        hires = HiresOptions(scale=args["hires_scale"], steps=args["hires_steps"], strength=args["hires_strength"])
+    elif args.get("hires_steps") or args.get("hires_strength", 0.7) != 0.7:
+        raise UsageError("--hires-steps and --hires-strength belong to the hires fix: add --hires-scale")
+    return {"vae": args["vae"], "loras": tuple(parse_flag(value) for value in args["lora"] or ()),
+            "lora_dir": args["lora_dir"], "hires": hires}
 
 
 def _mask_options(args: dict):

@@ -65,8 +65,10 @@ class Job:
 
     def batch_key(self) -> tuple:
         """Jobs with equal keys can share a batch (prompts, negatives and seeds may differ)."""
+        from sd_cli.lora import tag_key
+
         return (self.sampler, self.steps, self.scale, self.eta, self.width, self.height,
-                self.strength, self.init_img, self.mask)
+                self.strength, self.init_img, self.mask, tag_key(self.prompt))
 
     @property
     def where(self) -> str:

@@ -48,6 +48,10 @@ class RunRequest:
     emphasis: str = "original"  # --emphasis: AUTOMATIC1111's (text:1.2) weights, or "none" (prompts.py)
     clip_skip: int | None = None  # --clip-skip N; None: the model's own layer
     embeddings: Path | None = None  # --embeddings DIR; None: checkpoints/embeddings if it exists
+    vae: Path | None = None  # --vae: a separate VAE file (vae_file.py)
+    loras: tuple = ()  # --lora PATH[:weight], as (name or path, weight) pairs (lora.py)
+    lora_dir: Path = Path("checkpoints/lora")  # where <lora:name:w> and --lora names are looked up
+    hires: "HiresOptions | None" = None  # txt2img --hires-scale/--hires-steps/--hires-strength (hires.py)
 
 
 @dataclass
@@ -138,6 +142,8 @@ def _render_jobs(request: RunRequest, jobs: list[Job], targets: dict, rank, repo
         if report.written:
             log.warn(f"stopped after writing {len(report.written)} of {len(jobs)} image(s)")
         raise
+    finally:
+        loaded.model.loras.restore()  # the weights as loaded, whatever happened
 
 
 def _describe(job: Job) -> str:
@@ -177,6 +183,13 @@ def _load(request: RunRequest, rank):
     from sd_cli.prompts import configure
 
     configure(loaded.model, request.emphasis, request.clip_skip, request.embeddings)
+    if request.vae is not None:
+        from sd_cli.vae_file import load_vae
+
+        load_vae(loaded.model, request.vae)
+    from sd_cli.lora import LoraMerger
+
+    loaded.model.loras = LoraMerger(loaded.model)  # merges each batch's LoRAs (--lora, <lora:...>)
     if request.compile:
         from sd_cli.speed import compile_model
 
@@ -222,7 +235,7 @@ def _render_batch(model, request: RunRequest, batch: list[Job], label: str):
     if init is not None:  # the input decides the size
         height, width = init.padded_size if request.mode == "inpaint" else tuple(init.shape[-2:])
     memory.check_fits(model, len(batch), height, width, guided=job.scale != 1.0)
-    prompts, negatives, seeds = [j.prompt for j in batch], [j.negative_prompt for j in batch], [j.seed for j in batch]
+    prompts, negatives, seeds = _apply_loras(model, request, batch), [j.negative_prompt for j in batch], [j.seed for j in batch]
     params = pipeline.SamplingParams(sampler=job.sampler, steps=job.steps, scale=job.scale, eta=job.eta)
     progress = log.Progress(f"images {label}")
     if request.mode == "inpaint":
@@ -234,12 +247,35 @@ def _render_batch(model, request: RunRequest, batch: list[Job], label: str):
 
         depth = _depth_source(request).for_image(model, job.init_img, init)
         decoded = depth2img(model, init, depth, prompts, negatives, seeds, params, job.strength, progress)
+    elif init is None and request.hires is not None:
+        from sd_cli.hires import txt2img_hires
+
+        decoded = txt2img_hires(model, prompts, negatives, seeds, params, height, width, request.hires, progress)
     elif init is None:
         decoded = pipeline.txt2img(model, prompts, negatives, seeds, params, height, width, progress)
     else:
         decoded = pipeline.img2img(model, init, prompts, negatives, seeds, params, job.strength, progress)
     progress.close()
     return decoded
+
+
+def _apply_loras(model, request: RunRequest, batch: list[Job]) -> list[str]:
+    """Merge the batch's LoRAs (--lora and the prompt's <lora:...> tags); the prompts without the tags.
+
+    This is the one place the tags leave the prompt: the text encoder never sees them, the PNG
+    records the prompt as typed. The jobs of a batch share their tags (Job.batch_key).
+    """
+    from sd_cli.lora import strip_tags
+
+    model.loras.apply(_lora_uses(request, batch[0]))
+    return [strip_tags(job.prompt) for job in batch]
+
+
+def _lora_uses(request: RunRequest, job: Job) -> tuple:
+    from sd_cli.lora import LoraUse, prompt_tags, resolve
+
+    named = list(request.loras) + list(prompt_tags(job.prompt))
+    return tuple(LoraUse(resolve(name, request.lora_dir), weight) for name, weight in named)
 
 
 def _check_model_fits(mode: str, model) -> None:
@@ -416,6 +452,7 @@ class _Writer:
             fields["Mask blur"] = int(blur) if blur == int(blur) else blur
         if job.eta:
             fields["Eta"] = job.eta
+        fields.update(self._addon_fields(job))
         if sampler_id(fields["Sampler"]) != job.sampler:  # "DPM++ 2M" reads back as dpmpp_2m, not dpm
             fields["Sampler id"] = job.sampler
         from sd_cli.prompts import infotext_fields
@@ -423,3 +460,20 @@ class _Writer:
         fields.update(infotext_fields(self.loaded.model, job.prompt, job.negative_prompt))
         fields["Version"] = f"sd_cli {__version__}"
         return format_infotext(job.prompt, job.negative_prompt, fields)
+
+    def _addon_fields(self, job: Job) -> dict:
+        """AUTOMATIC1111's fields for hires fix, --vae and LoRA."""
+        from sd_cli.checkpoint import model_hash
+        from sd_cli.lora import lora_hashes
+
+        fields = {}
+        hires = self.request.hires
+        if hires is not None and job.init_img is None:
+            fields.update({"Denoising strength": hires.strength, "Hires upscale": hires.scale,
+                           "Hires steps": hires.steps or job.steps, "Hires upscaler": hires.upscaler_label})
+        if self.request.vae is not None:
+            fields.update({"VAE hash": model_hash(self.request.vae), "VAE": self.request.vae.name})
+        uses = _lora_uses(self.request, job)
+        if uses:
+            fields["Lora hashes"] = lora_hashes(uses)
+        return fields
