@@ -84,6 +84,7 @@ LoraDirOpt = Annotated[Path, typer.Option("--lora-dir", help="Folder where <lora
 HiresScaleOpt = Annotated[Optional[float], typer.Option("--hires-scale", help="Hires fix: upscale the latent by this factor (size floored to multiples of 64), then a second img2img pass.", show_default=False)]
 HiresStepsOpt = Annotated[int, typer.Option("--hires-steps", help="Hires fix: steps of the second pass (0 = --steps).")]
 HiresStrengthOpt = Annotated[float, typer.Option("--hires-strength", help="Hires fix: denoising strength of the second pass, 0..1.")]
+HiresUpscalerOpt = Annotated[str, typer.Option("--hires-upscaler", help="Hires fix: latent (bilinear, AUTOMATIC1111's \"Latent\") or latent-nearest.")]
 NoWatermarkOpt = Annotated[bool, typer.Option("--no-watermark", help="Do not embed the invisible watermark.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors on stderr.")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks.")]
@@ -121,6 +122,7 @@ def txt2img(
     sampler: SamplerOpt = "ddim", schedule: ScheduleOpt = None, plms: PlmsOpt = False, dpm: DpmOpt = False, dpm_solver: DpmSolverOpt = False,
     eta: EtaOpt = 0.0, height: HeightOpt = None, width: WidthOpt = None, C: ChannelsOpt = 4, f: FactorOpt = 8,
     hires_scale: HiresScaleOpt = None, hires_steps: HiresStepsOpt = 0, hires_strength: HiresStrengthOpt = 0.7,
+    hires_upscaler: HiresUpscalerOpt = "latent",
     n_samples: SamplesOpt = 1, n_iter: IterOpt = 1, n_rows: RowsOpt = 0,
     skip_grid: SkipGridOpt = False, skip_save: SkipSaveOpt = False, fixed_code: FixedCodeOpt = False,
     from_file: FromFileOpt = None, repeat: RepeatOpt = 1, on_error: OnErrorOpt = OnError.stop,
@@ -374,9 +376,10 @@ def _addon_options(args: dict) -> dict:
     if args.get("hires_scale") is not None:
         from sd_cli.hires import HiresOptions
 
-        hires = HiresOptions(scale=args["hires_scale"], steps=args["hires_steps"], strength=args["hires_strength"])
-    elif args.get("hires_steps") or args.get("hires_strength", 0.7) != 0.7:
-        raise UsageError("--hires-steps and --hires-strength belong to the hires fix: add --hires-scale")
+        hires = HiresOptions(scale=args["hires_scale"], steps=args["hires_steps"], strength=args["hires_strength"],
+                             upscaler=args["hires_upscaler"])
+    elif args.get("hires_steps") or args.get("hires_strength", 0.7) != 0.7 or args.get("hires_upscaler", "latent") != "latent":
+        raise UsageError("--hires-steps, --hires-strength and --hires-upscaler belong to the hires fix: add --hires-scale")
     return {"vae": args["vae"], "loras": tuple(parse_flag(value) for value in args["lora"] or ()),
             "lora_dir": args["lora_dir"], "hires": hires}
 

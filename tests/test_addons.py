@@ -172,6 +172,31 @@ def test_lora_in_prompt_zero_weight_is_identical_and_recorded(run_cli, sd1_ckpt,
     assert np.array_equal(_pixels(tmp_path / "flag.png"), _pixels(tmp_path / "full.png"))
 
 
+@pytest.mark.parametrize("num_res_blocks", [1, 2])  # 2 is SD's own layout
+def test_kohya_unet_names_agree_with_diffusers_conversion(num_res_blocks):
+    """Every diffusers UNet module name (kohya's LoRA names) maps to the original module that
+    diffusers' own checkpoint converter puts there."""
+    from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint, create_unet_diffusers_config_from_ldm
+
+    from sd_cli.lora import _compvis_names
+    from sd_cli.models.unet import UNetModel
+
+    config = tiny_config("sd1")
+    config["model"]["params"]["unet_config"]["params"]["num_res_blocks"] = num_res_blocks
+    torch.manual_seed(0)
+    ours = UNetModel(**config["model"]["params"]["unet_config"]["params"]).state_dict()
+    original = {f"model.diffusion_model.{k}": v for k, v in ours.items()}
+    converted = convert_ldm_unet_checkpoint(original, create_unet_diffusers_config_from_ldm(config, original))
+    where = {v.data_ptr(): k for k, v in ours.items()}  # the converter moves tensors, it does not copy them
+    checked = 0
+    for key, tensor in converted.items():
+        if key.endswith(".weight") and tensor.ndim >= 2:
+            theirs, want = key[:-len(".weight")].replace(".", "_"), where[tensor.data_ptr()][:-len(".weight")]
+            assert want.replace(".", "_") in [theirs, *_compvis_names(theirs, num_res_blocks + 1)], key
+            checked += 1
+    assert checked > 100
+
+
 def test_lora_key_matching_no_module_is_named(run_cli, sd1_ckpt, tmp_path):
     from sd_cli.loading import load_model
 
@@ -196,7 +221,12 @@ def test_hires_fix_doubles_the_size_and_records_fields(run_cli, sd1_ckpt, tmp_pa
     assert Image.open(tmp_path / "big.png").size == (128, 128)
     fields = _fields(tmp_path / "big.png")
     assert (fields["Hires upscale"], fields["Hires steps"], fields["Denoising strength"]) == ("2.0", "2", "0.5")
-    assert fields["Size"] == "128x128"
+    assert fields["Size"] == "128x128" and fields["Hires upscaler"] == "Latent"
+    nearest = run_cli("txt2img", "a cat", "--ckpt", sd1_ckpt, *FAST, "--hires-scale", "1.5", "--hires-upscaler",
+                      "latent-nearest", "-o", tmp_path / "nearest.png")
+    assert nearest.code == 0, nearest.stderr
+    assert Image.open(tmp_path / "nearest.png").size == (64, 64)  # 96 floored to a multiple of 64
+    assert _fields(tmp_path / "nearest.png")["Hires upscaler"] == "Latent (nearest)"
     bad = run_cli("txt2img", "a cat", "--ckpt", sd1_ckpt, *FAST, "--hires-strength", "0.5", "-o", tmp_path / "x.png")
     assert bad.code == 2
 
