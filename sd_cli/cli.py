@@ -433,7 +433,21 @@ def _from_png(args: dict) -> tuple[dict, dict]:
     values, model = render_values(args["from_png"])
     log.info(f"parameters from {args['from_png']}: seed {values['seed']}, {values['sampler']} "
              f"{values['steps']} steps, scale {values['scale']}; flags given on the command line win")
+    _take_png_run_options(args)
     return values, model
+
+
+def _take_png_run_options(args: dict) -> None:
+    """Clip skip, emphasis and the hires fix recorded in the --from-png image, unless flags say otherwise."""
+    from sd_cli.image_info import run_options
+
+    recorded = run_options(args["from_png"])
+    vae_name = recorded.pop("vae_name", None)
+    if vae_name and args.get("vae") is None:
+        log.warn(f"{args['from_png']} was made with the separate VAE {vae_name}; pass --vae to use it again")
+    for key, value in recorded.items():
+        if key in args and not _explicit(args, key):
+            args[key] = Emphasis(value) if key == "emphasis" else value
 
 
 def _checkpoint(args: dict, png_model: dict):

@@ -77,6 +77,28 @@ def render_values(path: str | Path) -> tuple[dict, dict]:
     return values, {k: record.get(k) for k in ("model", "model_hash")}
 
 
+def run_options(path: str | Path) -> dict:
+    """The recorded run-wide settings a re-render needs, as CLI option names: clip skip, emphasis,
+    hires fix, and the name of a separate VAE (which --from-png cannot find by itself)."""
+    fields = info_record(path)["parameters"]
+    options = {}
+    if "Clip skip" in fields:
+        options["clip_skip"] = _value(fields["Clip skip"], int, "Clip skip", path)
+    if fields.get("Emphasis", "").lower() == "none":
+        options["emphasis"] = "none"
+    if "Hires upscale" in fields:
+        from sd_cli.hires import UPSCALERS
+
+        labels = {label: key for key, (_mode, label) in UPSCALERS.items()}
+        options["hires_scale"] = _value(fields["Hires upscale"], float, "Hires upscale", path)
+        options["hires_steps"] = _value(fields.get("Hires steps", "0"), int, "Hires steps", path)
+        options["hires_strength"] = _value(fields.get("Denoising strength", "0.7"), float, "Denoising strength", path)
+        options["hires_upscaler"] = labels.get(fields.get("Hires upscaler", "Latent"), "latent")
+    if "VAE" in fields:
+        options["vae_name"] = fields["VAE"]
+    return options
+
+
 def verify_record(path: str | Path) -> dict:
     """Which known watermark text the image carries (None if none), with the match score."""
     import numpy as np

@@ -469,7 +469,9 @@ class _Writer:
         fields = {}
         hires = self.request.hires
         if hires is not None and job.init_img is None:
-            fields.update({"Denoising strength": hires.strength, "Hires upscale": hires.scale,
+            native = self.loaded.model.config.native_size  # AUTOMATIC1111: Size is the first pass's size
+            fields.update({"Size": f"{job.width or native}x{job.height or native}",
+                           "Denoising strength": hires.strength, "Hires upscale": hires.scale,
                            "Hires steps": hires.steps or job.steps, "Hires upscaler": hires.upscaler_label})
         if self.request.vae is not None:
             fields.update({"VAE hash": model_hash(self.request.vae), "VAE": self.request.vae.name})

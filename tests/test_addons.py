@@ -221,7 +221,7 @@ def test_hires_fix_doubles_the_size_and_records_fields(run_cli, sd1_ckpt, tmp_pa
     assert Image.open(tmp_path / "big.png").size == (128, 128)
     fields = _fields(tmp_path / "big.png")
     assert (fields["Hires upscale"], fields["Hires steps"], fields["Denoising strength"]) == ("2.0", "2", "0.5")
-    assert fields["Size"] == "128x128" and fields["Hires upscaler"] == "Latent"
+    assert fields["Size"] == "64x64" and fields["Hires upscaler"] == "Latent"  # AUTOMATIC1111: the first pass
     nearest = run_cli("txt2img", "a cat", "--ckpt", sd1_ckpt, *FAST, "--hires-scale", "1.5", "--hires-upscaler",
                       "latent-nearest", "-o", tmp_path / "nearest.png")
     assert nearest.code == 0, nearest.stderr

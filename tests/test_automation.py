@@ -261,6 +261,22 @@ def test_from_png_renders_the_same_image(run_cli, sd1_ckpt, tmp_path):
     assert fields(tmp_path / "one.png")["Seed"] == "123" and fields(tmp_path / "one.png")["Size"] == "64x128"
 
 
+def test_from_png_keeps_clip_skip_emphasis_and_hires(run_cli, sd1_ckpt, tmp_path):
+    original = tmp_path / "orig.png"
+    made = run_cli("txt2img", "a (blue) square", "--ckpt", sd1_ckpt, *FAST, "--clip-skip", "2", "--emphasis", "none",
+                   "--hires-scale", "2", "--hires-steps", "2", "--hires-strength", "0.5", "-o", original)
+    assert made.code == 0, made.stderr
+    recorded = fields(original)
+    assert (recorded["Clip skip"], recorded["Emphasis"], recorded["Hires upscale"]) == ("2", "None", "2.0")
+    again = run_cli("txt2img", "--from-png", original, "--ckpt", sd1_ckpt, "-o", tmp_path / "again.png")
+    assert again.code == 0, again.stderr
+    assert Image.open(tmp_path / "again.png").size == (128, 128)
+    assert np.array_equal(pixels(original), pixels(tmp_path / "again.png"))
+    assert Image.open(original).text == Image.open(tmp_path / "again.png").text
+    plain = run_cli("txt2img", "--from-png", original, "--ckpt", sd1_ckpt, "--clip-skip", "1", "-o", tmp_path / "p.png")
+    assert plain.code == 0 and "Clip skip" not in fields(tmp_path / "p.png")  # a flag given wins
+
+
 def test_from_png_img2img_and_other_model_warning(run_cli, sd1_ckpt, sd2_ckpt, tmp_path):
     source = tmp_path / "in.png"
     Image.fromarray(np.random.default_rng(1).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(source)
