@@ -12,7 +12,7 @@ import torch
 from sd_cli.errors import UsageError
 from sd_cli.models.latent_diffusion import LatentDiffusion
 from sd_cli.prompts import match_lengths
-from sd_cli.sampling import samplers, schedules
+from sd_cli.sampling import samplers, sigma_schedules
 from sd_cli.sampling.ddim import AfterStep, sample_ddim, sample_plms
 from sd_cli.sampling.denoiser import KDenoiser, LCMDenoiser
 from sd_cli.sampling.dpm_solver import sample_dpm_solver
@@ -113,7 +113,7 @@ def k_sigmas(model: LatentDiffusion, params: SamplingParams, strength: float = 1
     that σ (AUTOMATIC1111 starts one σ earlier and runs t_enc + 1 steps); strength 1 noises the image
     to σ_max, strength 0 returns it unchanged."""
     choice = samplers.choose(params.sampler)
-    sigmas = schedules.make_sigmas(choice.schedule, params.steps, model.alphas_cumprod,
+    sigmas = sigma_schedules.make_sigmas(choice.schedule, params.steps, model.alphas_cumprod,
                                    choice.sampler.discard_penultimate)
     return sigmas[params.steps - int(strength * params.steps):]
 

@@ -44,7 +44,7 @@ from test_pipeline_parity import BETAS, PROMPTS, SIZE, Generators, Model, assert
 
 from sd_cli import pipeline  # noqa: E402
 from sd_cli.pipeline import SamplingParams  # noqa: E402
-from sd_cli.sampling import k_samplers, samplers, schedules  # noqa: E402
+from sd_cli.sampling import k_samplers, samplers, sigma_schedules  # noqa: E402
 from sd_cli.sampling.denoiser import KDenoiser  # noqa: E402
 from sd_cli.sampling.noise import NoiseSource  # noqa: E402
 
@@ -251,7 +251,7 @@ def ours_on_grid(model: Model, function, sigmas, seeds, **options):
 
 
 def discrete_sigmas(model: Model, steps: int) -> torch.Tensor:
-    return schedules.discrete(steps, schedules.model_sigmas(model.ours.alphas_cumprod))
+    return sigma_schedules.discrete(steps, sigma_schedules.model_sigmas(model.ours.alphas_cumprod))
 
 
 @pytest.mark.parametrize("function, scheduler_class, calls", [
@@ -386,45 +386,45 @@ def test_schedules_by_hand():
         "sgm_uniform": (4, [hi, between(749.25), between(499.5), between(249.75), 0]),  # linspace(999, 0, 5)[:-1]
     }
     for name, (steps, values) in expected.items():
-        assert schedules.SCHEDULES[name](steps, s).tolist() == pytest.approx(values, rel=1e-12), name
+        assert sigma_schedules.SCHEDULES[name](steps, s).tolist() == pytest.approx(values, rel=1e-12), name
 
 
 def test_discard_penultimate_and_lcm_grid():
     s = sd_sigmas()
     ac = 1 / (1 + s**2)
-    dropped = schedules.make_sigmas("discrete", 9, ac, discard_penultimate=True)
+    dropped = sigma_schedules.make_sigmas("discrete", 9, ac, discard_penultimate=True)
     assert dropped.tolist() == pytest.approx([*s[list(range(999, 0, -111))].tolist(), 0], rel=1e-9)
-    assert dropped.tolist() == pytest.approx(schedules.sgm_uniform(9, s).tolist(), rel=1e-12)
-    assert schedules.lcm(8, s).tolist() == pytest.approx([*s[list(range(999, 0, -140))].tolist(), 0], rel=1e-12)
+    assert dropped.tolist() == pytest.approx(sigma_schedules.sgm_uniform(9, s).tolist(), rel=1e-12)
+    assert sigma_schedules.lcm(8, s).tolist() == pytest.approx([*s[list(range(999, 0, -140))].tolist(), 0], rel=1e-12)
     # 4 LCM steps: grid indices 49, 32.67, 16.33, 0 -> log σ between grid points t = 19 + 20·index
     grid = s[19::20]
     expected_1 = math.exp(math.log(grid[32]) + (2 / 3) * (math.log(grid[33]) - math.log(grid[32])))
-    assert float(schedules.lcm(4, s)[1]) == pytest.approx(expected_1, rel=1e-12)
+    assert float(sigma_schedules.lcm(4, s)[1]) == pytest.approx(expected_1, rel=1e-12)
 
 
 def test_sigma_timestep_round_trip():
     s = sd_sigmas()
-    assert schedules.sigma_to_t(float(s[500]), s) == pytest.approx(500, abs=1e-9)
-    assert schedules.sigma_to_t(math.sqrt(float(s[10] * s[11])), s) == pytest.approx(10.5, abs=1e-9)
-    assert schedules.sigma_to_t(100.0, s) == 999 and schedules.sigma_to_t(1e-3, s) == 0
+    assert sigma_schedules.sigma_to_t(float(s[500]), s) == pytest.approx(500, abs=1e-9)
+    assert sigma_schedules.sigma_to_t(math.sqrt(float(s[10] * s[11])), s) == pytest.approx(10.5, abs=1e-9)
+    assert sigma_schedules.sigma_to_t(100.0, s) == 999 and sigma_schedules.sigma_to_t(1e-3, s) == 0
     t = torch.tensor([0.0, 3.25, 998.5, 999.0], dtype=torch.float64)
-    assert [schedules.sigma_to_t(float(v), s) for v in schedules.t_to_sigma(t, s)] == pytest.approx(t.tolist())
+    assert [sigma_schedules.sigma_to_t(float(v), s) for v in sigma_schedules.t_to_sigma(t, s)] == pytest.approx(t.tolist())
 
 
 @pytest.mark.parametrize("steps", [10, 7])
 def test_schedules_match_diffusers(sd1, steps):
     """On the model's own ᾱ (the checkpoint's buffer; diffusers recomputes it in float32)."""
-    ours = schedules.model_sigmas(sd1.ours.alphas_cumprod)
+    ours = sigma_schedules.model_sigmas(sd1.ours.alphas_cumprod)
     for schedule, kwargs in [("karras", {"use_karras_sigmas": True}), ("exponential", {"use_exponential_sigmas": True})]:
         sched = euler("epsilon", **kwargs)
         sched.set_timesteps(steps)
-        assert torch.allclose(schedules.SCHEDULES[schedule](steps, ours).float(), sched.sigmas, rtol=2e-6), schedule
+        assert torch.allclose(sigma_schedules.SCHEDULES[schedule](steps, ours).float(), sched.sigmas, rtol=2e-6), schedule
     sched = euler("epsilon")
     sched.set_timesteps(10)  # integer timesteps: diffusers' linear-in-σ interpolation is not involved
-    assert torch.allclose(schedules.discrete(10, ours).float(), sched.sigmas, rtol=2e-6)
+    assert torch.allclose(sigma_schedules.discrete(10, ours).float(), sched.sigmas, rtol=2e-6)
     sched, _ = dpmpp("epsilon", algorithm_type="dpmsolver++")
     sched.set_timesteps(9)
-    assert torch.allclose(schedules.sgm_uniform(9, ours).float(), sched.sigmas, rtol=2e-6)
+    assert torch.allclose(sigma_schedules.sgm_uniform(9, ours).float(), sched.sigmas, rtol=2e-6)
 
 
 # ---------------------------------------------------------------- samplers on a denoiser with a known answer
@@ -445,7 +445,7 @@ DETERMINISTIC = {"sample_euler": 0.03, "sample_heun": 3e-3, "sample_lms": 3e-3, 
 
 @pytest.mark.parametrize("function", DETERMINISTIC)
 def test_deterministic_samplers_solve_the_ode(function):
-    sigmas = schedules.karras(100, sd_sigmas())
+    sigmas = sigma_schedules.karras(100, sd_sigmas())
     x_t = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     out = getattr(k_samplers, function)(gaussian_denoiser, x_t * float(sigmas[0]), sigmas, NoiseSource([0]))
     exact = x_t * float(sigmas[0]) * S_DATA / math.sqrt(S_DATA**2 + float(sigmas[0]) ** 2)
@@ -460,7 +460,7 @@ STOCHASTIC = ["sample_euler_ancestral", "sample_dpm_2_ancestral", "sample_dpmpp_
 @pytest.mark.parametrize("function", STOCHASTIC)
 def test_stochastic_samplers_reach_the_data_distribution(function):
     """From pure noise the output has the data's spread (and not the noise's): 2 x 4 x 64 x 64 samples."""
-    sigmas = schedules.karras(100, sd_sigmas())
+    sigmas = sigma_schedules.karras(100, sd_sigmas())
     noise = NoiseSource([1, 2])
     x = noise.draw((4, 64, 64), "cpu") * float(sigmas[0])
     out = getattr(k_samplers, function)(gaussian_denoiser, x, sigmas, noise)
@@ -472,7 +472,7 @@ def test_stochastic_samplers_reach_the_data_distribution(function):
     ("sample_dpmpp_2m_sde", "sample_dpmpp_2m"),
 ])
 def test_eta_zero_is_the_ode_sampler(ancestral, deterministic):
-    sigmas = schedules.discrete(8, sd_sigmas())
+    sigmas = sigma_schedules.discrete(8, sd_sigmas())
     x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(3)) * float(sigmas[0])
     a = getattr(k_samplers, ancestral)(gaussian_denoiser, x, sigmas, NoiseSource([0]), eta=0.0)
     b = getattr(k_samplers, deterministic)(gaussian_denoiser, x, sigmas, NoiseSource([0]))

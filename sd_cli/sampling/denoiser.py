@@ -2,7 +2,7 @@
 
 A latent at noise level σ is x = x₀ + σ·ε (the variance-exploding view, k-diffusion's); the DDPM
 latent the UNet was trained on is x_t = x / sqrt(σ² + 1) at the timestep t whose σ_t is σ
-(schedules.sigma_to_t). So, as k-diffusion's CompVisDenoiser / CompVisVDenoiser:
+(sigma_schedules.sigma_to_t). So, as k-diffusion's CompVisDenoiser / CompVisVDenoiser:
 
     c_in = 1 / sqrt(σ² + 1),   ε = GuidedModel.eps(c_in·x, t)  (v → ε for v-models),   x̂₀ = x - σ·ε
 
@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from sd_cli.sampling import schedules
+from sd_cli.sampling import sigma_schedules
 from sd_cli.sampling.guidance import GuidedModel
 
 
@@ -22,11 +22,11 @@ class KDenoiser:
 
     def __init__(self, model: GuidedModel, alphas_cumprod: torch.Tensor):
         self.model = model
-        self.sigmas = schedules.model_sigmas(alphas_cumprod)  # [T] ascending, float64
+        self.sigmas = sigma_schedules.model_sigmas(alphas_cumprod)  # [T] ascending, float64
 
     def timestep(self, sigma: float) -> float:
         """The UNet's (fractional) timestep for σ."""
-        return schedules.sigma_to_t(sigma, self.sigmas)
+        return sigma_schedules.sigma_to_t(sigma, self.sigmas)
 
     def __call__(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
         """x [B, 4, h, w] at noise level σ -> x̂₀ [B, 4, h, w], in x's dtype."""
@@ -52,7 +52,7 @@ class LCMDenoiser(KDenoiser):
 
     def __init__(self, model: GuidedModel, alphas_cumprod: torch.Tensor):
         super().__init__(model, alphas_cumprod)
-        self.grid_t = schedules.lcm_timesteps(self.sigmas)
+        self.grid_t = sigma_schedules.lcm_timesteps(self.sigmas)
         self.grid_log_sigmas = self.sigmas[self.grid_t].log()
 
     def timestep(self, sigma: float) -> float:

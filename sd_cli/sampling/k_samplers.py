@@ -5,7 +5,7 @@ Every sampler has the signature
     sample_X(denoiser, x, sigmas, noise, progress=None, **options) -> x
 
 - denoiser(x, σ) -> x̂₀ (denoiser.py); x [B, 4, h, w] starts at noise level sigmas[0]
-  (txt2img: unit noise · sigmas[0]); sigmas descend and end in 0 (schedules.py).
+  (txt2img: unit noise · sigmas[0]); sigmas descend and end in 0 (sigma_schedules.py).
 - noise: the run's NoiseSource. Ancestral and SDE samplers draw their fresh noise with
   noise.like(x), i.e. from each image's own generator, so an image does not depend on its batch.
 - progress(steps done, steps total) after every step.
