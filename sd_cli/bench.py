@@ -14,7 +14,6 @@ diffusers is a test-only dependency; it is built offline from local config files
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from sd_cli.errors import SdCliError
+from sd_cli.images import open_image
 
 # infotext key -> (JSON / job field, type)
 FIELDS = {
@@ -24,30 +25,11 @@ def read_infotext(path: str | Path) -> str:
     """The ``parameters`` text of an image file; a one-line SdCliError when there is none."""
     from sd_cli.metadata import PNG_KEY
 
-    text = _open(path).info.get(PNG_KEY)
+    text = open_image(Path(path)).info.get(PNG_KEY)
     if not isinstance(text, str):
         raise SdCliError(f"{path} has no recorded parameters (no 'parameters' text chunk); "
                          "it was not written by sd-cli or AUTOMATIC1111, or its metadata was stripped")
     return text
-
-
-def _open(path: str | Path):
-    """A fully decoded PIL image, every failure turned into one SdCliError."""
-    from PIL import Image, UnidentifiedImageError
-
-    path = Path(path)
-    try:
-        with Image.open(path) as image:
-            image.load()
-            return image
-    except FileNotFoundError:
-        raise SdCliError(f"image not found: {path}; check the path") from None
-    except IsADirectoryError:
-        raise SdCliError(f"{path} is a folder; give an image file") from None
-    except UnidentifiedImageError:
-        raise SdCliError(f"{path} is not an image file PIL can read") from None
-    except OSError as err:
-        raise SdCliError(f"cannot read {path}: {err.strerror or err}; check the file is complete") from None
 
 
 def info_record(path: str | Path) -> dict:
@@ -105,7 +87,7 @@ def verify_record(path: str | Path) -> dict:
 
     from sd_cli.watermark import MIN_PIXELS, identify_watermark
 
-    rgb = np.asarray(_open(path).convert("RGB"))
+    rgb = np.asarray(open_image(Path(path)).convert("RGB"))
     text, score = identify_watermark(rgb)
     record = {"path": str(path), "watermark": text, "score": round(score, 3)}
     if rgb.shape[0] * rgb.shape[1] < MIN_PIXELS:

@@ -91,7 +91,7 @@ def load_init_image(path: str | Path) -> "torch.Tensor":
     import torch
     from PIL import Image
 
-    image = _open_rgb(Path(path))
+    image = open_image(Path(path), "init image").convert("RGB")
     w, h = image.size
     if w < SIZE_MULTIPLE or h < SIZE_MULTIPLE:
         raise UsageError(f"init image {path} is {w}x{h}: img2img needs at least "
@@ -106,24 +106,24 @@ def load_init_image(path: str | Path) -> "torch.Tensor":
     return 2.0 * torch.from_numpy(x) - 1.0  # in [-1, 1]
 
 
-def _open_rgb(path: Path):
-    """Open and fully decode an image file as RGB, turning every failure into one SdCliError."""
+def open_image(path: Path, what: str = "image"):
+    """Open and fully decode an image file (mode kept), turning every failure into one SdCliError.
+
+    `what` names the file in messages ("init image", "mask", ...).
+    """
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as image:
-            return image.convert("RGB")  # convert() decodes the whole file, so errors surface here
+            image.load()  # decode the whole file now, so a truncated file fails here
+            return image
     except FileNotFoundError:
-        raise SdCliError(f"init image not found: {path}; check the path") from None
+        raise SdCliError(f"{what} not found: {path}; check the path") from None
     except IsADirectoryError:
-        raise SdCliError(f"init image {path} is a folder; give an image file") from None
+        raise SdCliError(f"{what} {path} is a folder; give an image file") from None
     except UnidentifiedImageError:
-        raise SdCliError(f"init image {path} is not an image file PIL can read; "
-                         "give a PNG, JPEG or WebP file") from None
+        raise SdCliError(f"{what} {path} is not an image file PIL can read; give a PNG, JPEG or WebP file") from None
     except Image.DecompressionBombError as e:
-        raise SdCliError(f"init image {path} is too large to open safely ({e}); "
-                         "use a smaller image") from None
+        raise SdCliError(f"{what} {path} is too large to open safely ({e}); use a smaller image") from None
     except OSError as e:
-        reason = e.strerror or str(e)
-        raise SdCliError(f"cannot read init image {path}: {reason}; "
-                         "check the file is complete and readable") from None
+        raise SdCliError(f"cannot read {what} {path}: {e.strerror or e}; check the file is complete and readable") from None

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from sd_cli import log
-from sd_cli.errors import SdCliError, UsageError
+from sd_cli.errors import UsageError
+from sd_cli.images import open_image
 
 if TYPE_CHECKING:
     import torch
@@ -80,7 +81,7 @@ class InpaintCanvas:
 def load_inpaint_canvas(image_path: Path, mask_path: Path | None, options: MaskOptions) -> InpaintCanvas:
     """The canvas for an image and its mask file (None: the image's transparent pixels are repainted)."""
     # 1. The image, and the mask from its file or from the image's transparency.
-    image = _open_image(Path(image_path), "image")
+    image = open_image(Path(image_path), "image")
     pixels = np.asarray(image.convert("RGB"))
     mask = _read_mask(image, mask_path, pixels.shape[:2], outpainting=any(options.outpaint))
     if options.invert:
@@ -106,7 +107,7 @@ def _read_mask(image, mask_path: Path | None, size: tuple[int, int], outpainting
         return 1.0 - alpha
     from PIL import Image
 
-    mask_image = _open_image(Path(mask_path), "mask")
+    mask_image = open_image(Path(mask_path), "mask")
     if mask_image.size != (size[1], size[0]):
         log.warn(f"mask {mask_image.size[0]}x{mask_image.size[1]} differs from the image's {size[1]}x{size[0]}: "
                  "resized to the image's size (bilinear)")
@@ -185,21 +186,3 @@ def _round_up(side: int) -> int:
     return max(SIZE_MULTIPLE, -(-side // SIZE_MULTIPLE) * SIZE_MULTIPLE)
 
 
-def _open_image(path: Path, what: str):
-    """Open and fully decode an image file (mode kept), turning every failure into one SdCliError."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as image:
-            image.load()
-            return image
-    except FileNotFoundError:
-        raise SdCliError(f"{what} not found: {path}; check the path") from None
-    except IsADirectoryError:
-        raise SdCliError(f"{what} {path} is a folder; give an image file") from None
-    except UnidentifiedImageError:
-        raise SdCliError(f"{what} {path} is not an image file PIL can read; give a PNG, JPEG or WebP file") from None
-    except Image.DecompressionBombError as err:
-        raise SdCliError(f"{what} {path} is too large to open safely ({err}); use a smaller image") from None
-    except OSError as err:
-        raise SdCliError(f"cannot read {what} {path}: {err.strerror or err}; check the file is complete") from None

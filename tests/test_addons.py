@@ -8,7 +8,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from sd_cli.metadata import parse_infotext
-from tiny_models import tiny_config, tiny_state_dict
+from tiny_models import tiny_config
 
 FAST = ["--steps", "2", "--seed", "7", "--no-watermark"]
 RANK = 4

@@ -359,7 +359,7 @@ def test_interrupt_while_writing_leaves_whole_files(run_cli, sd1_ckpt, tmp_path,
     def interrupted(image, path, infotext):
         calls.append(path)
         if len(calls) == 2:  # Ctrl-C in the middle of the second image's write
-            temp = original(image, path, infotext)
+            original(image, path, infotext)  # the temporary file exists when Ctrl-C arrives
             raise KeyboardInterrupt
         return original(image, path, infotext)
 

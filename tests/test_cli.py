@@ -1,6 +1,5 @@
 """The command line end to end on tiny checkpoints: files written, metadata, numbering, errors."""
 
-import json
 import os
 import subprocess
 import sys
