@@ -10,7 +10,9 @@ images in [-1, 1] out. As the original v2 depth2img scripts (original-scripts.md
    zero: NaN) becomes -1, the limit of the training code's +0.001 epsilon.
 4. Start: t_enc = min(int(strength · steps), steps - 1); the image latent (VAE posterior mean)
    noised to DDIM index t_enc with each image's first draw, or that draw itself at strength 1, then
-   denoised from index t_enc - 1 (the original's off-by-one).
+   denoised from index t_enc - 1 (the original's off-by-one). k-diffusion samplers follow img2img's
+   rule instead: the last int(strength · steps) σ of the schedule, from the image latent plus each
+   image's first draw times the first of them (pipeline.k_sigmas).
 
 --depth-map replaces 1-2 with a depth image (greyscale, white = near) resized straight to latent size.
 """
@@ -25,7 +27,9 @@ import torch.nn.functional as F
 from sd_cli import log
 from sd_cli.errors import CheckpointError, SdCliError, UsageError
 from sd_cli.models.latent_diffusion import LatentDiffusion
-from sd_cli.pipeline import DOWNSAMPLING, LATENT_CHANNELS, Progress, SamplingParams, denoise, guided_model
+from sd_cli.pipeline import (
+    DOWNSAMPLING, LATENT_CHANNELS, Progress, SamplingParams, denoise, guided_model, is_k_sampler, k_sigmas, sample_k,
+)
 from sd_cli.sampling.noise import NoiseSource
 from sd_cli.sampling.schedule import make_ddim_schedule
 
@@ -67,6 +71,10 @@ def depth2img(model: LatentDiffusion, init_image: torch.Tensor, depth: torch.Ten
     # 3. Noise it to DDIM index t_enc with each image's first draw (strength 1: the draw alone).
     noise = NoiseSource(seeds)
     first = noise.draw((LATENT_CHANNELS, *latent_size), device)
+    if is_k_sampler(params):  # the depth channel reaches the UNet through guided.concat, as for DDIM
+        sigmas = k_sigmas(model, params, strength)
+        latents = sample_k(model, guided, x0 + first * float(sigmas[0]), sigmas, noise, params, progress)
+        return model.decode_latents(latents)
     t_enc = min(int(strength * params.steps), params.steps - 1)
     if strength >= 1.0:
         x = first

@@ -14,6 +14,11 @@ The method depends on the checkpoint's UNet (original-scripts.md §9):
 Start: strength 1 (the default) is a full generation from each image's first draw, as the original.
 With strength < 1 the image latent is noised to DDIM index int(strength · steps) with that draw and
 denoised from one index below, img2img's rule. Latents of the image are the VAE posterior mean.
+
+k-diffusion samplers (both methods): strength s runs the last int(s · steps) σ of the schedule
+(pipeline.k_sigmas), from the first draw times σ_max at strength 1, else from the image latent plus
+the first draw times the first σ; "blend" puts the known region back after every step as the image
+latent plus the first draw times the step's new σ (the clean latent at σ = 0).
 """
 
 from dataclasses import dataclass
@@ -23,7 +28,9 @@ import torch.nn.functional as F
 
 from sd_cli.errors import UsageError
 from sd_cli.models.latent_diffusion import LatentDiffusion
-from sd_cli.pipeline import DOWNSAMPLING, LATENT_CHANNELS, Progress, SamplingParams, denoise, guided_model
+from sd_cli.pipeline import (
+    DOWNSAMPLING, LATENT_CHANNELS, Progress, SamplingParams, denoise, guided_model, is_k_sampler, k_sigmas, sample_k,
+)
 from sd_cli.sampling.noise import NoiseSource
 from sd_cli.sampling.schedule import make_ddim_schedule
 
@@ -63,10 +70,15 @@ def inpaint(model: LatentDiffusion, image: torch.Tensor, mask: torch.Tensor, pro
     # 4. Start from each image's first draw, or from the image noised with it (strength < 1).
     noise = NoiseSource(seeds)
     first = noise.draw((LATENT_CHANNELS, *latent_size), device)
+    known = KnownRegion(x0, latent_mask, first) if method == "blend" else None
+    if is_k_sampler(params):
+        sigmas = k_sigmas(model, params, min(strength, 1.0))
+        x = first * float(sigmas[0]) if strength >= 1.0 else x0 + first * float(sigmas[0])
+        after_step = known.after_k_step if known else None
+        return model.decode_latents(sample_k(model, guided, x, sigmas, noise, params, progress, after_step))
     x, start_index = _start(model, x0, first, params, strength)
     # 5. Denoise ("blend": the known region put back after every step), then decode.
-    after_step = KnownRegion(x0, latent_mask, first) if method == "blend" else None
-    latents = denoise(model, guided, x, noise, params, progress, start_index=start_index, after_step=after_step)
+    latents = denoise(model, guided, x, noise, params, progress, start_index=start_index, after_step=known)
     return model.decode_latents(latents)
 
 
@@ -96,4 +108,9 @@ class KnownRegion:
             known = self.x0
         else:
             known = alpha_bar ** 0.5 * self.x0 + (1 - alpha_bar) ** 0.5 * self.noise
+        return ((1 - self.mask) * known + self.mask * x).to(x.dtype)
+
+    def after_k_step(self, i: int, x: torch.Tensor, sigma_next: float) -> torch.Tensor:
+        """The same for a k-diffusion sampler: the known region at x₀ + σ_next·ε (x₀ at σ_next = 0)."""
+        known = self.x0 + sigma_next * self.noise if sigma_next > 0 else self.x0
         return ((1 - self.mask) * known + self.mask * x).to(x.dtype)

@@ -12,7 +12,7 @@ import torch
 from sd_cli.errors import UsageError
 from sd_cli.models.latent_diffusion import LatentDiffusion
 from sd_cli.prompts import match_lengths
-from sd_cli.sampling import samplers, sigma_schedules
+from sd_cli.sampling import k_samplers, samplers, sigma_schedules
 from sd_cli.sampling.ddim import AfterStep, sample_ddim, sample_plms
 from sd_cli.sampling.denoiser import KDenoiser, LCMDenoiser
 from sd_cli.sampling.dpm_solver import sample_dpm_solver
@@ -64,7 +64,7 @@ def img2img(model: LatentDiffusion, init_image: torch.Tensor, prompts: list[str]
     # 2. Forward-diffuse to DDIM index t_enc = int(strength * steps) with each image's first draw.
     noise = NoiseSource(seeds)
     forward_noise = noise.like(x0)
-    if not samplers.choose(params.sampler).sampler.original:  # k-diffusion: strength is a slice of the σ schedule
+    if is_k_sampler(params):  # k-diffusion: strength is a slice of the σ schedule
         sigmas = k_sigmas(model, params, strength)
         latents = sample_k(model, guided, x0 + forward_noise * float(sigmas[0]), sigmas, noise, params, progress)
         return model.decode_latents(latents)
@@ -91,9 +91,9 @@ def denoise(model: LatentDiffusion, guided: GuidedModel, x: torch.Tensor, noise:
             params: SamplingParams, progress: Progress | None, start_index: int | None = None,
             after_step: AfterStep | None = None) -> torch.Tensor:
     """Run the chosen sampler from DDIM index start_index - 1 (default: the top) to the end."""
-    if not samplers.choose(params.sampler).sampler.original:  # x: unit noise, scaled to the first σ
-        if start_index is not None or after_step is not None:
-            raise UsageError(f"sampler {params.sampler} is for txt2img and img2img; use ddim, plms or dpm here")
+    if is_k_sampler(params):  # x: unit noise, scaled to the first σ
+        if start_index is not None or after_step is not None:  # callers start k-samplers with k_sigmas, sample_k
+            raise UsageError(f"sampler {params.sampler}: no DDIM start index or DDIM after-step hook")
         sigmas = k_sigmas(model, params)
         return sample_k(model, guided, x * float(sigmas[0]), sigmas, noise, params, progress)
     if params.sampler == "dpm":
@@ -105,6 +105,11 @@ def denoise(model: LatentDiffusion, guided: GuidedModel, x: torch.Tensor, noise:
     schedule = make_ddim_schedule(model.alphas_cumprod, params.steps, params.eta)
     sample = sample_plms if params.sampler == "plms" else sample_ddim
     return sample(guided, x, schedule, noise, start_index=start_index, progress=progress, after_step=after_step)
+
+
+def is_k_sampler(params: SamplingParams) -> bool:
+    """A k-diffusion sampler (not ddim, plms or dpm)."""
+    return not samplers.choose(params.sampler).sampler.original
 
 
 def k_sigmas(model: LatentDiffusion, params: SamplingParams, strength: float = 1.0) -> torch.Tensor:
@@ -119,11 +124,14 @@ def k_sigmas(model: LatentDiffusion, params: SamplingParams, strength: float = 1
 
 
 def sample_k(model: LatentDiffusion, guided: GuidedModel, x: torch.Tensor, sigmas: torch.Tensor, noise: NoiseSource,
-             params: SamplingParams, progress: Progress | None) -> torch.Tensor:
-    """Run a k-diffusion sampler from x at noise level sigmas[0] (x₀ + σ·ε) down the schedule."""
+             params: SamplingParams, progress: Progress | None,
+             after_step: k_samplers.AfterStep | None = None) -> torch.Tensor:
+    """Run a k-diffusion sampler from x at noise level sigmas[0] (x₀ + σ·ε) down the schedule;
+    after_step(i, x, σ_{i+1}) -> x, if given, ends every step (inpainting's known-region blend)."""
     spec = samplers.choose(params.sampler).sampler
     if params.eta:
         raise UsageError(f"--eta is DDIM's η; {spec.id} runs with AUTOMATIC1111's defaults (η = 1 for the "
                          "ancestral and SDE samplers)")
     denoiser = (LCMDenoiser if spec.denoiser == "lcm" else KDenoiser)(guided, model.alphas_cumprod)
-    return spec.function_object()(denoiser, x, sigmas, noise, progress)
+    with k_samplers.after_each_step(after_step):
+        return spec.function_object()(denoiser, x, sigmas, noise, progress)

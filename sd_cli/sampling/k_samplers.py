@@ -9,6 +9,8 @@ Every sampler has the signature
 - noise: the run's NoiseSource. Ancestral and SDE samplers draw their fresh noise with
   noise.like(x), i.e. from each image's own generator, so an image does not depend on its batch.
 - progress(steps done, steps total) after every step.
+- after_step(i, x, σ_{i+1}) -> x, when a caller sets one (after_each_step, e.g. inpainting's
+  known-region blend): applied to x at the end of every step, before progress, by _end_step.
 
 Notation: d = (x - x̂₀) / σ is the probability-flow ODE's derivative dx/dσ (Karras et al. 2022);
 DPM-Solver++ works in t = -log σ (the half-log-SNR λ), h = t_next - t.
@@ -20,6 +22,8 @@ different numbers for a seed. s_churn (Euler/Heun/DPM2) is not offered; it is 0 
 AUTOMATIC1111 by default.
 """
 
+import contextlib
+import contextvars
 import math
 from typing import Callable, Iterator
 
@@ -30,6 +34,25 @@ from sd_cli.sampling.noise import NoiseSource
 
 Denoiser = Callable[[torch.Tensor, float], torch.Tensor]
 Progress = Callable[[int, int], None]
+AfterStep = Callable[[int, torch.Tensor, float], torch.Tensor]
+
+_AFTER_STEP: contextvars.ContextVar[AfterStep | None] = contextvars.ContextVar("after_step", default=None)
+
+
+@contextlib.contextmanager
+def after_each_step(hook: AfterStep | None):
+    """Run the samplers called inside with x = hook(i, x, σ_{i+1}) after every step (None: no hook)."""
+    token = _AFTER_STEP.set(hook)
+    try:
+        yield
+    finally:
+        _AFTER_STEP.reset(token)
+
+
+def _end_step(i: int, x: torch.Tensor, sigma_next: float) -> torch.Tensor:
+    """The end of step i: x, or the after_each_step hook's x; the one place the hook is applied."""
+    hook = _AFTER_STEP.get()
+    return x if hook is None else hook(i, x, sigma_next)
 
 
 def _steps(sigmas: torch.Tensor, progress: Progress | None) -> Iterator[tuple[int, float, float]]:
@@ -68,8 +91,9 @@ def _dpm_solver_1(x: torch.Tensor, x0: torch.Tensor, sigma: float, sigma_next: f
 @torch.no_grad()
 def sample_euler(denoiser: Denoiser, x, sigmas, noise: NoiseSource, progress: Progress | None = None):
     """Euler steps on the probability-flow ODE (Karras et al. 2022, Algorithm 2 without churn)."""
-    for _, sigma, sigma_next in _steps(sigmas, progress):
+    for i, sigma, sigma_next in _steps(sigmas, progress):
         x = x + to_d(x, sigma, denoiser(x, sigma)) * (sigma_next - sigma)
+        x = _end_step(i, x, sigma_next)
     return x
 
 
@@ -77,40 +101,43 @@ def sample_euler(denoiser: Denoiser, x, sigmas, noise: NoiseSource, progress: Pr
 def sample_euler_ancestral(denoiser: Denoiser, x, sigmas, noise: NoiseSource, progress: Progress | None = None,
                            eta: float = 1.0):
     """Euler step down to σ_down, then σ_up of fresh noise ("Euler a")."""
-    for _, sigma, sigma_next in _steps(sigmas, progress):
+    for i, sigma, sigma_next in _steps(sigmas, progress):
         sigma_down, sigma_up = ancestral_step(sigma, sigma_next, eta)
         x = x + to_d(x, sigma, denoiser(x, sigma)) * (sigma_down - sigma)
         if sigma_up:
             x = x + noise.like(x) * sigma_up
+        x = _end_step(i, x, sigma_next)
     return x
 
 
 @torch.no_grad()
 def sample_heun(denoiser: Denoiser, x, sigmas, noise: NoiseSource, progress: Progress | None = None):
     """Heun's second-order method (Karras et al. 2022, Algorithm 2); an Euler step to σ = 0."""
-    for _, sigma, sigma_next in _steps(sigmas, progress):
+    for i, sigma, sigma_next in _steps(sigmas, progress):
         d = to_d(x, sigma, denoiser(x, sigma))
         dt = sigma_next - sigma
         if sigma_next == 0:
             x = x + d * dt
-            continue
-        x_2 = x + d * dt
-        d_2 = to_d(x_2, sigma_next, denoiser(x_2, sigma_next))
-        x = x + (d + d_2) / 2 * dt
+        else:
+            x_2 = x + d * dt
+            d_2 = to_d(x_2, sigma_next, denoiser(x_2, sigma_next))
+            x = x + (d + d_2) / 2 * dt
+        x = _end_step(i, x, sigma_next)
     return x
 
 
 @torch.no_grad()
 def sample_dpm_2(denoiser: Denoiser, x, sigmas, noise: NoiseSource, progress: Progress | None = None):
     """DPM-Solver-2 style midpoint steps, the midpoint halfway in log σ; an Euler step to σ = 0."""
-    for _, sigma, sigma_next in _steps(sigmas, progress):
+    for i, sigma, sigma_next in _steps(sigmas, progress):
         d = to_d(x, sigma, denoiser(x, sigma))
         if sigma_next == 0:
             x = x + d * (sigma_next - sigma)
-            continue
-        sigma_mid = _lambda_mid(sigma, sigma_next)
-        x_2 = x + d * (sigma_mid - sigma)
-        x = x + to_d(x_2, sigma_mid, denoiser(x_2, sigma_mid)) * (sigma_next - sigma)
+        else:
+            sigma_mid = _lambda_mid(sigma, sigma_next)
+            x_2 = x + d * (sigma_mid - sigma)
+            x = x + to_d(x_2, sigma_mid, denoiser(x_2, sigma_mid)) * (sigma_next - sigma)
+        x = _end_step(i, x, sigma_next)
     return x
 
 
@@ -118,17 +145,18 @@ def sample_dpm_2(denoiser: Denoiser, x, sigmas, noise: NoiseSource, progress: Pr
 def sample_dpm_2_ancestral(denoiser: Denoiser, x, sigmas, noise: NoiseSource, progress: Progress | None = None,
                            eta: float = 1.0):
     """DPM2 midpoint step down to σ_down, then σ_up of fresh noise ("DPM2 a")."""
-    for _, sigma, sigma_next in _steps(sigmas, progress):
+    for i, sigma, sigma_next in _steps(sigmas, progress):
         sigma_down, sigma_up = ancestral_step(sigma, sigma_next, eta)
         d = to_d(x, sigma, denoiser(x, sigma))
         if sigma_down == 0:
             x = x + d * (sigma_down - sigma)
-            continue
-        sigma_mid = _lambda_mid(sigma, sigma_down)
-        x_2 = x + d * (sigma_mid - sigma)
-        x = x + to_d(x_2, sigma_mid, denoiser(x_2, sigma_mid)) * (sigma_down - sigma)
-        if sigma_up:
-            x = x + noise.like(x) * sigma_up
+        else:
+            sigma_mid = _lambda_mid(sigma, sigma_down)
+            x_2 = x + d * (sigma_mid - sigma)
+            x = x + to_d(x_2, sigma_mid, denoiser(x_2, sigma_mid)) * (sigma_down - sigma)
+            if sigma_up:
+                x = x + noise.like(x) * sigma_up
+        x = _end_step(i, x, sigma_next)
     return x
 
 
@@ -153,6 +181,7 @@ def sample_lms(denoiser: Denoiser, x, sigmas, noise: NoiseSource, progress: Prog
         current = len(derivatives)
         coefficients = [lms_coefficient(current, values, i, j) for j in range(current)]
         x = x + sum(c * d for c, d in zip(coefficients, reversed(derivatives)))
+        x = _end_step(i, x, values[i + 1])
     return x
 
 
@@ -161,7 +190,7 @@ def sample_dpmpp_2m(denoiser: Denoiser, x, sigmas, noise: NoiseSource, progress:
     """DPM-Solver++(2M) (Lu et al. 2022): second-order multistep with data prediction; first-order
     on the first step and on the step to σ = 0."""
     x0_prev, h_prev = None, None
-    for _, sigma, sigma_next in _steps(sigmas, progress):
+    for i, sigma, sigma_next in _steps(sigmas, progress):
         x0 = denoiser(x, sigma)
         if sigma_next == 0:
             x = x0
@@ -174,6 +203,7 @@ def sample_dpmpp_2m(denoiser: Denoiser, x, sigmas, noise: NoiseSource, progress:
                 x = _dpm_solver_1(x, (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * x0_prev, sigma, sigma_next)
             h_prev = h
         x0_prev = x0
+        x = _end_step(i, x, sigma_next)
     return x
 
 
@@ -182,7 +212,7 @@ def sample_dpmpp_2m_sde(denoiser: Denoiser, x, sigmas, noise: NoiseSource, progr
                         eta: float = 1.0):
     """DPM-Solver++(2M) SDE, midpoint variant (k-diffusion's sample_dpmpp_2m_sde)."""
     x0_prev, h_prev = None, None
-    for _, sigma, sigma_next in _steps(sigmas, progress):
+    for i, sigma, sigma_next in _steps(sigmas, progress):
         x0 = denoiser(x, sigma)
         if sigma_next == 0:
             x = x0
@@ -197,6 +227,7 @@ def sample_dpmpp_2m_sde(denoiser: Denoiser, x, sigmas, noise: NoiseSource, progr
                 x = x + noise.like(x) * sigma_next * math.sqrt(-math.expm1(-2 * eta_h))
             h_prev = h
         x0_prev = x0
+        x = _end_step(i, x, sigma_next)
     return x
 
 
@@ -205,21 +236,22 @@ def sample_dpmpp_sde(denoiser: Denoiser, x, sigmas, noise: NoiseSource, progress
                      eta: float = 1.0, r: float = 0.5):
     """DPM-Solver++ SDE (k-diffusion's sample_dpmpp_sde): two ancestral DPM-Solver++ stages per step,
     the first to the midpoint in log σ; an Euler step to σ = 0. Noise: see the module docstring."""
-    for _, sigma, sigma_next in _steps(sigmas, progress):
+    for i, sigma, sigma_next in _steps(sigmas, progress):
         x0 = denoiser(x, sigma)
         if sigma_next == 0:
             x = x + to_d(x, sigma, x0) * (sigma_next - sigma)
-            continue
-        sigma_mid = _lambda_mid(sigma, sigma_next, r)
-        sigma_down, sigma_up = ancestral_step(sigma, sigma_mid, eta)
-        x_2 = _dpm_solver_1(x, x0, sigma, sigma_down)
-        if sigma_up:
-            x_2 = x_2 + noise.like(x) * sigma_up
-        x0_2 = denoiser(x_2, sigma_mid)
-        sigma_down, sigma_up = ancestral_step(sigma, sigma_next, eta)
-        x = _dpm_solver_1(x, (1 - 1 / (2 * r)) * x0 + (1 / (2 * r)) * x0_2, sigma, sigma_down)
-        if sigma_up:
-            x = x + noise.like(x) * sigma_up
+        else:
+            sigma_mid = _lambda_mid(sigma, sigma_next, r)
+            sigma_down, sigma_up = ancestral_step(sigma, sigma_mid, eta)
+            x_2 = _dpm_solver_1(x, x0, sigma, sigma_down)
+            if sigma_up:
+                x_2 = x_2 + noise.like(x) * sigma_up
+            x0_2 = denoiser(x_2, sigma_mid)
+            sigma_down, sigma_up = ancestral_step(sigma, sigma_next, eta)
+            x = _dpm_solver_1(x, (1 - 1 / (2 * r)) * x0 + (1 / (2 * r)) * x0_2, sigma, sigma_down)
+            if sigma_up:
+                x = x + noise.like(x) * sigma_up
+        x = _end_step(i, x, sigma_next)
     return x
 
 
@@ -228,7 +260,7 @@ def sample_dpmpp_2s_ancestral(denoiser: Denoiser, x, sigmas, noise: NoiseSource,
                               eta: float = 1.0):
     """DPM-Solver++(2S) down to σ_down, the intermediate point halfway in log σ, then σ_up of fresh
     noise ("DPM++ 2S a"); an Euler step to σ = 0."""
-    for _, sigma, sigma_next in _steps(sigmas, progress):
+    for i, sigma, sigma_next in _steps(sigmas, progress):
         x0 = denoiser(x, sigma)
         sigma_down, sigma_up = ancestral_step(sigma, sigma_next, eta)
         if sigma_down == 0:
@@ -239,6 +271,7 @@ def sample_dpmpp_2s_ancestral(denoiser: Denoiser, x, sigmas, noise: NoiseSource,
             x = _dpm_solver_1(x, denoiser(x_2, sigma_mid), sigma, sigma_down)
         if sigma_up:
             x = x + noise.like(x) * sigma_up
+        x = _end_step(i, x, sigma_next)
     return x
 
 
@@ -303,6 +336,7 @@ def sample_unipc(denoiser: Denoiser, x, sigmas, noise: NoiseSource, progress: Pr
             x = x0
         else:
             x = _unipc_update(x, x0_history[-step_order:], sigma_history[-step_order:], sigma_next, step_order, variant)
+        x = _end_step(i, x, sigma_next)
     return x
 
 
@@ -310,8 +344,9 @@ def sample_unipc(denoiser: Denoiser, x, sigmas, noise: NoiseSource, progress: Pr
 def sample_lcm(denoiser: Denoiser, x, sigmas, noise: NoiseSource, progress: Progress | None = None):
     """Latent Consistency Model sampling: jump to x̂₀, re-noise to the next σ with fresh noise.
     Run it with the LCM denoiser (denoiser.LCMDenoiser) as AUTOMATIC1111 does."""
-    for _, sigma, sigma_next in _steps(sigmas, progress):
+    for i, sigma, sigma_next in _steps(sigmas, progress):
         x = denoiser(x, sigma)
         if sigma_next > 0:
             x = x + noise.like(x) * sigma_next
+        x = _end_step(i, x, sigma_next)
     return x
