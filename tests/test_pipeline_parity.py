@@ -25,12 +25,11 @@ Scheduler findings (diffusers 0.42):
   lower_order_final gives first order on the last step (S < 15) as the original does.
 """
 
-import gzip
-import importlib.resources
 
 import numpy as np
 import pytest
 import torch
+from references import hf_clip_tokenizer
 
 diffusers = pytest.importorskip("diffusers")
 transformers = pytest.importorskip("transformers")
@@ -59,17 +58,6 @@ BETAS = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_
 
 
 # ---------------------------------------------------------------- the independent reference pipeline
-
-
-def hf_tokenizer():
-    """transformers' CLIP BPE over open_clip's bundled merges (the original v1 used transformers' tokenizer)."""
-    with gzip.open(importlib.resources.files("open_clip") / "bpe_simple_vocab_16e6.txt.gz") as f:
-        merges = [tuple(line.split()) for line in f.read().decode("utf-8").split("\n")[1:48895]]
-    printable = [*range(33, 127), *range(161, 173), *range(174, 256)]  # bytes that stand for themselves
-    others = [b for b in range(256) if b not in printable]
-    chars = [chr(b) for b in printable] + [chr(256 + n) for n in range(len(others))]
-    tokens = chars + [c + "</w>" for c in chars] + ["".join(m) for m in merges] + ["<|startoftext|>", "<|endoftext|>"]
-    return transformers.CLIPTokenizer(vocab={t: i for i, t in enumerate(tokens)}, merges=merges)
 
 
 def open_clip_to_hf(weights: dict, prefix: str) -> dict:
@@ -130,7 +118,7 @@ class Reference:
             prefix = "cond_stage_model.transformer."
             self.text = hf_text_model({k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)},
                                       "quick_gelu")
-        self.tokenizer = hf_tokenizer()
+        self.tokenizer = hf_clip_tokenizer()
         self.unet_calls = []  # batch size of each UNet call
 
     @torch.no_grad()

@@ -4,12 +4,12 @@ transformers is the independent implementation: its CLIP text model and its Rust
 The SD2 checkpoint is written from the HF weights with this file's own open_clip key mapping.
 """
 
-import functools
 import gzip
 import importlib.resources
 
 import pytest
 import torch
+from references import hf_clip_tokenizer
 
 from sd_cli.errors import CheckpointError
 from sd_cli.models.text_encoder import CLIPTextEncoder, OpenCLIPTextEncoder
@@ -121,18 +121,6 @@ def test_forward_takes_prompts(sd1_hf):
     assert (out - expected).abs().max() < 1e-5
 
 
-@functools.cache
-def hf_tokenizer():
-    """transformers' (Rust) CLIP BPE over open_clip's bundled merges: an independent tokenizer."""
-    with gzip.open(importlib.resources.files("open_clip") / "bpe_simple_vocab_16e6.txt.gz") as f:
-        merges = [tuple(line.split()) for line in f.read().decode("utf-8").split("\n")[1:48895]]
-    printable = [*range(33, 127), *range(161, 173), *range(174, 256)]  # bytes that stand for themselves
-    others = [b for b in range(256) if b not in printable]
-    chars = [chr(b) for b in printable] + [chr(256 + n) for n in range(len(others))]
-    tokens = chars + [c + "</w>" for c in chars] + ["".join(m) for m in merges] + ["<|startoftext|>", "<|endoftext|>"]
-    return transformers.CLIPTokenizer(vocab={t: i for i, t in enumerate(tokens)}, merges=merges)
-
-
 @pytest.fixture(scope="module")
 def sd1_encoder(sd1_hf):
     return load(CLIPTextEncoder, sd1_checkpoint(sd1_hf))
@@ -162,14 +150,14 @@ def test_tokenize_by_hand(sd1_encoder, sd2_encoder):
 def test_tokenize_matches_transformers(sd1_encoder, sd2_encoder):
     prompts = ["a photo of a cat", "", "An astronaut riding a horse, 4k, trending on ArtStation!!",
                "portrait of a wizard's tower; highly-detailed, 8k uhd  (masterpiece:1.2)", "naïve café ☕ déjà vu 🙂"]
-    expected = torch.tensor(hf_tokenizer()(prompts, padding="max_length", max_length=77)["input_ids"])
+    expected = torch.tensor(hf_clip_tokenizer()(prompts, padding="max_length", max_length=77)["input_ids"])
     assert torch.equal(sd1_encoder.tokenize(prompts), expected)
     sd2 = sd2_encoder.tokenize(prompts)
     assert torch.equal(sd2[expected != EOT], expected[expected != EOT])
     assert torch.equal(sd2.argmax(1), (expected == EOT).int().argmax(1))  # EOT at the first EOT, 0 after it
     # HTML entities in text with a "<": SD1's cleaning (ftfy) keeps them, open_clip's unescapes them
     tagged = ["<b> fish &amp; chips"]
-    assert torch.equal(sd1_encoder.tokenize(tagged), hf_tokenizer()(
+    assert torch.equal(sd1_encoder.tokenize(tagged), hf_clip_tokenizer()(
         tagged, padding="max_length", max_length=77, return_tensors="pt")["input_ids"])
     assert torch.equal(sd2_encoder.tokenize(tagged), sd2_encoder.tokenize(["<b> fish & chips"]))
     assert torch.equal(sd1_encoder.tokenize(["fish &amp; chips"]), sd1_encoder.tokenize(["fish & chips"]))
