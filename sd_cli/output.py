@@ -225,13 +225,7 @@ def _write_temp(image: np.ndarray, path: Path, infotext: str | None) -> Path:
     from sd_cli.metadata import png_info
 
     folder = path.parent
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:
-        raise OutputError(f"cannot write {path}: {folder} is a file, not a folder; "
-                         "choose another path") from None
-    except OSError as e:
-        raise _write_error(path, e) from None
+    _make_folder(folder, path)
     pil = Image.fromarray(np.asarray(image))
     pnginfo = png_info(infotext) if infotext is not None else None
     temp, fd = _create_temp(folder, path.name)
@@ -303,17 +297,21 @@ def _write_error(path: Path, error: OSError) -> OutputError:
     return OutputError(f"cannot write {path}: {reason}; {advice}")
 
 
+def _make_folder(folder: Path, target: Path) -> None:
+    """Create `folder` (and parents) for writing `target`; one OutputError saying why not."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise OutputError(f"cannot write {target}: {folder} is a file, not a folder; choose another path") from None
+    except OSError as e:
+        raise _write_error(target, e) from None
+
+
 def check_writable(folder: str | Path) -> None:
     """Create `folder` if needed and prove a file can be made in it (before any work is done)."""
     folder = Path(folder)
     probe = folder / "write-check"
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:
-        raise OutputError(f"cannot write into {folder}: it is a file, not a folder; "
-                          "choose another path") from None
-    except OSError as e:
-        raise _write_error(folder, e) from None
+    _make_folder(folder, folder)
     temp, fd = _create_temp(folder, probe.name)
     os.close(fd)
     _remove(temp)

@@ -39,6 +39,20 @@ def sd2v_ckpt(tiny_dir) -> Path:
     return write_tiny_checkpoint("sd2-v", tiny_dir)
 
 
+@pytest.fixture(scope="session")
+def sd2_depth_ckpt(tiny_dir) -> Path:
+    """SD 2.x depth tiny checkpoint with a tiny MiDaS DPT-Hybrid under depth_model.model.*."""
+    return write_tiny_checkpoint("sd2-depth", tiny_dir / "depth", fmt="safetensors")
+
+
+@pytest.fixture(scope="module")
+def depth_model(sd2_depth_ckpt):
+    """(path, loaded model) of the depth checkpoint, loaded once per test module."""
+    from sd_cli.loading import load_model
+
+    return sd2_depth_ckpt, load_model(sd2_depth_ckpt).model
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Tiny models run faster on one thread: two threads' hand-offs cost more than the work."""

@@ -22,3 +22,11 @@ def hf_clip_tokenizer():
     chars = [chr(b) for b in printable] + [chr(256 + n) for n in range(len(others))]
     tokens = chars + [c + "</w>" for c in chars] + ["".join(m) for m in merges] + ["<|startoftext|>", "<|endoftext|>"]
     return transformers.CLIPTokenizer(vocab={t: i for i, t in enumerate(tokens)}, merges=merges)
+
+
+def smooth_image(size: int = 64):
+    """A smooth, non-trivial [1, 3, size, size] image in [-1, 1] (sines and a product of ramps)."""
+    import torch
+
+    ys, xs = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
+    return torch.stack([torch.sin(3 * xs), torch.cos(2 * ys), xs * ys]).unsqueeze(0)

@@ -16,6 +16,7 @@ from PIL import Image
 diffusers = pytest.importorskip("diffusers")
 from test_pipeline_parity import Generators, Reference  # noqa: E402
 from tiny_midas import TINY, dpt_layer_shapes, tiny_dpt_weights, vit_hybrid  # noqa: E402
+from references import smooth_image  # noqa: E402
 from tiny_models import write_tiny_checkpoint  # noqa: E402
 
 from sd_cli.depth import (  # noqa: E402
@@ -35,15 +36,6 @@ PROMPTS = ["a cabin interior", "a room at night"]
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest.one_thread
 
 
-@pytest.fixture(scope="module")
-def depth_model(tmp_path_factory):
-    path = write_tiny_checkpoint("sd2-depth", tmp_path_factory.mktemp("depth"), fmt="safetensors")
-    return path, load_model(path).model
-
-
-def init_image():
-    ys, xs = torch.meshgrid(torch.linspace(-1, 1, SIZE), torch.linspace(-1, 1, SIZE), indexing="ij")
-    return torch.stack([torch.sin(3 * xs), torch.cos(2 * ys), xs * ys]).unsqueeze(0)
 
 
 # ---------------------------------------------------------------- MiDaS
@@ -87,7 +79,7 @@ def test_tiny_dpt_from_checkpoint_keys(depth_model):
     estimator = depth_estimator(model)
     assert estimator.taps == (8, 11)
     assert model.state_dict()["depth_model.model.scratch.layer1_rn.weight"].shape == (TINY["features"], 128, 3, 3)
-    depth = estimate_depth(model, init_image())
+    depth = estimate_depth(model, smooth_image(SIZE))
     assert depth.shape == (1, 1, 384, 384) and depth.min() >= 0 and depth.std() > 1e-3
 
 
@@ -244,11 +236,11 @@ def test_depth_source_uses_given_map_and_saves_it(depth_model, tmp_path):
     _, model = depth_model
     Image.fromarray(np.tile(np.arange(64, dtype=np.uint8) * 4, (64, 1))).save(tmp_path / "given.png")
     source = DepthSource(DepthOptions(depth_map=tmp_path / "given.png", save_depth=tmp_path / "out" / "d.png"))
-    depth = source.for_image(model, "a", init_image())
+    depth = source.for_image(model, "a", smooth_image(SIZE))
     assert torch.equal(depth, load_depth_map(tmp_path / "given.png"))
     saved = np.asarray(Image.open(tmp_path / "out" / "d.png"))
     assert saved.shape == (64, 64) and np.array_equal(saved, depth_preview(depth))  # given map is 64x64 too
-    source.for_image(model, "b", init_image())
+    source.for_image(model, "b", smooth_image(SIZE))
     assert (tmp_path / "out" / "d-1.png").exists()
 
 
@@ -282,10 +274,10 @@ def reference_depth2img(ref: Reference, image, depth, prompts, seeds, params: Sa
 def test_depth2img_matches_reference(depth_model, strength):
     path, model = depth_model
     ref = Reference(path, path.with_suffix(".yaml"))
-    depth = estimate_depth(model, init_image())
+    depth = estimate_depth(model, smooth_image(SIZE))
     params = SamplingParams(sampler="ddim", steps=10, scale=5.0)
-    ours = depth2img(model, init_image(), depth, PROMPTS, [""] * 2, [4, 5], params, strength)
-    theirs = reference_depth2img(ref, init_image(), depth, PROMPTS, [4, 5], params, strength)
+    ours = depth2img(model, smooth_image(SIZE), depth, PROMPTS, [""] * 2, [4, 5], params, strength)
+    theirs = reference_depth2img(ref, smooth_image(SIZE), depth, PROMPTS, [4, 5], params, strength)
     assert torch.isfinite(ours).all() and ours[0].std() > 1e-2
     diff = (ours - theirs).abs().max().item()
     print(f"max abs diff {diff:.2e}")
@@ -296,8 +288,8 @@ def test_depth_changes_the_image(depth_model):
     _, model = depth_model
     params = SamplingParams(sampler="ddim", steps=4, scale=5.0)
     ramp = torch.linspace(0, 1, 64).expand(1, 1, 64, 64)
-    a = depth2img(model, init_image(), ramp, PROMPTS[:1], [""], [1], params, 1.0)
-    b = depth2img(model, init_image(), ramp.transpose(-1, -2), PROMPTS[:1], [""], [1], params, 1.0)
+    a = depth2img(model, smooth_image(SIZE), ramp, PROMPTS[:1], [""], [1], params, 1.0)
+    b = depth2img(model, smooth_image(SIZE), ramp.transpose(-1, -2), PROMPTS[:1], [""], [1], params, 1.0)
     assert (a - b).abs().max() > 1e-3
 
 

@@ -40,7 +40,8 @@ import pytest
 import torch
 
 diffusers = pytest.importorskip("diffusers")
-from test_pipeline_parity import BETAS, PROMPTS, SIZE, Generators, Model, assert_parity, init_image  # noqa: E402
+from references import smooth_image  # noqa: E402
+from test_pipeline_parity import BETAS, PROMPTS, SIZE, Generators, Model, assert_parity  # noqa: E402
 
 from sd_cli import pipeline  # noqa: E402
 from sd_cli.pipeline import SamplingParams  # noqa: E402
@@ -335,7 +336,7 @@ def test_img2img_is_diffusers_img2img(model, name):
     start = steps - int(0.6 * steps)
     sched.set_begin_index(start)
     ref = Ref(model, PROMPTS, 5.0)
-    image = init_image()
+    image = smooth_image(SIZE)
     x = model.ref.encode_image(image).expand(2, -1, -1, -1) + Generators([8, 9]).draw() * float(sched.sigmas[start])
     if vp:
         x = x / math.sqrt(float(sched.sigmas[start]) ** 2 + 1)

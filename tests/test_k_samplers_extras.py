@@ -17,7 +17,7 @@ from PIL import Image
 diffusers = pytest.importorskip("diffusers")
 from test_k_samplers import CASES  # noqa: E402
 from test_pipeline_parity import Generators, Reference  # noqa: E402
-from tiny_models import write_tiny_checkpoint  # noqa: E402
+from references import smooth_image  # noqa: E402
 
 from sd_cli.depth import depth2img, estimate_depth  # noqa: E402
 from sd_cli.inpainting import inpaint  # noqa: E402
@@ -30,15 +30,6 @@ PROMPTS = ["a cabin interior", "a room at night"]
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest.one_thread
 
 
-@pytest.fixture(scope="module")
-def depth_model(tmp_path_factory):
-    path = write_tiny_checkpoint("sd2-depth", tmp_path_factory.mktemp("kdepth"), fmt="safetensors")
-    return path, load_model(path).model
-
-
-def init_image():
-    ys, xs = torch.meshgrid(torch.linspace(-1, 1, SIZE), torch.linspace(-1, 1, SIZE), indexing="ij")
-    return torch.stack([torch.sin(3 * xs), torch.cos(2 * ys), xs * ys]).unsqueeze(0)
 
 
 @torch.no_grad()
@@ -69,23 +60,23 @@ def reference_k_depth2img(ref: Reference, name, image, depth, seeds, scale, stre
 def test_k_depth2img_matches_diffusers_loop(depth_model, name):
     path, model = depth_model
     ref = Reference(path, path.with_suffix(".yaml"))
-    depth = estimate_depth(model, init_image())
+    depth = estimate_depth(model, smooth_image(SIZE))
     params = SamplingParams(sampler=name, steps=CASES[name][0], scale=5.0)
-    ours = depth2img(model, init_image(), depth, PROMPTS, [""] * 2, [4, 5], params, 0.6)
-    again = depth2img(model, init_image(), depth, PROMPTS, [""] * 2, [4, 5], params, 0.6)
-    theirs = reference_k_depth2img(ref, name, init_image(), depth, [4, 5], 5.0, 0.6)
+    ours = depth2img(model, smooth_image(SIZE), depth, PROMPTS, [""] * 2, [4, 5], params, 0.6)
+    again = depth2img(model, smooth_image(SIZE), depth, PROMPTS, [""] * 2, [4, 5], params, 0.6)
+    theirs = reference_k_depth2img(ref, name, smooth_image(SIZE), depth, [4, 5], 5.0, 0.6)
     assert torch.isfinite(ours).all() and ours[0].std() > 1e-2
     assert torch.equal(ours, again)
     diff = (ours - theirs).abs().max().item()
     print(f"{name}: max abs diff {diff:.2e}")
     assert diff < 1e-4
-    flat = depth2img(model, init_image(), torch.zeros_like(depth), PROMPTS, [""] * 2, [4, 5], params, 0.6)
+    flat = depth2img(model, smooth_image(SIZE), torch.zeros_like(depth), PROMPTS, [""] * 2, [4, 5], params, 0.6)
     assert (flat - ours).abs().max() > 1e-3  # the depth channel reaches the UNet
 
 
 def test_k_depth2img_cli(run_cli, depth_model, tmp_path):
     path, model = depth_model
-    Image.fromarray(((init_image()[0].permute(1, 2, 0) + 1) * 127.5).round().byte().numpy()).save(tmp_path / "i.png")
+    Image.fromarray(((smooth_image(SIZE)[0].permute(1, 2, 0) + 1) * 127.5).round().byte().numpy()).save(tmp_path / "i.png")
     outs = []
     for run in range(2):
         out = tmp_path / f"d{run}.png"
@@ -124,7 +115,7 @@ def test_blend_inpaint_keeps_the_known_latent(sd1_ckpt, monkeypatch, name):
     """Before the VAE: outside the mask the latent is the image latent exactly."""
     model = load_model(sd1_ckpt).model
     monkeypatch.setattr(model, "decode_latents", lambda latents: latents)
-    image = init_image()
+    image = smooth_image(SIZE)
     mask = torch.zeros(1, 1, SIZE, SIZE)
     mask[..., 16:48, 8:40] = 1
     params = SamplingParams(sampler=name, steps=4, scale=5.0)

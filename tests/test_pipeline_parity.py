@@ -29,7 +29,7 @@ Scheduler findings (diffusers 0.42):
 import numpy as np
 import pytest
 import torch
-from references import hf_clip_tokenizer
+from references import hf_clip_tokenizer, smooth_image
 
 diffusers = pytest.importorskip("diffusers")
 transformers = pytest.importorskip("transformers")
@@ -288,11 +288,6 @@ def model(request):
     return request.getfixturevalue(request.param)
 
 
-def init_image():
-    """A smooth, non-trivial [1, 3, 64, 64] image in [-1, 1]."""
-    ys, xs = torch.meshgrid(torch.linspace(-1, 1, SIZE), torch.linspace(-1, 1, SIZE), indexing="ij")
-    return torch.stack([torch.sin(3 * xs), torch.cos(2 * ys), xs * ys]).unsqueeze(0)
-
 
 def assert_parity(ours, theirs, batch=1):
     assert ours.shape == theirs.shape == (batch, 3, SIZE, SIZE)
@@ -384,7 +379,7 @@ def test_batch_of_two(sd2v, sampler, eta):
 @pytest.mark.parametrize("eta", [0.0, 0.6])
 def test_img2img_ddim(model, strength, eta):
     params = SamplingParams(sampler="ddim", steps=10, scale=5.0, eta=eta)
-    ours, theirs = model.img2img(init_image(), PROMPTS, [8, 9], params, strength)
+    ours, theirs = model.img2img(smooth_image(SIZE), PROMPTS, [8, 9], params, strength)
     assert_parity(ours, theirs, batch=2)
     steps = 5 if strength == 0.5 else 10
     assert model.unet_calls == model.ref.unet_calls == [4] * steps
