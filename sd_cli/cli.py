@@ -4,6 +4,7 @@ Every flag of the original v1/v2 txt2img.py and img2img.py is accepted under its
 spelling as an alias of the readable one (`--ddim_steps` = `--steps`, `--H` = `--height`, ...).
 """
 
+import inspect
 import secrets
 import sys
 from enum import Enum
@@ -115,76 +116,72 @@ UNSUPPORTED = {
 }
 
 
-@app.command()
-def txt2img(
+def _leading_options(
     ctx: typer.Context, prompt_arg: PromptArg = None, prompt: PromptOpt = None, negative_prompt: NegativeOpt = "",
+): ...
+
+
+def _sampling_options(
     steps: StepsOpt = 50, scale: ScaleOpt = 7.5, seed: SeedOpt = None,
     sampler: SamplerOpt = "ddim", schedule: ScheduleOpt = None, plms: PlmsOpt = False, dpm: DpmOpt = False, dpm_solver: DpmSolverOpt = False,
-    eta: EtaOpt = 0.0, height: HeightOpt = None, width: WidthOpt = None, C: ChannelsOpt = 4, f: FactorOpt = 8,
+    eta: EtaOpt = 0.0,
+): ...
+
+
+def _run_options(
+    C: ChannelsOpt = 4, f: FactorOpt = 8,
+    n_samples: SamplesOpt = 1, n_iter: IterOpt = 1, n_rows: RowsOpt = 0,
+    skip_grid: SkipGridOpt = False, skip_save: SkipSaveOpt = False, fixed_code: FixedCodeOpt = False,
+    from_file: FromFileOpt = None, repeat: RepeatOpt = 1, on_error: OnErrorOpt = OnError.stop,
+    from_png: FromPngOpt = None, name: NameOpt = None, skip_existing: SkipExistingOpt = False, json_out: JsonOpt = False,
+    precision: PrecisionOpt = "auto", device: DeviceOpt = "auto",
+    ckpt: CkptOpt = None, config: ConfigOpt = None, ema: EmaOpt = False,
+    outdir: OutdirOpt = None, output: OutputOpt = None, no_watermark: NoWatermarkOpt = False, compile_unet: CompileOpt = False, vae_tiling: VaeTilingOpt = False,
+    emphasis: EmphasisOpt = Emphasis.original, clip_skip: ClipSkipOpt = None, embeddings: EmbeddingsOpt = None,
+    vae: VaeOpt = None, lora: LoraOpt = None, lora_dir: LoraDirOpt = Path("checkpoints/lora"),
+    quiet: QuietOpt = False, debug: DebugOpt = False,
+    laion400m: Laion400mOpt = False, torchscript: TorchscriptOpt = False, ipex: IpexOpt = False, bf16: Bf16FlagOpt = False,
+): ...
+
+
+def _render_command(mode: str, own_options, after_sampling=None):
+    """Register subcommand `mode` with the options every rendering command shares.
+
+    Typer reads a command's options from its signature, so the shared ones are written once (the
+    three functions above) and joined here with the command's own: `own_options` after the prompt,
+    `after_sampling` after the sampling options. The docstring of `own_options` is the help text.
+    """
+    parts = [_leading_options, own_options, _sampling_options, after_sampling, _run_options]
+    params = [p for part in parts if part is not None for p in inspect.signature(part).parameters.values()]
+
+    def command(**args):
+        _start(args)
+        _render(mode, args)
+
+    command.__signature__ = inspect.Signature(params)
+    command.__annotations__ = {p.name: p.annotation for p in params}
+    command.__doc__ = own_options.__doc__
+    app.command(mode)(command)
+
+
+def _txt2img_options():
+    """Generate images from a text prompt."""
+
+
+def _txt2img_size_options(
+    height: HeightOpt = None, width: WidthOpt = None,
     hires_scale: HiresScaleOpt = None, hires_steps: HiresStepsOpt = 0, hires_strength: HiresStrengthOpt = 0.7,
     hires_upscaler: HiresUpscalerOpt = "latent",
-    n_samples: SamplesOpt = 1, n_iter: IterOpt = 1, n_rows: RowsOpt = 0,
-    skip_grid: SkipGridOpt = False, skip_save: SkipSaveOpt = False, fixed_code: FixedCodeOpt = False,
-    from_file: FromFileOpt = None, repeat: RepeatOpt = 1, on_error: OnErrorOpt = OnError.stop,
-    from_png: FromPngOpt = None, name: NameOpt = None, skip_existing: SkipExistingOpt = False, json_out: JsonOpt = False,
-    precision: PrecisionOpt = "auto", device: DeviceOpt = "auto",
-    ckpt: CkptOpt = None, config: ConfigOpt = None, ema: EmaOpt = False,
-    outdir: OutdirOpt = None, output: OutputOpt = None, no_watermark: NoWatermarkOpt = False, compile_unet: CompileOpt = False, vae_tiling: VaeTilingOpt = False,
-    emphasis: EmphasisOpt = Emphasis.original, clip_skip: ClipSkipOpt = None, embeddings: EmbeddingsOpt = None,
-    vae: VaeOpt = None, lora: LoraOpt = None, lora_dir: LoraDirOpt = Path("checkpoints/lora"),
-    quiet: QuietOpt = False, debug: DebugOpt = False,
-    laion400m: Laion400mOpt = False, torchscript: TorchscriptOpt = False, ipex: IpexOpt = False, bf16: Bf16FlagOpt = False,
-):
-    """Generate images from a text prompt."""
-    args = dict(locals())
-    _start(args)
-    _render("txt2img", args)
+): ...
 
 
-@app.command()
-def img2img(
-    ctx: typer.Context, prompt_arg: PromptArg = None, prompt: PromptOpt = None, negative_prompt: NegativeOpt = "",
-    init_img: InitImgOpt = None, strength: StrengthOpt = 0.75,
-    steps: StepsOpt = 50, scale: ScaleOpt = 7.5, seed: SeedOpt = None,
-    sampler: SamplerOpt = "ddim", schedule: ScheduleOpt = None, plms: PlmsOpt = False, dpm: DpmOpt = False, dpm_solver: DpmSolverOpt = False,
-    eta: EtaOpt = 0.0, C: ChannelsOpt = 4, f: FactorOpt = 8,
-    n_samples: SamplesOpt = 1, n_iter: IterOpt = 1, n_rows: RowsOpt = 0,
-    skip_grid: SkipGridOpt = False, skip_save: SkipSaveOpt = False, fixed_code: FixedCodeOpt = False,
-    from_file: FromFileOpt = None, repeat: RepeatOpt = 1, on_error: OnErrorOpt = OnError.stop,
-    from_png: FromPngOpt = None, name: NameOpt = None, skip_existing: SkipExistingOpt = False, json_out: JsonOpt = False,
-    precision: PrecisionOpt = "auto", device: DeviceOpt = "auto",
-    ckpt: CkptOpt = None, config: ConfigOpt = None, ema: EmaOpt = False,
-    outdir: OutdirOpt = None, output: OutputOpt = None, no_watermark: NoWatermarkOpt = False, compile_unet: CompileOpt = False, vae_tiling: VaeTilingOpt = False,
-    emphasis: EmphasisOpt = Emphasis.original, clip_skip: ClipSkipOpt = None, embeddings: EmbeddingsOpt = None,
-    vae: VaeOpt = None, lora: LoraOpt = None, lora_dir: LoraDirOpt = Path("checkpoints/lora"),
-    quiet: QuietOpt = False, debug: DebugOpt = False,
-    laion400m: Laion400mOpt = False, torchscript: TorchscriptOpt = False, ipex: IpexOpt = False, bf16: Bf16FlagOpt = False,
-):
+def _img2img_options(init_img: InitImgOpt = None, strength: StrengthOpt = 0.75):
     """Change an input image following a text prompt (the image's size is floored to multiples of 64)."""
-    args = dict(locals())
-    _start(args)
-    _render("img2img", args)
 
 
-@app.command()
-def inpaint(
-    ctx: typer.Context, prompt_arg: PromptArg = None, prompt: PromptOpt = None, negative_prompt: NegativeOpt = "",
+def _inpaint_options(
     init_img: ImageOpt = None, mask: MaskOpt = None, invert_mask: InvertMaskOpt = False, mask_blur: MaskBlurOpt = 4.0,
     paste_back: PasteBackOpt = True, outpaint: OutpaintOpt = None, strength: InpaintStrengthOpt = 1.0,
-    steps: StepsOpt = 50, scale: ScaleOpt = 7.5, seed: SeedOpt = None,
-    sampler: SamplerOpt = "ddim", schedule: ScheduleOpt = None, plms: PlmsOpt = False, dpm: DpmOpt = False, dpm_solver: DpmSolverOpt = False,
-    eta: EtaOpt = 0.0, C: ChannelsOpt = 4, f: FactorOpt = 8,
-    n_samples: SamplesOpt = 1, n_iter: IterOpt = 1, n_rows: RowsOpt = 0,
-    skip_grid: SkipGridOpt = False, skip_save: SkipSaveOpt = False, fixed_code: FixedCodeOpt = False,
-    from_file: FromFileOpt = None, repeat: RepeatOpt = 1, on_error: OnErrorOpt = OnError.stop,
-    from_png: FromPngOpt = None, name: NameOpt = None, skip_existing: SkipExistingOpt = False, json_out: JsonOpt = False,
-    precision: PrecisionOpt = "auto", device: DeviceOpt = "auto",
-    ckpt: CkptOpt = None, config: ConfigOpt = None, ema: EmaOpt = False,
-    outdir: OutdirOpt = None, output: OutputOpt = None, no_watermark: NoWatermarkOpt = False, compile_unet: CompileOpt = False, vae_tiling: VaeTilingOpt = False,
-    emphasis: EmphasisOpt = Emphasis.original, clip_skip: ClipSkipOpt = None, embeddings: EmbeddingsOpt = None,
-    vae: VaeOpt = None, lora: LoraOpt = None, lora_dir: LoraDirOpt = Path("checkpoints/lora"),
-    quiet: QuietOpt = False, debug: DebugOpt = False,
-    laion400m: Laion400mOpt = False, torchscript: TorchscriptOpt = False, ipex: IpexOpt = False, bf16: Bf16FlagOpt = False,
 ):
     """Repaint the masked part of an image (white in --mask, or the image's transparent pixels).
 
@@ -193,39 +190,23 @@ def inpaint(
     the kept area's noised latent back in after every step. The image keeps its size (padded to
     multiples of 64 for the model and cropped back); the kept pixels are pasted back unchanged.
     """
-    args = dict(locals())
-    _start(args)
-    _render("inpaint", args)
 
 
-@app.command()
-def depth2img(
-    ctx: typer.Context, prompt_arg: PromptArg = None, prompt: PromptOpt = None, negative_prompt: NegativeOpt = "",
+def _depth2img_options(
     init_img: ImageOpt = None, strength: DepthStrengthOpt = 0.9,
     depth_map: DepthMapOpt = None, depth_model: DepthModelOpt = None, save_depth: SaveDepthOpt = None,
-    steps: StepsOpt = 50, scale: ScaleOpt = 7.5, seed: SeedOpt = None,
-    sampler: SamplerOpt = "ddim", schedule: ScheduleOpt = None, plms: PlmsOpt = False, dpm: DpmOpt = False, dpm_solver: DpmSolverOpt = False,
-    eta: EtaOpt = 0.0, C: ChannelsOpt = 4, f: FactorOpt = 8,
-    n_samples: SamplesOpt = 1, n_iter: IterOpt = 1, n_rows: RowsOpt = 0,
-    skip_grid: SkipGridOpt = False, skip_save: SkipSaveOpt = False, fixed_code: FixedCodeOpt = False,
-    from_file: FromFileOpt = None, repeat: RepeatOpt = 1, on_error: OnErrorOpt = OnError.stop,
-    from_png: FromPngOpt = None, name: NameOpt = None, skip_existing: SkipExistingOpt = False, json_out: JsonOpt = False,
-    precision: PrecisionOpt = "auto", device: DeviceOpt = "auto",
-    ckpt: CkptOpt = None, config: ConfigOpt = None, ema: EmaOpt = False,
-    outdir: OutdirOpt = None, output: OutputOpt = None, no_watermark: NoWatermarkOpt = False, compile_unet: CompileOpt = False, vae_tiling: VaeTilingOpt = False,
-    emphasis: EmphasisOpt = Emphasis.original, clip_skip: ClipSkipOpt = None, embeddings: EmbeddingsOpt = None,
-    vae: VaeOpt = None, lora: LoraOpt = None, lora_dir: LoraDirOpt = Path("checkpoints/lora"),
-    quiet: QuietOpt = False, debug: DebugOpt = False,
-    laion400m: Laion400mOpt = False, torchscript: TorchscriptOpt = False, ipex: IpexOpt = False, bf16: Bf16FlagOpt = False,
 ):
     """Change an image following a prompt while keeping its depth (the SD 2 depth model, 512-depth-ema).
 
     The depth comes from MiDaS DPT-Hybrid, built from the checkpoint's own depth_model.* weights
     (or --depth-model), or from --depth-map. The image's size is floored to multiples of 64.
     """
-    args = dict(locals())
-    _start(args)
-    _render("depth2img", args)
+
+
+_render_command("txt2img", _txt2img_options, after_sampling=_txt2img_size_options)
+_render_command("img2img", _img2img_options)
+_render_command("inpaint", _inpaint_options)
+_render_command("depth2img", _depth2img_options)
 
 
 ImagesArg = Annotated[list[Path], typer.Argument(help="PNG files.", show_default=False)]
