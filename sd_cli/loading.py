@@ -16,6 +16,8 @@ from sd_cli.checkpoint import CheckpointFile, read_checkpoint
 from sd_cli.config import ModelConfig, bundled_config, load_config
 from sd_cli.detection import detect_family, is_v_prediction
 from sd_cli.errors import CheckpointError
+from sd_cli.mapped_pages import MappedFile
+from sd_cli.models.empty import empty_modules
 from sd_cli.models.latent_diffusion import SCHEDULE_KEYS, LatentDiffusion, text_encoder_class
 
 EMA_PREFIX = "model_ema."
@@ -44,7 +46,7 @@ def load_model(checkpoint_path, config_path=None, *, device="cpu", dtype=torch.f
     weights = select_weights(checkpoint.state_dict, use_ema, path.name)
     global_step = checkpoint.global_step
     del checkpoint  # from here on only `weights` holds the file's tensors
-    model = build_and_load(config, weights, path.name, device=device, dtype=dtype)
+    model = build_and_load(config, weights, path.name, device=device, dtype=dtype, mapped_file=MappedFile(path))
     model.eval()
     if measure_v:
         model = _settle_parameterization(model, path.name)
@@ -85,14 +87,15 @@ def select_weights(state_dict: dict, use_ema: bool, name: str) -> dict:
     return weights
 
 
-def build_and_load(config: ModelConfig, weights: dict, name: str, device="cpu", dtype=torch.float32) -> LatentDiffusion:
+def build_and_load(config: ModelConfig, weights: dict, name: str, device="cpu", dtype=torch.float32,
+                   mapped_file: MappedFile | None = None) -> LatentDiffusion:
     encoder_class = text_encoder_class(config.text_encoder)
-    with torch.device("meta"):  # no random initialisation: every tensor comes from the file
+    with empty_modules():  # no random initialisation: every tensor comes from the file
         text_encoder = encoder_class.from_checkpoint(weights, **config.text_params)
         model = LatentDiffusion(config, text_encoder)
     module_weights, unexpected = _module_state_dict(weights, encoder_class, config)
     _check_keys(model, module_weights, unexpected, name, config.source)
-    _cast_in_place(module_weights, device, dtype)
+    _cast_in_place(module_weights, device, dtype, mapped_file)
     model.load_state_dict(module_weights, strict=True, assign=True)
     model.alphas_cumprod = _schedule(weights, config)
     # The depth model's MiDaS weights, kept as they are until depth2img builds it (timm is imported only then).
@@ -140,14 +143,17 @@ def _check_keys(model: LatentDiffusion, module_weights: dict, unexpected: list[s
                               + ". Pass the config this checkpoint was made for with --config")
 
 
-def _cast_in_place(module_weights: dict, device, dtype) -> None:
+def _cast_in_place(module_weights: dict, device, dtype, mapped_file: MappedFile | None) -> None:
     """Move and cast tensor by tensor, so at most one extra tensor exists at a time.
 
     A tensor already on the device in the dtype (a memory-mapped fp32 file run in fp32 on the CPU)
-    is used as it is: no copy at all.
+    is used as it is: no copy at all. A copied tensor's file pages are given back at once.
     """
     for key, value in module_weights.items():
-        module_weights[key] = value.to(device=device, dtype=dtype if value.is_floating_point() else None)
+        copy = value.to(device=device, dtype=dtype if value.is_floating_point() else None)
+        if mapped_file is not None and copy.data_ptr() != value.data_ptr():
+            mapped_file.release(value)
+        module_weights[key] = copy
 
 
 def _some(names: list[str], limit: int = 4) -> str:

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sd_cli.models.empty import empty_modules
+
 PATCH = 16  # the backbone and patch embedding downsample by 16 (the original hard-codes [16, 16])
 HEAD_WIDTH = 64  # ViT head size: heads = width // 64
 HEAD_HIDDEN = 32  # the depth head's fixed middle width
@@ -157,7 +159,7 @@ def _resized_position_embedding(pos_embed: torch.Tensor, grid: tuple[int, int]) 
 def build_dpt_hybrid(weights: dict) -> DPTDepthModel:
     """The DPT-Hybrid whose shapes fit `weights` (keys below `depth_model.model.`), on the meta device."""
     sizes = _sizes(weights)
-    with torch.device("meta"):
+    with empty_modules():
         vit = _timm_vit_hybrid(sizes)
         return DPTDepthModel(vit, sizes["stage_channels"], sizes["width"], sizes["features"])
 

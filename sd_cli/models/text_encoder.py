@@ -1,4 +1,4 @@
-"""The two Stable Diffusion text encoders, as open_clip text towers built without pretrained weights.
+"""The two Stable Diffusion text encoders: CLIP text towers with open_clip's parameter names.
 
 - SD 1.x `FrozenCLIPEmbedder`: OpenAI CLIP ViT-L/14, stored in the checkpoint as a Hugging Face
   `CLIPTextModel` (renamed here to open_clip's layout, q/k/v fused); quick-GELU; padding 49407;
@@ -8,15 +8,16 @@
 
 Both are [SOT] + BPE + [EOT] padded to 77, a causal mask and no padding mask, and give
 [B, 77, width]. Sizes (width, blocks, vocabulary, context) are read from the checkpoint's tensors,
-so the same classes serve the full models and tiny test checkpoints. open_clip (about 2.5 s to
-import, as it pulls in torchvision, timm and transformers) is imported only when a module or a
-tokenizer is built.
+so the same classes serve the full models and tiny test checkpoints. The blocks are written here
+rather than taken from `open_clip.transformer`: that module imports torchvision, which imports
+torch's compiler stack (about 1.5 s of every load); only open_clip's tokenizer is used.
 """
 
 from __future__ import annotations
 
 import functools
 import re
+from collections import OrderedDict
 from collections.abc import Mapping
 from typing import ClassVar
 
@@ -53,7 +54,7 @@ QKV = ("q_proj", "k_proj", "v_proj")
 
 
 class _TextTower(nn.Module):
-    """Token + position embeddings, open_clip's residual attention blocks, final layer norm.
+    """Token + position embeddings, pre-norm residual attention blocks, final layer norm.
 
     The attribute names are open_clip's, so SD2 checkpoints map by dropping their prefix.
     """
@@ -67,9 +68,6 @@ class _TextTower(nn.Module):
     def __init__(self, vocab_size: int, context_length: int, width: int, layers: int, mlp_width: int,
                  layer: str = "last"):
         super().__init__()
-        _import_open_clip()
-        from open_clip.transformer import LayerNorm, QuickGELU, Transformer
-
         if layer not in self.layers_supported:
             raise ValueError(f"{type(self).__name__}: layer {layer!r} is not supported "
                              f"(choose from {', '.join(self.layers_supported)})")
@@ -78,9 +76,9 @@ class _TextTower(nn.Module):
         self.context_length = context_length
         self.token_embedding = nn.Embedding(vocab_size, width)
         self.positional_embedding = nn.Parameter(torch.empty(context_length, width))
-        self.transformer = Transformer(width, layers, heads=max(1, width // HEAD_WIDTH), mlp_ratio=mlp_width / width,
-                                       act_layer=QuickGELU if self.quick_gelu else nn.GELU, batch_first=True)
-        self.ln_final = LayerNorm(width)
+        activation = QuickGELU if self.quick_gelu else nn.GELU
+        self.transformer = _Blocks(width, layers, max(1, width // HEAD_WIDTH), mlp_width, activation)
+        self.ln_final = nn.LayerNorm(width)
 
     @classmethod
     def from_checkpoint(cls, state_dict: Mapping[str, Tensor], **yaml_params) -> _TextTower:
@@ -128,6 +126,39 @@ class _TextTower(nn.Module):
     def bpe(self):
         """The BPE tokenizer this encoder's prompts are cleaned and split with."""
         return _bpe_tokenizer(self.hf_cleaning)
+
+
+class QuickGELU(nn.Module):
+    """OpenAI CLIP's sigmoid approximation of GELU, which SD 1.x's text encoder was trained with."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
+class _ResidualAttentionBlock(nn.Module):
+    """Pre-norm block: x + attn(ln_1(x)), then x + mlp(ln_2(x)); names as open_clip stores them."""
+
+    def __init__(self, width: int, heads: int, mlp_width: int, activation: type[nn.Module]):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(width)
+        self.attn = nn.MultiheadAttention(width, heads, batch_first=True)  # in_proj_* holds q, k, v fused
+        self.ln_2 = nn.LayerNorm(width)
+        self.mlp = nn.Sequential(OrderedDict(
+            c_fc=nn.Linear(width, mlp_width), gelu=activation(), c_proj=nn.Linear(mlp_width, width)))
+
+    def forward(self, x: Tensor, attn_mask: Tensor) -> Tensor:
+        q = self.ln_1(x)
+        x = x + self.attn(q, q, q, need_weights=False, attn_mask=attn_mask)[0]
+        return x + self.mlp(self.ln_2(x))
+
+
+class _Blocks(nn.Module):
+    """Holds the blocks as `transformer.resblocks.N`, the checkpoints' path to them."""
+
+    def __init__(self, width: int, layers: int, heads: int, mlp_width: int, activation: type[nn.Module]):
+        super().__init__()
+        self.resblocks = nn.ModuleList(_ResidualAttentionBlock(width, heads, mlp_width, activation)
+                                       for _ in range(layers))
 
 
 class CLIPTextEncoder(_TextTower):
@@ -245,14 +276,14 @@ class OpenCLIPTextEncoder(_TextTower):
 
 
 @functools.cache
-def _import_open_clip() -> None:
-    """Import open_clip's text-tower and tokenizer modules without its package __init__.
+def _import_open_clip_tokenizer() -> None:
+    """Import open_clip's tokenizer module without its package __init__.
 
-    `import open_clip` registers every model family and imports timm, transformers and
-    huggingface_hub: about 1.3 s of a 5.6 s load on this project's CPU, and timm belongs to
-    depth2img alone. So the package is registered unexecuted, only `open_clip.transformer` and
-    `open_clip.tokenizer` are imported, and the package runs its own __init__ the first time any
-    other name is asked of it, so a later `open_clip.create_model(...)` in the same process works.
+    `import open_clip` registers every model family and imports torchvision, timm, transformers
+    and huggingface_hub: seconds of every load, for a tokenizer that needs none of them. So the
+    package is registered unexecuted, only `open_clip.tokenizer` is imported, and the package runs
+    its own __init__ the first time any other name is asked of it, so that a later
+    `open_clip.create_model(...)` in the same process still works.
     """
     import importlib.util
     import sys
@@ -270,7 +301,6 @@ def _import_open_clip() -> None:
     package.__getattr__ = finish_import
     sys.modules["open_clip"] = package
     import open_clip.tokenizer  # noqa: F401
-    import open_clip.transformer  # noqa: F401
 
 
 @functools.cache
@@ -278,7 +308,7 @@ def _bpe_tokenizer(hf_cleaning: bool):
     """open_clip's BPE tokenizer with its bundled vocabulary (about 0.07 s to build)."""
     import ftfy
 
-    _import_open_clip()
+    _import_open_clip_tokenizer()
     from open_clip.tokenizer import SimpleTokenizer, whitespace_clean
 
     bpe = SimpleTokenizer()
