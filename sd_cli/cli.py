@@ -76,6 +76,7 @@ OutdirOpt = Annotated[Optional[Path], typer.Option("--outdir", help="Output fold
 OutputOpt = Annotated[Optional[str], typer.Option("--output", "-o", help="Write exactly this file (a pattern like out-{index}.png for several).")]
 CompileOpt = Annotated[bool, typer.Option("--compile", help="torch.compile the UNet (CUDA graphs on CUDA): a slow first step, then much faster steps; for long runs.")]
 VaeTilingOpt = Annotated[bool, typer.Option("--vae-tiling", help="Decode large images in overlapping tiles to bound memory (slightly different pixels).")]
+OffloadOpt = Annotated[bool, typer.Option("--offload", help="Low GPU memory: keep the model in host memory and put only the part at work (text encoder, UNet, VAE) on the GPU; costs one copy of each part per batch.")]
 EmphasisOpt = Annotated[Emphasis, typer.Option("--emphasis", help="original: AUTOMATIC1111's (word), ((word)), [word], (word:1.3) weights (\\( for a literal bracket); none: brackets are plain text.", case_sensitive=False)]
 ClipSkipOpt = Annotated[Optional[int], typer.Option("--clip-skip", help="Use the text encoder's output N blocks from the end (AUTOMATIC1111's Clip skip; 2 = penultimate). Default: the model's own (SD 1.x 1, SD 2.x 2).", show_default=False)]
 EmbeddingsOpt = Annotated[Optional[Path], typer.Option("--embeddings", help="Textual inversion folder (.pt/.safetensors, used by file name in the prompt); default: checkpoints/embeddings if it exists.", show_default=False)]
@@ -137,6 +138,7 @@ def _run_options(
     precision: PrecisionOpt = "auto", device: DeviceOpt = "auto",
     ckpt: CkptOpt = None, config: ConfigOpt = None, ema: EmaOpt = False,
     outdir: OutdirOpt = None, output: OutputOpt = None, no_watermark: NoWatermarkOpt = False, compile_unet: CompileOpt = False, vae_tiling: VaeTilingOpt = False,
+    offload: OffloadOpt = False,
     emphasis: EmphasisOpt = Emphasis.original, clip_skip: ClipSkipOpt = None, embeddings: EmbeddingsOpt = None,
     vae: VaeOpt = None, lora: LoraOpt = None, lora_dir: LoraDirOpt = Path("checkpoints/lora"),
     quiet: QuietOpt = False, debug: DebugOpt = False,
@@ -282,9 +284,12 @@ def _render(mode: str, args: dict) -> None:
         skip_existing=args["skip_existing"], on_error=args["on_error"].value, json=args["json_out"],
         inpaint=_mask_options(args) if mode == "inpaint" else None,
         depth=_depth_options(args) if mode == "depth2img" else None, **_addon_options(args),
-        compile=args["compile_unet"], vae_tiling=args["vae_tiling"],
+        compile=args["compile_unet"], vae_tiling=args["vae_tiling"], offload=args["offload"],
         emphasis=args["emphasis"].value, clip_skip=_clip_skip(args["clip_skip"]), embeddings=_embeddings_dir(args["embeddings"]),
     )
+    if request.offload and request.compile:
+        raise UsageError("--offload and --compile do not go together (compiled GPU code keeps the UNet's weights "
+                         "where they were); drop one of them")
     if request.skip_save and request.skip_grid:
         raise UsageError("--skip-save together with --skip-grid would write nothing; drop one of them")
     if args["from_png"] is not None:

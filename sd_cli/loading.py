@@ -39,15 +39,22 @@ class LoadedModel:
         return self.checkpoint_path.stem
 
 
-def load_model(checkpoint_path, config_path=None, *, device="cpu", dtype=torch.float32, use_ema=False) -> LoadedModel:
+def load_model(checkpoint_path, config_path=None, *, device="cpu", dtype=torch.float32, use_ema=False,
+               offload: bool = False) -> LoadedModel:
+    """With `offload`, the weights stay on the CPU and each part runs on `device` in turn (offload.py)."""
     path = Path(checkpoint_path)
     checkpoint = read_checkpoint(path)
     config, measure_v = choose_config(path, config_path, checkpoint)
     weights = select_weights(checkpoint.state_dict, use_ema, path.name)
     global_step = checkpoint.global_step
     del checkpoint  # from here on only `weights` holds the file's tensors
-    model = build_and_load(config, weights, path.name, device=device, dtype=dtype, mapped_file=MappedFile(path))
+    home = "cpu" if offload else device
+    model = build_and_load(config, weights, path.name, device=home, dtype=dtype, mapped_file=MappedFile(path))
     model.eval()
+    if offload:
+        from sd_cli.offload import enable_offload
+
+        enable_offload(model, device)
     if measure_v:
         model = _settle_parameterization(model, path.name)
     return LoadedModel(model, path, model.config.source, global_step)

@@ -45,6 +45,7 @@ class RunRequest:
     depth: "DepthOptions | None" = None  # depth2img: --depth-map, --depth-model, --save-depth (depth.py)
     compile: bool = False  # --compile: torch.compile the UNet (speed.py)
     vae_tiling: bool = False  # --vae-tiling: decode large images in tiles (tiling.py)
+    offload: bool = False  # --offload: weights in host memory, one part on the GPU at a time (offload.py)
     emphasis: str = "original"  # --emphasis: AUTOMATIC1111's (text:1.2) weights, or "none" (prompts.py)
     clip_skip: int | None = None  # --clip-skip N; None: the model's own layer
     embeddings: Path | None = None  # --embeddings DIR; None: checkpoints/embeddings if it exists
@@ -176,8 +177,9 @@ def _load(request: RunRequest, rank):
     checkpoint = resolve_checkpoint(request.checkpoint)
     device = resolve_device(distributed.device_name(request.device, rank))
     dtype = resolve_dtype(request.precision, device)
+    offload = _wants_offload(request, device)
     started = time.perf_counter()
-    loaded = load_model(checkpoint, request.config, device=device, dtype=dtype, use_ema=request.ema)
+    loaded = load_model(checkpoint, request.config, device=device, dtype=dtype, use_ema=request.ema, offload=offload)
     log.info(f"loaded {checkpoint} in {time.perf_counter() - started:.1f}s")
     loaded.model.vae_tiling = request.vae_tiling
     from sd_cli.prompts import configure
@@ -195,6 +197,15 @@ def _load(request: RunRequest, rank):
 
         compile_model(loaded.model)
     return loaded
+
+
+def _wants_offload(request: RunRequest, device) -> bool:
+    if not request.offload:
+        return False
+    if device.type == "cpu":
+        log.info("--offload: the model already runs in host memory on the CPU; nothing to offload")
+        return False
+    return True
 
 
 def _try_batch(loaded, request: RunRequest, batch: list[Job], report: RunReport, label: str):

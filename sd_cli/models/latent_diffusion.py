@@ -49,6 +49,7 @@ class LatentDiffusion(nn.Module):
         self.first_stage_model = AutoencoderKL(**config.vae_params)
         self.cond_stage_model = text_encoder
         self.vae_tiling = False  # --vae-tiling: decode in tiles (sd_cli/tiling.py)
+        self.offload = None  # --offload: sd_cli/offload.py puts each part on the GPU when it is used
         self.text_options = None  # prompts.TextOptions (--emphasis, --embeddings); None: the defaults
         self.alphas_cumprod = linear_alphas_cumprod(config.linear_start, config.linear_end, config.timesteps)
 
@@ -66,21 +67,31 @@ class LatentDiffusion(nn.Module):
 
     @property
     def device(self) -> torch.device:
+        """Where the computation runs (with --offload the weights wait on the CPU in between)."""
+        if self.offload is not None:
+            return self.offload.device
         return next(self.model.parameters()).device
+
+    def _ready(self, part: str) -> None:
+        if self.offload is not None:
+            self.offload.use(part)
 
     def encode_text(self, prompts: list[str]) -> torch.Tensor:
         """[B, 77·chunks, D] conditioning for a list of prompts (prompts.py: emphasis, BREAK, long
         prompts, embeddings); [B, 77, D], the original's, for a plain prompt of up to 75 tokens."""
         from sd_cli.prompts import TextOptions, encode_prompts
 
+        self._ready("text encoder")
         return encode_prompts(self.cond_stage_model, prompts, self.text_options or TextOptions())
 
     def unet(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        self._ready("UNet")
         dtype = self.dtype
         return self.model.diffusion_model(x.to(dtype), t, context.to(dtype))
 
     def encode_image(self, image: torch.Tensor) -> torch.Tensor:
         """[B, 3, H, W] in [-1, 1] -> scaled latent [B, 4, H/8, W/8]: the posterior mean (no sampling)."""
+        self._ready("VAE")
         mean, _ = self.first_stage_model.encode_moments(image.to(self.device, self.dtype))
         return mean * self.config.scale_factor
 
@@ -93,6 +104,7 @@ class LatentDiffusion(nn.Module):
         if not torch.isfinite(latents).all():
             raise NumericsError(f"the UNet produced NaN or inf values in {self.dtype}; no image was saved. "
                                 "Try --precision fp32 or other settings (a lower --scale)")
+        self._ready("VAE")
         z = latents.to(self.device, self.dtype) / self.config.scale_factor
         images = self._vae_decode(self.first_stage_model, z)
         if torch.isfinite(images).all():
