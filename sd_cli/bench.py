@@ -41,7 +41,8 @@ def main(argv=None) -> None:
     if "load" in only:
         results["load"] = bench_load(ckpt, st, args.repeats)
     if "cpu-step" in only:
-        results["cpu-step"] = bench_steps(st, "cpu", args.precision or "fp32", args.repeats, args.steps, 512)
+        results["cpu-step"] = bench_steps(st, "cpu", args.precision or "fp32", args.repeats, args.steps, 512,
+                                          compile_unet=args.compile)
     if "batch" in only:
         results["batch"] = bench_batches(st, args.device, args.precision or "auto", args.steps, args.size)
         _save(results, args.json_out)

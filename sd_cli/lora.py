@@ -99,15 +99,24 @@ class LoraMerger:
         self.model = model
         self.originals: dict = {}  # parameter name -> its value as loaded
         self.current: tuple[LoraUse, ...] = ()
+        self.applied = False  # whether any batch has run (with --compile on the CPU, its weights are final)
         self._files: dict[Path, dict] = {}
 
     def apply(self, uses: tuple[LoraUse, ...]) -> None:
+        if uses == self.current and self.applied:
+            return
+        if self.applied and getattr(self.model, "unet_weights_frozen", False):
+            shown = ", ".join(u.name for u in uses) or "none"
+            raise UsageError(f"--compile on the CPU builds the first batch's weights into the compiled UNet, so a "
+                             f"later batch cannot change its LoRAs (to: {shown}); render those prompts in a "
+                             "separate run, or drop --compile")
+        self.applied = True
         if uses == self.current:
             return
         self.restore()
         import torch
 
-        params = dict(self.model.named_parameters())
+        params = _parameters(self.model)
         for use in uses:
             if use.weight == 0:
                 continue
@@ -125,7 +134,7 @@ class LoraMerger:
     def restore(self) -> None:
         import torch
 
-        params = dict(self.model.named_parameters())
+        params = _parameters(self.model)
         with torch.no_grad():
             for target, original in self.originals.items():
                 params[target].copy_(original)
@@ -182,9 +191,14 @@ def _delta(parts: dict, weight_shape: tuple, rows, where: str):
     return delta.reshape(shape) * (alpha / rank)
 
 
+def _parameters(model) -> dict:
+    """Parameters under their checkpoint names: a --compile'd UNet adds `_orig_mod.` to its own."""
+    return {name.replace("._orig_mod.", "."): p for name, p in model.named_parameters()}
+
+
 def _module_names(model) -> dict[str, tuple]:
     """Parameter name -> shape, for the UNet and text encoder weights a LoRA may adapt."""
-    return {name: tuple(p.shape) for name, p in model.named_parameters()
+    return {name: tuple(p.shape) for name, p in _parameters(model).items()
             if name.endswith("weight") and name.startswith(("model.diffusion_model.", "cond_stage_model."))}
 
 

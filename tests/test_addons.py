@@ -242,3 +242,24 @@ def test_hires_strength_zero_keeps_the_upscaled_latent(sd1_ckpt):
     big = txt2img_hires(model, ["a cat"], [""], [7], params, 64, 64, HiresOptions(scale=2, strength=0.0, upscaler="latent-nearest"))
     expected = model.decode_latents(small.repeat_interleave(2, -1).repeat_interleave(2, -2))
     torch.testing.assert_close(big, expected)
+
+
+def test_cpu_compile_keeps_the_first_batchs_lora_and_refuses_a_change(run_cli, sd1_ckpt, tmp_path):
+    """--compile on the CPU freezes the UNet's weights at the first step: one LoRA set renders as eager
+    does; a later batch asking for another set is refused, not rendered with stale weights."""
+    from sd_cli.loading import load_model
+
+    lora_dir = tmp_path / "lora"
+    lora_dir.mkdir()
+    _kohya_lora(load_model(sd1_ckpt).model, lora_dir / "style.safetensors")
+    common = ["--ckpt", sd1_ckpt, *FAST, "--lora-dir", lora_dir]
+    eager = run_cli("txt2img", "a cat <lora:style:1>", *common, "-o", tmp_path / "eager.png")
+    compiled = run_cli("txt2img", "a cat <lora:style:1>", *common, "--compile", "-o", tmp_path / "compiled.png")
+    assert eager.code == 0 and compiled.code == 0, compiled.stderr
+    assert np.abs(_pixels(tmp_path / "eager.png").astype(int) - _pixels(tmp_path / "compiled.png")).max() <= 2
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a cat <lora:style:1>\na dog\n")
+    switched = run_cli("txt2img", "--from-file", prompts, *common, "--compile", "--outdir", tmp_path / "out")
+    assert switched.code == 2
+    assert "cannot change its LoRAs (to: none)" in switched.stderr
+    assert "Traceback" not in switched.stderr
