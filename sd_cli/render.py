@@ -437,6 +437,7 @@ class _Writer:
     def _record(self, path: Path, job: Job, shape, timings: dict) -> dict:
         """The --json object of a written image (the same fields `sd-cli info --json` reads back)."""
         from sd_cli.checkpoint import model_hash
+        from sd_cli.metadata import parse_infotext
 
         record = {"path": str(path), "index": job.index, "line": job.line, "prompt": job.prompt,
                   "negative_prompt": job.negative_prompt, "seed": job.seed, "sampler": job.sampler,
@@ -446,6 +447,8 @@ class _Writer:
             record.update(strength=job.strength, init_img=str(job.init_img))
         if job.mask is not None:
             record["mask"] = str(job.mask)
+        # every field of the PNG's infotext (Clip skip, Lora hashes, VAE, Hires ...), as `info --json` gives them
+        record["parameters"] = parse_infotext(self._infotext(job, shape))[2]
         record["timings"] = timings
         return record
 

@@ -213,8 +213,9 @@ def test_a_run_that_would_write_nothing_is_refused(run_cli, sd1_ckpt, tmp_path):
 
 def test_info_text_and_json(run_cli, sd1_ckpt, tmp_path):
     out = tmp_path / "a.png"
-    made = run_cli("txt2img", "a fox, at night", "-n", "blurry", "--ckpt", sd1_ckpt, *FAST, "-o", out, "--json")
-    assert made.code == 0
+    made = run_cli("txt2img", "a fox, at night", "-n", "blurry", "--ckpt", sd1_ckpt, *FAST, "--clip-skip", "2",
+                   "-o", out, "--json")
+    assert made.code == 0, made.stderr
     text = run_cli("info", out)
     assert text.code == 0 and text.stdout.startswith("a fox, at night\nNegative prompt: blurry\nSteps: 1, Sampler: DDIM")
     info = run_cli("info", "--json", out)
@@ -222,6 +223,8 @@ def test_info_text_and_json(run_cli, sd1_ckpt, tmp_path):
     for key in ("path", "prompt", "negative_prompt", "seed", "steps", "scale", "sampler", "width", "height", "model", "model_hash"):
         assert record[key] == written[key], key
     assert record["parameters"]["Version"].startswith("sd_cli")
+    assert written["parameters"] == record["parameters"]  # every infotext field, e.g. Clip skip, in both
+    assert written["parameters"]["Clip skip"] == "2"
 
 
 def test_info_errors_are_one_line(run_cli, tmp_path):
