@@ -7,6 +7,7 @@ whole 2.1 GB, and for SD 2.x the 0.7 GB text encoder never shares the GPU with t
 is one host-to-GPU copy of each part per batch (a few hundred milliseconds for the UNet over PCIe),
 not per step: the UNet stays on the GPU for all of its steps.
 
+depth2img's MiDaS estimator (0.5 GB in fp32) is not one of the parts: once built it stays on the GPU.
 The parts are moved whole (model-level offload), not layer by layer: layer-level offload would
 copy the UNet's weights at every step, which costs far more time than the GPUs it targets save.
 """
