@@ -111,8 +111,6 @@ class LoraMerger:
                              f"later batch cannot change its LoRAs (to: {shown}); render those prompts in a "
                              "separate run, or drop --compile")
         self.applied = True
-        if uses == self.current:
-            return
         self.restore()
         import torch
 
