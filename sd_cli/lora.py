@@ -86,6 +86,12 @@ def resolve(name: str, lora_dir: Path) -> Path:
                      "put it in --lora-dir or give its path")
 
 
+def uses_for(flag_loras, prompt: str, lora_dir: Path) -> tuple[LoraUse, ...]:
+    """The LoRAs one image uses: --lora's (name, weight) pairs, then the prompt's tags, as files."""
+    named = list(flag_loras) + list(prompt_tags(prompt))
+    return tuple(LoraUse(resolve(name, lora_dir), weight) for name, weight in named)
+
+
 # -- merging -----------------------------------------------------------------------------------
 
 class LoraMerger:

@@ -7,16 +7,14 @@ The jobs (one per image, from jobs.py) carry their own seed and file name. So:
 - Ctrl-C stops after the image being written (no half file) and reports what was written.
 """
 
-import json
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sd_cli import __version__, distributed, log
+from sd_cli import distributed, log
 from sd_cli.errors import OutputError, PartialFailure, SdCliError, UsageError
-from sd_cli.jobs import Job, sampler_id
-from sd_cli.sampling.samplers import label as sampler_label
+from sd_cli.image_writer import ImageWriter
+from sd_cli.jobs import Job
 
 
 @dataclass
@@ -123,7 +121,7 @@ def _render_jobs(request: RunRequest, jobs: list[Job], targets: dict, rank, repo
         _inpaint_canvas(request, jobs[0]) if request.mode == "inpaint" else _init_image(request.mode, jobs[0])
     loaded = _load(request, rank)
     _check_model_fits(request.mode, loaded.model)
-    writer = _Writer(request, loaded, targets, report, grid=_grid_wanted(request, rank))
+    writer = ImageWriter(request, loaded, targets, report.written, grid=_grid_wanted(request, rank))
     log.info(f"{len(jobs)} image(s), {_describe(jobs[0])}, {str(loaded.model.dtype).replace('torch.', '')} "
              f"on {loaded.model.device}" + (f" (rank {rank.rank} of {rank.world})" if rank.distributed else ""))
     done = 0
@@ -132,7 +130,7 @@ def _render_jobs(request: RunRequest, jobs: list[Job], targets: dict, rank, repo
             done += len(batch)
             images, seconds = _try_batch(loaded, request, batch, report, f"{done - len(batch) + 1}-{done} of {len(jobs)}")
             if images is not None:
-                writer.add(batch, images, seconds)
+                writer.add(batch, _finished(request, batch, images), seconds)
             del images
         writer.finish()
     except KeyboardInterrupt:
@@ -276,17 +274,10 @@ def _apply_loras(model, request: RunRequest, batch: list[Job]) -> list[str]:
     This is the one place the tags leave the prompt: the text encoder never sees them, the PNG
     records the prompt as typed. The jobs of a batch share their tags (Job.batch_key).
     """
-    from sd_cli.lora import strip_tags
+    from sd_cli.lora import strip_tags, uses_for
 
-    model.loras.apply(_lora_uses(request, batch[0]))
+    model.loras.apply(uses_for(request.loras, batch[0].prompt, request.lora_dir))
     return [strip_tags(job.prompt) for job in batch]
-
-
-def _lora_uses(request: RunRequest, job: Job) -> tuple:
-    from sd_cli.lora import LoraUse, prompt_tags, resolve
-
-    named = list(request.loras) + list(prompt_tags(job.prompt))
-    return tuple(LoraUse(resolve(name, request.lora_dir), weight) for name, weight in named)
 
 
 def _check_model_fits(mode: str, model) -> None:
@@ -336,8 +327,12 @@ def _depth_source(request: RunRequest):
     return _depth_sources[request.depth]
 
 
-def _finished(request: RunRequest, batch: list[Job], images: list) -> list:
-    """inpaint: crop the padding and paste the kept pixels back, in uint8 so that they stay exact."""
+def _finished(request: RunRequest, batch: list[Job], decoded) -> list:
+    """The batch's images as uint8 [H, W, 3] arrays; inpaint: the padding cropped and the kept
+    pixels pasted back, in uint8 so that they stay exact."""
+    from sd_cli.images import to_uint8
+
+    images = to_uint8(decoded)
     if request.mode != "inpaint":
         return images
     return [_inpaint_canvas(request, job).finish(image) for job, image in zip(batch, images)]
@@ -374,122 +369,3 @@ def _finish(report: RunReport, rank, resumable: bool) -> None:
     if failed:
         hint = "; fix them and rerun with --skip-existing to render only what is missing" if resumable else ""
         raise PartialFailure(f"{failed} of {written + failed + skipped} image(s) failed (see above){hint}")
-
-
-def _emit(line: str) -> None:
-    """One line on stdout in one write, so lines of parallel ranks sharing a pipe do not interleave."""
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
-
-
-class _Writer:
-    """Turns decoded batches into watermarked PNGs with metadata; builds the grid at the end."""
-
-    def __init__(self, request: RunRequest, loaded, targets: dict, report: RunReport, grid: bool):
-        from sd_cli.output import OutputPlan
-
-        self.request, self.loaded, self.targets, self.report = request, loaded, targets, report
-        self.plan = OutputPlan(request.outdir)
-        self.grid_images = [] if grid else None
-        self.first: tuple | None = None  # the first image's job and shape, for the grid's infotext
-
-    def add(self, batch: list[Job], decoded, seconds: float) -> None:
-        from sd_cli.images import to_uint8
-
-        for job, image in zip(batch, _finished(self.request, batch, to_uint8(decoded))):
-            self.first = self.first or (job, image.shape)
-            started = time.perf_counter()
-            image = self._watermarked(image)
-            if self.grid_images is not None:
-                self.grid_images.append(image)
-            if not self.request.skip_save:
-                path = self._save(job, image)
-                timings = {"sample_s": round(seconds / len(batch), 4), "write_s": round(time.perf_counter() - started, 4)}
-                self._announce(path, job, image.shape, timings)
-
-    def finish(self) -> None:
-        if self.grid_images is None or len(self.grid_images) < 2:
-            return
-        from sd_cli.images import make_grid
-
-        grid = self._watermarked(make_grid(self.grid_images, self.request.n_rows or self.request.batch_size))
-        path = self.plan.save_grid(grid, self._infotext(*self.first))  # not counted: the samples are the images
-        _emit(json.dumps({"path": str(path), "grid": True}) if self.request.json else str(path))
-
-    def _save(self, job: Job, image) -> Path:
-        from sd_cli.output import save_png
-
-        infotext = self._infotext(job, image.shape)
-        target = self.targets[job.index]
-        return self.plan.save_sample(image, infotext) if target is None else save_png(image, target, infotext)
-
-    def _announce(self, path: Path, job: Job, shape, timings: dict) -> None:
-        self.report.written.append(path)
-        _emit(json.dumps(self._record(path, job, shape, timings), ensure_ascii=False) if self.request.json else str(path))
-
-    def _watermarked(self, image):
-        if not self.request.watermark:
-            return image
-        from sd_cli.watermark import add_watermark
-
-        return add_watermark(image, self.loaded.model.watermark_text)
-
-    def _record(self, path: Path, job: Job, shape, timings: dict) -> dict:
-        """The --json object of a written image (the same fields `sd-cli info --json` reads back)."""
-        from sd_cli.checkpoint import model_hash
-        from sd_cli.metadata import parse_infotext
-
-        record = {"path": str(path), "index": job.index, "line": job.line, "prompt": job.prompt,
-                  "negative_prompt": job.negative_prompt, "seed": job.seed, "sampler": job.sampler,
-                  "steps": job.steps, "scale": job.scale, "eta": job.eta, "width": shape[1], "height": shape[0],
-                  "model": self.loaded.name, "model_hash": model_hash(self.loaded.checkpoint_path)}
-        if job.init_img is not None:
-            record.update(strength=job.strength, init_img=str(job.init_img))
-        if job.mask is not None:
-            record["mask"] = str(job.mask)
-        # every field of the PNG's infotext (Clip skip, Lora hashes, VAE, Hires ...), as `info --json` gives them
-        record["parameters"] = parse_infotext(self._infotext(job, shape))[2]
-        record["timings"] = timings
-        return record
-
-    def _infotext(self, job: Job, shape) -> str:
-        from sd_cli.checkpoint import model_hash
-        from sd_cli.metadata import format_infotext
-
-        fields = {"Steps": job.steps, "Sampler": sampler_label(job.sampler), "CFG scale": job.scale,
-                  "Seed": job.seed, "Size": f"{shape[1]}x{shape[0]}", "Model hash": model_hash(self.loaded.checkpoint_path),
-                  "Model": self.loaded.name}
-        if job.init_img is not None:
-            fields["Denoising strength"] = job.strength
-        if self.request.inpaint is not None:
-            blur = self.request.inpaint.blur
-            fields["Mask blur"] = int(blur) if blur == int(blur) else blur
-        if job.eta:
-            fields["Eta"] = job.eta
-        fields.update(self._addon_fields(job))
-        if sampler_id(fields["Sampler"]) != job.sampler:  # "DPM++ 2M" reads back as dpmpp_2m, not dpm
-            fields["Sampler id"] = job.sampler
-        from sd_cli.prompts import infotext_fields
-
-        fields.update(infotext_fields(self.loaded.model, job.prompt, job.negative_prompt))
-        fields["Version"] = f"sd_cli {__version__}"
-        return format_infotext(job.prompt, job.negative_prompt, fields)
-
-    def _addon_fields(self, job: Job) -> dict:
-        """AUTOMATIC1111's fields for hires fix, --vae and LoRA."""
-        from sd_cli.checkpoint import model_hash
-        from sd_cli.lora import lora_hashes
-
-        fields = {}
-        hires = self.request.hires
-        if hires is not None and job.init_img is None:
-            native = self.loaded.model.config.native_size  # AUTOMATIC1111: Size is the first pass's size
-            fields.update({"Size": f"{job.width or native}x{job.height or native}",
-                           "Denoising strength": hires.strength, "Hires upscale": hires.scale,
-                           "Hires steps": hires.steps or job.steps, "Hires upscaler": hires.upscaler_label})
-        if self.request.vae is not None:
-            fields.update({"VAE hash": model_hash(self.request.vae), "VAE": self.request.vae.name})
-        uses = _lora_uses(self.request, job)
-        if uses:
-            fields["Lora hashes"] = lora_hashes(uses)
-        return fields
