@@ -258,11 +258,13 @@ def train_vae(vae: AutoencoderKL, args, rng, generator, clock: Clock) -> None:
 
 
 def load_vae(vae: AutoencoderKL, checkpoint: Path) -> None:
-    from safetensors.torch import load_file
+    """The first_stage_model.* weights of an sd_cli or original checkpoint (.ckpt or .safetensors)."""
+    from sd_cli.checkpoint import read_checkpoint
+    from sd_cli.vae_file import original_vae_keys
 
-    prefix = "first_stage_model."
-    weights = {k[len(prefix):]: v.float() for k, v in load_file(str(checkpoint)).items() if k.startswith(prefix)}
-    vae.load_state_dict(weights, strict=True)
+    state = read_checkpoint(checkpoint).state_dict
+    weights = original_vae_keys({k: v for k, v in state.items() if k.startswith("first_stage_model.")})
+    vae.load_state_dict({k: v.float() for k, v in weights.items()}, strict=True)
 
 
 @torch.no_grad()

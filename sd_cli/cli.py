@@ -37,6 +37,7 @@ def _render_command(mode: str, own_options, after_sampling=None):
         from sd_cli.cli_request import build_request
         from sd_cli.render import run
 
+        log.set_quiet(args["quiet"])  # before anything is logged, flag checks included
         run(build_request(mode, args))
 
     command.__signature__ = inspect.Signature(params)

@@ -17,7 +17,6 @@ def build_request(mode: str, args: dict):
 
 
 def _check_run_flags(args: dict) -> None:
-    log.set_quiet(args["quiet"])
     for flag, message in UNSUPPORTED.items():
         if args.get(flag):
             raise UsageError(message)

@@ -41,9 +41,10 @@ class ImageWriter:
             if self.grid_images is not None:
                 self.grid_images.append(image)
             if not self.request.skip_save:
-                path = self._save(job, image)
+                infotext = self._infotext(job, image.shape)  # once: the PNG and the --json record share it
+                path = self._save(job, image, infotext)
                 timings = {"sample_s": round(seconds / len(batch), 4), "write_s": round(time.perf_counter() - started, 4)}
-                self._announce(path, job, image.shape, timings)
+                self._announce(path, job, image.shape, infotext, timings)
 
     def finish(self) -> None:
         if self.grid_images is None or len(self.grid_images) < 2:
@@ -54,16 +55,18 @@ class ImageWriter:
         path = self.plan.save_grid(grid, self._infotext(*self.first))  # not counted: the samples are the images
         _emit(json.dumps({"path": str(path), "grid": True}) if self.request.json else str(path))
 
-    def _save(self, job: Job, image) -> Path:
+    def _save(self, job: Job, image, infotext: str) -> Path:
         from sd_cli.output import save_png
 
-        infotext = self._infotext(job, image.shape)
         target = self.targets[job.index]
         return self.plan.save_sample(image, infotext) if target is None else save_png(image, target, infotext)
 
-    def _announce(self, path: Path, job: Job, shape, timings: dict) -> None:
+    def _announce(self, path: Path, job: Job, shape, infotext: str, timings: dict) -> None:
         self.written.append(path)
-        _emit(json.dumps(self._record(path, job, shape, timings), ensure_ascii=False) if self.request.json else str(path))
+        if self.request.json:
+            _emit(json.dumps(self._record(path, job, shape, infotext, timings), ensure_ascii=False))
+        else:
+            _emit(str(path))
 
     def _watermarked(self, image):
         if not self.request.watermark:
@@ -72,7 +75,7 @@ class ImageWriter:
 
         return add_watermark(image, self.loaded.model.watermark_text)
 
-    def _record(self, path: Path, job: Job, shape, timings: dict) -> dict:
+    def _record(self, path: Path, job: Job, shape, infotext: str, timings: dict) -> dict:
         """The --json object of a written image (the same fields `sd-cli info --json` reads back)."""
         from sd_cli.checkpoint import model_hash
         from sd_cli.metadata import parse_infotext
@@ -86,7 +89,7 @@ class ImageWriter:
         if job.mask is not None:
             record["mask"] = str(job.mask)
         # every field of the PNG's infotext (Clip skip, Lora hashes, VAE, Hires ...), as `info --json` gives them
-        record["parameters"] = parse_infotext(self._infotext(job, shape))[2]
+        record["parameters"] = parse_infotext(infotext)[2]
         record["timings"] = timings
         return record
 

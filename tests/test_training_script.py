@@ -41,14 +41,14 @@ def test_offset_adds_one_constant_per_image_and_channel(train):
     assert abs(within - 1.0) < 0.01  # around the constant, still unit Gaussian noise
 
 
-def miniature_run(train, folder: Path) -> tuple[Path, Path, str]:
-    """(the YAML copy it rewrote, the checkpoint, its log)."""
+def miniature_run(train, folder: Path, extra: tuple = ()) -> tuple[Path, Path, str]:
+    """(the YAML copy it rewrote, the checkpoint, its log); `extra` flags override MINIATURE's."""
     folder.mkdir(parents=True, exist_ok=True)
     config, out = folder / "tiny.yaml", folder / "tiny.safetensors"
     shutil.copy(ROOT / "configs" / "sd-cli-tiny.yaml", config)
     log = io.StringIO()
     with contextlib.redirect_stdout(log):
-        train.main(MINIATURE + ["--config", str(config), "--out", str(out)])
+        train.main(MINIATURE + ["--config", str(config), "--out", str(out), *extra])
     return config, out, log.getvalue()
 
 
@@ -94,3 +94,16 @@ def test_same_seed_same_weights(train, miniature, tmp_path):
     different = [k for k in first if not torch.equal(first[k], second[k])]
     assert different == []
     assert not np.allclose(first["model.diffusion_model.out.2.weight"].float().numpy(), 0)  # it did train
+
+
+def test_vae_from_takes_the_given_checkpoints_vae(train, miniature, tmp_path):
+    """--vae-from skips stage (a): the new file's VAE is the given one, tensor for tensor."""
+    from safetensors.torch import load_file
+
+    source = load_file(str(miniature[1]))
+    config, out, log = miniature_run(train, tmp_path, extra=["--seed", "4", "--vae-from", str(miniature[1])])
+    assert "VAE taken from" in log and "vae 1/2" not in log
+    made = load_file(str(out))
+    vae_keys = [k for k in source if k.startswith("first_stage_model.")]
+    assert vae_keys and all(torch.equal(made[k], source[k]) for k in vae_keys)
+    assert not torch.equal(made["model.diffusion_model.out.2.weight"], source["model.diffusion_model.out.2.weight"])
