@@ -100,22 +100,24 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--max-minutes", type=float, default=None, help="stop stage (c) early after this wall time")
     g = p.add_argument_group("(a) VAE")
-    g.add_argument("--vae-steps", type=int, default=2000)
-    g.add_argument("--vae-batch", type=int, default=32)
+    g.add_argument("--vae-steps", type=int, default=3000)
+    g.add_argument("--vae-batch", type=int, default=8)
     g.add_argument("--vae-crop", type=int, default=128, help="train on random crops of this side (128: whole scenes)")
     g.add_argument("--vae-lr", type=float, default=2e-3)
     g.add_argument("--kl-weight", type=float, default=1e-5)
     g.add_argument("--vae-from", type=Path, default=None,
                    help="skip (a): take the VAE from this sd_cli checkpoint (for experiments on stage (c))")
     g = p.add_argument_group("(c) UNet and text encoder")
-    g.add_argument("--steps", type=int, default=1800)
-    g.add_argument("--batch", type=int, default=256)
+    g.add_argument("--steps", type=int, default=2400)
+    g.add_argument("--batch", type=int, default=64)
     g.add_argument("--lr", type=float, default=1e-3)
-    g.add_argument("--latent-scenes", type=int, default=20000, help="scenes encoded once for stage (c)")
+    g.add_argument("--latent-scenes", type=int, default=10000, help="scenes encoded once for stage (c)")
     g.add_argument("--uncond-prob", type=float, default=0.1)
     g.add_argument("--ema", type=float, default=0.999)
-    g.add_argument("--noise-offset", type=float, default=0.0,
+    g.add_argument("--noise-offset", type=float, default=0.25,
                    help="std of a per-image, per-channel constant added to the training noise")
+    g.add_argument("--noise-offset-from", type=int, default=800,
+                   help="add the offset only where t >= this timestep (0: at every timestep)")
     return p.parse_args(argv)
 
 
@@ -359,8 +361,9 @@ class Ema:
             p.copy_(s)
 
 
-def training_noise(shape, offset: float, generator) -> torch.Tensor:
-    """Gaussian noise plus, per image and channel, a constant of std `offset` ("offset noise").
+def training_noise(shape, offset: float, generator, offset_rows: torch.Tensor | None = None) -> torch.Tensor:
+    """Gaussian noise plus, per image and channel, a constant of std `offset` ("offset noise"),
+    for the images where `offset_rows` (bool, [B]) is true, or for all when it is None.
 
     Why: SD's schedule never reaches pure noise (sqrt(alphas_cumprod[999]) = 0.068), so at the
     highest t the mean of x_t still shows the latent's mean, which for these scenes is the
@@ -368,11 +371,17 @@ def training_noise(shape, offset: float, generator) -> torch.Tensor:
     the background from the caption, and at sampling time the mean of the initial noise picks the
     background at random. A random constant in the noise hides the leaked mean; sampling is
     unchanged (plain Gaussian noise is the zero-offset case of what the model was trained on).
+    The leak only matters where the background is still undecided, the highest timesteps; below
+    them the offset is a burden (the model must tell it apart from the image's own mean), hence
+    `offset_rows`.
     """
     noise = torch.randn(shape, generator=generator, device=generator.device)
     if offset:
         batch, channels = shape[:2]
-        noise += offset * torch.randn((batch, channels, 1, 1), generator=generator, device=generator.device)
+        constants = offset * torch.randn((batch, channels, 1, 1), generator=generator, device=generator.device)
+        if offset_rows is not None:
+            constants *= offset_rows.view(-1, 1, 1, 1)
+        noise += constants
     return noise
 
 
@@ -392,7 +401,7 @@ def train_diffusion(unet, text, latents, scenes, scale_factor, config, args, rng
         rows = torch.from_numpy(index).to(device)
         x0 = sample_posterior(mean[rows], std[rows], generator, is_std=True) * scale_factor  # [B, 4, 16, 16]
         t = torch.randint(0, config.timesteps, (args.batch,), generator=generator, device=device)
-        eps = training_noise(x0.shape, args.noise_offset, generator)
+        eps = training_noise(x0.shape, args.noise_offset, generator, offset_rows=t >= args.noise_offset_from)
         a_t = alphas_cumprod[t].view(-1, 1, 1, 1)
         x_t = a_t.sqrt() * x0 + (1 - a_t).sqrt() * eps
         with autocast(args, device):

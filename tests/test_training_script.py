@@ -41,6 +41,17 @@ def test_offset_adds_one_constant_per_image_and_channel(train):
     assert abs(within - 1.0) < 0.01  # around the constant, still unit Gaussian noise
 
 
+
+def test_offset_only_on_the_rows_asked_for(train):
+    """--noise-offset-from: images below the threshold timestep get the plain noise."""
+    rows = torch.tensor([True, False, True, False])
+    got = train.training_noise((4, 4, 8, 8), 0.25, torch.Generator().manual_seed(3), offset_rows=rows)
+    plain = torch.randn((4, 4, 8, 8), generator=torch.Generator().manual_seed(3))
+    assert torch.equal(got[~rows], plain[~rows])
+    shift = (got - plain)[rows]  # one constant per (image, channel), of the offset's size
+    assert torch.allclose(shift, shift[:, :, :1, :1].expand_as(shift))
+    assert 0.01 < shift[:, :, 0, 0].abs().mean().item() < 1.0
+
 def miniature_run(train, folder: Path, extra: tuple = ()) -> tuple[Path, Path, str]:
     """(the YAML copy it rewrote, the checkpoint, its log); `extra` flags override MINIATURE's."""
     folder.mkdir(parents=True, exist_ok=True)
