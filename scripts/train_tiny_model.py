@@ -1,9 +1,9 @@
 """Train sd_cli's tiny model from a seed and write it as an original SD 1.x checkpoint.
 
-    python scripts/train_tiny_model.py --seed 0 --device cuda   # the shipped model: ~4 min on one H100
-    python scripts/train_tiny_model.py --seed 0 --vae-batch 8 --vae-steps 3000 --batch 64 \
-        --steps 2400 --latent-scenes 10000 --noise-offset 0.25   # one hour on 2 CPU cores (see Time)
-    python scripts/eval_tiny_model.py                           # then score it
+    python scripts/train_tiny_model.py --seed 0      # the shipped model: 62 min on 2 CPU cores
+    python scripts/eval_tiny_model.py                # then score it (the README has the table)
+    python scripts/train_tiny_model.py --seed 0 --device cuda --vae-batch 32 --vae-steps 2000 \
+        --batch 256 --steps 1800 --latent-scenes 20000 --noise-offset 0   # the earlier H100 model
 
 Recipe (the defaults; every number is a flag):
 
@@ -13,8 +13,8 @@ Recipe (the defaults; every number is a flag):
 - Model: the architecture in configs/sd-cli-tiny.yaml (one source of truth for the UNet and VAE
   sizes), built with sd_cli's own classes; the text encoder is a CLIP text tower of width
   `context_dim` (64: one head), 3 layers, on the CLIP tokenizer's 49408-token vocabulary.
-- (a) VAE: AutoencoderKL (f=8, 4 latent channels, double_z) on whole 128 px scenes, batch 32,
-  2000 steps; loss L1 + MSE on a posterior sample + 1e-5 x KL (mean per element); no GAN, no
+- (a) VAE: AutoencoderKL (f=8, 4 latent channels, double_z) on whole 128 px scenes, batch 8,
+  3000 steps; loss L1 + MSE on a posterior sample + 1e-5 x KL (mean per element); no GAN, no
   LPIPS. AdamW lr 2e-3, 100 warm-up steps, cosine decay to 10%. Then fresh scenes are encoded,
   decoded and scored with the shape detectors, which must see what was rendered.
   (Training on 64 px crops is 4x cheaper but left large flat areas off-colour at 128 px: the
@@ -23,32 +23,31 @@ Recipe (the defaults; every number is a flag):
   `scale_by_std`; written into the YAML.
 - (c) UNet + text encoder, trained together from scratch on the eps objective with SD's
   schedule (betas = linspace(sqrt(0.00085), sqrt(0.012), 1000, float64)**2, t uniform), batch
-  256, 1800 steps. Latents of 20000 scenes are encoded once (mean, std) and re-sampled every
+  64, 2400 steps. Latents of 10000 scenes are encoded once (mean, std) and re-sampled every
   step; captions are drawn afresh every step and replaced by "" 10% of the time so that
   classifier-free guidance works. Output convs start at zero, as in the original UNet.
   AdamW lr 1e-3, weight decay 0.01, 200 warm-up steps, cosine decay to 10%, EMA 0.999 (with
-  the usual (1+n)/(10+n) warm-up); the EMA weights are the ones saved. --noise-offset adds a
-  random per-image, per-channel constant to the noise (see `training_noise`; 0 by default).
+  the usual (1+n)/(10+n) warm-up); the EMA weights are the ones saved. Offset noise: for
+  t >= 800 a random per-image, per-channel constant of std 0.25 is added to the training noise
+  (see `training_noise` for why; sampling is unchanged).
 - Save: float16 safetensors (17.7 MiB) under the original keys (`model.diffusion_model.`,
   `first_stage_model.`, `cond_stage_model.transformer.text_model.`) plus the schedule buffers
   `betas`, `alphas_cumprod`, `alphas_cumprod_prev` (float32, [1000]) at the root; the flags
   are recorded in the file's metadata under "recipe".
 
-Time: on one H100, 4.1 minutes (VAE 1.6, UNet 2.4; both stages are bound by per-step overhead,
-not by the GPU). On 2 CPU cores the default recipe takes 3 to 4.5 hours (2.4-4.3 s per VAE step
-at batch 32, 3.6-4.4 s per UNet step at batch 256). There small batches are the efficient ones (a
-VAE step costs 56 ms per image at batch 8, 135 ms at batch 32; a UNet step about 15 ms per sample
-at any batch), so the one-hour CPU recipe uses batch 8 and 64 and a third of the UNet samples.
-Scored with eval_tiny_model.py (the README has the table), on the idle 2-core CPU:
+Time: 62.3 min on this project's idle 2-core CPU (VAE 24.8, latents 2.1, UNet 35.4; the log is
+docs/tiny-model-cpu-shipped-run.log; an earlier run of the same cost took 59.3 min, so expect a
+few minutes either way). Small batches are the efficient ones on 2 cores: a VAE step costs 56 ms
+per image at batch 8 but 135 ms at batch 32, a UNet step about 15 ms per sample at any batch.
+The H100 command above (4.1 min on one H100, bound by per-step overhead) made the model shipped
+before this one; on 2 CPU cores it takes 3 to 4.5 hours.
 
-- without the noise offset (2000 UNet steps): 53.9 min; background 11.1%, shape colour 82.3%,
-  class 91.1%: the model did not learn the background colour from the caption.
-- with --noise-offset 0.25 (2400 UNet steps, the command above): 59.3 min (VAE 23.7, UNet
-  33.8); background 100%, shape colour 95.3%, but class 57.3%, count 69.3%: the offset buys the
-  background and costs shape learning at this budget. Not shipped (the shipped model's class is
-  99%); the log is docs/tiny-model-cpu-offset-run.log.
+How the offset came about (each row scored with eval_tiny_model.py, the README has the table):
+without it the CPU model never learned the background colour from the caption (11.1%); with it
+at every timestep it did (100%) but shape class fell to 57% at this budget; at t >= 800 only,
+the shipped recipe, background 98.9%, shape colour 92.7%, class 96.4%.
 
-Determinism: on the CPU the same seed and thread count give the same weights (two one-hour runs
+Determinism: on the CPU the same seed and thread count give the same weights (three one-hour runs
 logged identical VAE losses). On CUDA the attention backward kernels accumulate in a
 nondeterministic order, so runs agree only to rounding (--deterministic asks torch for
 deterministic kernels where it has them). --max-minutes stops stage (c) early, which changes the
