@@ -118,3 +118,21 @@ def test_vae_from_takes_the_given_checkpoints_vae(train, miniature, tmp_path):
     vae_keys = [k for k in source if k.startswith("first_stage_model.")]
     assert vae_keys and all(torch.equal(made[k], source[k]) for k in vae_keys)
     assert not torch.equal(made["model.diffusion_model.out.2.weight"], source["model.diffusion_model.out.2.weight"])
+
+
+def test_shipped_model_was_made_by_the_scripts_defaults(train):
+    """README: `train_tiny_model.py --seed 0` makes the shipped model. Its recorded recipe must
+    match the defaults, and its measured scale_factor the one in configs/sd-cli-tiny.yaml."""
+    import json
+    import re
+
+    from safetensors import safe_open
+
+    with safe_open(str(ROOT / "checkpoints" / "sd-cli-tiny.safetensors"), "pt") as f:
+        metadata = f.metadata()
+    defaults = {k: v for k, v in vars(train.parse_args([])).items()
+                if k not in ("config", "out", "threads", "log_every")}
+    assert json.loads(metadata["recipe"]) == json.loads(json.dumps(defaults, default=str))
+    assert json.loads(metadata["recipe"])["seed"] == 0
+    yaml_text = (ROOT / "configs" / "sd-cli-tiny.yaml").read_text()
+    assert re.search(r"scale_factor: ([0-9.]+)", yaml_text).group(1) == metadata["scale_factor"]
