@@ -265,7 +265,7 @@ def load_vae(vae: AutoencoderKL, checkpoint: Path) -> None:
 
     state = read_checkpoint(checkpoint).state_dict
     weights = original_vae_keys({k: v for k, v in state.items() if k.startswith("first_stage_model.")})
-    vae.load_state_dict({k: v.float() for k, v in weights.items()}, strict=True)
+    vae.load_state_dict(weights, strict=True)  # copied into the fp32 parameters, cast on the way
 
 
 @torch.no_grad()
@@ -435,6 +435,13 @@ def checkpoint_state_dict(unet, vae, text, config: ModelConfig) -> dict[str, tor
     return {k: v.detach().cpu().contiguous() for k, v in weights.items()}
 
 
+def recipe_json(args: argparse.Namespace) -> str:
+    """The flags that decide the weights, as recorded in the file (not where files go, nor the
+    thread count or logging)."""
+    recipe = {k: v for k, v in vars(args).items() if k not in ("config", "out", "threads", "log_every")}
+    return json.dumps(recipe, default=str)
+
+
 def save(weights: dict, path: Path, metadata: dict) -> None:
     from safetensors.torch import save_file
 
@@ -488,8 +495,7 @@ def main(argv=None) -> None:
     train_diffusion(unet, text, (mean, std), scenes, scale_factor, config, args, rng, generator, clock)
 
     weights = checkpoint_state_dict(unet.eval(), vae, text.eval(), config)
-    recipe = {k: v for k, v in vars(args).items() if k not in ("config", "out", "threads", "log_every")}
-    metadata = {"recipe": json.dumps(recipe, default=str),
+    metadata = {"recipe": recipe_json(args),
                 "scale_factor": f"{scale_factor:.5f}", "vae_check": json.dumps(vae_report)}
     save(weights, args.out, metadata)
     size_mb = args.out.stat().st_size / 2**20
