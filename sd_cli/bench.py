@@ -207,7 +207,7 @@ from sd_cli import pipeline
 class FirstStep(Exception): pass
 def progress(done, total):
     raise FirstStep
-loaded = load_model(sys.argv[1], device="cpu", dtype=torch.float32)
+loaded = load_model(sys.argv[1], device="cpu", dtype=getattr(torch, sys.argv[2]))
 try:
     pipeline.txt2img(loaded.model, ["a photo"], [""], [0], pipeline.SamplingParams(steps=2), 64, 64, progress)
 except FirstStep:
@@ -223,7 +223,7 @@ class FirstStep(Exception): pass
 def on_step(pipe, i, t, kwargs):
     raise FirstStep
 pipe = StableDiffusionPipeline.from_single_file(sys.argv[1], config=sys.argv[2], local_files_only=True,
-                                                torch_dtype=torch.float32, safety_checker=None)
+                                                torch_dtype=getattr(torch, sys.argv[3]), safety_checker=None)
 try:
     pipe("a photo", num_inference_steps=2, height=64, width=64, callback_on_step_end=on_step)
 except FirstStep:
@@ -235,13 +235,17 @@ print("MARK", time.time(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 
 def bench_load(ckpt: Path, st: Path, repeats: int) -> dict:
     config_dir = diffusers_config_dir(st)
     results = {}
-    for label, path in (("ckpt_fp32", ckpt), ("safetensors_fp16", st)):
+    # An fp16 file run in fp32 must end up twice its size in memory; run in bf16 it shows whether
+    # loading keeps a second copy.
+    series = (("ckpt_fp32", ckpt, "float32"), ("safetensors_fp16", st, "float32"),
+              ("safetensors_fp16_as_bf16", st, "bfloat16"))
+    for label, path, dtype in series:
         ours, theirs, rss_ours, rss_theirs = [], [], [], []
         for _ in range(repeats):
-            seconds, rss = _child(_SD_CLI_CHILD, [str(path)])
+            seconds, rss = _child(_SD_CLI_CHILD, [str(path), dtype])
             ours.append(seconds)
             rss_ours.append(rss)
-            seconds, rss = _child(_DIFFUSERS_CHILD, [str(path), str(config_dir)])
+            seconds, rss = _child(_DIFFUSERS_CHILD, [str(path), str(config_dir), dtype])
             theirs.append(seconds)
             rss_theirs.append(rss)
         size = path.stat().st_size

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sd_cli.models.linear import Linear
+
 
 class GroupNorm32(nn.GroupNorm):
     """GroupNorm with 32 groups, computed in float32 and cast back to the input's dtype.
@@ -60,11 +62,11 @@ class CrossAttention(nn.Module):
         context_dim = query_dim if context_dim is None else context_dim
         self.heads = heads
         # No bias on q/k/v: the original has none, so the checkpoint has no such keys.
-        self.to_q = nn.Linear(query_dim, inner_dim, bias=False)
-        self.to_k = nn.Linear(context_dim, inner_dim, bias=False)
-        self.to_v = nn.Linear(context_dim, inner_dim, bias=False)
+        self.to_q = Linear(query_dim, inner_dim, bias=False)
+        self.to_k = Linear(context_dim, inner_dim, bias=False)
+        self.to_v = Linear(context_dim, inner_dim, bias=False)
         # A one-element Sequential keeps the original key `to_out.0` (its slot 1 was dropout).
-        self.to_out = nn.Sequential(nn.Linear(inner_dim, query_dim))
+        self.to_out = nn.Sequential(Linear(inner_dim, query_dim))
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         # x: [B, N, query_dim]; context: [B, M, context_dim] or None
@@ -81,7 +83,7 @@ class GEGLU(nn.Module):
 
     def __init__(self, dim_in: int, dim_out: int):
         super().__init__()
-        self.proj = nn.Linear(dim_in, dim_out * 2)
+        self.proj = Linear(dim_in, dim_out * 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         value, gate = self.proj(x).chunk(2, dim=-1)
@@ -95,7 +97,7 @@ class FeedForward(nn.Module):
         super().__init__()
         inner_dim = dim * mult
         # Slot 1 held dropout in the original; an Identity keeps `net.2` at index 2.
-        self.net = nn.Sequential(GEGLU(dim, inner_dim), nn.Identity(), nn.Linear(inner_dim, dim))
+        self.net = nn.Sequential(GEGLU(dim, inner_dim), nn.Identity(), Linear(inner_dim, dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -135,8 +137,8 @@ class SpatialTransformer(nn.Module):
         self.use_linear = use_linear
         self.norm = GroupNorm32(channels, eps=1e-6)
         if use_linear:
-            self.proj_in = nn.Linear(channels, inner_dim)
-            self.proj_out = nn.Linear(inner_dim, channels)
+            self.proj_in = Linear(channels, inner_dim)
+            self.proj_out = Linear(inner_dim, channels)
         else:
             self.proj_in = nn.Conv2d(channels, inner_dim, kernel_size=1)
             self.proj_out = nn.Conv2d(inner_dim, channels, kernel_size=1)

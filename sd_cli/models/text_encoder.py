@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from sd_cli import log
 from sd_cli.errors import CheckpointError
+from sd_cli.models.linear import Linear
 
 HEAD_WIDTH = 64  # both CLIPs use 64-wide attention heads: 768 → 12 heads, 1024 → 16
 SD1_PREFIX = "cond_stage_model.transformer."
@@ -144,7 +145,7 @@ class _ResidualAttentionBlock(nn.Module):
         self.attn = nn.MultiheadAttention(width, heads, batch_first=True)  # in_proj_* holds q, k, v fused
         self.ln_2 = nn.LayerNorm(width)
         self.mlp = nn.Sequential(OrderedDict(
-            c_fc=nn.Linear(width, mlp_width), gelu=activation(), c_proj=nn.Linear(mlp_width, width)))
+            c_fc=Linear(width, mlp_width), gelu=activation(), c_proj=Linear(mlp_width, width)))
 
     def forward(self, x: Tensor, attn_mask: Tensor) -> Tensor:
         q = self.ln_1(x)

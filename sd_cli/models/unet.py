@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from sd_cli.models.attention import GroupNorm32, SpatialTransformer
+from sd_cli.models.linear import Linear
 
 # UNet GroupNorms (`normalization()` in the original) use torch's default eps.
 RESBLOCK_NORM_EPS = 1e-5
@@ -84,7 +85,7 @@ class ResBlock(nn.Module):
         self.in_layers = nn.Sequential(
             GroupNorm32(channels, RESBLOCK_NORM_EPS), nn.SiLU(), conv3x3(channels, out_channels)
         )
-        self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, out_channels))
+        self.emb_layers = nn.Sequential(nn.SiLU(), Linear(emb_channels, out_channels))
         # Slot 2 held dropout in the original; Identity keeps the conv at key `out_layers.3`.
         self.out_layers = nn.Sequential(
             GroupNorm32(out_channels, RESBLOCK_NORM_EPS), nn.SiLU(), nn.Identity(),
@@ -180,8 +181,8 @@ class UNetModel(nn.Module):
 
         time_embed_dim = model_channels * 4
         self.time_embed = nn.Sequential(
-            nn.Linear(model_channels, time_embed_dim), nn.SiLU(),
-            nn.Linear(time_embed_dim, time_embed_dim),
+            Linear(model_channels, time_embed_dim), nn.SiLU(),
+            Linear(time_embed_dim, time_embed_dim),
         )
         skip_channels = self._build_input_blocks(in_channels, time_embed_dim)
         ch = model_channels * self.channel_mult[-1]
