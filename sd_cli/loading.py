@@ -49,7 +49,8 @@ def load_model(checkpoint_path, config_path=None, *, device="cpu", dtype=torch.f
     global_step = checkpoint.global_step
     del checkpoint  # from here on only `weights` holds the file's tensors
     home = "cpu" if offload else device
-    model = build_and_load(config, weights, path.name, device=home, dtype=dtype, mapped_file=MappedFile(path))
+    model = build_and_load(config, weights, path.name, device=home, dtype=dtype, mapped_file=MappedFile(path),
+                           channels_last_convs=torch.device(device).type == "cpu")
     model.eval()
     if offload:
         from sd_cli.offload import enable_offload
@@ -95,14 +96,14 @@ def select_weights(state_dict: dict, use_ema: bool, name: str) -> dict:
 
 
 def build_and_load(config: ModelConfig, weights: dict, name: str, device="cpu", dtype=torch.float32,
-                   mapped_file: MappedFile | None = None) -> LatentDiffusion:
+                   mapped_file: MappedFile | None = None, channels_last_convs: bool = False) -> LatentDiffusion:
     encoder_class = text_encoder_class(config.text_encoder)
     with empty_modules():  # no random initialisation: every tensor comes from the file
         text_encoder = encoder_class.from_checkpoint(weights, **config.text_params)
         model = LatentDiffusion(config, text_encoder)
     module_weights, unexpected = _module_state_dict(weights, encoder_class, config)
     _check_keys(model, module_weights, unexpected, name, config.source)
-    _cast_in_place(module_weights, device, dtype, mapped_file)
+    _cast_in_place(module_weights, device, dtype, mapped_file, channels_last_convs)
     model.load_state_dict(module_weights, strict=True, assign=True)
     model.alphas_cumprod = _schedule(weights, config)
     # The depth model's MiDaS weights, kept as they are until depth2img builds it (timm is imported only then).
@@ -150,14 +151,22 @@ def _check_keys(model: LatentDiffusion, module_weights: dict, unexpected: list[s
                               + ". Pass the config this checkpoint was made for with --config")
 
 
-def _cast_in_place(module_weights: dict, device, dtype, mapped_file: MappedFile | None) -> None:
+def _cast_in_place(module_weights: dict, device, dtype, mapped_file: MappedFile | None,
+                   channels_last_convs: bool = False) -> None:
     """Move and cast tensor by tensor, so at most one extra tensor exists at a time.
 
-    A tensor already on the device in the dtype (a memory-mapped fp32 file run in fp32 on the CPU)
-    is used as it is: no copy at all. A copied tensor's file pages are given back at once.
+    A tensor already on the device in the dtype, in the layout it runs in (a memory-mapped fp32
+    file run in fp32 on the CPU), is used as it is: no copy at all. A copied tensor's file pages are
+    given back at once.
+
+    With `channels_last_convs` (the model runs on the CPU), convolution weights are laid out
+    channels-last while they are copied anyway: oneDNN then runs the UNet's and the VAE's
+    convolutions on NHWC activations, a tenth off a full-size fp32 UNet step and a third off the
+    VAE decode (docs/benchmarks.md). The maths is the same up to float rounding.
     """
     for key, value in module_weights.items():
-        copy = value.to(device=device, dtype=dtype if value.is_floating_point() else None)
+        layout = torch.channels_last if channels_last_convs and value.dim() == 4 else torch.preserve_format
+        copy = value.to(device=device, dtype=dtype if value.is_floating_point() else None, memory_format=layout)
         if mapped_file is not None and copy.data_ptr() != value.data_ptr():
             mapped_file.release(value)
         module_weights[key] = copy

@@ -90,6 +90,24 @@ def test_loaded_model_uses_checkpoint_weights_and_schedule(sd1_ckpt):
     assert not any(p.device.type == "meta" for p in loaded.model.parameters())
 
 
+def test_on_the_cpu_convolution_weights_are_laid_out_channels_last_with_the_files_values(sd1_ckpt):
+    model = load_model(sd1_ckpt).model
+    weights, _ = tiny_state_dict("sd1", ema=True)
+    convs = {name: p for name, p in model.named_parameters() if p.dim() == 4 and p.shape[-1] > 1}
+    assert any(name.startswith("model.diffusion_model.") for name in convs)
+    assert any(name.startswith("first_stage_model.") for name in convs)
+    for name, param in convs.items():
+        assert param.is_contiguous(memory_format=torch.channels_last) and not param.is_contiguous(), name
+        assert torch.equal(param, weights[name]), name
+    assert all(p.is_contiguous() for p in model.parameters() if p.dim() < 4)
+
+
+def test_without_channels_last_convs_the_layout_is_the_files():
+    weights, raw = tiny_state_dict("sd1")
+    model = build_and_load(parse_config(raw, "tiny.yaml"), dict(weights), "tiny")
+    assert all(p.is_contiguous() for p in model.parameters())
+
+
 def test_yaml_beside_checkpoint_wins_over_detection(tmp_path, capsys):
     path = write_tiny_checkpoint("sd2-v", tmp_path)
     loaded = load_model(path)
