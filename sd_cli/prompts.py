@@ -242,10 +242,17 @@ def _embedded(encoder, tokens: torch.Tensor, chunks: list[Chunk]) -> torch.Tenso
 
 
 def _apply_weights(z: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """AUTOMATIC1111's "Original" emphasis, per prompt: scale each token, then restore the mean."""
+    """AUTOMATIC1111's "Original" emphasis, per prompt: scale each token, then restore the mean.
+
+    A prompt whose weighted mean is only rounding noise (below 1e-6 of the mean magnitude: an
+    encoder whose final LayerNorm has no bias) is left unrescaled: dividing by that noise is what
+    AUTOMATIC1111 does, and it turns the conditioning into ±inf.
+    """
     before = z.mean(dim=(1, 2), keepdim=True)
     z = z * weights[..., None]
-    return z * (before / z.mean(dim=(1, 2), keepdim=True))
+    after = z.mean(dim=(1, 2), keepdim=True)
+    noise = after.abs() <= 1e-6 * z.abs().mean(dim=(1, 2), keepdim=True)
+    return z * torch.where(noise, torch.ones_like(after), before / after)
 
 
 def match_lengths(model, cond: torch.Tensor, uncond: torch.Tensor | None):
