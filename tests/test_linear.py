@@ -3,6 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
 from sd_cli.models import linear
@@ -64,5 +65,11 @@ def test_bfloat16_stays_on_aten():
     assert "mkldnn::_linear_pointwise" not in ops
 
 
-def test_state_dict_names_are_nn_linears():
-    assert list(_layer().state_dict()) == ["weight", "bias"]
+def test_an_nn_linear_state_dict_loads_strictly_and_computes_the_same():
+    torch.manual_seed(1)
+    reference = nn.Linear(96, 200)
+    layer = Linear(96, 200)
+    layer.load_state_dict(reference.state_dict(), strict=True)
+    x = torch.randn(5, 96)
+    with torch.inference_mode():
+        torch.testing.assert_close(layer(x), reference(x), rtol=1e-5, atol=1e-5)

@@ -92,6 +92,13 @@ def test_long_prompt_chunks_break_and_comma_backtrack(sd2):
         assert torch.equal(z[:1, :77], sd2.encode(torch.tensor([[SOT] + [cat] * 75 + [EOT]])))
 
 
+def _cat_at_one_and_a_half() -> torch.Tensor:
+    """Per-token weights of "a (cat:1.5)": start token, "a", then "cat" at 1.5."""
+    weights = torch.ones(1, 77)
+    weights[0, 2] = 1.5
+    return weights
+
+
 def _with_final_norm_bias(bias: float):
     weights = clip_text_weights(1)
     weights["cond_stage_model.transformer.text_model.final_layer_norm.bias"] += bias
@@ -103,8 +110,7 @@ def test_original_emphasis_scales_then_restores_the_mean():
     with torch.inference_mode():
         plain = encoder(["a cat"])  # "a " and "cat" tokenised apart give the same tokens
         weighted = encode_prompts(encoder, ["a (cat:1.5)"], TextOptions())
-    weights = torch.ones(1, 77)
-    weights[0, 2] = 1.5
+    weights = _cat_at_one_and_a_half()
     expected = plain * weights[..., None]
     expected = expected * (plain.mean() / expected.mean())
     torch.testing.assert_close(weighted, expected, rtol=1e-6, atol=1e-6)
@@ -115,8 +121,7 @@ def test_emphasis_on_a_zero_mean_encoding_scales_without_dividing_by_rounding_no
     with torch.inference_mode():
         plain = sd1(["a cat"])  # the tiny encoder's final LayerNorm has zero bias: mean ~1e-8
         weighted = encode_prompts(sd1, ["a (cat:1.5)"], TextOptions())
-    weights = torch.ones(1, 77)
-    weights[0, 2] = 1.5
+    weights = _cat_at_one_and_a_half()
     assert plain.mean().abs() < 1e-6 * plain.abs().mean()
     assert torch.isfinite(weighted).all()
     torch.testing.assert_close(weighted, plain * weights[..., None], rtol=1e-6, atol=1e-6)
