@@ -267,41 +267,84 @@ def _child(code: str, args: list[str]) -> tuple[float, int]:
 
 # -- per-step time -------------------------------------------------------------------------------
 
+# Each variant runs in a process of its own, so that nothing one leaves behind in the process
+# (allocator state, kernel caches, memory) helps or hurts the next.
+_STEP_CHILD = """
+import json, sys
+from sd_cli.bench import time_steps_here
+print("TIMES", json.dumps(time_steps_here(*sys.argv[1:])))
+"""
+
+
 def bench_steps(st: Path, device: str, precision: str, repeats: int, steps: int, size: int,
                 compile_unet: bool = False) -> dict:
-    """Seconds per denoising step, whole pipeline, CFG batch of 2, DDIM, size x size."""
+    """Seconds per denoising step, whole pipeline, CFG batch of 2, DDIM, size x size.
+
+    Besides diffusers as it runs by default, the CPU figure times diffusers with sd_cli's allocator
+    setting, which shows how much of the ratio is that setting and how much is sd_cli's model code.
+    """
+    variants = ["sd_cli", "diffusers"]
+    if device == "cpu":
+        variants.append("diffusers_reusing_memory")
+    if compile_unet:
+        variants.append("sd_cli_compiled")
+    runs = {name: _step_child(name, st, device, precision, steps, size, repeats) for name in variants}
+    result = {"eager": summarize(runs["sd_cli"]["seconds"], runs["diffusers"]["seconds"], "s/step"),
+              "precision": precision, "device": runs["sd_cli"]["device"], "size": size,
+              "eager_it_per_s": {name: round(1 / statistics.median(r["seconds"]), 2) for name, r in runs.items()}}
+    if "diffusers_reusing_memory" in runs:
+        result["eager_against_diffusers_reusing_memory"] = summarize(
+            runs["sd_cli"]["seconds"], runs["diffusers_reusing_memory"]["seconds"], "s/step")
+    if compile_unet:
+        result["compiled"] = summarize(runs["sd_cli_compiled"]["seconds"], runs["diffusers"]["seconds"], "s/step")
+        result["compiled_it_per_s"] = round(1 / statistics.median(runs["sd_cli_compiled"]["seconds"]), 1)
+    if runs["sd_cli"].get("peak_vram_gb") is not None:
+        result["peak_vram_gb"] = {name: r["peak_vram_gb"] for name, r in runs.items()}
+    return result
+
+
+def _step_child(variant: str, st: Path, device: str, precision: str, steps: int, size: int, repeats: int) -> dict:
+    args = [variant, str(st), device, precision, str(steps), str(size), str(repeats)]
+    out = subprocess.run([sys.executable, "-c", _STEP_CHILD, *args], capture_output=True, text=True, cwd=ROOT)
+    lines = [line for line in out.stdout.splitlines() if line.startswith("TIMES ")]
+    if out.returncode != 0 or not lines:
+        raise RuntimeError(f"benchmark child {variant} failed:\n{out.stderr[-3000:]}")
+    return json.loads(lines[-1][len("TIMES "):])
+
+
+def time_steps_here(variant: str, st: str, device: str, precision: str, steps: str, size: str, repeats: str) -> dict:
+    """In a benchmark child: one warm-up run (kernels, compilation, allocator), then `repeats` timed runs."""
     import torch
 
     from sd_cli import pipeline
+    from sd_cli.allocator import reusing_freed_memory
     from sd_cli.device import resolve_dtype
     from sd_cli.loading import load_model
 
     dev = torch.device(device)
     dtype = resolve_dtype(precision, dev)
-    ours_model = load_model(st, device=dev, dtype=dtype).model
-    theirs_pipe = _diffusers_pipeline(st, dev, dtype)
-    variants = {"sd_cli": lambda: _time_sd_cli(ours_model, pipeline, steps, size, dev),
-                "diffusers": lambda: _time_diffusers(theirs_pipe, steps, size, dev)}
-    if compile_unet:
-        from sd_cli.speed import compile_model
+    steps, size = int(steps), int(size)
+    if variant == "diffusers":
+        pipe = _diffusers_pipeline(Path(st), dev, dtype)
+        run = lambda: _time_diffusers(pipe, steps, size, dev)  # noqa: E731
+    elif variant == "diffusers_reusing_memory":  # diffusers' denoising loop under sd_cli's setting
+        pipe = _diffusers_pipeline(Path(st), dev, dtype)
 
-        compiled = compile_model(load_model(st, device=dev, dtype=dtype).model)
-        variants["sd_cli_compiled"] = lambda: _time_sd_cli(compiled, pipeline, steps, size, dev)
-    for run in variants.values():  # warm-up (kernels, compilation, allocator)
-        run()
-    timings = {name: [] for name in variants}
-    for _ in range(repeats):
-        for name, run in variants.items():
-            timings[name].append(run())
-    result = {"eager": summarize(timings["sd_cli"], timings["diffusers"], "s/step"), "precision": precision,
-              "device": torch.cuda.get_device_name() if dev.type == "cuda" else "cpu", "size": size}
-    if compile_unet:
-        result["compiled"] = summarize(timings["sd_cli_compiled"], timings["diffusers"], "s/step")
-        result["compiled_it_per_s"] = round(1 / statistics.median(timings["sd_cli_compiled"]), 1)
-    result["eager_it_per_s"] = {n: round(1 / statistics.median(t), 2) for n, t in timings.items()}
-    if dev.type == "cuda":
-        result["peak_vram_gb"] = round(torch.cuda.max_memory_allocated() / 1e9, 2)
-    return result
+        def run():
+            with reusing_freed_memory(dev):
+                return _time_diffusers(pipe, steps, size, dev)
+    else:
+        model = load_model(st, device=dev, dtype=dtype).model
+        if variant == "sd_cli_compiled":
+            from sd_cli.speed import compile_model
+
+            model = compile_model(model)
+        run = lambda: _time_sd_cli(model, pipeline, steps, size, dev)  # noqa: E731
+    run()
+    seconds = [run() for _ in range(int(repeats))]
+    peak = round(torch.cuda.max_memory_allocated() / 1e9, 2) if dev.type == "cuda" else None
+    return {"seconds": seconds, "peak_vram_gb": peak,
+            "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"}
 
 
 def bench_batches(st: Path, device: str, precision: str, steps: int, size: int) -> dict:

@@ -9,6 +9,7 @@ from typing import Callable
 
 import torch
 
+from sd_cli.allocator import reusing_freed_memory
 from sd_cli.errors import UsageError
 from sd_cli.models.latent_diffusion import LatentDiffusion
 from sd_cli.prompts import match_lengths
@@ -91,6 +92,11 @@ def denoise(model: LatentDiffusion, guided: GuidedModel, x: torch.Tensor, noise:
             params: SamplingParams, progress: Progress | None, start_index: int | None = None,
             after_step: AfterStep | None = None) -> torch.Tensor:
     """Run the chosen sampler from DDIM index start_index - 1 (default: the top) to the end."""
+    with reusing_freed_memory(model.device):
+        return _denoise(model, guided, x, noise, params, progress, start_index, after_step)
+
+
+def _denoise(model, guided, x, noise, params, progress, start_index, after_step) -> torch.Tensor:
     if is_k_sampler(params):  # x: unit noise, scaled to the first σ
         if start_index is not None or after_step is not None:  # callers start k-samplers with k_sigmas, sample_k
             raise UsageError(f"sampler {params.sampler}: no DDIM start index or DDIM after-step hook")
@@ -133,5 +139,5 @@ def sample_k(model: LatentDiffusion, guided: GuidedModel, x: torch.Tensor, sigma
         raise UsageError(f"--eta is DDIM's η; {spec.id} runs with AUTOMATIC1111's defaults (η = 1 for the "
                          "ancestral and SDE samplers)")
     denoiser = (LCMDenoiser if spec.denoiser == "lcm" else KDenoiser)(guided, model.alphas_cumprod)
-    with k_samplers.after_each_step(after_step):
+    with reusing_freed_memory(model.device), k_samplers.after_each_step(after_step):
         return spec.function_object()(denoiser, x, sigmas, noise, progress)
