@@ -22,7 +22,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = ROOT / ".bench"
-FIGURES = ("startup", "load", "cpu-step", "gpu-step", "gpu-precision", "batch")
+FIGURES = ("startup", "load", "cpu-step", "gpu-step", "gpu-precision", "batch", "memory-modes")
 # CLIP ViT-L/14's text tower (SD 1.x); transformers' CLIPTextConfig defaults are a smaller model.
 CLIP_L_TEXT = dict(hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12,
                    projection_dim=768, hidden_act="quick_gelu")
@@ -35,7 +35,7 @@ def main(argv=None) -> None:
     only = set(args.only.split(",")) if args.only else set(FIGURES)
     if "startup" in only:
         results["startup"] = bench_startup(args.repeats)
-    if only & {"load", "cpu-step", "gpu-step", "gpu-precision", "batch"}:
+    if only & {"load", "cpu-step", "gpu-step", "gpu-precision", "batch", "memory-modes"}:
         ckpt, st = full_size_checkpoints()
         diffusers_config_dir(st)
     if "load" in only:
@@ -45,6 +45,9 @@ def main(argv=None) -> None:
                                           compile_unet=args.compile)
     if "batch" in only:
         results["batch"] = bench_batches(st, args.device, args.precision or "auto", args.steps, args.size)
+        _save(results, args.json_out)
+    if "memory-modes" in only:
+        results["memory-modes"] = bench_memory_modes(st, args.device, args.precision or "auto", args.size, args.steps)
         _save(results, args.json_out)
     if "gpu-precision" in only:
         results["gpu-precision"] = bench_precision(st, args.device)
@@ -71,7 +74,7 @@ def _parse(argv):
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--precision", help="fp32, fp16 or bf16 for the step figures")
     parser.add_argument("--compile", action="store_true", help="also time sd_cli with --compile")
-    parser.add_argument("--size", type=int, default=512, help="image side for the batch figure")
+    parser.add_argument("--size", type=int, default=512, help="image side for the batch and memory-modes figures")
     parser.add_argument("--json-out")
     return parser.parse_args(argv)
 
@@ -241,13 +244,15 @@ def bench_load(ckpt: Path, st: Path, repeats: int) -> dict:
               ("safetensors_fp16_as_bf16", st, "bfloat16"))
     for label, path, dtype in series:
         ours, theirs, rss_ours, rss_theirs = [], [], [], []
-        for _ in range(repeats):
+        for attempt in range(repeats + 1):
             seconds, rss = _child(_SD_CLI_CHILD, [str(path), dtype])
+            their_seconds, their_rss = _child(_DIFFUSERS_CHILD, [str(path), str(config_dir), dtype])
+            if attempt == 0:
+                continue  # the cold run: it reads the file into the page cache for both
             ours.append(seconds)
             rss_ours.append(rss)
-            seconds, rss = _child(_DIFFUSERS_CHILD, [str(path), str(config_dir), dtype])
-            theirs.append(seconds)
-            rss_theirs.append(rss)
+            theirs.append(their_seconds)
+            rss_theirs.append(their_rss)
         size = path.stat().st_size
         results[label] = {"to_first_step": summarize(ours, theirs, "s"),
                           "peak_rss_gb": summarize([r / 1e9 for r in rss_ours], [r / 1e9 for r in rss_theirs], "GB"),
@@ -291,7 +296,7 @@ def bench_steps(st: Path, device: str, precision: str, repeats: int, steps: int,
     runs = {name: _step_child(name, st, device, precision, steps, size, repeats) for name in variants}
     result = {"eager": summarize(runs["sd_cli"]["seconds"], runs["diffusers"]["seconds"], "s/step"),
               "precision": precision, "device": runs["sd_cli"]["device"], "size": size,
-              "eager_it_per_s": {name: round(1 / statistics.median(r["seconds"]), 2) for name, r in runs.items()}}
+              "it_per_s": {name: round(1 / statistics.median(r["seconds"]), 2) for name, r in runs.items()}}
     if "diffusers_reusing_memory" in runs:
         result["eager_against_diffusers_reusing_memory"] = summarize(
             runs["sd_cli"]["seconds"], runs["diffusers_reusing_memory"]["seconds"], "s/step")
@@ -371,6 +376,104 @@ def bench_batches(st: Path, device: str, precision: str, steps: int, size: int) 
             break
         rates[batch] = round(batch / (time.perf_counter() - started), 3)
     return {"images_per_s": rates, "steps": steps, "size": size, "device": str(dev), "precision": precision}
+
+
+def bench_memory_modes(st: Path, device: str, precision: str, size: int, steps: int) -> dict:
+    """What the memory options cost: --vae-tiling and the NaN guard on one decode; --offload on a GPU.
+
+    Peaks are what the step adds above the memory held before it: host RSS on the CPU (Linux),
+    allocated VRAM on a GPU, where --offload's figure is the whole peak (its point is the total).
+    """
+    import torch
+
+    from sd_cli.device import resolve_device, resolve_dtype
+    from sd_cli.loading import load_model
+
+    dev = resolve_device(device)
+    dtype = resolve_dtype(precision, dev)
+    model = load_model(st, device=dev, dtype=dtype).model
+    latents = torch.randn(1, 4, size // 8, size // 8, generator=torch.Generator().manual_seed(0))
+    result = {"device": str(dev), "precision": precision, "size": size}
+    with torch.inference_mode():
+        for tiled in (False, True):
+            model.vae_tiling = tiled
+            seconds, added = _timed_with_peak(lambda: model.decode_latents(latents), dev)
+            result["decode_tiled" if tiled else "decode_whole"] = {"seconds": seconds, "peak_added_gb": added}
+        images = model.decode_latents(latents)
+        guard, _ = _timed_with_peak(lambda: bool(torch.isfinite(images).all()), dev, runs=5)
+        result["nan_guard_seconds"] = guard
+    result["tiling_time_ratio"] = round(result["decode_tiled"]["seconds"] / result["decode_whole"]["seconds"], 3)
+    del model, images
+    if dev.type == "cuda":
+        result["offload"] = _offload_costs(st, dev, dtype, size, steps)
+    return result
+
+
+def _offload_costs(st: Path, dev, dtype, size: int, steps: int) -> dict:
+    """One txt2img image with the whole model on the GPU, then with --offload: seconds and peak VRAM."""
+    import torch
+
+    from sd_cli import pipeline
+    from sd_cli.loading import load_model
+
+    params = pipeline.SamplingParams(steps=steps)
+    costs = {}
+    for offload in (False, True):
+        model = load_model(st, device=dev, dtype=dtype, offload=offload).model
+        torch.cuda.empty_cache()
+        seconds, _ = _timed_with_peak(lambda: pipeline.txt2img(model, ["a photo"], [""], [0], params, size, size), dev)
+        costs["offload" if offload else "whole_model_on_gpu"] = {
+            "seconds_per_image": seconds, "peak_vram_gb": round(torch.cuda.max_memory_allocated() / 1e9, 3)}
+        del model
+    return costs
+
+
+def _timed_with_peak(work, dev, runs: int = 2) -> tuple[float, float | None]:
+    """Median seconds of `work` after one warm-up, and the memory its last run added at its peak (GB)."""
+    work()
+    times, added = [], None
+    for _ in range(runs):
+        before = _reset_peak(dev)
+        _sync(dev)
+        started = time.perf_counter()
+        work()
+        _sync(dev)
+        times.append(time.perf_counter() - started)
+        peak = _peak(dev)
+        added = None if peak is None or before is None else round((peak - before) / 1e9, 3)
+    return round(statistics.median(times), 4), added
+
+
+def _reset_peak(dev) -> int | None:
+    """Reset the peak-memory counter; the bytes held now (None where it cannot be read)."""
+    import torch
+
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+        return torch.cuda.memory_allocated(dev)
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # Linux: VmHWM := VmRSS
+        return _proc_status_bytes("VmRSS")
+    except OSError:
+        return None
+
+
+def _peak(dev) -> int | None:
+    import torch
+
+    if dev.type == "cuda":
+        return torch.cuda.max_memory_allocated(dev)
+    try:
+        return _proc_status_bytes("VmHWM")
+    except OSError:
+        return None
+
+
+def _proc_status_bytes(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise OSError(f"no {field} in /proc/self/status")
 
 
 def bench_precision(st: Path, device: str) -> dict:
