@@ -6,9 +6,10 @@
 
 Speed does not depend on weight values, so the checkpoints are full-size SD 1.5 layouts with
 random weights: a 4 GB fp32 `.ckpt` (Lightning-style pickle) and a 2 GB fp16 `.safetensors`.
-Each figure alternates sd_cli and diffusers runs, repeats them, and prints medians and the
-sd_cli/diffusers ratio (below 1 means sd_cli is faster or smaller). Load figures run each side
-in a fresh process, from process start to the first denoising step, with peak RSS.
+Each figure repeats sd_cli and diffusers runs and prints medians and the sd_cli/diffusers ratio
+(below 1 means sd_cli is faster or smaller). Load figures alternate the two sides in fresh
+processes, from process start to the first denoising step, with peak RSS; step figures run each
+side in a process of its own, one after the other; memory-modes times sd_cli's memory options.
 diffusers is a test-only dependency; it is built offline from local config files.
 """
 
