@@ -263,12 +263,19 @@ def bench_load(ckpt: Path, st: Path, repeats: int) -> dict:
 
 
 def _child(code: str, args: list[str]) -> tuple[float, int]:
+    """(seconds from process start to its MARK, its peak RSS in bytes) of a load child."""
     started = time.time()
+    stamp, peak_rss = _run_child(code, args, "MARK").split()
+    return float(stamp) - started, int(peak_rss)
+
+
+def _run_child(code: str, args: list[str], marker: str) -> str:
+    """Run `code` in a fresh Python; what follows `marker ` on the last line it printed so marked."""
     out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=ROOT)
-    marks = [line.split() for line in out.stdout.splitlines() if line.startswith("MARK")]
-    if out.returncode != 0 or not marks:
-        raise RuntimeError(f"benchmark child failed:\n{out.stderr[-3000:]}")
-    return float(marks[-1][1]) - started, int(marks[-1][2])
+    marked = [line[len(marker) + 1:] for line in out.stdout.splitlines() if line.startswith(marker + " ")]
+    if out.returncode != 0 or not marked:
+        raise RuntimeError(f"benchmark child ({' '.join(args[:1])}) failed:\n{out.stderr[-3000:]}")
+    return marked[-1]
 
 
 # -- per-step time -------------------------------------------------------------------------------
@@ -311,11 +318,7 @@ def bench_steps(st: Path, device: str, precision: str, repeats: int, steps: int,
 
 def _step_child(variant: str, st: Path, device: str, precision: str, steps: int, size: int, repeats: int) -> dict:
     args = [variant, str(st), device, precision, str(steps), str(size), str(repeats)]
-    out = subprocess.run([sys.executable, "-c", _STEP_CHILD, *args], capture_output=True, text=True, cwd=ROOT)
-    lines = [line for line in out.stdout.splitlines() if line.startswith("TIMES ")]
-    if out.returncode != 0 or not lines:
-        raise RuntimeError(f"benchmark child {variant} failed:\n{out.stderr[-3000:]}")
-    return json.loads(lines[-1][len("TIMES "):])
+    return json.loads(_run_child(_STEP_CHILD, args, "TIMES"))
 
 
 def time_steps_here(variant: str, st: str, device: str, precision: str, steps: str, size: str, repeats: str) -> dict:
@@ -398,10 +401,11 @@ def bench_memory_modes(st: Path, device: str, precision: str, size: int, steps: 
     with torch.inference_mode():
         for tiled in (False, True):
             model.vae_tiling = tiled
-            seconds, added = _timed_with_peak(lambda: model.decode_latents(latents), dev)
+            seconds, added, decoded = _timed_with_peak(lambda: model.decode_latents(latents), dev)
             result["decode_tiled" if tiled else "decode_whole"] = {"seconds": seconds, "peak_added_gb": added}
-        images = model.decode_latents(latents)
-        guard, _ = _timed_with_peak(lambda: bool(torch.isfinite(images).all()), dev, runs=5)
+            if not tiled:
+                images = decoded  # the NaN guard below checks the whole decode's image
+        guard, _, _ = _timed_with_peak(lambda: bool(torch.isfinite(images).all()), dev, runs=5)
         result["nan_guard_seconds"] = guard
     result["tiling_time_ratio"] = round(result["decode_tiled"]["seconds"] / result["decode_whole"]["seconds"], 3)
     del model, images
@@ -422,27 +426,29 @@ def _offload_costs(st: Path, dev, dtype, size: int, steps: int) -> dict:
     for offload in (False, True):
         model = load_model(st, device=dev, dtype=dtype, offload=offload).model
         torch.cuda.empty_cache()
-        seconds, _ = _timed_with_peak(lambda: pipeline.txt2img(model, ["a photo"], [""], [0], params, size, size), dev)
+        seconds, _, _ = _timed_with_peak(lambda: pipeline.txt2img(model, ["a photo"], [""], [0], params, size, size),
+                                         dev)
         costs["offload" if offload else "whole_model_on_gpu"] = {
             "seconds_per_image": seconds, "peak_vram_gb": round(torch.cuda.max_memory_allocated() / 1e9, 3)}
         del model
     return costs
 
 
-def _timed_with_peak(work, dev, runs: int = 2) -> tuple[float, float | None]:
-    """Median seconds of `work` after one warm-up, and the memory its last run added at its peak (GB)."""
+def _timed_with_peak(work, dev, runs: int = 2):
+    """(median seconds of `work` after one warm-up, the memory its last run added at its peak in GB,
+    what its last run returned)."""
     work()
-    times, added = [], None
+    times, added, result = [], None, None
     for _ in range(runs):
         before = _reset_peak(dev)
         _sync(dev)
         started = time.perf_counter()
-        work()
+        result = work()
         _sync(dev)
         times.append(time.perf_counter() - started)
         peak = _peak(dev)
         added = None if peak is None or before is None else round((peak - before) / 1e9, 3)
-    return round(statistics.median(times), 4), added
+    return round(statistics.median(times), 4), added, result
 
 
 def _reset_peak(dev) -> int | None:

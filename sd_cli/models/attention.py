@@ -58,8 +58,8 @@ def multi_head_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> t
     """softmax(q·kᵀ / √d)·v over [B, heads, tokens, d]; bfloat16 on the CPU is computed in float32.
 
     Why: the CPU's fused kernel is slower in bfloat16 than in float32 on the UNet's head widths
-    (a 4096-token layer with the heads split out of one projection: 0.34 against 0.30 s; one
-    full-size UNet call 3.7-3.9 → 3.6 s, docs/benchmarks.md), and float32 scores are what the
+    (a 4096-token layer with the heads split out of one projection: 0.34 against 0.30 s; a whole
+    full-size UNet call gains less, 1.5-5%, docs/benchmarks.md), and float32 scores are what the
     original v2 computes anyway. The VAE's one wide head gains nothing and is left alone.
     """
     if q.device.type == "cpu" and q.dtype == torch.bfloat16:
