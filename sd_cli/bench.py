@@ -43,7 +43,7 @@ def main(argv=None) -> None:
         results["load"] = bench_load(ckpt, st, args.repeats)
     if "cpu-step" in only:
         results["cpu-step"] = bench_steps(st, "cpu", args.precision or "fp32", args.repeats, args.steps, 512,
-                                          compile_unet=args.compile)
+                                          compile_unet=args.compile, rounds=args.rounds)
     if "batch" in only:
         results["batch"] = bench_batches(st, args.device, args.precision or "auto", args.steps, args.size)
         _save(results, args.json_out)
@@ -55,7 +55,7 @@ def main(argv=None) -> None:
         _save(results, args.json_out)
     if "gpu-step" in only:
         results["gpu-step"] = bench_steps(st, args.device, args.precision or "fp16", args.repeats, args.steps, 512,
-                                          compile_unet=args.compile)
+                                          compile_unet=args.compile, rounds=args.rounds)
     print(json.dumps(results, indent=2))
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(results, indent=2))
@@ -75,6 +75,8 @@ def _parse(argv):
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--precision", help="fp32, fp16 or bf16 for the step figures")
     parser.add_argument("--compile", action="store_true", help="also time sd_cli with --compile")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="step figures: fresh processes per variant, alternating (each runs --repeats)")
     parser.add_argument("--size", type=int, default=512, help="image side for the batch and memory-modes figures")
     parser.add_argument("--json-out")
     return parser.parse_args(argv)
@@ -290,18 +292,29 @@ print("TIMES", json.dumps(time_steps_here(*sys.argv[1:])))
 
 
 def bench_steps(st: Path, device: str, precision: str, repeats: int, steps: int, size: int,
-                compile_unet: bool = False) -> dict:
+                compile_unet: bool = False, rounds: int = 1) -> dict:
     """Seconds per denoising step, whole pipeline, CFG batch of 2, DDIM, size x size.
 
     Besides diffusers as it runs by default, the CPU figure times diffusers with sd_cli's allocator
     setting, which shows how much of the ratio is that setting and how much is sd_cli's model code.
+
+    Each of `rounds` starts every variant in a fresh process, alternating: an eager GPU step is
+    bound by the host's kernel launches, and on a shared machine one process can run 40% slower
+    than the next for its whole life, so one process per variant can decide a ratio by chance.
+    `process_medians` shows that spread.
     """
     variants = ["sd_cli", "diffusers"]
     if device == "cpu":
         variants.append("diffusers_reusing_memory")
     if compile_unet:
         variants.append("sd_cli_compiled")
-    runs = {name: _step_child(name, st, device, precision, steps, size, repeats) for name in variants}
+    runs = {name: {"seconds": [], "process_medians": []} for name in variants}
+    for _ in range(rounds):
+        for name in variants:
+            child = _step_child(name, st, device, precision, steps, size, repeats)
+            runs[name]["seconds"] += child["seconds"]
+            runs[name]["process_medians"].append(round(statistics.median(child["seconds"]), 4))
+            runs[name].update(peak_vram_gb=child["peak_vram_gb"], device=child["device"])
     result = {"eager": summarize(runs["sd_cli"]["seconds"], runs["diffusers"]["seconds"], "s/step"),
               "precision": precision, "device": runs["sd_cli"]["device"], "size": size,
               "it_per_s": {name: round(1 / statistics.median(r["seconds"]), 2) for name, r in runs.items()}}
@@ -311,6 +324,8 @@ def bench_steps(st: Path, device: str, precision: str, repeats: int, steps: int,
     if compile_unet:
         result["compiled"] = summarize(runs["sd_cli_compiled"]["seconds"], runs["diffusers"]["seconds"], "s/step")
         result["compiled_it_per_s"] = round(1 / statistics.median(runs["sd_cli_compiled"]["seconds"]), 1)
+    if rounds > 1:
+        result["process_medians"] = {name: r["process_medians"] for name, r in runs.items()}
     if runs["sd_cli"].get("peak_vram_gb") is not None:
         result["peak_vram_gb"] = {name: r["peak_vram_gb"] for name, r in runs.items()}
     return result

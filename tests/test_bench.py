@@ -2,6 +2,7 @@
 No timings are asserted; only what the figures are made of."""
 
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -32,3 +33,22 @@ def test_memory_modes_figure_on_a_tiny_checkpoint(sd1_ckpt):
     # The tiny VAE's decoder at 768²: a whole decode holds full-size maps, a tiled one 512² tiles.
     assert tiled["peak_added_gb"] < whole["peak_added_gb"]
     assert result["tiling_time_ratio"] == pytest.approx(tiled["seconds"] / whole["seconds"], rel=1e-2)
+
+
+def test_step_rounds_alternate_fresh_processes_and_pool_their_times(monkeypatch):
+    """Each round starts every variant once, in turn; the figure is the median over all runs and
+    each process's own median is kept, so a slow process shows instead of deciding the ratio."""
+    started = []
+    times = {"sd_cli": iter([[1.0, 1.2], [3.0, 3.2]]), "diffusers": iter([[2.0, 2.0], [2.0, 4.0]])}
+
+    def fake_child(variant, st, device, precision, steps, size, repeats):
+        started.append(variant)
+        return {"seconds": next(times[variant]), "peak_vram_gb": 2.5, "device": "GPU"}
+
+    monkeypatch.setattr(bench, "_step_child", fake_child)
+    result = bench.bench_steps(Path("x.safetensors"), "cuda", "fp16", repeats=2, steps=3, size=64, rounds=2)
+    assert started == ["sd_cli", "diffusers", "sd_cli", "diffusers"]
+    assert result["eager"]["sd_cli"] == 2.1 and result["eager"]["diffusers"] == 2.0
+    assert result["eager"]["ratio"] == 1.05
+    assert result["process_medians"] == {"sd_cli": [1.1, 3.1], "diffusers": [2.0, 3.0]}
+    assert result["peak_vram_gb"] == {"sd_cli": 2.5, "diffusers": 2.5} and result["device"] == "GPU"
