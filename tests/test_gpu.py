@@ -101,6 +101,33 @@ def test_offload_keeps_only_the_working_part_on_the_gpu(sd1_ckpt):
     assert where == {"text encoder": {"cpu"}, "UNet": {"cpu"}, "VAE": {"cuda"}}
 
 
+def test_offload_moves_a_part_in_with_one_copy_from_page_locked_memory(sd1_ckpt):
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class RecordOps(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    model = load_model(sd1_ckpt, device="cuda", dtype=torch.float16, offload=True).model
+    unet_part = model.offload._resident_parts["UNet"]
+    assert unet_part.host.is_pinned()
+    with RecordOps() as recorded:
+        model.offload.use("UNet")
+    assert [op for op in recorded.ops if "copy" in op] == ["aten._to_copy.default"]
+    weight = model.model.diffusion_model.out[2].weight
+    assert weight.device.type == "cuda"
+    with torch.no_grad():
+        weight += 1  # a LoRA merged while the UNet is in
+    expected = weight.detach().cpu()
+    model.offload.use("VAE")
+    assert weight.device.type == "cpu" and torch.equal(weight.detach(), expected)
+
+
 def test_compiled_unet_gives_the_eager_result(sd1_ckpt):
     from sd_cli.speed import compile_model
 
