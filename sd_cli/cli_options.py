@@ -63,7 +63,7 @@ OutdirOpt = Annotated[Optional[Path], typer.Option("--outdir", help="Output fold
 OutputOpt = Annotated[Optional[str], typer.Option("--output", "-o", help="Write exactly this file (a pattern like out-{index}.png for several).")]
 CompileOpt = Annotated[bool, typer.Option("--compile", help="torch.compile the UNet (CUDA graphs on CUDA): a slow first step, then much faster steps; for long runs.")]
 VaeTilingOpt = Annotated[bool, typer.Option("--vae-tiling", help="Decode large images in overlapping tiles to bound memory (slightly different pixels).")]
-OffloadOpt = Annotated[bool, typer.Option("--offload", help="Low GPU memory: keep the model in host memory and put only the part at work (text encoder, UNet, VAE) on the GPU; costs one copy of each part per batch.")]
+OffloadOpt = Annotated[bool, typer.Option("--offload", help="Low GPU memory: keep the model in host memory and put only the part at work (text encoder, UNet, VAE) on the GPU; costs one copy of each part in and back per batch.")]
 EmphasisOpt = Annotated[Emphasis, typer.Option("--emphasis", help="original: AUTOMATIC1111's (word), ((word)), [word], (word:1.3) weights (\\( for a literal bracket); none: brackets are plain text.", case_sensitive=False)]
 ClipSkipOpt = Annotated[Optional[int], typer.Option("--clip-skip", help="Use the text encoder's output N blocks from the end (AUTOMATIC1111's Clip skip; 2 = penultimate). Default: the model's own (SD 1.x 1, SD 2.x 2).", show_default=False)]
 EmbeddingsOpt = Annotated[Optional[Path], typer.Option("--embeddings", help="Textual inversion folder (.pt/.safetensors, used by file name in the prompt); default: checkpoints/embeddings if it exists.", show_default=False)]

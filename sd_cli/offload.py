@@ -26,7 +26,7 @@ from torch import nn
 ALIGNMENT = 64  # bytes: every tensor's slice of a flat buffer starts aligned for any dtype
 
 
-class HostResidentPart:
+class OffloadedPart:
     """One part's parameters and buffers, kept as views of one flat host buffer between uses."""
 
     def __init__(self, module: nn.Module, pin: bool):
@@ -79,7 +79,7 @@ class ModelOffload:
         self.device = torch.device(device)
         pin = self.device.type == "cuda" and torch.cuda.is_available()
         self.parts = parts  # "text encoder", "UNet", "VAE" → module
-        self._resident_parts = {name: HostResidentPart(module, pin) for name, module in parts.items()}
+        self.offloaded = {name: OffloadedPart(module, pin) for name, module in parts.items()}  # their host buffers
         self.resident: str | None = None
         self.moves: list[str] = []  # every part moved in, in order (what the tests and the log read)
 
@@ -88,8 +88,8 @@ class ModelOffload:
         if self.resident == name:
             return
         if self.resident is not None:
-            self._resident_parts[self.resident].move_out()
-        self._resident_parts[name].move_in(self.device)
+            self.offloaded[self.resident].move_out()
+        self.offloaded[name].move_in(self.device)
         self.resident = name
         self.moves.append(name)
 

@@ -114,7 +114,7 @@ def test_offload_moves_a_part_in_with_one_copy_from_page_locked_memory(sd1_ckpt)
             return func(*args, **(kwargs or {}))
 
     model = load_model(sd1_ckpt, device="cuda", dtype=torch.float16, offload=True).model
-    unet_part = model.offload._resident_parts["UNet"]
+    unet_part = model.offload.offloaded["UNet"]
     assert unet_part.host.is_pinned()
     with RecordOps() as recorded:
         model.offload.use("UNet")

@@ -56,7 +56,7 @@ def _shares_memory_with(tensor: torch.Tensor, flat: torch.Tensor) -> bool:
 def test_each_part_waits_in_one_flat_host_buffer_with_its_layout(sd1_ckpt):
     model = load_model(sd1_ckpt, device="cpu", offload=True).model
     reference = load_model(sd1_ckpt).model
-    for name, part in model.offload._resident_parts.items():
+    for name, part in model.offload.offloaded.items():
         module = model.offload.parts[name]
         assert all(_shares_memory_with(t, part.host) for t in [*module.parameters(), *module.buffers()])
         assert not part.host.is_pinned()  # page-locked only for a CUDA device
@@ -91,6 +91,6 @@ def test_tensors_replaced_while_in_are_copied_back_into_the_buffer(sd1_ckpt):
         vae.decoder.conv_out.bias.fill_(0.25)
     vae.float()
     model.offload.use("UNet")
-    host = model.offload._resident_parts["VAE"].host
+    host = model.offload.offloaded["VAE"].host
     assert all(_shares_memory_with(p, host) for p in vae.parameters())
     assert torch.equal(vae.decoder.conv_out.bias, torch.full_like(vae.decoder.conv_out.bias, 0.25))
