@@ -23,7 +23,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = ROOT / ".bench"
-FIGURES = ("startup", "load", "cpu-step", "gpu-step", "gpu-precision", "batch", "memory-modes")
+FIGURES = ("startup", "load", "cpu-step", "gpu-step", "unet-call", "gpu-precision", "batch", "memory-modes")
 # CLIP ViT-L/14's text tower (SD 1.x); transformers' CLIPTextConfig defaults are a smaller model.
 CLIP_L_TEXT = dict(hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12,
                    projection_dim=768, hidden_act="quick_gelu")
@@ -36,7 +36,7 @@ def main(argv=None) -> None:
     only = set(args.only.split(",")) if args.only else set(FIGURES)
     if "startup" in only:
         results["startup"] = bench_startup(args.repeats)
-    if only & {"load", "cpu-step", "gpu-step", "gpu-precision", "batch", "memory-modes"}:
+    if only & set(FIGURES) - {"startup"}:
         ckpt, st = full_size_checkpoints()
         diffusers_config_dir(st)
     if "load" in only:
@@ -49,6 +49,9 @@ def main(argv=None) -> None:
         _save(results, args.json_out)
     if "memory-modes" in only:
         results["memory-modes"] = bench_memory_modes(st, args.device, args.precision or "auto", args.size, args.steps)
+        _save(results, args.json_out)
+    if "unet-call" in only:
+        results["unet-call"] = bench_unet_calls(st, args.device, args.precision or "auto", max(args.rounds, 2))
         _save(results, args.json_out)
     if "gpu-precision" in only:
         results["gpu-precision"] = bench_precision(st, args.device)
@@ -369,6 +372,54 @@ def time_steps_here(variant: str, st: str, device: str, precision: str, steps: s
     peak = round(torch.cuda.max_memory_allocated() / 1e9, 2) if dev.type == "cuda" else None
     return {"seconds": seconds, "peak_vram_gb": peak,
             "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"}
+
+
+def bench_unet_calls(st: Path, device: str, precision: str, rounds: int, calls: int = 10) -> dict:
+    """One UNet call (512² image, CFG batch 2), sd_cli's and diffusers' on the same weights in one
+    process, alternating `rounds` times `calls` calls each.
+
+    Meant for GPUs: an eager GPU call is bound by the host's kernel launches, and sharing a process
+    gives both the same host core, which separate processes do not (see bench_steps). Neither side
+    runs under sd_cli's allocator setting here, so on the CPU the step figure is the one to read.
+    """
+    import torch
+
+    from sd_cli.device import resolve_device, resolve_dtype
+    from sd_cli.loading import load_model
+
+    dev = resolve_device(device)
+    dtype = resolve_dtype(precision, dev)
+    model = load_model(st, device=dev, dtype=dtype).model
+    unet = _diffusers_pipeline(st, dev, dtype).unet
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 4, 64, 64, generator=generator).to(dev, dtype)
+    context = torch.randn(2, 77, 768, generator=generator).to(dev, dtype)
+    t = torch.tensor([500, 500], device=dev)
+    with torch.inference_mode():
+        times = alternate({"sd_cli": lambda: model.unet(x, t, context),
+                           "diffusers": lambda: unet(x, t, encoder_hidden_states=context)},
+                          rounds, calls, lambda: _sync(dev))
+    result = summarize(times["sd_cli"], times["diffusers"], "s/call")
+    result["round_medians"] = {name: [round(statistics.median(ts[i:i + calls]), 5) for i in range(0, len(ts), calls)]
+                               for name, ts in times.items()}
+    return {"call": result, "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+            "precision": str(dtype).removeprefix("torch.")}
+
+
+def alternate(runs: dict, rounds: int, calls: int, sync) -> dict[str, list[float]]:
+    """Seconds of each call of each run: one warm-up call each, then per round `calls` of each in turn."""
+    for run in runs.values():
+        run()
+    times = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, run in runs.items():
+            for _ in range(calls):
+                sync()
+                started = time.perf_counter()
+                run()
+                sync()
+                times[name].append(time.perf_counter() - started)
+    return times
 
 
 def bench_batches(st: Path, device: str, precision: str, steps: int, size: int) -> dict:

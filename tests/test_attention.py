@@ -3,7 +3,7 @@
 import torch
 import torch.nn.functional as F
 
-from sd_cli.models.attention import CrossAttention, multi_head_attention
+from sd_cli.models.attention import CrossAttention, GroupNorm32, multi_head_attention
 
 
 def qkv(dtype):
@@ -39,3 +39,20 @@ def test_the_unet_attention_layer_uses_it():
                                                                           layer.to_v(context))))
         expected = layer.to_out(heads.bfloat16().transpose(1, 2).reshape(2, 50, 64))
     assert torch.equal(out, expected)
+
+
+def test_group_norm_converts_its_affine_to_float32_once_per_change():
+    """The float32 weight and bias are kept between calls and made again after an in-place edit
+    (a LoRA merge) or a move to new memory, never stale."""
+    norm = GroupNorm32(64, 1e-5).to(torch.bfloat16)
+    x = torch.randn(2, 64, 4, 4, generator=torch.Generator().manual_seed(0)).bfloat16()
+    first = norm.float_affine()
+    assert norm.float_affine()[0] is first[0]
+    with torch.no_grad():
+        norm.weight += 1
+    edited = norm.float_affine()
+    assert edited[0] is not first[0] and torch.equal(edited[0], norm.weight.float())
+    norm.to(torch.float16)
+    moved = norm.float_affine()
+    assert moved[0].dtype == torch.float32 and torch.equal(moved[0], norm.weight.float())
+    assert torch.equal(norm(x.half()), F.group_norm(x.half(), 32, norm.weight.float(), norm.bias.float(), 1e-5))

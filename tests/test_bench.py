@@ -52,3 +52,11 @@ def test_step_rounds_alternate_fresh_processes_and_pool_their_times(monkeypatch)
     assert result["eager"]["ratio"] == 1.05
     assert result["process_medians"] == {"sd_cli": [1.1, 3.1], "diffusers": [2.0, 3.0]}
     assert result["peak_vram_gb"] == {"sd_cli": 2.5, "diffusers": 2.5} and result["device"] == "GPU"
+
+
+def test_in_process_calls_alternate_after_one_warm_up_each():
+    order = []
+    runs = {"sd_cli": lambda: order.append("s"), "diffusers": lambda: order.append("d")}
+    times = bench.alternate(runs, rounds=2, calls=3, sync=lambda: None)
+    assert "".join(order) == "sd" + "sssddd" * 2
+    assert [len(t) for t in times.values()] == [6, 6] and all(x >= 0 for t in times.values() for x in t)
