@@ -306,13 +306,20 @@ def _import_open_clip_tokenizer() -> None:
 
 @functools.cache
 def _bpe_tokenizer(hf_cleaning: bool):
-    """open_clip's BPE tokenizer with its bundled vocabulary (about 0.07 s to build)."""
+    """open_clip's BPE tokenizer with its bundled vocabulary."""
+    import copy
+
     import ftfy
 
     _import_open_clip_tokenizer()
-    from open_clip.tokenizer import SimpleTokenizer, whitespace_clean
+    from open_clip import tokenizer as open_clip_tokenizer
 
-    bpe = SimpleTokenizer()
+    # Importing the module already built one with the bundled vocabulary (0.15 s here): a shallow
+    # copy shares its tables instead of building them a second time. Only clean_fn differs.
+    built = getattr(open_clip_tokenizer, "_tokenizer", None)
+    is_built = isinstance(built, open_clip_tokenizer.SimpleTokenizer)
+    bpe = copy.copy(built) if is_built else open_clip_tokenizer.SimpleTokenizer()
+    whitespace_clean = open_clip_tokenizer.whitespace_clean
     if hf_cleaning:
         # SD1 used transformers' CLIPTokenizer: ftfy, whitespace, lower case. It differs from open_clip's
         # cleaning only where ftfy leaves HTML entities alone (text with a "<"): "<b> &amp;" stays as it is
