@@ -51,7 +51,8 @@ def main(argv=None) -> None:
         results["memory-modes"] = bench_memory_modes(st, args.device, args.precision or "auto", args.size, args.steps)
         _save(results, args.json_out)
     if "unet-call" in only:
-        results["unet-call"] = bench_unet_calls(st, args.device, args.precision or "auto", max(args.rounds, 2))
+        results["unet-call"] = bench_unet_calls(st, args.device, args.precision or "auto", max(args.rounds, 2),
+                                                groupnorm_variants=args.groupnorm_variants)
         _save(results, args.json_out)
     if "gpu-precision" in only:
         results["gpu-precision"] = bench_precision(st, args.device)
@@ -80,6 +81,8 @@ def _parse(argv):
     parser.add_argument("--compile", action="store_true", help="also time sd_cli with --compile")
     parser.add_argument("--rounds", type=int, default=1,
                         help="step figures: fresh processes per variant, alternating (each runs --repeats)")
+    parser.add_argument("--groupnorm-variants", action="store_true",
+                        help="unet-call: also time sd_cli with GroupNorm's other candidates")
     parser.add_argument("--size", type=int, default=512, help="image side for the batch and memory-modes figures")
     parser.add_argument("--json-out")
     return parser.parse_args(argv)
@@ -374,13 +377,16 @@ def time_steps_here(variant: str, st: str, device: str, precision: str, steps: s
             "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"}
 
 
-def bench_unet_calls(st: Path, device: str, precision: str, rounds: int, calls: int = 10) -> dict:
+def bench_unet_calls(st: Path, device: str, precision: str, rounds: int, calls: int = 10,
+                     groupnorm_variants: bool = False) -> dict:
     """One UNet call (512² image, CFG batch 2), sd_cli's and diffusers' on the same weights in one
     process, alternating `rounds` times `calls` calls each.
 
     Meant for GPUs: an eager GPU call is bound by the host's kernel launches, and sharing a process
     gives both the same host core, which separate processes do not (see bench_steps). Neither side
     runs under sd_cli's allocator setting here, so on the CPU the step figure is the one to read.
+    With `groupnorm_variants`, sd_cli also runs with GroupNorm's other candidates (GROUPNORM_VARIANTS),
+    with how far each moves the UNet's output.
     """
     import torch
 
@@ -395,15 +401,53 @@ def bench_unet_calls(st: Path, device: str, precision: str, rounds: int, calls: 
     x = torch.randn(2, 4, 64, 64, generator=generator).to(dev, dtype)
     context = torch.randn(2, 77, 768, generator=generator).to(dev, dtype)
     t = torch.tensor([500, 500], device=dev)
+    runs = {"sd_cli": lambda: model.unet(x, t, context),
+            "diffusers": lambda: unet(x, t, encoder_hidden_states=context)}
+    if groupnorm_variants:
+        runs.update({f"sd_cli_groupnorm_{name}": _with_groupnorm(name, runs["sd_cli"]) for name in GROUPNORM_VARIANTS})
     with torch.inference_mode():
-        times = alternate({"sd_cli": lambda: model.unet(x, t, context),
-                           "diffusers": lambda: unet(x, t, encoder_hidden_states=context)},
-                          rounds, calls, lambda: _sync(dev))
+        times = alternate(runs, rounds, calls, lambda: _sync(dev))
+        outputs = {name: run().float() for name, run in runs.items() if name.startswith("sd_cli")}
     result = summarize(times["sd_cli"], times["diffusers"], "s/call")
     result["round_medians"] = {name: [round(statistics.median(ts[i:i + calls]), 5) for i in range(0, len(ts), calls)]
                                for name, ts in times.items()}
+    if groupnorm_variants:
+        result["median_s"] = {name: round(statistics.median(ts), 5) for name, ts in times.items()}
+        result["max_abs_diff_from_sd_cli"] = {name: float((out - outputs["sd_cli"]).abs().max())
+                                              for name, out in outputs.items() if name != "sd_cli"}
     return {"call": result, "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
             "precision": str(dtype).removeprefix("torch.")}
+
+
+# GroupNorm32's candidates besides its own (float32 statistics, float32 weight and bias made once):
+# the same with the weight and bias cast at every call (sd_cli before the seventh session), and
+# the input's dtype throughout, which on CUDA is the device's own fp16 kernel (what diffusers runs).
+GROUPNORM_VARIANTS = ("cast_per_call", "input_dtype")
+
+
+def _with_groupnorm(variant: str, run):
+    import torch.nn.functional as F
+
+    from sd_cli.models.attention import GroupNorm32
+
+    def cast_per_call(self):
+        return self.weight.float(), self.bias.float()
+
+    def input_dtype(self, x):
+        return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
+
+    def patched_run():
+        saved = GroupNorm32.float_affine, GroupNorm32.forward
+        if variant == "cast_per_call":
+            GroupNorm32.float_affine = cast_per_call
+        else:
+            GroupNorm32.forward = input_dtype
+        try:
+            return run()
+        finally:
+            GroupNorm32.float_affine, GroupNorm32.forward = saved
+
+    return patched_run
 
 
 def alternate(runs: dict, rounds: int, calls: int, sync) -> dict[str, list[float]]:

@@ -60,3 +60,18 @@ def test_in_process_calls_alternate_after_one_warm_up_each():
     times = bench.alternate(runs, rounds=2, calls=3, sync=lambda: None)
     assert "".join(order) == "sd" + "sssddd" * 2
     assert [len(t) for t in times.values()] == [6, 6] and all(x >= 0 for t in times.values() for x in t)
+
+
+def test_groupnorm_variants_change_the_norm_only_for_their_call():
+    from sd_cli.models.attention import GroupNorm32
+
+    norm = GroupNorm32(64, 1e-5).to(torch.bfloat16)
+    x = torch.randn(1, 64, 4, 4, generator=torch.Generator().manual_seed(0)).bfloat16()
+    own = GroupNorm32.float_affine, GroupNorm32.forward
+    seen = {}
+    for variant in bench.GROUPNORM_VARIANTS:
+        seen[variant] = bench._with_groupnorm(variant, lambda: (norm.float_affine(), norm(x)))()
+        assert (GroupNorm32.float_affine, GroupNorm32.forward) == own
+    assert seen["cast_per_call"][0][0] is not norm.float_affine()[0]  # made anew, not the kept one
+    assert torch.equal(seen["cast_per_call"][1], norm(x))
+    assert torch.equal(seen["input_dtype"][1], torch.nn.functional.group_norm(x, 32, norm.weight, norm.bias, 1e-5))
