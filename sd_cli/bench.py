@@ -373,8 +373,7 @@ def time_steps_here(variant: str, st: str, device: str, precision: str, steps: s
     run()
     seconds = [run() for _ in range(int(repeats))]
     peak = round(torch.cuda.max_memory_allocated() / 1e9, 2) if dev.type == "cuda" else None
-    return {"seconds": seconds, "peak_vram_gb": peak,
-            "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"}
+    return {"seconds": seconds, "peak_vram_gb": peak, "device": _device_name(dev)}
 
 
 def bench_unet_calls(st: Path, device: str, precision: str, rounds: int, calls: int = 10,
@@ -407,16 +406,17 @@ def bench_unet_calls(st: Path, device: str, precision: str, rounds: int, calls: 
         runs.update({f"sd_cli_groupnorm_{name}": _with_groupnorm(name, runs["sd_cli"]) for name in GROUPNORM_VARIANTS})
     with torch.inference_mode():
         times = alternate(runs, rounds, calls, lambda: _sync(dev))
-        outputs = {name: run().float() for name, run in runs.items() if name.startswith("sd_cli")}
+        if groupnorm_variants:
+            reference = runs["sd_cli"]().float()
+            moved = {name: float((run().float() - reference).abs().max())
+                     for name, run in runs.items() if name.startswith("sd_cli_groupnorm_")}
     result = summarize(times["sd_cli"], times["diffusers"], "s/call")
     result["round_medians"] = {name: [round(statistics.median(ts[i:i + calls]), 5) for i in range(0, len(ts), calls)]
                                for name, ts in times.items()}
     if groupnorm_variants:
         result["median_s"] = {name: round(statistics.median(ts), 5) for name, ts in times.items()}
-        result["max_abs_diff_from_sd_cli"] = {name: float((out - outputs["sd_cli"]).abs().max())
-                                              for name, out in outputs.items() if name != "sd_cli"}
-    return {"call": result, "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
-            "precision": str(dtype).removeprefix("torch.")}
+        result["max_abs_diff_from_sd_cli"] = moved
+    return {"call": result, "device": _device_name(dev), "precision": str(dtype).removeprefix("torch.")}
 
 
 # GroupNorm32's candidates besides its own (float32 statistics, float32 weight and bias made once):
@@ -539,7 +539,7 @@ def _offload_costs(st: Path, dev, dtype, size: int, steps: int) -> dict:
         seconds, _, _ = _timed_with_peak(lambda: pipeline.txt2img(model, ["a photo"], [""], [0], params, size, size),
                                          dev)
         costs["offload" if offload else "whole_model_on_gpu"] = {
-            "seconds_per_image": seconds, "peak_vram_gb": round(torch.cuda.max_memory_allocated() / 1e9, 3)}
+            "seconds_per_image": seconds, "peak_vram_gb": round(_peak(dev) / 1e9, 3)}
         del model
     return costs
 
@@ -625,6 +625,12 @@ def _diffusers_pipeline(st: Path, dev, dtype):
                                                     torch_dtype=dtype, safety_checker=None)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(dev)
+
+
+def _device_name(dev) -> str:
+    import torch
+
+    return torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
 
 
 def _sync(dev) -> None:

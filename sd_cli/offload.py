@@ -32,10 +32,10 @@ class OffloadedPart:
     def __init__(self, module: nn.Module, pin: bool):
         self.slots = _tensor_slots(module)  # (owning module, attribute, is_parameter)
         tensors = [_get(slot) for slot in self.slots]
-        offsets, size = _layout(tensors)
+        self.offsets, size = _layout(tensors)  # byte offsets, the same in the host and device buffers
         self.host = torch.empty(size, dtype=torch.uint8, pin_memory=pin)
         self.views = []
-        for slot, tensor, offset in zip(self.slots, tensors, offsets):
+        for slot, tensor, offset in zip(self.slots, tensors, self.offsets):
             view = _typed_view(self.host, offset, tensor)
             view.copy_(tensor)
             _set(slot, view)  # the loaded tensor is released here, part by part
@@ -45,8 +45,8 @@ class OffloadedPart:
     def move_in(self, device: torch.device) -> None:
         """One copy of the whole buffer to `device`; the part's tensors become views of it."""
         self.on_device = self.host.to(device, non_blocking=self.host.is_pinned())
-        for slot, view in zip(self.slots, self.views):
-            _set(slot, _typed_view(self.on_device, view.data_ptr() - self.host.data_ptr(), view))
+        for slot, view, offset in zip(self.slots, self.views, self.offsets):
+            _set(slot, _typed_view(self.on_device, offset, view))
 
     def move_out(self) -> None:
         """Copy the part back into the host buffer (keeping any change made on the device) and point
@@ -64,12 +64,9 @@ class OffloadedPart:
         self.on_device = None
 
     def _still_views_of_device_copy(self, currents: list[torch.Tensor]) -> bool:
-        if self.on_device is None:
-            return False
-        device_base, host_base = self.on_device.data_ptr(), self.host.data_ptr()
-        return all(current.device == self.on_device.device
-                   and current.data_ptr() - device_base == view.data_ptr() - host_base
-                   for current, view in zip(currents, self.views))
+        base = self.on_device.data_ptr()
+        return all(current.device == self.on_device.device and current.data_ptr() == base + offset
+                   for current, offset in zip(currents, self.offsets))
 
 
 class ModelOffload:
