@@ -3,6 +3,7 @@
     python -m sd_cli.bench                      # build random SD 1.5 checkpoints in .bench/, run everything
     python -m sd_cli.bench --only load,cpu-step --repeats 3
     python -m sd_cli.bench --only gpu-step --device cuda
+    python -m sd_cli.bench --only attention --precision bf16   # CPU attention candidates (bench_attention.py)
 
 Speed does not depend on weight values, so the checkpoints are full-size SD 1.5 layouts with
 random weights: a 4 GB fp32 `.ckpt` (Lightning-style pickle) and a 2 GB fp16 `.safetensors`.
@@ -23,7 +24,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = ROOT / ".bench"
-FIGURES = ("startup", "load", "cpu-step", "gpu-step", "unet-call", "gpu-precision", "batch", "memory-modes")
+FIGURES = ("startup", "load", "cpu-step", "gpu-step", "unet-call", "attention", "gpu-precision", "batch",
+           "memory-modes")
 # CLIP ViT-L/14's text tower (SD 1.x); transformers' CLIPTextConfig defaults are a smaller model.
 CLIP_L_TEXT = dict(hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12,
                    projection_dim=768, hidden_act="quick_gelu")
@@ -36,7 +38,11 @@ def main(argv=None) -> None:
     only = set(args.only.split(",")) if args.only else set(FIGURES)
     if "startup" in only:
         results["startup"] = bench_startup(args.repeats)
-    if only & set(FIGURES) - {"startup"}:
+    if "attention" in only:  # random q, k and v: no checkpoint needed
+        from sd_cli.bench_attention import bench_attention
+
+        results["attention"] = bench_attention(args.precision or "bf16", args.repeats)
+    if only & set(FIGURES) - {"startup", "attention"}:
         ckpt, st = full_size_checkpoints()
         diffusers_config_dir(st)
     if "load" in only:

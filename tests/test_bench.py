@@ -75,3 +75,24 @@ def test_groupnorm_variants_change_the_norm_only_for_their_call():
     assert seen["cast_per_call"][0][0] is not norm.float_affine()[0]  # made anew, not the kept one
     assert torch.equal(seen["cast_per_call"][1], norm(x))
     assert torch.equal(seen["input_dtype"][1], torch.nn.functional.group_norm(x, 32, norm.weight, norm.bias, 1e-5))
+
+
+def test_attention_candidates_compute_attention_and_report_their_distance_from_float32(monkeypatch):
+    """The raw-scores candidate is attention (float32 inputs: equal to the fused kernel to rounding);
+    in bf16, sd_cli's shifted scores have less than half its error on sharp attention."""
+    from sd_cli import bench_attention
+
+    generator = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(1, 2, 600, 16, generator=generator) for _ in range(3))  # 600: a partial last block
+    torch.testing.assert_close(bench_attention.scores_in_input_dtype(q, k, v),
+                               torch.nn.functional.scaled_dot_product_attention(q, k, v), atol=2e-6, rtol=1e-5)
+
+    monkeypatch.setattr(bench_attention, "SHAPES", ((1, 2, 600, 16),))
+    monkeypatch.setattr(bench_attention, "SHARPNESS", (2.5,))
+    report = bench_attention.bench_attention("bf16", repeats=1)
+    assert report["precision"] == "bfloat16"
+    figures = report["1x2x600x16_sharpness_2.5"]
+    assert set(figures) == {"sd_cli", "fused_float32", "fused_input_dtype", "scores_in_input_dtype"}
+    assert figures["fused_float32"]["rms_error"] < 0.003  # bf16's own rounding of the output: 2^-9 at most
+    assert figures["sd_cli"]["rms_error"] < figures["scores_in_input_dtype"]["rms_error"] / 2
+    assert all(figure["seconds"] > 0 for figure in figures.values())

@@ -1,0 +1,104 @@
+"""`python -m sd_cli.bench --only attention`: the UNet's largest attention, sd_cli's way and the others.
+
+Half of a bf16 UNet call on the CPU is attention (docs/benchmarks.md). The figure times, on
+random q, k and v of the SD 1.5 UNet's two largest self-attention shapes, each candidate with how
+far it is from float32 attention (relative to that result's largest value and to its norm), at
+the scale random weights give the scores and at 2.5 times it (sharper attention, as trained heads
+have, where rounding the scores costs most):
+
+- `sd_cli`: what the UNet runs (`multi_head_attention`; in bf16 on the CPU, bf16 products with
+  the scores shifted by their row's maximum before rounding, `attention_in_bf16_blocks`);
+- `fused_float32`: torch's fused kernel on float32 copies (sd_cli's way before the eighth session);
+- `fused_input_dtype`: torch's fused kernel in the input's dtype (what diffusers runs);
+- `scores_in_input_dtype`: the same blocks of bf16 products, with the raw scores rounded (not
+  taken: 3-4x the shifted scores' error on sharp attention, for 30% less time).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+# (batch, heads, tokens, head width): SD 1.5 at 512², CFG batch 2; the 64² and 32² latent levels.
+SHAPES = ((2, 8, 4096, 40), (2, 8, 1024, 80))
+SHARPNESS = (1.0, 2.5)
+
+
+def bench_attention(precision: str, repeats: int) -> dict:
+    import torch
+
+    from sd_cli.device import resolve_dtype
+
+    dtype = resolve_dtype(precision, torch.device("cpu"))
+    report = {"precision": str(dtype).removeprefix("torch.")}
+    with torch.inference_mode():
+        for shape in SHAPES:
+            for sharpness in SHARPNESS:
+                report[f"{'x'.join(map(str, shape))}_sharpness_{sharpness}"] = _compare(shape, sharpness, dtype, repeats)
+    return report
+
+
+def candidates() -> dict:
+    import torch.nn.functional as F
+
+    from sd_cli.models.attention import multi_head_attention
+
+    def fused_float32(q, k, v):
+        return F.scaled_dot_product_attention(q.float(), k.float(), v.float()).to(q.dtype)
+
+    return {"sd_cli": multi_head_attention,
+            "fused_float32": fused_float32,
+            "fused_input_dtype": F.scaled_dot_product_attention,
+            "scores_in_input_dtype": scores_in_input_dtype}
+
+
+def _compare(shape, sharpness: float, dtype, repeats: int) -> dict:
+    import torch
+    import torch.nn.functional as F
+
+    q, k, v = _inputs(shape, sharpness, dtype)
+    reference = F.scaled_dot_product_attention(q.float(), k.float(), v.float())
+    results = {}
+    for name, attend in candidates().items():
+        out = attend(q, k, v).float()  # also the warm-up
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            attend(q, k, v)
+            times.append(time.perf_counter() - started)
+        error = out - reference
+        results[name] = {"seconds": round(statistics.median(times), 4),
+                         "max_error": round(float(error.abs().max() / reference.abs().max()), 5),
+                         "rms_error": round(float(error.norm() / reference.norm()), 5)}
+    return results
+
+
+def _inputs(shape, sharpness: float, dtype):
+    """q, k, v laid out as the UNet makes them: heads split out of one [B, N, heads·d] projection."""
+    import torch
+
+    batch, heads, tokens, width = shape
+    generator = torch.Generator().manual_seed(0)
+
+    def make(scale: float):
+        x = torch.randn(batch, tokens, heads * width, generator=generator) * scale
+        return x.to(dtype).view(batch, tokens, heads, width).transpose(1, 2)
+
+    return make(sharpness), make(sharpness), make(1.0)
+
+
+def scores_in_input_dtype(q, k, v):
+    """attention_in_bf16_blocks without the shift: the raw scores are rounded to the input's dtype."""
+    import torch
+
+    from sd_cli.models.attention import QUERY_BLOCK
+
+    out = torch.empty(q.shape, dtype=q.dtype)
+    scaled_q = q * q.shape[-1] ** -0.5
+    for b in range(q.shape[0]):
+        for h in range(q.shape[1]):
+            keys_t, values = k[b, h].t(), v[b, h]
+            for start in range(0, q.shape[2], QUERY_BLOCK):
+                scores = torch.mm(scaled_q[b, h, start:start + QUERY_BLOCK], keys_t)
+                torch.mm(torch.softmax(scores, dim=-1), values, out=out[b, h, start:start + QUERY_BLOCK])
+    return out
