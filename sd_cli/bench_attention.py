@@ -6,12 +6,13 @@ far it is from float32 attention (relative to that result's largest value and to
 the scale random weights give the scores and at 2.5 times it (sharper attention, as trained heads
 have, where rounding the scores costs most):
 
-- `sd_cli`: what the UNet runs (`multi_head_attention`; in bf16 on the CPU, bf16 products with
-  the scores shifted by their row's maximum before rounding, `attention_in_bf16_blocks`);
+- `sd_cli`: what the UNet runs (`multi_head_attention`; in bf16 on a CPU with AVX-512 BF16, bf16
+  products with the scores shifted by their row's maximum before rounding, one head per thread:
+  `cpu_attention.attention_in_bf16_blocks`);
 - `fused_float32`: torch's fused kernel on float32 copies (sd_cli's way before the eighth session);
 - `fused_input_dtype`: torch's fused kernel in the input's dtype (what diffusers runs);
-- `scores_in_input_dtype`: the same blocks of bf16 products, with the raw scores rounded (not
-  taken: 3-4x the shifted scores' error on sharp attention, for 30% less time).
+- `scores_in_input_dtype`: blocks of bf16 products with the raw scores rounded, on torch's own
+  threads (not taken: 3-4x the shifted scores' error on sharp attention).
 """
 
 from __future__ import annotations
@@ -27,11 +28,15 @@ SHARPNESS = (1.0, 2.5)
 def bench_attention(precision: str, repeats: int) -> dict:
     import torch
 
+    from sd_cli.allocator import reusing_freed_memory
     from sd_cli.device import resolve_dtype
 
-    dtype = resolve_dtype(precision, torch.device("cpu"))
+    cpu = torch.device("cpu")
+    dtype = resolve_dtype(precision, cpu)
     report = {"precision": str(dtype).removeprefix("torch.")}
-    with torch.inference_mode():
+    # Under the allocator setting the UNet samples with: without it glibc maps and unmaps the
+    # blocks' 4 MB buffers over and over, which costs the blocked candidates a quarter more.
+    with torch.inference_mode(), reusing_freed_memory(cpu):
         for shape in SHAPES:
             for sharpness in SHARPNESS:
                 report[f"{'x'.join(map(str, shape))}_sharpness_{sharpness}"] = _compare(shape, sharpness, dtype, repeats)
@@ -91,14 +96,15 @@ def scores_in_input_dtype(q, k, v):
     """attention_in_bf16_blocks without the shift: the raw scores are rounded to the input's dtype."""
     import torch
 
-    from sd_cli.models.attention import QUERY_BLOCK
+    from sd_cli.models.cpu_attention import BLOCK_SCORES
 
+    block = max(1, BLOCK_SCORES // k.shape[2])
     out = torch.empty(q.shape, dtype=q.dtype)
     scaled_q = q * q.shape[-1] ** -0.5
     for b in range(q.shape[0]):
         for h in range(q.shape[1]):
             keys_t, values = k[b, h].t(), v[b, h]
-            for start in range(0, q.shape[2], QUERY_BLOCK):
-                scores = torch.mm(scaled_q[b, h, start:start + QUERY_BLOCK], keys_t)
-                torch.mm(torch.softmax(scores, dim=-1), values, out=out[b, h, start:start + QUERY_BLOCK])
+            for start in range(0, q.shape[2], block):
+                scores = torch.mm(scaled_q[b, h, start:start + block], keys_t)
+                torch.mm(torch.softmax(scores, dim=-1), values, out=out[b, h, start:start + block])
     return out

@@ -1,14 +1,15 @@
 """multi_head_attention (sd_cli/models/attention.py): bfloat16 on the CPU runs as bf16 matrix products
-over long key sequences (scores shifted by their row's maximum before rounding) and in float32
-over short ones."""
+over long key sequences where the CPU has them (cpu_attention.py: scores shifted by their row's
+maximum before rounding, one head per thread) and in float32 otherwise."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from sd_cli.bench_attention import scores_in_input_dtype
-from sd_cli.models import attention
-from sd_cli.models.attention import CrossAttention, GroupNorm32, attention_in_bf16_blocks, multi_head_attention
+from sd_cli.models import cpu_attention
+from sd_cli.models.attention import CrossAttention, GroupNorm32, multi_head_attention
+from sd_cli.models.cpu_attention import attention_in_bf16_blocks
 from sd_cli.models_on_disk import DEFAULT_CHECKPOINT, PROJECT_CHECKPOINTS
 
 BUILTIN = PROJECT_CHECKPOINTS / DEFAULT_CHECKPOINT
@@ -36,6 +37,11 @@ def test_bfloat16_over_few_keys_is_float32_attention_rounded_once():
     assert rms_error(out, q, k, v) < rms_error(F.scaled_dot_product_attention(q, k, v), q, k, v)
 
 
+needs_bf16_products = pytest.mark.skipif(not cpu_attention.available(),
+                                         reason="the CPU has no AVX-512 BF16 (or torch no GNU OpenMP)")
+
+
+@needs_bf16_products
 def test_bfloat16_over_many_keys_runs_as_bf16_blocks_with_shifted_scores():
     q, k, v = qkv(torch.bfloat16, tokens=600, sharpness=2.5)  # 600 queries: a partial last block of 512
     with torch.inference_mode():
@@ -44,18 +50,40 @@ def test_bfloat16_over_many_keys_runs_as_bf16_blocks_with_shifted_scores():
     assert out.dtype == torch.bfloat16 and out.shape == q.shape
     # Merging the heads afterwards is a view, as after the fused kernel.
     assert out.transpose(1, 2).reshape(2, 600, 320).data_ptr() == out.data_ptr()
-    # Sharp attention: rounding the raw scores would cost 3-4x more than shifting them first.
+    # Sharp attention: rounding the raw scores costs 3-4x more than shifting them first.
     shifted, raw = rms_error(out, q, k, v), rms_error(scores_in_input_dtype(q, k, v), q, k, v)
     assert shifted < 0.006 and shifted < raw / 2.5
 
 
-def test_the_blocks_compute_attention():
+def test_the_blocks_compute_attention(monkeypatch):
     """In float32 (no rounding to speak of) the blocked product is the fused kernel's attention:
     the subtracted row maximum cancels in softmax, and every block, the last one partial included,
     lands in its place."""
+    monkeypatch.setattr(cpu_attention, "BLOCK_SCORES", 256 * 700)  # blocks of 256 queries: 4 and a part
     q, k, v = qkv(torch.float32, tokens=1100, keys=700, sharpness=3.0)
     torch.testing.assert_close(attention_in_bf16_blocks(q, k, v), F.scaled_dot_product_attention(q, k, v),
                                atol=5e-5, rtol=1e-4)  # float32 sums in another order, scores up to ~30
+
+
+@needs_bf16_products
+def test_the_workers_run_torch_single_threaded_and_leave_the_callers_count_alone():
+    q, k, v = qkv(torch.bfloat16, tokens=600)
+    before = torch.get_num_threads()
+    with torch.inference_mode():
+        multi_head_attention(q, k, v)
+    assert torch.get_num_threads() == before
+    counts = {cpu_attention._workers().submit(torch.get_num_threads).result() for _ in range(8)}
+    assert counts == {1}
+
+
+def test_fewer_heads_than_workers_stay_on_the_fused_kernel(monkeypatch):
+    """Each worker takes whole (batch, head) pairs; with fewer pairs than workers the fused kernel,
+    which parallelises within a head, keeps more cores busy."""
+    monkeypatch.setattr(cpu_attention, "_worker_count", lambda: 32)
+    q, k, v = qkv(torch.bfloat16, tokens=600)  # 2 x 8 = 16 pairs
+    with torch.inference_mode():
+        out = multi_head_attention(q, k, v)
+    assert torch.equal(out, F.scaled_dot_product_attention(q.float(), k.float(), v.float()).bfloat16())
 
 
 def test_with_gradients_bfloat16_stays_on_the_fused_kernel():
@@ -65,6 +93,7 @@ def test_with_gradients_bfloat16_stays_on_the_fused_kernel():
     assert torch.equal(out, F.scaled_dot_product_attention(q.float(), k.float(), v.float()).bfloat16())
 
 
+@needs_bf16_products
 @pytest.mark.skipif(not BUILTIN.is_file(), reason="the built-in model is not in checkpoints/")
 def test_the_builtin_unet_in_bf16_is_as_close_to_float32_with_the_blocks(monkeypatch):
     """Trained weights (the built-in model; some of its heads are sharp): the UNet's bf16 output is
@@ -77,13 +106,13 @@ def test_the_builtin_unet_in_bf16_is_as_close_to_float32_with_the_blocks(monkeyp
     x = torch.randn(2, 4, 32, 32, generator=generator)  # 256²: 1024 and 256 tokens, both blocked
     t = torch.tensor([500, 500])
     blocked_calls = []
-    monkeypatch.setattr(attention, "attention_in_bf16_blocks",
+    monkeypatch.setattr(cpu_attention, "attention_in_bf16_blocks",
                         lambda *a: blocked_calls.append(1) or attention_in_bf16_blocks(*a))
     with torch.inference_mode():
         context = fp32.encode_text(["a red circle on a blue background", ""])
         reference = fp32.unet(x, t, context)
         blocked = bf16.unet(x, t, context).float()
-        monkeypatch.setattr(attention, "BF16_BLOCKS_MIN_KEYS", 10**9)
+        monkeypatch.setattr(cpu_attention, "MIN_KEYS", 10**9)
         fused = bf16.unet(x, t, context).float()
     assert blocked_calls
     error = lambda out: float((out - reference).norm() / reference.norm())  # noqa: E731

@@ -9,14 +9,15 @@ autocast, so every op here runs in the module's dtype, and attention itself is
 `F.scaled_dot_product_attention` (scale head_dim^-0.5, the same maths as the original's
 einsum-softmax-einsum). In float32 the two agree to rounding; in float16 SDPA's fused kernels
 accumulate in float32 internally, which is what the original's upcast was for; bfloat16 on the
-CPU runs as bfloat16 matrix products over long key sequences and in float32 over short ones
-(multi_head_attention says why).
+CPU runs as bfloat16 matrix products over long key sequences where the CPU has them and in
+float32 otherwise (multi_head_attention says why).
 """
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sd_cli.models import cpu_attention
 from sd_cli.models.linear import Linear
 
 
@@ -71,59 +72,20 @@ def merge_heads(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(1, 2).reshape(batch, tokens, heads * dim_head)
 
 
-# bfloat16 self-attention on the CPU over at least this many keys runs as blocks of bf16 matrix
-# products (attention_in_bf16_blocks); below it, and over the 77 text tokens of cross-attention,
-# the fused kernel in float32 is as fast or faster (docs/benchmarks.md, eighth session).
-BF16_BLOCKS_MIN_KEYS = 256
-QUERY_BLOCK = 512  # queries per product: the fastest of 256-1024 at every UNet level measured
-
-
 def multi_head_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """softmax(q·kᵀ / √d)·v over [B, heads, tokens, d].
 
-    bfloat16 on the CPU: torch's fused kernel is slower in bfloat16 than in float32 there, while
-    oneDNN multiplies bf16 matrices at up to 4x its float32 rate (AVX-512 BF16). So long key
-    sequences go through attention_in_bf16_blocks (a 4096-token SD 1.5 layer: 0.18 s against the
-    fused float32 kernel's 0.29 s), and short ones through the fused kernel on float32 copies.
-    Not when compiling (inductor would unroll the loops) or when gradients are wanted (training).
+    bfloat16 on the CPU: torch's fused kernel is slower in bfloat16 than in float32 there. Where
+    the CPU multiplies bf16 matrices natively, attention over many keys runs as bf16 products
+    (cpu_attention.py; a 4096-token SD 1.5 layer 0.19 s against the fused float32 kernel's 0.29 s);
+    otherwise, and over few keys, the fused kernel runs on float32 copies. Not when compiling
+    (inductor would unroll the loops) or when gradients are wanted (training).
     """
     if q.device.type == "cpu" and q.dtype == torch.bfloat16:
-        if (k.shape[2] >= BF16_BLOCKS_MIN_KEYS and not torch.is_grad_enabled()
-                and not torch.compiler.is_compiling()):
-            return attention_in_bf16_blocks(q, k, v)
+        if cpu_attention.worth_it(q, k) and not torch.is_grad_enabled() and not torch.compiler.is_compiling():
+            return cpu_attention.attention_in_bf16_blocks(q, k, v)
         return F.scaled_dot_product_attention(q.float(), k.float(), v.float()).to(q.dtype)
     return F.scaled_dot_product_attention(q, k, v)  # default scale is dim_head^-0.5
-
-
-def attention_in_bf16_blocks(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Attention as bf16 matrix products, per head and block of queries, with the scores rounded
-    to bf16 only after subtracting their row's maximum.
-
-    A bf16 product is accumulated in float32 and rounded once, to 8 significant bits of the result:
-    rounding raw scores would cost the large ones most, and those carry the softmax. So each block
-    is multiplied twice: once for an estimate m of every row's maximum, then as [q, -m]·[k, 1]ᵀ,
-    which is q·kᵀ - m computed inside the product (softmax ignores a per-row constant). The scores
-    that matter are then near 0 when rounded; the error added is about what q and k already carry
-    from being bf16 (on sharp attention 0.5% of the output's norm against 1.7% without the shift;
-    a whole UNet's output is as far from float32 as with float32 attention, docs/benchmarks.md).
-    The probabilities are rounded to bf16 for the product with v, as the fused bf16 kernel does.
-    The original's own CPU bf16 path (v2 under CPU autocast) rounds raw scores.
-    """
-    batch, heads, tokens, width = q.shape
-    # Laid out as [B, tokens, heads, d], so that merging the heads afterwards is a view.
-    out = torch.empty(batch, tokens, heads, width, dtype=q.dtype).transpose(1, 2)
-    scaled_q = q * width ** -0.5
-    ones = q.new_ones(k.shape[2], 1)
-    for b in range(batch):
-        for h in range(heads):
-            keys, values = k[b, h], v[b, h]
-            keys_and_one_t = torch.cat([keys, ones], dim=1).t()
-            for start in range(0, tokens, QUERY_BLOCK):
-                block = scaled_q[b, h, start:start + QUERY_BLOCK]
-                row_max = torch.mm(block, keys.t()).amax(dim=-1, keepdim=True)
-                scores = torch.mm(torch.cat([block, -row_max], dim=1), keys_and_one_t)
-                torch.mm(torch.softmax(scores, dim=-1), values, out=out[b, h, start:start + QUERY_BLOCK])
-    return out
 
 
 class CrossAttention(nn.Module):
