@@ -37,7 +37,7 @@ def test_bfloat16_over_few_keys_is_float32_attention_rounded_once():
     assert rms_error(out, q, k, v) < rms_error(F.scaled_dot_product_attention(q, k, v), q, k, v)
 
 
-needs_bf16_products = pytest.mark.skipif(not cpu_attention.available(),
+needs_bf16_products = pytest.mark.skipif(not cpu_attention.AVAILABLE,
                                          reason="the CPU has no AVX-512 BF16 (or torch no GNU OpenMP)")
 
 
@@ -79,7 +79,7 @@ def test_the_workers_run_torch_single_threaded_and_leave_the_callers_count_alone
 def test_fewer_heads_than_workers_stay_on_the_fused_kernel(monkeypatch):
     """Each worker takes whole (batch, head) pairs; with fewer pairs than workers the fused kernel,
     which parallelises within a head, keeps more cores busy."""
-    monkeypatch.setattr(cpu_attention, "_worker_count", lambda: 32)
+    monkeypatch.setattr(cpu_attention, "WORKERS", 32)
     q, k, v = qkv(torch.bfloat16, tokens=600)  # 2 x 8 = 16 pairs
     with torch.inference_mode():
         out = multi_head_attention(q, k, v)
@@ -153,3 +153,18 @@ def test_group_norm_converts_its_affine_to_float32_once_per_change():
     moved = norm.float_affine()
     assert moved[0].dtype == torch.float32 and torch.equal(moved[0], norm.weight.float())
     assert torch.equal(norm(x.half()), F.group_norm(x.half(), 32, norm.weight.float(), norm.bias.float(), 1e-5))
+
+
+@needs_bf16_products
+def test_compiled_code_keeps_the_blocks_as_one_op(monkeypatch):
+    """torch.compile (fullgraph, as --compile runs the UNet) calls the blocks as an opaque op
+    rather than tracing their loops, and gets the eager result."""
+    calls = []
+    monkeypatch.setattr(cpu_attention, "attention_in_bf16_blocks",
+                        lambda *a: calls.append(1) or attention_in_bf16_blocks(*a))
+    q, k, v = qkv(torch.bfloat16, tokens=600)
+    compiled = torch.compile(lambda q, k, v: multi_head_attention(q, k, v) * 2, fullgraph=True, dynamic=False)
+    with torch.inference_mode():
+        out = compiled(q, k, v)
+        expected = attention_in_bf16_blocks(q, k, v) * 2
+    assert calls and torch.equal(out, expected)

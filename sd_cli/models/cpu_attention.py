@@ -31,8 +31,7 @@ BLOCK_SCORES = 1 << 21
 MIN_KEYS = 256
 
 
-@functools.cache
-def available() -> bool:
+def _available() -> bool:
     """Where this was measured: x86 with AVX-512 BF16 (bf16 products in hardware), and torch on
     GNU OpenMP (whose per-thread count _single_threaded sets)."""
     if platform.machine().lower() not in ("x86_64", "amd64"):
@@ -45,10 +44,29 @@ def available() -> bool:
         return False
 
 
+# Decided once at import (torch is imported, so its OpenMP library is loaded): torch.compile
+# traces worth_it, and this way it sees constants.
+AVAILABLE = _available()
+WORKERS = torch.get_num_threads()  # as many as torch computes with
+
+
 def worth_it(q: torch.Tensor, k: torch.Tensor) -> bool:
     """Enough keys, and a (batch, head) pair for every worker (else the fused kernel, which
     parallelises within a head, keeps more cores busy)."""
-    return k.shape[2] >= MIN_KEYS and q.shape[0] * q.shape[1] >= _worker_count() and available()
+    return AVAILABLE and k.shape[2] >= MIN_KEYS and q.shape[0] * q.shape[1] >= WORKERS
+
+
+@torch.library.custom_op("sd_cli::attention_in_bf16_blocks", mutates_args=())
+def attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """attention_in_bf16_blocks as one op, which torch.compile keeps as it is instead of tracing
+    (and unrolling) its loops."""
+    return attention_in_bf16_blocks(q, k, v)
+
+
+@attention_op.register_fake
+def _(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    batch, heads, tokens, width = q.shape
+    return q.new_empty(batch, tokens, heads, width).transpose(1, 2)
 
 
 def attention_in_bf16_blocks(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -83,8 +101,7 @@ def attention_in_bf16_blocks(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) 
                 _one_head(queries_and_max[b, h], keys_and_minus_one[b, h], v[b, h], out[b, h], block)
 
     pairs = [(b, h) for b in range(batch) for h in range(heads)]
-    count = _worker_count()
-    list(_workers().map(attend, [pairs[i::count] for i in range(count)]))
+    list(_workers().map(attend, [pairs[i::WORKERS] for i in range(WORKERS)]))
     return out
 
 
@@ -100,14 +117,9 @@ def _one_head(queries_and_max, keys_and_minus_one, values, out, block: int) -> N
 
 
 @functools.cache
-def _worker_count() -> int:
-    return torch.get_num_threads()  # as many as torch computes with
-
-
-@functools.cache
 def _workers() -> ThreadPoolExecutor:
-    """Threads that each run torch single-threaded."""
-    return ThreadPoolExecutor(max_workers=_worker_count(), thread_name_prefix="sd_cli-attention",
+    """WORKERS threads that each run torch single-threaded."""
+    return ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="sd_cli-attention",
                               initializer=_single_threaded)
 
 
