@@ -18,7 +18,6 @@ have, where rounding the scores costs most):
 from __future__ import annotations
 
 import statistics
-import time
 
 # (batch, heads, tokens, head width): SD 1.5 at 512², CFG batch 2; the 64² and 32² latent levels.
 SHAPES = ((2, 8, 4096, 40), (2, 8, 1024, 80))
@@ -46,36 +45,28 @@ def bench_attention(precision: str, repeats: int) -> dict:
 def candidates() -> dict:
     import torch.nn.functional as F
 
-    from sd_cli.models.attention import multi_head_attention
-
-    def fused_float32(q, k, v):
-        return F.scaled_dot_product_attention(q.float(), k.float(), v.float()).to(q.dtype)
+    from sd_cli.models.attention import attention_in_float32, multi_head_attention
 
     return {"sd_cli": multi_head_attention,
-            "fused_float32": fused_float32,
+            "fused_float32": attention_in_float32,
             "fused_input_dtype": F.scaled_dot_product_attention,
             "scores_in_input_dtype": scores_in_input_dtype}
 
 
 def _compare(shape, sharpness: float, dtype, repeats: int) -> dict:
-    import torch
     import torch.nn.functional as F
+
+    from sd_cli.bench import alternate
 
     q, k, v = _inputs(shape, sharpness, dtype)
     reference = F.scaled_dot_product_attention(q.float(), k.float(), v.float())
-    results = {}
-    for name, attend in candidates().items():
-        out = attend(q, k, v).float()  # also the warm-up
-        times = []
-        for _ in range(repeats):
-            started = time.perf_counter()
-            attend(q, k, v)
-            times.append(time.perf_counter() - started)
-        error = out - reference
-        results[name] = {"seconds": round(statistics.median(times), 4),
-                         "max_error": round(float(error.abs().max() / reference.abs().max()), 5),
-                         "rms_error": round(float(error.norm() / reference.norm()), 5)}
-    return results
+    attends = {name: (lambda attend=attend: attend(q, k, v)) for name, attend in candidates().items()}
+    errors = {name: attend().float() - reference for name, attend in attends.items()}
+    times = alternate(attends, rounds=repeats, calls=1, sync=lambda: None)
+    return {name: {"seconds": round(statistics.median(times[name]), 4),
+                   "max_error": round(float(error.abs().max() / reference.abs().max()), 5),
+                   "rms_error": round(float(error.norm() / reference.norm()), 5)}
+            for name, error in errors.items()}
 
 
 def _inputs(shape, sharpness: float, dtype):

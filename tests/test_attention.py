@@ -43,7 +43,7 @@ needs_bf16_products = pytest.mark.skipif(not cpu_attention.AVAILABLE,
 
 @needs_bf16_products
 def test_bfloat16_over_many_keys_runs_as_bf16_blocks_with_shifted_scores():
-    q, k, v = qkv(torch.bfloat16, tokens=600, sharpness=2.5)  # 600 queries: a partial last block of 512
+    q, k, v = qkv(torch.bfloat16, tokens=600, sharpness=2.5)
     with torch.inference_mode():
         out = multi_head_attention(q, k, v)
         assert torch.equal(out, attention_in_bf16_blocks(q, k, v))

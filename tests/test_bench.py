@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sd_cli import bench
+from sd_cli import bench, bench_unet_call
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self")
 
@@ -69,8 +69,8 @@ def test_groupnorm_variants_change_the_norm_only_for_their_call():
     x = torch.randn(1, 64, 4, 4, generator=torch.Generator().manual_seed(0)).bfloat16()
     own = GroupNorm32.float_affine, GroupNorm32.forward
     seen = {}
-    for variant in bench.GROUPNORM_VARIANTS:
-        seen[variant] = bench._with_groupnorm(variant, lambda: (norm.float_affine(), norm(x)))()
+    for variant in bench_unet_call.GROUPNORM_VARIANTS:
+        seen[variant] = bench_unet_call._with_groupnorm(variant, lambda: (norm.float_affine(), norm(x)))()
         assert (GroupNorm32.float_affine, GroupNorm32.forward) == own
     assert seen["cast_per_call"][0][0] is not norm.float_affine()[0]  # made anew, not the kept one
     assert torch.equal(seen["cast_per_call"][1], norm(x))

@@ -75,17 +75,20 @@ def merge_heads(x: torch.Tensor) -> torch.Tensor:
 def multi_head_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """softmax(q·kᵀ / √d)·v over [B, heads, tokens, d].
 
-    bfloat16 on the CPU: torch's fused kernel is slower in bfloat16 than in float32 there. Where
-    the CPU multiplies bf16 matrices natively, attention over many keys runs as bf16 products
-    (cpu_attention.py; a 4096-token SD 1.5 layer 0.19 s against the fused float32 kernel's 0.29 s);
-    otherwise, and over few keys, the fused kernel runs on float32 copies. Not when gradients are
-    wanted (training).
+    bfloat16 on the CPU, where torch's fused kernel is slower in bf16 than in float32: over many
+    keys as bf16 matrix products where the CPU has them (cpu_attention.py says why and how), else
+    attention_in_float32. Not when gradients are wanted (training).
     """
     if q.device.type == "cpu" and q.dtype == torch.bfloat16:
         if cpu_attention.worth_it(q, k) and not torch.is_grad_enabled():
             return cpu_attention.attention_op(q, k, v)
-        return F.scaled_dot_product_attention(q.float(), k.float(), v.float()).to(q.dtype)
+        return attention_in_float32(q, k, v)
     return F.scaled_dot_product_attention(q, k, v)  # default scale is dim_head^-0.5
+
+
+def attention_in_float32(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """The fused kernel on float32 copies, rounded once to the inputs' dtype."""
+    return F.scaled_dot_product_attention(q.float(), k.float(), v.float()).to(q.dtype)
 
 
 class CrossAttention(nn.Module):
