@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sd_cli.original_scripts import run_original_script  # noqa: E402
+from sd_cli.cli.original_scripts import run_original_script  # noqa: E402
 
 if __name__ == "__main__":
     run_original_script("inpaint", sys.argv[1:])

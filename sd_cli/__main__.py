@@ -1,3 +1,3 @@
-from sd_cli.cli import main
+from sd_cli.cli.app import main
 
 main()

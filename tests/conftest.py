@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent / "support"))
 
 from tiny_models import write_tiny_checkpoint  # noqa: E402
 
@@ -48,7 +48,7 @@ def sd2_depth_ckpt(tiny_dir) -> Path:
 @pytest.fixture(scope="module")
 def depth_model(sd2_depth_ckpt):
     """(path, loaded model) of the depth checkpoint, loaded once per test module."""
-    from sd_cli.loading import load_model
+    from sd_cli.loading.loader import load_model
 
     return sd2_depth_ckpt, load_model(sd2_depth_ckpt).model
 
@@ -74,7 +74,7 @@ class CliResult:
 @pytest.fixture
 def run_cli(capsys):
     """Run `sd-cli ARGS` in this process; returns exit code and captured output."""
-    from sd_cli.cli import main
+    from sd_cli.cli.app import main
 
     def run(*args) -> CliResult:
         try:

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from sd_cli import log
-from sd_cli.config import ModelConfig
+from sd_cli.loading.config import ModelConfig
 from sd_cli.errors import NumericsError
 from sd_cli.models.unet import UNetModel
 from sd_cli.models.vae import AutoencoderKL
@@ -79,7 +79,7 @@ class LatentDiffusion(nn.Module):
     def encode_text(self, prompts: list[str]) -> torch.Tensor:
         """[B, 77·chunks, D] conditioning for a list of prompts (prompts.py: emphasis, BREAK, long
         prompts, embeddings); [B, 77, D], the original's, for a plain prompt of up to 75 tokens."""
-        from sd_cli.prompts import TextOptions, encode_prompts
+        from sd_cli.prompting.prompts import TextOptions, encode_prompts
 
         self._ready("text encoder")
         return encode_prompts(self.cond_stage_model, prompts, self.text_options or TextOptions())
@@ -129,7 +129,7 @@ class LatentDiffusion(nn.Module):
         """Whole, or in overlapping tiles with --vae-tiling (bounded memory for large images)."""
         if not self.vae_tiling:
             return vae.decode(z)
-        from sd_cli.tiling import decode_tiled
+        from sd_cli.runtime.tiling import decode_tiled
 
         factor = 2 ** (len(self.config.vae_params["ddconfig"]["ch_mult"]) - 1)
         return decode_tiled(vae.decode, z, factor=factor)

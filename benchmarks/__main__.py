@@ -1,0 +1,3 @@
+from benchmarks.compare import main
+
+main()

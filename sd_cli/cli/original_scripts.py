@@ -1,0 +1,34 @@
+"""The original scripts' command lines, run through sd_cli with the original scripts' defaults.
+
+Defaults are prepended to the user's arguments, so anything the user gives wins (the parser
+keeps the last value of a repeated option).
+"""
+
+from sd_cli.cli.app import main
+
+ORIGINAL_PROMPT = "a painting of a virus monster playing guitar"
+
+ORIGINAL_DEFAULTS = {
+    "txt2img": ["--n_samples", "3", "--n_iter", "2", "--seed", "42", "--scale", "7.5",
+                "--outdir", "outputs/txt2img-samples"],
+    "img2img": ["--n_samples", "2", "--n_iter", "1", "--seed", "42", "--scale", "5.0", "--strength", "0.75",
+                "--outdir", "outputs/img2img-samples"],
+    # runwayml's scripts/inpaint_st.py (SD 1.5 inpainting): seed 0, one sample, scale 7.5, η 1.0 hard-coded,
+    # the hard binarised mask and no paste-back
+    "inpaint": ["--n_samples", "1", "--seed", "0", "--scale", "7.5", "--ddim_eta", "1.0", "--mask-blur", "0",
+                "--no-paste-back", "--outdir", "outputs/inpaint-samples"],
+    # v2 scripts/streamlit/depth2img.py: seed 0, one sample, scale 9.0, strength 0.9, η 0
+    "depth2img": ["--n_samples", "1", "--seed", "0", "--scale", "9.0", "--strength", "0.9",
+                  "--outdir", "outputs/depth2img-samples"],
+}
+
+
+def run_original_script(mode: str, user_args: list[str]) -> None:
+    args = [mode, *ORIGINAL_DEFAULTS[mode], *user_args]
+    if not _gives_prompt(user_args):
+        args += ["--prompt", ORIGINAL_PROMPT]
+    main(args)
+
+
+def _gives_prompt(args: list[str]) -> bool:
+    return any(a in ("--prompt", "-p", "--from-file") or a.startswith(("--prompt=", "--from-file=")) for a in args)

@@ -1,0 +1,262 @@
+"""From the parsed flags of a rendering command to a RunRequest: every check of the flags
+themselves (conflicts, ranges, the original's unsupported flags) happens here, before any model loads."""
+
+import secrets
+from pathlib import Path
+from typing import Optional
+
+from sd_cli import log
+from sd_cli.cli.options import UNSUPPORTED, Emphasis, OnError
+from sd_cli.errors import UsageError
+
+
+def build_request(mode: str, args: dict):
+    """The RunRequest for subcommand `mode`, from typer's parsed arguments (UsageError if they conflict)."""
+    _check_run_flags(args)
+    return _request(mode, args)
+
+
+def _check_run_flags(args: dict) -> None:
+    for flag, message in UNSUPPORTED.items():
+        if args.get(flag):
+            raise UsageError(message)
+    if args["C"] != 4 or args["f"] != 8:
+        raise UsageError("--C must be 4 and --f must be 8: Stable Diffusion's VAE has 4 latent channels and downsamples by 8")
+
+
+def _request(mode: str, args: dict):
+    from sd_cli.run import jobs
+    from sd_cli.run.render import RunRequest
+
+    png_values, png_model = _from_png(args)
+    requests, bad_lines = _requests(mode, args, png_values)
+    count = _positive("--repeat", args["repeat"]) if args["from_file"] else _positive("--n-samples", args["n_samples"])
+    defaults = jobs.Defaults(values=_default_values(args, png_values), count=count,
+                             n_iter=_positive("--n-iter", args["n_iter"]), fixed_code=args["fixed_code"],
+                             name_template=args["name"])
+    request = RunRequest(
+        mode=mode, jobs=jobs.build_jobs(requests, defaults), batch_size=_positive("--n-samples", args["n_samples"]),
+        bad_lines=bad_lines, checkpoint=_checkpoint(args, png_model), config=args["config"], ema=args["ema"],
+        device=args["device"], precision=_precision(args["precision"]),
+        outdir=args["outdir"] or Path(f"outputs/{mode}-samples"), output=args["output"], n_rows=args["n_rows"],
+        skip_grid=args["skip_grid"], skip_save=args["skip_save"], watermark=not args["no_watermark"],
+        skip_existing=args["skip_existing"], on_error=args["on_error"].value, json=args["json_out"],
+        inpaint=_mask_options(args) if mode == "inpaint" else None,
+        depth=_depth_options(args) if mode == "depth2img" else None, **_addon_options(args),
+        compile=args["compile_unet"], vae_tiling=args["vae_tiling"], offload=args["offload"],
+        emphasis=args["emphasis"].value, clip_skip=_clip_skip(args["clip_skip"]), embeddings=_embeddings_dir(args["embeddings"]),
+    )
+    if request.offload and request.compile:
+        raise UsageError("--offload and --compile do not go together (compiled GPU code keeps the UNet's weights "
+                         "where they were); drop one of them")
+    if request.skip_save and request.skip_grid:
+        raise UsageError("--skip-save together with --skip-grid would write nothing; drop one of them")
+    if args["from_png"] is not None:
+        _warn_other_model(request.checkpoint, png_model, args["from_png"])
+    return request
+
+
+def _requests(mode: str, args: dict, png_values: dict) -> tuple[list, int]:
+    """One request per prompt-file line (and the number of bad lines skipped), or the one prompt."""
+    from sd_cli.run import jobs
+
+    given = [p for p in (args["prompt_arg"], args["prompt"]) if p is not None]
+    if len(given) == 2 and given[0] != given[1]:
+        raise UsageError("the prompt was given twice (as an argument and with --prompt); give it once")
+    if args["from_file"] is not None:
+        if given or args["from_png"]:
+            raise UsageError("give either a prompt, --from-png or --from-file, not two of them")
+        return _good_lines(jobs.parse_prompt_file(jobs.read_prompt_file(args["from_file"])), args)
+    prompt = given[0] if given else png_values.get("prompt")
+    if prompt is None:
+        raise UsageError("no prompt: pass it as the first argument, with --prompt, or use --from-file")
+    if mode != "txt2img" and args["init_img"] is None:
+        raise UsageError(f"{mode} needs an input image: pass {'--image' if mode == 'inpaint' else '--init-img'} PATH")
+    return [jobs.Request({"prompt": prompt})], 0
+
+
+def _good_lines(parsed: list, args: dict) -> tuple[list, int]:
+    from sd_cli.run.jobs import BadLine
+
+    source = "stdin" if args["from_file"] == "-" else args["from_file"]
+    bad = [p for p in parsed if isinstance(p, BadLine)]
+    if bad and args["on_error"] == OnError.stop:
+        more = f" (and {len(bad) - 1} more bad line(s))" if len(bad) > 1 else ""
+        raise UsageError(f"{source} line {bad[0].line}: {bad[0].message}{more}; fix it or use --on-error continue")
+    for line in bad:
+        log.error(f"{source} line {line.line}: {line.message} (skipped, --on-error continue)")
+    return [p for p in parsed if not isinstance(p, BadLine)], len(bad)
+
+
+FLAG_NAMES = {"steps": "--steps", "scale": "--scale", "seed": "--seed", "eta": "--eta", "width": "--width",
+              "height": "--height", "strength": "--strength", "sampler": "--sampler",
+              "negative_prompt": "--negative-prompt", "init_img": "--init-img", "mask": "--mask"}
+
+
+def _default_values(args: dict, png_values: dict) -> dict:
+    """The command line's values for every job, over those of --from-png; checked like a prompt-file line."""
+    from sd_cli.run import jobs
+
+    flags = {"negative_prompt": args["negative_prompt"], "sampler": _sampler(args), "steps": args["steps"],
+             "scale": args["scale"], "eta": args["eta"], "width": args.get("width"), "height": args.get("height"),
+             "strength": args.get("strength", 0.75), "init_img": args.get("init_img"), "seed": args["seed"],
+             "mask": args.get("mask")}
+    values = {k: v for k, v in png_values.items() if k != "prompt"}
+    values.update({k: v for k, v in flags.items() if v is not None and (k not in values or _explicit(args, k))})
+    for key in ("init_img", "mask"):
+        values[key] = str(values[key]) if values.get(key) is not None else None
+    try:
+        values = jobs.check_values({k: v for k, v in values.items() if v is not None}, FLAG_NAMES.get)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    values["seed"] = _seed(values.get("seed"))
+    return values
+
+
+def _addon_options(args: dict) -> dict:
+    """--vae, --lora, --lora-dir and the hires fix, as RunRequest fields."""
+    from sd_cli.loading.lora import parse_flag
+
+    hires = None
+    if args.get("hires_scale") is not None:
+        from sd_cli.pipelines.hires import HiresOptions
+
+        hires = HiresOptions(scale=args["hires_scale"], steps=args["hires_steps"], strength=args["hires_strength"],
+                             upscaler=args["hires_upscaler"])
+    elif args.get("hires_steps") or args.get("hires_strength", 0.7) != 0.7 or args.get("hires_upscaler", "latent") != "latent":
+        raise UsageError("--hires-steps, --hires-strength and --hires-upscaler belong to the hires fix: add --hires-scale")
+    return {"vae": args["vae"], "loras": tuple(parse_flag(value) for value in args["lora"] or ()),
+            "lora_dir": args["lora_dir"], "hires": hires}
+
+
+def _mask_options(args: dict):
+    from sd_cli.files.masks import MaskOptions, parse_outpaint
+
+    if args["mask_blur"] < 0:
+        raise UsageError(f"--mask-blur {args['mask_blur']} must be 0 or more")
+    outpaint = parse_outpaint(args["outpaint"]) if args["outpaint"] else (0, 0, 0, 0)
+    return MaskOptions(invert=args["invert_mask"], blur=args["mask_blur"], paste_back=args["paste_back"],
+                       outpaint=outpaint)
+
+
+def _depth_options(args: dict):
+    from sd_cli.pipelines.depth2img import DepthOptions
+
+    if args["depth_map"] is not None and args["depth_model"] is not None:
+        raise UsageError("--depth-map replaces MiDaS, so --depth-model would not be used; give one of them")
+    return DepthOptions(depth_map=args["depth_map"], depth_model=args["depth_model"], save_depth=args["save_depth"])
+
+
+def _sampler(args: dict) -> str:
+    """The canonical sampler name (samplers.py): "euler_a", "dpmpp_2m_karras", ..."""
+    from sd_cli.sampling import samplers
+
+    # Precedence of the original flags: v1 --dpm_solver > --plms; v2 --plms > --dpm.
+    name = "dpm" if args["dpm_solver"] else "plms" if args["plms"] else "dpm" if args["dpm"] else args["sampler"]
+    try:
+        schedule = None if args["schedule"] is None else samplers.schedule_id(args["schedule"])
+    except samplers.UnknownSampler as err:
+        raise UsageError(f"--schedule {err}") from None
+    try:
+        return samplers.canonical(name, schedule)
+    except samplers.UnknownSampler as err:
+        raise UsageError(f"--sampler {err}") from None
+
+
+def _explicit(args: dict, key: str) -> bool:
+    """Whether the flag for `key` was given on the command line (it then wins over --from-png)."""
+    names = {"sampler": ("sampler", "schedule", "plms", "dpm", "dpm_solver")}.get(key, (key,))
+    sources = [args["ctx"].get_parameter_source(name) for name in names]
+    return any(source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP") for source in sources)
+
+
+def _from_png(args: dict) -> tuple[dict, dict]:
+    if args["from_png"] is None:
+        return {}, {}
+    from sd_cli.files.reading import render_values
+
+    values, model = render_values(args["from_png"])
+    log.info(f"parameters from {args['from_png']}: seed {values['seed']}, {values['sampler']} "
+             f"{values['steps']} steps, scale {values['scale']}; flags given on the command line win")
+    _take_png_run_options(args)
+    return values, model
+
+
+def _take_png_run_options(args: dict) -> None:
+    """Clip skip, emphasis and the hires fix recorded in the --from-png image, unless flags say otherwise."""
+    from sd_cli.files.reading import run_options
+
+    recorded = run_options(args["from_png"])
+    vae_name = recorded.pop("vae_name", None)
+    if vae_name and args.get("vae") is None:
+        log.warn(f"{args['from_png']} was made with the separate VAE {vae_name}; pass --vae to use it again")
+    for key, value in recorded.items():
+        if key in args and not _explicit(args, key):
+            args[key] = Emphasis(value) if key == "emphasis" else value
+
+
+def _checkpoint(args: dict, png_model: dict):
+    """--ckpt; for --from-png without it, the recorded model when it is found in checkpoints/."""
+    if args["ckpt"] is not None or not png_model.get("model"):
+        return args["ckpt"]
+    from sd_cli.errors import CheckpointError
+    from sd_cli.loading.locations import resolve_checkpoint
+
+    for suffix in (".safetensors", ".ckpt"):
+        try:
+            return resolve_checkpoint(png_model["model"] + suffix)
+        except CheckpointError:
+            continue
+    log.warn(f"{args['from_png']} was made with model {png_model['model']}, not found in checkpoints/; "
+             "using the default model (pass --ckpt)")
+    return None
+
+
+def _warn_other_model(checkpoint, png_model: dict, png: Path) -> None:
+    """--from-png with a checkpoint whose hash differs from the recorded one cannot give the same image."""
+    from sd_cli.loading.checkpoint import model_hash
+    from sd_cli.errors import CheckpointError
+    from sd_cli.loading.locations import resolve_checkpoint
+
+    recorded = png_model.get("model_hash")
+    try:
+        actual = model_hash(resolve_checkpoint(checkpoint)) if recorded else None
+    except CheckpointError:
+        return  # the run itself reports the missing checkpoint
+    if actual and actual != recorded:
+        log.warn(f"{png} was made with model hash {recorded} ({png_model.get('model')}), this checkpoint has "
+                 f"{actual}: the image will differ")
+
+
+def _seed(seed: Optional[int]) -> int:
+    if seed is None:
+        from sd_cli.run.distributed import current
+
+        if current().distributed:
+            raise UsageError("several processes (torchrun) must render the same run: pass --seed")
+        seed = secrets.randbelow(2**32)
+        log.info(f"seed {seed} (random; pass --seed {seed} to repeat this run)")
+    return seed
+
+
+def _clip_skip(value: Optional[int]) -> Optional[int]:
+    return None if value is None else _positive("--clip-skip", value)
+
+
+def _embeddings_dir(folder: Optional[Path]) -> Optional[Path]:
+    """--embeddings: checked before the model loads (the files are read when a prompt uses them)."""
+    if folder is not None and not folder.is_dir():
+        raise UsageError(f"--embeddings {folder}: no such folder")
+    return folder
+
+
+def _positive(flag: str, value: int) -> int:
+    if value < 1:
+        raise UsageError(f"{flag} must be at least 1, got {value}")
+    return value
+
+
+def _precision(value: str) -> str:
+    from sd_cli.runtime.device import normalize_precision
+
+    return normalize_precision(value)

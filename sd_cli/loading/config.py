@@ -1,0 +1,154 @@
+"""Original OmegaConf model configs → a plain ModelConfig; the one allow-list of config targets.
+
+The original code imports whatever `target` a YAML names. We never do: every target must be in
+ALLOWED_TARGETS, which names the sd_cli role that implements it. OmegaConf objects stay here.
+"""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sd_cli.errors import UsageError
+
+# Original target path -> the sd_cli role that implements it.
+ALLOWED_TARGETS = {
+    "ldm.models.diffusion.ddpm.LatentDiffusion": "txt2img",
+    "ldm.models.diffusion.ddpm.LatentInpaintDiffusion": "inpaint",
+    "ldm.models.diffusion.ddpm.LatentDepth2ImageDiffusion": "depth",
+    "ldm.modules.diffusionmodules.openaimodel.UNetModel": "unet",
+    "ldm.models.autoencoder.AutoencoderKL": "vae",
+    "ldm.modules.encoders.modules.FrozenCLIPEmbedder": "clip",
+    "ldm.modules.encoders.modules.FrozenOpenCLIPEmbedder": "openclip",
+    "ldm.modules.midas.api.MiDaSInference": "midas",
+    "torch.nn.Identity": "identity",  # the VAE's training loss, unused at inference
+}
+MODEL_KINDS = ("txt2img", "inpaint", "depth")
+TEXT_ENCODERS = ("clip", "openclip")
+
+# Training-only keys of the model params; inference ignores them, as the original scripts do.
+_TRAINING_ONLY = {
+    "base_learning_rate", "num_timesteps_cond", "log_every_t", "first_stage_key", "cond_stage_key",
+    "channels", "cond_stage_trainable", "monitor", "scheduler_config",
+    "personalization_config", "finetune_keys", "ckpt_path", "ignore_keys", "load_only_unet",
+    "use_positional_encodings", "loss_type", "learn_logvar", "logvar_init", "l_simple_weight",
+    "original_elbo_weight", "v_posterior", "clip_denoised", "scale_by_std", "cosine_s",
+    "given_betas", "make_it_fit", "reset_ema", "reset_num_ema_updates", "concat_keys",
+    "masked_image_key", "keep_finetune_dims", "c_concat_log_start", "c_concat_log_end",
+    "unet_trainable", "concat_mode", "num_classes",
+}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything sd_cli needs from an original model YAML."""
+
+    source: str  # where the YAML came from, for messages
+    kind: str  # "txt2img", "inpaint" or "depth"
+    parameterization: str  # "eps" or "v"
+    linear_start: float
+    linear_end: float
+    timesteps: int
+    scale_factor: float
+    use_ema: bool
+    unet_params: dict
+    vae_params: dict  # {"ddconfig": {...}, "embed_dim": 4}
+    text_encoder: str  # "clip" (SD 1.x) or "openclip" (SD 2.x)
+    image_size: int  # latent side the model was trained at (64 for SD: 512 px)
+    text_params: dict = field(default_factory=dict)
+    depth_params: dict | None = None
+
+    @property
+    def native_size(self) -> int:
+        """Default image side in pixels: the latent size times the VAE's downsampling factor."""
+        return self.image_size * 2 ** (len(self.vae_params["ddconfig"]["ch_mult"]) - 1)
+
+    @property
+    def unet_in_channels(self) -> int:
+        return int(self.unet_params["in_channels"])
+
+
+def load_config(path: str | Path) -> ModelConfig:
+    from omegaconf import OmegaConf  # lazy: keeps `--help` fast
+
+    path = Path(path)
+    try:
+        raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    except FileNotFoundError:
+        raise UsageError(f"config not found: {path}; pass an existing YAML with --config") from None
+    except Exception as err:  # OmegaConf/YAML errors: one line for the user
+        raise UsageError(f"{path}: not a readable YAML config ({_first_line(err)})") from None
+    return parse_config(raw, str(path))
+
+
+def parse_config(raw: dict, source: str) -> ModelConfig:
+    model = _section(raw, "model", source)
+    kind = _role(model, source, "model", MODEL_KINDS)
+    params = dict(model.get("params") or {})
+    unet = _component(params.pop("unet_config", None), source, "unet_config", ("unet",))
+    vae = _component(params.pop("first_stage_config", None), source, "first_stage_config", ("vae",))
+    text_section = params.pop("cond_stage_config", None)
+    text_role = _role(text_section or {}, source, "cond_stage_config", TEXT_ENCODERS)
+    depth = params.pop("depth_stage_config", None)
+    if kind == "depth":
+        depth = _component(depth, source, "depth_stage_config", ("midas",))
+    vae.pop("lossconfig", None)
+    vae.pop("monitor", None)
+    config = ModelConfig(
+        source=source,
+        kind=kind,
+        parameterization=str(params.pop("parameterization", "eps")),
+        linear_start=float(params.pop("linear_start", 0.00085)),
+        linear_end=float(params.pop("linear_end", 0.012)),
+        timesteps=int(params.pop("timesteps", 1000)),
+        scale_factor=float(params.pop("scale_factor", 1.0)),
+        use_ema=bool(params.pop("use_ema", True)),
+        unet_params=unet,
+        vae_params=vae,
+        text_encoder=text_role,
+        image_size=int(params.pop("image_size", 64)),
+        text_params=dict(text_section.get("params") or {}),
+        depth_params=depth,
+    )
+    _check_leftovers(params, kind, source)
+    if config.parameterization not in ("eps", "v"):
+        raise UsageError(f"{source}: parameterization {config.parameterization!r} is not supported (eps or v)")
+    return config
+
+
+def _check_leftovers(params: dict, kind: str, source: str) -> None:
+    conditioning = params.pop("conditioning_key", None)
+    expected = "crossattn" if kind == "txt2img" else "hybrid"
+    if conditioning is not None and conditioning != expected:
+        raise UsageError(f"{source}: conditioning_key {conditioning!r} does not fit {kind} models (expected {expected!r})")
+    unknown = sorted(set(params) - _TRAINING_ONLY)
+    if unknown:
+        raise UsageError(f"{source}: unsupported model params {', '.join(unknown)}; is this a Stable Diffusion inference config?")
+
+
+def _section(raw, key: str, source: str) -> dict:
+    if not isinstance(raw, dict) or not isinstance(raw.get(key), dict):
+        raise UsageError(f"{source}: no '{key}:' section; pass an original Stable Diffusion inference YAML")
+    return raw[key]
+
+
+def _role(section: dict, source: str, where: str, allowed: tuple[str, ...]) -> str:
+    target = section.get("target") if isinstance(section, dict) else None
+    if target is None:
+        raise UsageError(f"{source}: {where} has no target")
+    role = ALLOWED_TARGETS.get(target)
+    if role is None:
+        raise UsageError(f"{source}: {where} target {target!r} is not supported; sd_cli runs only the original Stable Diffusion classes")
+    if role not in allowed:
+        raise UsageError(f"{source}: {where} target {target!r} cannot be used there")
+    return role
+
+
+def _component(section, source: str, where: str, allowed: tuple[str, ...]) -> dict:
+    if section is None:
+        raise UsageError(f"{source}: model params lack {where}")
+    _role(section, source, where, allowed)
+    return dict(section.get("params") or {})
+
+
+def _first_line(err: Exception) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+

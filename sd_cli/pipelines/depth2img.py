@@ -1,0 +1,239 @@
+"""depth2img on a loaded SD 2 depth model: an image (and optionally a depth image) and prompts in,
+images in [-1, 1] out. As the original v2 depth2img scripts (original-scripts.md §7.5, §4.4):
+
+1. MiDaS input: the image in [0, 1], resized bicubic (cv2.INTER_CUBIC's kernel, a = -0.75) so that
+   the side whose scale to 384 is closer to 1 becomes about 384, both sides rounded to multiples of
+   32 (numpy's round, half to even), then normalised to [-1, 1].
+2. MiDaS DPT-Hybrid (models/midas.py) gives relative inverse depth (larger = nearer) at that size.
+3. Conditioning: bicubic resize to latent size, then per-image min-max to [-1, 1]; it is the UNet's
+   fifth input channel, the same in both guidance branches. A constant map (the scripts divide by
+   zero: NaN) becomes -1, the limit of the training code's +0.001 epsilon.
+4. Start: t_enc = min(int(strength · steps), steps - 1); the image latent (VAE posterior mean)
+   noised to DDIM index t_enc with each image's first draw, or that draw itself at strength 1, then
+   denoised from index t_enc - 1 (the original's off-by-one). k-diffusion samplers follow img2img's
+   rule instead: the last int(strength · steps) σ of the schedule, from the image latent plus each
+   image's first draw times the first of them (pipeline.k_sigmas).
+
+--depth-map replaces 1-2 with a depth image (greyscale, white = near) resized straight to latent size.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from sd_cli import log
+from sd_cli.errors import CheckpointError, SdCliError, UsageError
+from sd_cli.models.latent_diffusion import LatentDiffusion
+from sd_cli.pipelines.pipeline import (
+    DOWNSAMPLING, LATENT_CHANNELS, Progress, SamplingParams, denoise, guided_model, is_k_sampler, k_sigmas, sample_k,
+)
+from sd_cli.sampling.noise import NoiseSource
+from sd_cli.sampling.schedule import make_ddim_schedule
+
+DEPTH_CHANNELS = 5  # [x_t (4), depth (1)]
+MIDAS_SIDE = 384
+MIDAS_MULTIPLE = 32
+
+
+@dataclass(frozen=True)
+class DepthOptions:
+    """Where depth2img's depth comes from and where it goes (the same for every job of a run)."""
+
+    depth_map: Path | None = None  # a depth image (white = near) to use instead of MiDaS
+    depth_model: Path | None = None  # a dpt_hybrid weights file, for checkpoints without depth_model.*
+    save_depth: Path | None = None  # write the depth map used as a PNG
+
+
+def check_depth_model(model: LatentDiffusion) -> None:
+    channels = model.config.unet_in_channels
+    if channels != DEPTH_CHANNELS:
+        raise UsageError(f"depth2img needs the SD 2 depth model (a UNet with 5 input channels, e.g. 512-depth-ema.ckpt); "
+                         f"this checkpoint's UNet takes {channels}" +
+                         ("; use inpaint for it" if channels == 9 else "; use img2img for it"))
+
+
+@torch.inference_mode()
+def depth2img(model: LatentDiffusion, init_image: torch.Tensor, depth: torch.Tensor, prompts: list[str],
+              negative_prompts: list[str], seeds: list[int], params: SamplingParams, strength: float,
+              progress: Progress | None = None) -> torch.Tensor:
+    """init_image [1, 3, H, W] in [-1, 1]; depth [1, 1, h, w] (any size, larger = nearer) -> [B, 3, H, W]."""
+    check_depth_model(model)
+    batch, device = len(prompts), model.device
+    latent_size = (init_image.shape[-2] // DOWNSAMPLING, init_image.shape[-1] // DOWNSAMPLING)
+    # 1. Text conditioning, and the depth channel (the same in both guidance branches).
+    guided = guided_model(model, prompts, negative_prompts, params.scale)
+    guided.concat = depth_conditioning(depth.to(device, torch.float32), latent_size).expand(batch, -1, -1, -1)
+    # 2. The image latent: the VAE posterior mean times scale_factor.
+    x0 = model.encode_image(init_image).float().expand(batch, -1, -1, -1)
+    # 3. Noise it to DDIM index t_enc with each image's first draw (strength 1: the draw alone).
+    noise = NoiseSource(seeds)
+    first = noise.draw((LATENT_CHANNELS, *latent_size), device)
+    if is_k_sampler(params):  # the depth channel reaches the UNet through guided.concat, as for DDIM
+        sigmas = k_sigmas(model, params, strength)
+        latents = sample_k(model, guided, x0 + first * float(sigmas[0]), sigmas, noise, params, progress)
+        return model.decode_latents(latents)
+    t_enc = min(int(strength * params.steps), params.steps - 1)
+    if strength >= 1.0:
+        x = first
+    else:
+        a_t = make_ddim_schedule(model.alphas_cumprod, params.steps, params.eta).alphas[t_enc].to(device)
+        x = a_t.sqrt() * x0 + (1 - a_t).sqrt() * first
+    # 4. Denoise from index t_enc - 1 down, then decode.
+    latents = denoise(model, guided, x, noise, params, progress, start_index=t_enc)
+    return model.decode_latents(latents)
+
+
+def depth_conditioning(depth: torch.Tensor, latent_size: tuple[int, int]) -> torch.Tensor:
+    """[B, 1, h, w] depth -> [B, 1, H/8, W/8] in [-1, 1]: bicubic to latent size, min-max per image."""
+    depth = F.interpolate(depth, size=latent_size, mode="bicubic", align_corners=False)
+    low = torch.amin(depth, dim=(1, 2, 3), keepdim=True)
+    high = torch.amax(depth, dim=(1, 2, 3), keepdim=True)
+    span = high - low
+    if (span == 0).any():
+        log.warn("the depth map is constant: the depth conditioning is flat (-1 everywhere)")
+    return torch.where(span > 0, 2.0 * (depth - low) / span.clamp_min(torch.finfo(depth.dtype).tiny) - 1.0, -1.0)
+
+
+# ---------------------------------------------------------------- MiDaS
+
+
+def midas_size(height: int, width: int) -> tuple[int, int]:
+    """MiDaS "minimal" resize: keep the aspect, scale as little as possible towards 384, multiples of 32."""
+    scale_h, scale_w = MIDAS_SIDE / height, MIDAS_SIDE / width
+    scale = scale_w if abs(1 - scale_w) < abs(1 - scale_h) else scale_h
+    side = lambda n: max(MIDAS_MULTIPLE, int(np.round(scale * n / MIDAS_MULTIPLE)) * MIDAS_MULTIPLE)  # noqa: E731
+    return side(height), side(width)
+
+
+def midas_input(image: torch.Tensor) -> torch.Tensor:
+    """[1, 3, H, W] in [-1, 1] -> the DPT's input [1, 3, h, w], normalised (x - 0.5) / 0.5."""
+    x = (image.float() + 1.0) * 0.5
+    x = F.interpolate(x, size=midas_size(*image.shape[-2:]), mode="bicubic", align_corners=False)
+    return (x - 0.5) / 0.5
+
+
+@torch.inference_mode()
+def estimate_depth(model: LatentDiffusion, image: torch.Tensor, depth_model_path: Path | None = None) -> torch.Tensor:
+    """MiDaS relative inverse depth [1, 1, h, w] of an image [1, 3, H, W] in [-1, 1], at MiDaS's size."""
+    estimator = depth_estimator(model, depth_model_path)
+    x = midas_input(image).to(model.device, next(estimator.parameters()).dtype)
+    return estimator(x).float().unsqueeze(1)
+
+
+def depth_estimator(model: LatentDiffusion, path: Path | None = None) -> torch.nn.Module:
+    """The model's MiDaS, built on first use from --depth-model or the checkpoint's depth_model.model.*.
+
+    Cached as `model.depth_model.model`, so its state dict keys are the checkpoint's.
+    """
+    cached = getattr(model, "depth_model", None)
+    if cached is not None:
+        return cached.model
+    from sd_cli.models.midas import build_dpt_hybrid
+
+    weights, source = _depth_weights(model, path)
+    estimator = build_dpt_hybrid(weights)
+    _load_strict(estimator, weights, source)
+    holder = torch.nn.Module()
+    # float32 whatever the model's precision: the original ran it under autocast (its weight-standardised
+    # convolutions' normalisation in float32), and it runs once per input image.
+    holder.model = estimator.to(model.device, torch.float32).eval()
+    model.depth_model = holder
+    model.depth_weights = None
+    log.info(f"MiDaS DPT-Hybrid from {source}")
+    return holder.model
+
+
+def _depth_weights(model: LatentDiffusion, path: Path | None) -> tuple[dict, str]:
+    if path is not None:
+        from sd_cli.loading.checkpoint import read_checkpoint
+
+        weights = read_checkpoint(path).state_dict
+        prefix = "depth_model.model."
+        if any(key.startswith(prefix) for key in weights):  # an SD depth checkpoint given as --depth-model
+            weights = {key[len(prefix):]: value for key, value in weights.items() if key.startswith(prefix)}
+        return weights, str(path)
+    weights = getattr(model, "depth_weights", None)
+    if not weights:
+        raise UsageError("this checkpoint has no MiDaS weights (depth_model.*): pass --depth-model "
+                         "dpt_hybrid-midas-501f0c75.pt, or a depth image with --depth-map")
+    return weights, "the checkpoint's depth_model.model.*"
+
+
+def _load_strict(estimator: torch.nn.Module, weights: dict, source: str) -> None:
+    expected = estimator.state_dict()
+    missing = sorted(set(expected) - set(weights))
+    unexpected = sorted(set(weights) - set(expected))
+    wrong = [key for key in sorted(set(expected) & set(weights)) if expected[key].shape != weights[key].shape]
+    if missing or unexpected or wrong:
+        parts = [f"{len(names)} {what}: {', '.join(names[:3])}" for names, what in
+                 ((missing, "missing"), (unexpected, "unexpected"), (wrong, "of the wrong shape")) if names]
+        raise CheckpointError(f"{source} is not a MiDaS DPT-Hybrid: " + "; ".join(parts))
+    estimator.load_state_dict(weights, strict=True, assign=True)
+
+
+# ---------------------------------------------------------------- depth images
+
+
+def load_depth_map(path: Path) -> torch.Tensor:
+    """A depth image (greyscale, white = near; 8 or 16 bit) as [1, 1, h, w] float32 in [0, 1]."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+            array = np.asarray(image)
+    except FileNotFoundError:
+        raise SdCliError(f"depth map not found: {path}; check the path") from None
+    except (UnidentifiedImageError, OSError) as err:
+        raise SdCliError(f"cannot read depth map {path} ({err}); give a greyscale PNG") from None
+    if array.ndim == 3:  # colour: luma, as PIL's L conversion
+        array = array[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    top = 65535.0 if array.dtype in (np.uint16, np.int32) and array.max() > 255 else 255.0
+    return torch.from_numpy(array.astype(np.float32) / top)[None, None]
+
+
+def depth_preview(depth: torch.Tensor) -> np.ndarray:
+    """[1, 1, h, w] depth -> [h, w] uint8, min-max to 0..255 (truncated) as the original's preview."""
+    d = depth[0, 0].float().cpu()
+    span = (d.max() - d.min()).item()
+    scaled = (d - d.min()) / span if span > 0 else torch.zeros_like(d)
+    return (scaled.numpy() * 255.0).astype(np.uint8)
+
+
+class DepthSource:
+    """The depth map of each init image: given (--depth-map) or estimated once, saved when asked."""
+
+    def __init__(self, options: DepthOptions):
+        self.options = options
+        self._cache: dict = {}
+        self._saved = 0
+
+    def for_image(self, model: LatentDiffusion, key, image: torch.Tensor) -> torch.Tensor:
+        if key not in self._cache:
+            self._cache.clear()
+            if self.options.depth_map is not None:
+                depth = load_depth_map(self.options.depth_map)
+            else:
+                depth = estimate_depth(model, image, self.options.depth_model)
+            self._save(depth, image.shape[-2:])
+            self._cache[key] = depth
+        return self._cache[key]
+
+    def _save(self, depth: torch.Tensor, size) -> None:
+        """The depth map at the image's size (bicubic), min-max to 0..255; usable again as --depth-map."""
+        if self.options.save_depth is None:
+            return
+        from PIL import Image
+
+        depth = F.interpolate(depth, size=tuple(size), mode="bicubic", align_corners=False)
+
+        path = Path(self.options.save_depth)
+        if self._saved:  # another input image: depth.png, depth-1.png, ...
+            path = path.with_name(f"{path.stem}-{self._saved}{path.suffix}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(depth_preview(depth)).save(path)
+        self._saved += 1
+        log.info(f"depth map written to {path}")

@@ -1,0 +1,360 @@
+"""Every way of asking for images becomes one list of jobs, one job per image.
+
+A prompt on the command line, a prompt file (plain lines, JSON Lines, AUTOMATIC1111 "prompts
+from file" lines, mixed freely) and a PNG's recorded parameters (--from-png) all end up as Job
+objects, so resuming, --json, sharding over torchrun ranks and partial failure work alike.
+
+Prompt file lines, told apart one by one:
+
+    a red circle                                      plain: the whole line is the prompt
+    {"prompt": "a cat", "seed": 5, "steps": 30}       JSON object: per-line values
+    --prompt "a cat" --seed 5 --steps 30              AUTOMATIC1111 "prompts from file" syntax
+
+Blank lines are skipped; line numbers count every line of the file. Values not given on a line
+come from the command line.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import sys
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from sd_cli.errors import UsageError
+
+SIZE_MULTIPLE = 64  # the SD UNet downsamples the 1/8 latent three times
+MAX_SEED = 2**63 - 1
+
+# Per-line keys and their types; the values are checked by _check.
+FIELD_TYPES = {
+    "prompt": str, "negative_prompt": str, "seed": int, "steps": int, "scale": float, "sampler": str,
+    "eta": float, "width": int, "height": int, "strength": float, "init_img": str, "mask": str,
+    "n_samples": int, "n_iter": int, "name": str,
+}
+# AUTOMATIC1111 / original-script spellings accepted for the same keys.
+ALIASES = {
+    "negative": "negative_prompt", "cfg_scale": "scale", "sampler_name": "sampler", "sampler_index": "sampler",
+    "batch_size": "n_samples", "denoising_strength": "strength", "init_image": "init_img", "ddim_steps": "steps",
+    "ddim_eta": "eta", "W": "width", "H": "height", "p": "prompt", "n": "negative_prompt",
+}
+NAME_FIELDS = ("index", "seed", "prompt_slug", "line", "sampler", "steps", "scale")
+
+
+@dataclass(frozen=True)
+class Job:
+    """One image to render: everything that decides its pixels, its name and where it came from."""
+
+    index: int  # position in the whole run, from 0; -o patterns and --name count with it
+    prompt: str
+    negative_prompt: str = ""
+    seed: int = 0
+    sampler: str = "ddim"
+    steps: int = 50
+    scale: float = 7.5
+    eta: float = 0.0
+    width: int | None = None  # None: the model's native size
+    height: int | None = None
+    strength: float = 0.75  # img2img only
+    init_img: Path | None = None
+    mask: Path | None = None
+    name: str | None = None  # file name inside --outdir; None: numbered samples/NNNNN.png
+    line: int | None = None  # 1-based line of the prompt file it came from
+
+    def batch_key(self) -> tuple:
+        """Jobs with equal keys can share a batch (prompts, negatives and seeds may differ)."""
+        from sd_cli.loading.lora import tag_key
+
+        return (self.sampler, self.steps, self.scale, self.eta, self.width, self.height,
+                self.strength, self.init_img, self.mask, tag_key(self.prompt))
+
+    @property
+    def where(self) -> str:
+        """How messages name this job: its prompt-file line, or its image number."""
+        return f"line {self.line}" if self.line is not None else f"image {self.index}"
+
+
+@dataclass
+class Request:
+    """One line of a prompt file (or the command line): its own values and its image count."""
+
+    values: dict = field(default_factory=dict)
+    line: int | None = None
+
+
+@dataclass
+class BadLine:
+    line: int
+    message: str
+
+
+@dataclass
+class Defaults:
+    """What the command line says; a line's own values win over these."""
+
+    values: dict  # prompt, negative_prompt, seed (the base seed), sampler, steps, scale, ...
+    count: int = 1  # images per line: --n-samples for one prompt, --repeat for a prompt file
+    n_iter: int = 1
+    fixed_code: bool = False
+    name_template: str | None = None
+
+
+# -- reading prompt files ------------------------------------------------------------------------
+
+def read_prompt_file(source: str | Path) -> str:
+    """The text of a prompt file, or of stdin for "-"; empty and non-UTF-8 files are usage errors."""
+    name = "stdin" if str(source) == "-" else str(source)
+    try:
+        data = sys.stdin.buffer.read() if str(source) == "-" else Path(source).read_bytes()
+    except OSError as err:
+        raise UsageError(f"cannot read prompt file {name}: {err.strerror or err}") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise UsageError(f"prompt file {name} is not UTF-8 text (byte {err.start}); re-save it as UTF-8") from None
+    if not text.strip():
+        raise UsageError(f"prompt file {name} is empty; put one prompt per line")
+    return text
+
+
+def parse_prompt_file(text: str) -> list[Request | BadLine]:
+    """One Request per non-blank line, or a BadLine saying what is wrong with it."""
+    parsed = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            parsed.append(Request(parse_line(line), line=number))
+        except ValueError as err:
+            parsed.append(BadLine(number, str(err)))
+    return parsed
+
+
+def parse_line(line: str) -> dict:
+    """A line's values: a JSON object, AUTOMATIC1111 options, or the prompt itself."""
+    stripped = line.strip()
+    if stripped.startswith("{") and stripped.endswith("}"):
+        values = _parse_json(stripped)
+    elif stripped.startswith("--"):
+        values = _parse_options(stripped)
+    else:
+        return {"prompt": stripped}
+    if "prompt" not in values:
+        raise ValueError("no prompt on this line; add \"prompt\" (JSON) or --prompt")
+    return values
+
+
+def _parse_json(text: str) -> dict:
+    try:
+        values = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"not valid JSON ({err.msg} at column {err.colno})") from None
+    if not isinstance(values, dict):
+        raise ValueError("a JSON line must be an object such as {\"prompt\": \"a cat\"}")
+    return check_values(values)
+
+
+def _parse_options(text: str) -> dict:
+    try:
+        tokens = shlex.split(text)
+    except ValueError as err:
+        raise ValueError(f"cannot split the options ({err}); check the quotes") from None
+    values = {}
+    while tokens:
+        option = tokens.pop(0)
+        if not option.startswith("-") or not tokens:
+            raise ValueError(f"expected '--option value' pairs, got {option!r}"
+                             + ("" if tokens else " without a value"))
+        key = _key(option.lstrip("-"))
+        values[key] = _from_text(key, tokens.pop(0))
+    return check_values(values)
+
+
+def _key(name: str) -> str:
+    name = ALIASES.get(name, name)
+    key = ALIASES.get(name.replace("-", "_"), name.replace("-", "_"))
+    if key not in FIELD_TYPES:
+        raise ValueError(f"unknown option {name!r}; known: {', '.join(FIELD_TYPES)}")
+    return key
+
+
+def _from_text(key: str, text: str):
+    kind = FIELD_TYPES[key]
+    try:
+        return text if kind is str else kind(text)
+    except ValueError:
+        raise ValueError(f"{key} must be {'an integer' if kind is int else 'a number'}, got {text!r}") from None
+
+
+# -- checking values ---------------------------------------------------------------------------
+
+def check_values(values: dict, label=lambda key: key) -> dict:
+    """Normalise keys and check types and ranges; raises ValueError naming the key and the fix.
+
+    `label` turns a key into how the user spelled it (a flag name for the command line).
+    """
+    checked = {}
+    for raw_key, value in values.items():
+        key = _key(raw_key)
+        checked[key] = _check(key, _typed(key, value, label), label)
+    if checked.get("seed") == -1:  # AUTOMATIC1111's "random": the run's seed instead
+        del checked["seed"]
+    return checked
+
+
+def _typed(key: str, value, label):
+    kind = FIELD_TYPES[key]
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise ValueError(f"{label(key)} must be {_type_name(kind)}, got {json.dumps(value)}")
+    return value
+
+
+def _type_name(kind) -> str:
+    return {str: "a string", int: "an integer", float: "a number"}[kind]
+
+
+def _check(key: str, value, label):
+    problem = _problem(key, value)
+    if problem:
+        raise ValueError(f"{label(key)} {value} {problem}" if key != "name" else f"{label(key)} {value!r} {problem}")
+    if key == "sampler":
+        return sampler_id(value, label(key))
+    if key in ("init_img", "mask"):
+        return Path(value).expanduser()
+    return value
+
+
+def _problem(key: str, value) -> str | None:
+    """What is wrong with a value, as the end of a sentence, or None."""
+    if key == "steps" and not 1 <= value <= 1000:
+        return "is out of range; use 1 to 1000"
+    if key == "seed" and not (0 <= value <= MAX_SEED or value == -1):
+        return "is out of range; use 0 to 2**63-1 (or -1 for the run's seed)"
+    if key in ("n_samples", "n_iter") and value < 1:
+        return "must be at least 1"
+    if key == "strength" and not 0.0 <= value <= 1.0:
+        return "is outside [0, 1]"
+    if key == "eta" and value < 0:
+        return "must be 0 or more"
+    if key == "scale" and value != value:
+        return "is not a number"
+    if key in ("width", "height"):
+        return size_problem(value)
+    if key == "name":
+        return _name_problem(value)
+    return None
+
+
+def size_problem(value: int) -> str | None:
+    """Sizes must be positive multiples of 64; never rounded, the message gives the neighbours."""
+    if value >= SIZE_MULTIPLE and value % SIZE_MULTIPLE == 0:
+        return None
+    lower = max(SIZE_MULTIPLE, value // SIZE_MULTIPLE * SIZE_MULTIPLE)
+    options = sorted({lower, lower + SIZE_MULTIPLE} if value > SIZE_MULTIPLE else {SIZE_MULTIPLE})
+    return (f"is not a multiple of {SIZE_MULTIPLE}, which the UNet needs (not rounded); "
+            f"try {' or '.join(map(str, options))}")
+
+
+def _name_problem(name: str) -> str | None:
+    path = Path(name)
+    if not name or path.is_absolute() or ".." in path.parts:
+        return "must be a relative file name inside --outdir (no '..', not absolute)"
+    return None
+
+
+def sampler_id(name: str, flag: str = "sampler") -> str:
+    """The canonical sampler name (sampling/samplers.py) for an id or an AUTOMATIC1111 label, any case."""
+    from sd_cli.sampling.samplers import UnknownSampler, canonical
+
+    try:
+        return canonical(name)
+    except UnknownSampler as err:
+        raise ValueError(f"{flag} {err}") from None
+
+
+# -- jobs ----------------------------------------------------------------------------------------
+
+def build_jobs(requests: list[Request], defaults: Defaults) -> list[Job]:
+    """Jobs in render order: for each iteration, each request's images in turn.
+
+    Seeds: image i of the run has base seed + i; a request with its own seed S gives its k-th
+    image S + k (counting across iterations). --fixed_code gives every image its line's seed.
+    """
+    jobs: list[Job] = []
+    for iteration in range(defaults.n_iter):
+        for request in requests:
+            count = _count(request, defaults)
+            for k in range(count):
+                jobs.append(_job(len(jobs), request, defaults, iteration * count + k, count * defaults.n_iter))
+    _check_unique_names(jobs)
+    return jobs
+
+
+def _count(request: Request, defaults: Defaults) -> int:
+    values = request.values
+    return values.get("n_samples", defaults.count) * values.get("n_iter", 1)
+
+
+def _job(index: int, request: Request, defaults: Defaults, own: int, own_total: int) -> Job:
+    values = {**defaults.values, **request.values}
+    step = 0 if defaults.fixed_code else (own if "seed" in request.values else index)
+    fields = {k: v for k, v in values.items() if k in Job.__dataclass_fields__ and k not in ("name", "seed")}
+    job = Job(index=index, seed=values["seed"] + step, line=request.line, **fields)
+    if job.sampler == "plms" and job.eta:
+        place = f"{job.where}: " if job.line is not None else ""
+        raise UsageError(f"{place}PLMS is deterministic and needs --eta 0; use --sampler ddim for eta > 0")
+    return replace(job, name=_name(job, request.values.get("name"), defaults.name_template, own, own_total))
+
+
+def _name(job: Job, own_name: str | None, template: str | None, own: int, own_total: int) -> str | None:
+    if own_name is not None:
+        name = own_name if own_total == 1 else _numbered(own_name, own)
+    elif template is not None:
+        name = fill_name(template, job)
+    else:
+        return None
+    return name if name.lower().endswith(".png") else name + ".png"
+
+
+def _numbered(name: str, k: int) -> str:
+    stem = name[:-4] if name.lower().endswith(".png") else name
+    return f"{stem}-{k}.png"
+
+
+def fill_name(template: str, job: Job) -> str:
+    """--name TEMPLATE for one job: {index:05}, {seed}, {prompt_slug}, {line}, {sampler}, {steps}, {scale}."""
+    values = {"index": job.index, "seed": job.seed, "prompt_slug": slug(job.prompt), "line": job.line or 0,
+              "sampler": job.sampler, "steps": job.steps, "scale": job.scale}
+    try:
+        name = template.format(**values)
+    except KeyError as err:
+        raise UsageError(f"--name {template}: unknown placeholder {{{err.args[0]}}}; "
+                         f"use {', '.join('{' + f + '}' for f in NAME_FIELDS)}") from None
+    except (ValueError, IndexError) as err:
+        raise UsageError(f"--name {template}: {err}; use a format such as {{index:05}}") from None
+    problem = _name_problem(name)
+    if problem:
+        raise UsageError(f"--name {template} gives {name!r}, which {problem}")
+    return name
+
+
+def slug(prompt: str, limit: int = 48) -> str:
+    """A file-name-safe short form of a prompt: lower case, words joined by '-'."""
+    words = re.sub(r"[^\w]+", "-", prompt.lower(), flags=re.ASCII).strip("-_")
+    return words[:limit].rstrip("-_") or "empty"
+
+
+def _check_unique_names(jobs: list[Job]) -> None:
+    seen: dict[str, Job] = {}
+    for job in jobs:
+        if job.name is None:
+            continue
+        if job.name in seen:
+            first = seen[job.name]
+            raise UsageError(f"{first.where} and {job.where} would both be written to {job.name}; "
+                             "give each its own name, or add {index} to --name")
+        seen[job.name] = job

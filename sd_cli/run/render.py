@@ -1,0 +1,373 @@
+"""A whole run: load the model once, render the jobs batch by batch, write each image as it is done.
+
+The jobs (one per image, from jobs.py) carry their own seed and file name. So:
+- `--skip-existing` drops the jobs whose file is already there, and a rerun renders what is missing;
+- under torchrun each rank renders its share (distributed.py) and the union is the plain run;
+- with `--on-error continue` a failing batch is reported and the run goes on (exit code 3);
+- Ctrl-C stops after the image being written (no half file) and reports what was written.
+"""
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sd_cli import log
+from sd_cli.run import distributed
+from sd_cli.errors import OutputError, PartialFailure, SdCliError, UsageError
+from sd_cli.files.writer import ImageWriter
+from sd_cli.run.jobs import Job
+
+
+@dataclass
+class RunRequest:
+    """Everything a txt2img/img2img/inpaint/depth2img command asks for, in sd_cli's own terms."""
+
+    mode: str  # "txt2img", "img2img", "inpaint" or "depth2img"
+    jobs: list[Job]  # every image of the run, in order (all ranks)
+    batch_size: int = 1  # --n-samples: consecutive jobs with equal settings share a batch
+    bad_lines: int = 0  # prompt-file lines skipped under --on-error continue (count as failed)
+    checkpoint: Path | None = None
+    config: Path | None = None
+    ema: bool = False
+    device: str = "auto"
+    precision: str = "auto"
+    outdir: Path = Path("outputs/txt2img-samples")
+    output: str | None = None  # -o: exact file or pattern, instead of the outdir layout
+    n_rows: int = 0  # grid images per row; 0 = batch_size
+    skip_grid: bool = False
+    skip_save: bool = False
+    watermark: bool = True
+    skip_existing: bool = False
+    on_error: str = "stop"  # or "continue"
+    json: bool = False  # one JSON object per written image on stdout instead of its path
+    inpaint: "MaskOptions | None" = None  # inpaint: mask blur, invert, paste-back, outpaint (masks.py)
+    depth: "DepthOptions | None" = None  # depth2img: --depth-map, --depth-model, --save-depth (depth.py)
+    compile: bool = False  # --compile: torch.compile the UNet (speed.py)
+    vae_tiling: bool = False  # --vae-tiling: decode large images in tiles (tiling.py)
+    offload: bool = False  # --offload: weights in host memory, one part on the GPU at a time (offload.py)
+    emphasis: str = "original"  # --emphasis: AUTOMATIC1111's (text:1.2) weights, or "none" (prompts.py)
+    clip_skip: int | None = None  # --clip-skip N; None: the model's own layer
+    embeddings: Path | None = None  # --embeddings DIR; None: checkpoints/embeddings if it exists
+    vae: Path | None = None  # --vae: a separate VAE file (vae_file.py)
+    loras: tuple = ()  # --lora PATH[:weight], as (name or path, weight) pairs (lora.py)
+    lora_dir: Path = Path("checkpoints/lora")  # where <lora:name:w> and --lora names are looked up
+    hires: "HiresOptions | None" = None  # txt2img --hires-scale/--hires-steps/--hires-strength (hires.py)
+
+
+@dataclass
+class RunReport:
+    written: list[Path] = field(default_factory=list)
+    failed: int = 0
+    skipped: int = 0
+
+
+def run(request: RunRequest) -> RunReport:
+    """Render this process's share of the jobs; raise PartialFailure when some failed."""
+    rank = distributed.current()
+    _init_cache.clear()  # a file may have changed since an earlier run in this process
+    if not rank.is_main:
+        log.set_quiet(True)
+    if request.skip_save and not _grid_wanted(request, rank):
+        raise UsageError("--skip-save writes only the grid, and runs with -o, --name or several processes make none; "
+                         "drop --skip-save")
+    targets = _targets(request)
+    jobs, skipped = _todo(request, targets, rank)
+    report = RunReport(skipped=skipped, failed=request.bad_lines if rank.is_main else 0)
+    if jobs:
+        _check_outputs_writable(request, targets, jobs)
+        _render_jobs(request, jobs, targets, rank, report)
+    _finish(report, rank, resumable=all(path is not None for path in targets.values()))
+    return report
+
+
+def _targets(request: RunRequest) -> dict[int, Path | None]:
+    """Each job's file, where it does not depend on what is already there; None: numbered."""
+    from sd_cli.files.output import output_paths
+
+    jobs = request.jobs
+    if request.output is not None:
+        if any(job.name for job in jobs):
+            raise UsageError("-o and file names (--name, or name on a prompt-file line) both say where images go; "
+                             "use --outdir with the names, or -o alone")
+        paths = output_paths(request.output, len(jobs), [job.seed for job in jobs]) if jobs else []
+        return {job.index: path for job, path in zip(jobs, paths)}
+    return {job.index: request.outdir / job.name if job.name else None for job in jobs}
+
+
+def _todo(request: RunRequest, targets: dict, rank) -> tuple[list[Job], int]:
+    """This rank's jobs, without those whose file exists under --skip-existing."""
+    jobs = distributed.shard(request.jobs, rank)
+    if not request.skip_existing:
+        return jobs, 0
+    if any(targets[job.index] is None for job in request.jobs):
+        raise UsageError("--skip-existing needs file names that do not depend on what is already there: "
+                         "add --name \"{index:05}-{seed}.png\" (or -o PATTERN, or a name on every line)")
+    todo = [job for job in jobs if not targets[job.index].exists()]
+    if len(todo) < len(jobs):
+        log.info(f"skipping {len(jobs) - len(todo)} image(s) already written (--skip-existing)")
+    return todo, len(jobs) - len(todo)
+
+
+def _check_outputs_writable(request: RunRequest, targets: dict, jobs: list[Job]) -> None:
+    """Fail before loading the model when an output folder cannot be written."""
+    from sd_cli.files.output import SAMPLES_DIR, check_writable
+
+    folders = {targets[job.index].parent if targets[job.index] else request.outdir / SAMPLES_DIR for job in jobs}
+    for folder in sorted(folders):
+        check_writable(folder)
+
+
+def _render_jobs(request: RunRequest, jobs: list[Job], targets: dict, rank, report: RunReport) -> None:
+    if request.on_error == "stop" and request.mode != "txt2img":  # a bad input fails before the model loads
+        _inpaint_canvas(request, jobs[0]) if request.mode == "inpaint" else _init_image(request.mode, jobs[0])
+    loaded = _load(request, rank)
+    _check_model_fits(request.mode, loaded.model)
+    writer = ImageWriter(request, loaded, targets, report.written, grid=_grid_wanted(request, rank))
+    log.info(f"{len(jobs)} image(s), {_describe(jobs[0])}, {str(loaded.model.dtype).replace('torch.', '')} "
+             f"on {loaded.model.device}" + (f" (rank {rank.rank} of {rank.world})" if rank.distributed else ""))
+    done = 0
+    try:
+        for batch in batches(jobs, request.batch_size):
+            done += len(batch)
+            images, seconds = _try_batch(loaded, request, batch, report, f"{done - len(batch) + 1}-{done} of {len(jobs)}")
+            if images is not None:
+                writer.add(batch, _finished(request, batch, images), seconds)
+            del images
+        writer.finish()
+    except KeyboardInterrupt:
+        log.warn(f"interrupted: {len(report.written)} of {len(jobs)} image(s) written; "
+                 "nothing half-written is left (rerun with --skip-existing to finish)")
+        raise
+    except SdCliError:
+        if report.written:
+            log.warn(f"stopped after writing {len(report.written)} of {len(jobs)} image(s)")
+        raise
+    finally:
+        loaded.model.loras.restore()  # the weights as loaded, whatever happened
+
+
+def _describe(job: Job) -> str:
+    size = f"{job.width}x{job.height}" if job.width and job.height else "native size"
+    return f"{job.sampler} {job.steps} steps, scale {job.scale}, {size}"
+
+
+def _grid_wanted(request: RunRequest, rank) -> bool:
+    """The original's grid: only in the numbered layout of a plain (single-process) run."""
+    named = request.output is not None or any(job.name for job in request.jobs)
+    return not (request.skip_grid or named or rank.distributed)
+
+
+def batches(jobs: list[Job], size: int) -> list[list[Job]]:
+    """Consecutive jobs with equal settings, at most `size` to a batch."""
+    groups: list[list[Job]] = []
+    for job in jobs:
+        if groups and len(groups[-1]) < size and groups[-1][0].batch_key() == job.batch_key():
+            groups[-1].append(job)
+        else:
+            groups.append([job])
+    return groups
+
+
+def _load(request: RunRequest, rank):
+    from sd_cli.runtime.device import resolve_device, resolve_dtype
+    from sd_cli.loading.loader import load_model
+    from sd_cli.loading.locations import resolve_checkpoint
+
+    checkpoint = resolve_checkpoint(request.checkpoint)
+    device = resolve_device(distributed.device_name(request.device, rank))
+    dtype = resolve_dtype(request.precision, device)
+    offload = _wants_offload(request, device)
+    started = time.perf_counter()
+    loaded = load_model(checkpoint, request.config, device=device, dtype=dtype, use_ema=request.ema, offload=offload)
+    log.info(f"loaded {checkpoint} in {time.perf_counter() - started:.1f}s")
+    loaded.model.vae_tiling = request.vae_tiling
+    from sd_cli.prompting.prompts import configure
+
+    configure(loaded.model, request.emphasis, request.clip_skip, request.embeddings)
+    if request.vae is not None:
+        from sd_cli.loading.vae_file import load_vae
+
+        load_vae(loaded.model, request.vae)
+    from sd_cli.loading.lora import LoraMerger
+
+    loaded.model.loras = LoraMerger(loaded.model)  # merges each batch's LoRAs (--lora, <lora:...>)
+    if request.compile:
+        from sd_cli.runtime.compiling import compile_model
+
+        compile_model(loaded.model)
+    return loaded
+
+
+def _wants_offload(request: RunRequest, device) -> bool:
+    if not request.offload:
+        return False
+    if device.type == "cpu":
+        log.info("--offload: the model already runs in host memory on the CPU; nothing to offload")
+        return False
+    return True
+
+
+def _try_batch(loaded, request: RunRequest, batch: list[Job], report: RunReport, label: str):
+    """(images, seconds) of one batch, or (None, 0) when it failed under --on-error continue."""
+    import torch
+
+    started = time.perf_counter()
+    try:
+        images = _render_batch(loaded.model, request, batch, label)
+    except (SdCliError, torch.OutOfMemoryError) as err:
+        message = _with_place(err, batch[0])
+        if isinstance(err, OutputError) or request.on_error == "stop":
+            raise _as_error(err, message) from None
+        log.error(f"{message} (skipped, --on-error continue)")
+        report.failed += len(batch)
+        return None, 0.0
+    return images, time.perf_counter() - started
+
+
+def _with_place(err: Exception, job: Job) -> str:
+    message = str(err) if isinstance(err, SdCliError) else f"out of memory ({str(err).splitlines()[0]})"
+    return f"{job.where}: {message}" if job.line is not None else message
+
+
+def _as_error(err: Exception, message: str) -> SdCliError:
+    if isinstance(err, SdCliError):
+        return type(err)(message)
+    return SdCliError(f"{message}; use a smaller size or --n-samples")
+
+
+def _render_batch(model, request: RunRequest, batch: list[Job], label: str):
+    """Decoded images [B, 3, H, W] in [-1, 1] for one batch of jobs with equal settings."""
+    from sd_cli.runtime import memory
+    from sd_cli.pipelines import pipeline
+
+    job = batch[0]
+    height, width = job.height or model.config.native_size, job.width or model.config.native_size
+    init = _inpaint_canvas(request, job) if request.mode == "inpaint" else _init_image(request.mode, job)
+    if init is not None:  # the input decides the size
+        height, width = init.padded_size if request.mode == "inpaint" else tuple(init.shape[-2:])
+    memory.check_fits(model, len(batch), height, width, guided=job.scale != 1.0)
+    prompts, negatives, seeds = _apply_loras(model, request, batch), [j.negative_prompt for j in batch], [j.seed for j in batch]
+    params = pipeline.SamplingParams(sampler=job.sampler, steps=job.steps, scale=job.scale, eta=job.eta)
+    progress = log.Progress(f"images {label}")
+    if request.mode == "inpaint":
+        from sd_cli.pipelines.inpaint import inpaint
+
+        decoded = inpaint(model, *init.tensors(), prompts, negatives, seeds, params, job.strength, progress)
+    elif request.mode == "depth2img":
+        from sd_cli.pipelines.depth2img import depth2img
+
+        depth = _depth_source(request).for_image(model, job.init_img, init)
+        decoded = depth2img(model, init, depth, prompts, negatives, seeds, params, job.strength, progress)
+    elif init is None and request.hires is not None:
+        from sd_cli.pipelines.hires import txt2img_hires
+
+        decoded = txt2img_hires(model, prompts, negatives, seeds, params, height, width, request.hires, progress)
+    elif init is None:
+        decoded = pipeline.txt2img(model, prompts, negatives, seeds, params, height, width, progress)
+    else:
+        decoded = pipeline.img2img(model, init, prompts, negatives, seeds, params, job.strength, progress)
+    progress.close()
+    return decoded
+
+
+def _apply_loras(model, request: RunRequest, batch: list[Job]) -> list[str]:
+    """Merge the batch's LoRAs (--lora and the prompt's <lora:...> tags); the prompts without the tags.
+
+    This is the one place the tags leave the prompt: the text encoder never sees them, the PNG
+    records the prompt as typed. The jobs of a batch share their tags (Job.batch_key).
+    """
+    from sd_cli.loading.lora import strip_tags, uses_for
+
+    model.loras.apply(uses_for(request.loras, batch[0].prompt, request.lora_dir))
+    return [strip_tags(job.prompt) for job in batch]
+
+
+def _check_model_fits(mode: str, model) -> None:
+    """Before any rendering: the checkpoint's UNet must suit the subcommand (inputs 4, 9 or 5 channels)."""
+    channels = model.config.unet_in_channels
+    if mode == "inpaint":
+        from sd_cli.pipelines.inpaint import inpaint_method
+
+        method = inpaint_method(model)
+        log.info("inpaint method: " + ("mask and masked-image latent as extra UNet input (inpainting checkpoint)"
+                                       if method == "concat" else "known region blended back after every step "
+                                       "(ordinary checkpoint; an inpainting checkpoint usually does better)"))
+    elif mode == "depth2img":
+        from sd_cli.pipelines.depth2img import check_depth_model
+
+        check_depth_model(model)
+    elif channels != 4:
+        use = {9: "inpaint", 5: "depth2img"}.get(channels)
+        raise UsageError(f"this checkpoint's UNet takes {channels} input channels ({model.config.kind} model): "
+                         + (f"use sd-cli {use}" if use else f"{mode} needs an ordinary 4-channel checkpoint"))
+
+
+_canvas_cache: dict = {}
+_depth_sources: dict = {}
+
+
+def _inpaint_canvas(request: RunRequest, job: Job):
+    """The job's image and mask prepared for inpaint (masks.InpaintCanvas); the last one made is kept."""
+    if job.init_img is None:
+        raise UsageError("inpaint needs an input image: pass --image PATH (or init_img on the line)")
+    from sd_cli.files.masks import load_inpaint_canvas
+
+    key = (job.init_img, job.mask, request.inpaint)
+    if key not in _canvas_cache:
+        _canvas_cache.clear()
+        _canvas_cache[key] = load_inpaint_canvas(job.init_img, job.mask, request.inpaint)
+    return _canvas_cache[key]
+
+
+def _depth_source(request: RunRequest):
+    """depth2img's depth maps (depth.DepthSource), one per run: MiDaS runs once per input image."""
+    from sd_cli.pipelines.depth2img import DepthSource
+
+    if request.depth not in _depth_sources:
+        _depth_sources.clear()
+        _depth_sources[request.depth] = DepthSource(request.depth)
+    return _depth_sources[request.depth]
+
+
+def _finished(request: RunRequest, batch: list[Job], decoded) -> list:
+    """The batch's images as uint8 [H, W, 3] arrays; inpaint: the padding cropped and the kept
+    pixels pasted back, in uint8 so that they stay exact."""
+    from sd_cli.files.images import to_uint8
+
+    images = to_uint8(decoded)
+    if request.mode != "inpaint":
+        return images
+    return [_inpaint_canvas(request, job).finish(image) for job, image in zip(batch, images)]
+
+
+_init_cache: dict = {}
+
+
+def _init_image(mode: str, job: Job):
+    """The job's init image ([1, 3, h, w]), or None for txt2img; the last one read is kept."""
+    if job.mask is not None:
+        raise UsageError(f"a mask ({job.mask}) needs the inpaint subcommand; {mode} takes none")
+    if job.init_img is None:
+        if mode != "txt2img":
+            raise UsageError(f"{mode} needs an input image: pass --init-img PATH (or init_img on the line)")
+        return None
+    from sd_cli.files.images import load_init_image
+
+    if job.init_img not in _init_cache:
+        _init_cache.clear()
+        _init_cache[job.init_img] = load_init_image(job.init_img)
+    return _init_cache[job.init_img]
+
+
+def _finish(report: RunReport, rank, resumable: bool) -> None:
+    """Rank 0 sums every rank's counts; a run with failures raises (exit 3, or 1 if nothing was written)."""
+    counts = distributed.gather((len(report.written), report.failed, report.skipped), rank)
+    written, failed, skipped = (sum(c[i] for c in counts) for i in range(3))
+    where = f" by {rank.world} processes" if rank.distributed else ""
+    log.info(f"wrote {written} image(s){where}" + (f", {skipped} already there" if skipped else "")
+             + (f", {failed} failed" if failed else ""))
+    if failed and not (written or skipped):
+        raise SdCliError(f"all {failed} image(s) failed; see the errors above")
+    if failed:
+        hint = "; fix them and rerun with --skip-existing to render only what is missing" if resumable else ""
+        raise PartialFailure(f"{failed} of {written + failed + skipped} image(s) failed (see above){hint}")

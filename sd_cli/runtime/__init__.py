@@ -1,0 +1,3 @@
+"""How the model runs, not what it computes: device and precision (device.py), whether a batch
+fits (memory.py), --offload (offload.py), --compile (compiling.py), tiled VAE decoding
+(tiling.py) and reuse of freed memory on the CPU (allocator.py)."""
