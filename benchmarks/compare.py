@@ -24,14 +24,13 @@ import sys
 import time
 from pathlib import Path
 
+from benchmarks.random_checkpoint import CLIP_L_TEXT, random_sd15_weights
+
 ROOT = Path(__file__).resolve().parent.parent
 # Full-size random checkpoints take gigabytes: they live in the user's cache, not in the checkout.
 BENCH_DIR = Path(os.environ.get("SD_CLI_BENCH_DIR", Path.home() / ".cache" / "sd_cli" / "bench"))
 FIGURES = ("startup", "load", "cpu-step", "gpu-step", "unet-call", "attention", "gpu-precision", "batch",
            "memory-modes")
-# CLIP ViT-L/14's text tower (SD 1.x); transformers' CLIPTextConfig defaults are a smaller model.
-CLIP_L_TEXT = dict(hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12,
-                   projection_dim=768, hidden_act="quick_gelu")
 
 
 def main(argv=None) -> None:
@@ -127,34 +126,13 @@ def full_size_checkpoints() -> tuple[Path, Path]:
         return ckpt, st
     import torch
 
-    weights = _random_sd15_weights()
+    weights = random_sd15_weights()
     print(f"writing {ckpt} and {st} ...", file=sys.stderr)
     torch.save({"state_dict": weights, "global_step": 0}, ckpt)
     from safetensors.torch import save_file
 
     save_file({k: v.half().contiguous() for k, v in weights.items()}, str(st))
     return ckpt, st
-
-
-def _random_sd15_weights() -> dict:
-    import torch
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    from sd_cli.loading.config import bundled_config, load_config
-    from sd_cli.models.unet import UNetModel
-    from sd_cli.models.vae import AutoencoderKL
-
-    config = load_config(bundled_config("v1-inference.yaml"))
-    torch.manual_seed(0)
-    weights = {}
-    for prefix, module in (("model.diffusion_model.", UNetModel(**config.unet_params)),
-                           ("first_stage_model.", AutoencoderKL(**config.vae_params))):
-        weights.update({prefix + k: v for k, v in module.state_dict().items()})
-        del module
-    text = CLIPTextModel(CLIPTextConfig(**CLIP_L_TEXT))  # ViT-L/14 text tower sizes
-    for key, value in text.state_dict().items():
-        weights["cond_stage_model.transformer.text_model." + key.removeprefix("text_model.")] = value
-    return weights
 
 
 def diffusers_config_dir(st: Path) -> Path:

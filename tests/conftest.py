@@ -12,6 +12,31 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "support"))
 
 from tiny_models import write_tiny_checkpoint  # noqa: E402
 
+# `python -m pytest -m "not slow"` runs the fast unit tests alone. Slow: whole modules that render
+# or compare against diffusers/transformers, and any test that asks for a model-building fixture.
+SLOW_MODULES = {
+    "test_golden", "test_pipeline_parity", "test_inpaint", "test_depth2img", "test_k_samplers",
+    "test_k_samplers_extras", "test_unet_vae_parity", "test_text_encoder", "test_builtin_model", "test_addons",
+    "test_automation", "test_cli", "test_training_script", "test_speed_flags", "test_bench", "test_allocator",
+    "test_offload", "test_attention", "test_tiling", "test_mapped_pages",
+}
+SLOW_FIXTURES = {"run_cli", "sd1_ckpt", "sd1_safetensors", "sd2_ckpt", "sd2v_ckpt", "sd2_depth_ckpt", "depth_model",
+                 "one_thread"}
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: renders, builds models or compares with diffusers (deselect: -m 'not slow')")
+    config.addinivalue_line("markers", "gpu: needs a CUDA GPU (skipped without one)")
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if item.module.__name__.rsplit(".", 1)[-1] == "test_gpu":
+            item.add_marker(pytest.mark.gpu)
+            item.add_marker(pytest.mark.slow)
+        elif item.module.__name__.rsplit(".", 1)[-1] in SLOW_MODULES or SLOW_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory) -> Path:
