@@ -2,9 +2,9 @@
 
 import os
 
-# OpenMP worker threads that spin while waiting collapse when another process shares the cores
-# (measured on a 2-core machine: 0.05 s/step alone, 1.9 s/step beside a busy process). Sleeping
-# waiters cost nothing measurable on an idle machine. This must be set before torch is imported.
+# OpenMP worker threads that spin while waiting slow a step down several times over when another
+# process shares the cores, while sleeping waiters cost little on an idle machine (figures in
+# docs/performance.md). This must be set before torch is imported.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 __version__ = "0.1.0"

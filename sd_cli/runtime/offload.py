@@ -9,9 +9,9 @@ GPU for all of its steps.
 
 Each part's tensors live in one flat host buffer, page-locked when the GPU is a CUDA device, so
 moving a part in is a single copy at the bus's full speed into a single GPU allocation, and moving
-it out copies back into the same buffer: no host memory is allocated or faulted in per move (which
-`module.to()` does, and which made the first version of this cost 0.8-1.5 s per 1024² image on an
-H100). The copy back keeps whatever changed on the GPU, such as a LoRA merged between batches.
+it out copies back into the same buffer: no host memory is allocated or faulted in per move, as
+`module.to()` would at every move (its cost is in docs/benchmarks.md). The copy back keeps whatever
+changed on the GPU, such as a LoRA merged between batches.
 
 depth2img's MiDaS estimator (0.5 GB in fp32) is not one of the parts: once built it stays on the GPU.
 The parts are moved whole (model-level offload), not layer by layer: layer-level offload would
