@@ -7,7 +7,6 @@ from pathlib import Path
 
 from sd_cli import log
 from sd_cli.errors import CheckpointError
-
 from sd_cli.loading.packaged import builtin_checkpoint, data_dir
 
 
