@@ -14,7 +14,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from sd_cli.fields import LORA_DIR, default, flags
+from sd_cli.fields import EMBEDDINGS_DIR, LORA_DIR, default, flags
 from sd_cli.sampling.samplers import SAMPLERS, SCHEDULES
 
 
@@ -70,7 +70,7 @@ VaeTilingOpt = Annotated[bool, typer.Option("--vae-tiling", help="Decode large i
 OffloadOpt = Annotated[bool, typer.Option("--offload", help="Low GPU memory: keep the model in host memory and put only the part at work (text encoder, UNet, VAE) on the GPU; costs one copy of each part in and back per batch.")]
 EmphasisOpt = Annotated[Emphasis, typer.Option(*flags("emphasis"), help="original: AUTOMATIC1111's (word), ((word)), [word], (word:1.3) weights (\\( for a literal bracket); none: brackets are plain text.", case_sensitive=False)]
 ClipSkipOpt = Annotated[Optional[int], typer.Option(*flags("clip_skip"), help="Use the text encoder's output N blocks from the end (AUTOMATIC1111's Clip skip; 2 = penultimate). Default: the model's own (SD 1.x 1, SD 2.x 2).", show_default=False)]
-EmbeddingsOpt = Annotated[Optional[Path], typer.Option("--embeddings", help="Textual inversion folder (.pt/.safetensors, used by file name in the prompt); default: checkpoints/embeddings if it exists.", show_default=False)]
+EmbeddingsOpt = Annotated[Optional[Path], typer.Option("--embeddings", help=f"Textual inversion folder (.pt/.safetensors, used by file name in the prompt); default: {EMBEDDINGS_DIR.as_posix()} if it exists.", show_default=False)]
 VaeOpt = Annotated[Optional[Path], typer.Option(*flags("vae"), help="A separate VAE (.ckpt/.safetensors; original or diffusers key names), e.g. the ft-MSE VAE.")]
 LoraOpt = Annotated[Optional[list[str]], typer.Option("--lora", help="LoRA file or name in --lora-dir, PATH[:weight] (weight 1 by default); repeatable. Prompts can also say <lora:name:0.8>.")]
 LoraDirOpt = Annotated[Path, typer.Option("--lora-dir", help="Folder where <lora:name:weight> and --lora names are looked up.")]

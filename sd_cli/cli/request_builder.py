@@ -109,7 +109,8 @@ def _default_values(args: dict, png_values: dict) -> dict:
 
 
 def _job_flags(args: dict) -> dict:
-    """Every job value's flag (None where the command has no such flag); the prompt is taken apart."""
+    """Each job value as its flag gives it (None where the command has no such flag); the prompt comes
+    from _requests."""
     values = {f.name: args.get(f.name) for f in fields.JOB_FIELDS if f.name != "prompt"}
     values["sampler"] = _sampler(args)  # --sampler with --schedule and the original's --plms, --dpm, --dpm_solver
     return values
