@@ -5,7 +5,7 @@ import secrets
 from pathlib import Path
 from typing import Optional
 
-from sd_cli import log
+from sd_cli import fields, log
 from sd_cli.cli.options import UNSUPPORTED, Emphasis, OnError
 from sd_cli.errors import UsageError
 
@@ -24,6 +24,11 @@ def _check_run_flags(args: dict) -> None:
         raise UsageError("--C must be 4 and --f must be 8: Stable Diffusion's VAE has 4 latent channels and downsamples by 8")
 
 
+# Flags that are RunRequest fields of the same name and need no check here.
+AS_GIVEN = ("config", "ema", "device", "output", "n_rows", "skip_grid", "skip_save", "skip_existing", "vae_tiling",
+            "offload")
+
+
 def _request(mode: str, args: dict):
     from sd_cli.run import jobs
     from sd_cli.run.render import RunRequest
@@ -36,15 +41,13 @@ def _request(mode: str, args: dict):
                              name_template=args["name"])
     request = RunRequest(
         mode=mode, jobs=jobs.build_jobs(requests, defaults), batch_size=_positive("--n-samples", args["n_samples"]),
-        bad_lines=bad_lines, checkpoint=_checkpoint(args, png_model), config=args["config"], ema=args["ema"],
-        device=args["device"], precision=_precision(args["precision"]),
-        outdir=args["outdir"] or Path(f"outputs/{mode}-samples"), output=args["output"], n_rows=args["n_rows"],
-        skip_grid=args["skip_grid"], skip_save=args["skip_save"], watermark=not args["no_watermark"],
-        skip_existing=args["skip_existing"], on_error=args["on_error"].value, json=args["json_out"],
+        bad_lines=bad_lines, checkpoint=_checkpoint(args, png_model), precision=_precision(args["precision"]),
+        outdir=args["outdir"] or Path(f"outputs/{mode}-samples"), watermark=not args["no_watermark"],
+        on_error=args["on_error"].value, json=args["json_out"], compile=args["compile_unet"],
         inpaint=_mask_options(args) if mode == "inpaint" else None,
         depth=_depth_options(args) if mode == "depth2img" else None, **_addon_options(args),
-        compile=args["compile_unet"], vae_tiling=args["vae_tiling"], offload=args["offload"],
         emphasis=args["emphasis"].value, clip_skip=_clip_skip(args["clip_skip"]), embeddings=_embeddings_dir(args["embeddings"]),
+        **{name: args[name] for name in AS_GIVEN},
     )
     if request.offload and request.compile:
         raise UsageError("--offload and --compile do not go together (compiled GPU code keeps the UNet's weights "
@@ -88,28 +91,28 @@ def _good_lines(parsed: list, args: dict) -> tuple[list, int]:
     return [p for p in parsed if not isinstance(p, BadLine)], len(bad)
 
 
-FLAG_NAMES = {"steps": "--steps", "scale": "--scale", "seed": "--seed", "eta": "--eta", "width": "--width",
-              "height": "--height", "strength": "--strength", "sampler": "--sampler",
-              "negative_prompt": "--negative-prompt", "init_img": "--init-img", "mask": "--mask"}
-
-
 def _default_values(args: dict, png_values: dict) -> dict:
     """The command line's values for every job, over those of --from-png; checked like a prompt-file line."""
     from sd_cli.run import jobs
 
-    flags = {"negative_prompt": args["negative_prompt"], "sampler": _sampler(args), "steps": args["steps"],
-             "scale": args["scale"], "eta": args["eta"], "width": args.get("width"), "height": args.get("height"),
-             "strength": args.get("strength", 0.75), "init_img": args.get("init_img"), "seed": args["seed"],
-             "mask": args.get("mask")}
+    flags = _job_flags(args)
     values = {k: v for k, v in png_values.items() if k != "prompt"}
     values.update({k: v for k, v in flags.items() if v is not None and (k not in values or _explicit(args, k))})
     for key in ("init_img", "mask"):
         values[key] = str(values[key]) if values.get(key) is not None else None
     try:
-        values = jobs.check_values({k: v for k, v in values.items() if v is not None}, FLAG_NAMES.get)
+        values = jobs.check_values({k: v for k, v in values.items() if v is not None}, fields.flag)
     except ValueError as err:
         raise UsageError(str(err)) from None
     values["seed"] = _seed(values.get("seed"))
+    return values
+
+
+def _job_flags(args: dict) -> dict:
+    """Each job value as its flag gives it (None where the command has no such flag); the prompt comes
+    from _requests."""
+    values = {f.name: args.get(f.name) for f in fields.JOB_FIELDS if f.name != "prompt"}
+    values["sampler"] = _sampler(args)  # --sampler with --schedule and the original's --plms, --dpm, --dpm_solver
     return values
 
 
@@ -117,16 +120,21 @@ def _addon_options(args: dict) -> dict:
     """--vae, --lora, --lora-dir and the hires fix, as RunRequest fields."""
     from sd_cli.loading.lora import parse_flag
 
-    hires = None
-    if args.get("hires_scale") is not None:
-        from sd_cli.pipelines.hires import HiresOptions
-
-        hires = HiresOptions(scale=args["hires_scale"], steps=args["hires_steps"], strength=args["hires_strength"],
-                             upscaler=args["hires_upscaler"])
-    elif args.get("hires_steps") or args.get("hires_strength", 0.7) != 0.7 or args.get("hires_upscaler", "latent") != "latent":
-        raise UsageError("--hires-steps, --hires-strength and --hires-upscaler belong to the hires fix: add --hires-scale")
     return {"vae": args["vae"], "loras": tuple(parse_flag(value) for value in args["lora"] or ()),
-            "lora_dir": args["lora_dir"], "hires": hires}
+            "lora_dir": args["lora_dir"], "hires": _hires(args)}
+
+
+def _hires(args: dict):
+    """HiresOptions from the --hires-* flags (its fields are their names without "hires_"), or None."""
+    hires = {f.name: args.get(f.name, f.default) for f in fields.HIRES_FIELDS}  # txt2img's flags only
+    if hires["hires_scale"] is None:
+        changed = [fields.flag(name) for name, value in hires.items() if value != fields.default(name)]
+        if changed:
+            raise UsageError(f"{', '.join(changed)}: part of the hires fix, which --hires-scale turns on; add it")
+        return None
+    from sd_cli.pipelines.hires import HiresOptions
+
+    return HiresOptions(**{name.removeprefix("hires_"): value for name, value in hires.items()})
 
 
 def _mask_options(args: dict):

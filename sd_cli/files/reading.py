@@ -1,7 +1,8 @@
 """Reading images back: `sd-cli info` (recorded parameters), `sd-cli verify` (watermark), --from-png.
 
-The parameters are the PNG's ``parameters`` text chunk (AUTOMATIC1111's infotext, metadata.py);
+The parameters are the PNG's ``parameters`` text chunk (AUTOMATIC1111's infotext, infotext.py);
 `info --json` gives them under the same names as `txt2img --json`, so a script can use either.
+Labels, names and how each text is read are the rows of sd_cli/fields.py.
 """
 
 from __future__ import annotations
@@ -9,16 +10,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from sd_cli.errors import SdCliError
+from sd_cli.fields import BY_NAME, FIELDS, HIRES_FIELDS, JOB_FIELDS, Field
 from sd_cli.files.images import open_image
 
-# infotext key -> (JSON / job field, type)
-FIELDS = {
-    "Seed": ("seed", int), "Steps": ("steps", int), "CFG scale": ("scale", float), "Sampler": ("sampler", str),
-    "Eta": ("eta", float), "Denoising strength": ("strength", float), "Model": ("model", str),
-    "Model hash": ("model_hash", str),
-}
-# Fields a re-render takes from the image (the model is chosen separately).
-RENDER_FIELDS = ("prompt", "negative_prompt", "seed", "steps", "scale", "sampler", "eta", "width", "height", "strength")
+# Fields a re-render takes from the image: every job value but the input images, which the PNG does
+# not record (the model is chosen separately).
+RENDER_FIELDS = tuple(f.name for f in JOB_FIELDS if f.name not in ("init_img", "mask"))
+# The recorded fields `info --json` gives under their own names (Size as width and height).
+RECORD_FIELDS = tuple(f for f in FIELDS if f.json and f.label is not None) + (BY_NAME["size"], BY_NAME["sampler_id"])
+# The run-wide settings --from-png takes back, besides the hires fix.
+RUN_FIELDS = (BY_NAME["clip_skip"], BY_NAME["emphasis"], BY_NAME["vae"])
 
 
 def read_infotext(path: str | Path) -> str:
@@ -38,15 +39,26 @@ def info_record(path: str | Path) -> dict:
 
     prompt, negative, fields = parse_infotext(read_infotext(path))
     record = {"path": str(path), "prompt": prompt, "negative_prompt": negative}
-    for key, (name, kind) in FIELDS.items():
-        if key in fields:
-            record[name] = _value(fields[key], kind, key, path)
-    if "Size" in fields:
-        record["width"], record["height"] = _size(fields["Size"], path)
-    if "sampler" in record:  # sd_cli writes "Sampler id" where the label is ambiguous ("DPM++ 2M")
-        record["sampler"] = fields.get("Sampler id") or _sampler(record["sampler"])
+    record.update(recorded_values(fields, RECORD_FIELDS, path))
+    if "size" in record:
+        record["width"], record["height"] = record.pop("size")
+    sampler_id = record.pop("sampler_id", None)  # sd_cli writes it where the label is ambiguous ("DPM++ 2M")
+    if sampler_id and "sampler" in record:
+        record["sampler"] = sampler_id
     record["parameters"] = fields
     return record
+
+
+def recorded_values(fields: dict[str, str], wanted: tuple[Field, ...], path) -> dict:
+    """{field name: value} of the `wanted` fields present in an infotext's {label: text}."""
+    values = {}
+    for field in wanted:
+        if field.label in fields:
+            try:
+                values[field.name] = field.parse(fields[field.label])
+            except ValueError as err:
+                raise SdCliError(f"{path}: recorded {field.label} {fields[field.label]!r} {err}") from None
+    return values
 
 
 def render_values(path: str | Path) -> tuple[dict, dict]:
@@ -63,21 +75,14 @@ def run_options(path: str | Path) -> dict:
     """The recorded run-wide settings a re-render needs, as CLI option names: clip skip, emphasis,
     hires fix, and the name of a separate VAE (which --from-png cannot find by itself)."""
     fields = info_record(path)["parameters"]
-    options = {}
-    if "Clip skip" in fields:
-        options["clip_skip"] = _value(fields["Clip skip"], int, "Clip skip", path)
-    if fields.get("Emphasis", "").lower() == "none":
-        options["emphasis"] = "none"
-    if "Hires upscale" in fields:
-        from sd_cli.pipelines.hires import UPSCALERS
-
-        labels = {label: key for key, (_mode, label) in UPSCALERS.items()}
-        options["hires_scale"] = _value(fields["Hires upscale"], float, "Hires upscale", path)
-        options["hires_steps"] = _value(fields.get("Hires steps", "0"), int, "Hires steps", path)
-        options["hires_strength"] = _value(fields.get("Denoising strength", "0.7"), float, "Denoising strength", path)
-        options["hires_upscaler"] = labels.get(fields.get("Hires upscaler", "Latent"), "latent")
-    if "VAE" in fields:
-        options["vae_name"] = fields["VAE"]
+    options = recorded_values(fields, RUN_FIELDS, path)
+    if options.get("emphasis") != "none":  # the default, or another tool's mode sd_cli does not have
+        options.pop("emphasis", None)
+    if BY_NAME["hires_scale"].label in fields:
+        options.update({f.name: f.default for f in HIRES_FIELDS})  # what the image leaves out was the default
+        options.update(recorded_values(fields, HIRES_FIELDS, path))
+    if "vae" in options:
+        options["vae_name"] = options.pop("vae")
     return options
 
 
@@ -100,28 +105,3 @@ def describe_verify(record: dict) -> str:
         return f"{record['path']}: {record['watermark']} (match {record['score']:.2f})"
     reason = record.get("note") or f"best match {record['score']:.2f}, chance is 0.50"
     return f"{record['path']}: no known watermark ({reason})"
-
-
-def _value(text: str, kind, key: str, path):
-    try:
-        return kind(text)
-    except ValueError:
-        raise SdCliError(f"{path}: recorded {key} {text!r} is not {'an integer' if kind is int else 'a number'}") from None
-
-
-def _size(text: str, path) -> tuple[int, int]:
-    try:
-        width, height = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise SdCliError(f"{path}: recorded Size {text!r} is not WIDTHxHEIGHT") from None
-    return width, height
-
-
-def _sampler(label: str) -> str:
-    """sd_cli's sampler id for a recorded label; an unknown label (another tool's sampler) as it is."""
-    from sd_cli.run.jobs import sampler_id
-
-    try:
-        return sampler_id(label)
-    except ValueError:
-        return label

@@ -1,5 +1,9 @@
 """Writing a run's images: watermark, infotext, the PNG (or its place in the numbered layout), the
-path or --json record on stdout, and the grid at the end."""
+path or --json record on stdout, and the grid at the end.
+
+The writer decides each recorded value, by field name; sd_cli/fields.py gives the labels, their
+order and their text, and which names the --json record has.
+"""
 
 import json
 import sys
@@ -7,6 +11,7 @@ import time
 from pathlib import Path
 
 from sd_cli import __version__
+from sd_cli.fields import FIELDS, infotext_fields
 from sd_cli.run.jobs import Job, sampler_id
 from sd_cli.sampling.samplers import label as sampler_label
 
@@ -77,60 +82,60 @@ class ImageWriter:
 
     def _record(self, path: Path, job: Job, shape, infotext: str, timings: dict) -> dict:
         """The --json object of a written image (the same fields `sd-cli info --json` reads back)."""
-        from sd_cli.loading.checkpoint import model_hash
         from sd_cli.files.infotext import parse_infotext
 
-        record = {"path": str(path), "index": job.index, "line": job.line, "prompt": job.prompt,
-                  "negative_prompt": job.negative_prompt, "seed": job.seed, "sampler": job.sampler,
-                  "steps": job.steps, "scale": job.scale, "eta": job.eta, "width": shape[1], "height": shape[0],
-                  "model": self.loaded.name, "model_hash": model_hash(self.loaded.checkpoint_path)}
+        values = {**self._job_values(job, shape), "prompt": job.prompt, "negative_prompt": job.negative_prompt,
+                  "width": shape[1], "height": shape[0]}
         if job.init_img is not None:
-            record.update(strength=job.strength, init_img=str(job.init_img))
+            values["init_img"] = str(job.init_img)
         if job.mask is not None:
-            record["mask"] = str(job.mask)
+            values["mask"] = str(job.mask)
+        record = {"path": str(path), "index": job.index, "line": job.line}
+        record.update({f.name: values[f.name] for f in FIELDS if f.json and f.name in values})
         # every field of the PNG's infotext (Clip skip, Lora hashes, VAE, Hires ...), as `info --json` gives them
         record["parameters"] = parse_infotext(infotext)[2]
         record["timings"] = timings
         return record
 
     def _infotext(self, job: Job, shape) -> str:
-        from sd_cli.loading.checkpoint import model_hash
         from sd_cli.files.infotext import format_infotext
+        from sd_cli.prompting.prompts import infotext_values
 
-        fields = {"Steps": job.steps, "Sampler": sampler_label(job.sampler), "CFG scale": job.scale,
-                  "Seed": job.seed, "Size": f"{shape[1]}x{shape[0]}", "Model hash": model_hash(self.loaded.checkpoint_path),
-                  "Model": self.loaded.name}
-        if job.init_img is not None:
-            fields["Denoising strength"] = job.strength
+        values = {**self._job_values(job, shape), **self._addon_values(job)}
         if self.request.inpaint is not None:
-            blur = self.request.inpaint.blur
-            fields["Mask blur"] = int(blur) if blur == int(blur) else blur
-        if job.eta:
-            fields["Eta"] = job.eta
-        fields.update(self._addon_fields(job))
-        if sampler_id(fields["Sampler"]) != job.sampler:  # "DPM++ 2M" reads back as dpmpp_2m, not dpm
-            fields["Sampler id"] = job.sampler
-        from sd_cli.prompting.prompts import infotext_fields
+            values["mask_blur"] = self.request.inpaint.blur
+        values["eta"] = job.eta or None  # AUTOMATIC1111 writes Eta only when it is not 0
+        if sampler_id(sampler_label(job.sampler)) != job.sampler:  # "DPM++ 2M" reads back as dpmpp_2m, not dpm
+            values["sampler_id"] = job.sampler
+        values.update(infotext_values(self.loaded.model, job.prompt, job.negative_prompt))
+        values["version"] = f"sd_cli {__version__}"
+        return format_infotext(job.prompt, job.negative_prompt, infotext_fields(values))
 
-        fields.update(infotext_fields(self.loaded.model, job.prompt, job.negative_prompt))
-        fields["Version"] = f"sd_cli {__version__}"
-        return format_infotext(job.prompt, job.negative_prompt, fields)
+    def _job_values(self, job: Job, shape) -> dict:
+        """What the --json record and the infotext share: the job's sampling values, size and model."""
+        from sd_cli.loading.checkpoint import model_hash
 
-    def _addon_fields(self, job: Job) -> dict:
+        values = {"steps": job.steps, "sampler": job.sampler, "scale": job.scale, "seed": job.seed,
+                  "size": (shape[1], shape[0]), "model_hash": model_hash(self.loaded.checkpoint_path),
+                  "model": self.loaded.name, "eta": job.eta}
+        if job.init_img is not None:
+            values["strength"] = job.strength
+        return values
+
+    def _addon_values(self, job: Job) -> dict:
         """AUTOMATIC1111's fields for hires fix, --vae and LoRA."""
         from sd_cli.loading.checkpoint import model_hash
         from sd_cli.loading.lora import lora_hashes, uses_for
 
-        fields = {}
+        values = {}
         hires = self.request.hires
         if hires is not None and job.init_img is None:
             native = self.loaded.model.config.native_size  # AUTOMATIC1111: Size is the first pass's size
-            fields.update({"Size": f"{job.width or native}x{job.height or native}",
-                           "Denoising strength": hires.strength, "Hires upscale": hires.scale,
-                           "Hires steps": hires.steps or job.steps, "Hires upscaler": hires.upscaler_label})
+            values.update(size=(job.width or native, job.height or native), hires_strength=hires.strength,
+                          hires_scale=hires.scale, hires_steps=hires.steps or job.steps, hires_upscaler=hires.upscaler)
         if self.request.vae is not None:
-            fields.update({"VAE hash": model_hash(self.request.vae), "VAE": self.request.vae.name})
+            values.update(vae_hash=model_hash(self.request.vae), vae=self.request.vae.name)
         uses = uses_for(self.request.loras, job.prompt, self.request.lora_dir)
         if uses:
-            fields["Lora hashes"] = lora_hashes(uses)
-        return fields
+            values["lora_hashes"] = lora_hashes(uses)
+        return values

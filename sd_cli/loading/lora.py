@@ -22,8 +22,8 @@ from pathlib import Path
 
 from sd_cli import log
 from sd_cli.errors import CheckpointError, UsageError
+from sd_cli.fields import LORA_DIR as DEFAULT_DIR
 
-DEFAULT_DIR = Path("checkpoints/lora")
 TAG = re.compile(r"<lora:([^:<>]+)(?::([^:<>]*))?>")
 SUFFIXES = (".safetensors",)
 TEXT_PARTS = {"self_attn_out_proj": "attn.out_proj", "mlp_fc1": "mlp.c_fc", "mlp_fc2": "mlp.c_proj"}

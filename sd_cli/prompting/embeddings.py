@@ -22,8 +22,8 @@ import torch
 
 from sd_cli import log
 from sd_cli.errors import CheckpointError, UsageError
+from sd_cli.fields import EMBEDDINGS_DIR as DEFAULT_DIR
 
-DEFAULT_DIR = Path("checkpoints/embeddings")
 SUFFIXES = (".pt", ".safetensors")
 
 

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from sd_cli.fields import default
+
 CHUNK = 75  # tokens between [SOT] and [EOT]
 COMMA_BACKTRACK = 20  # AUTOMATIC1111's default "comma padding backtrack"
 ROUND, SQUARE = 1.1, 1 / 1.1
@@ -285,15 +287,16 @@ def default_clip_skip(encoder) -> int:
     return 2 if encoder.layer == "penultimate" else 1
 
 
-def infotext_fields(model, prompt: str, negative_prompt: str) -> dict:
-    """AUTOMATIC1111's "Clip skip", "TI hashes" and "Emphasis", each only when it says something."""
+def infotext_values(model, prompt: str, negative_prompt: str) -> dict:
+    """The recorded clip_skip, ti_hashes and emphasis (AUTOMATIC1111's "Clip skip", "TI hashes",
+    "Emphasis"; sd_cli/fields.py), each only when it says something."""
     encoder, options = model.cond_stage_model, model.text_options or TextOptions()
-    fields: dict = {}
+    values: dict = {}
     if encoder.clip_skip is not None and encoder.clip_skip != default_clip_skip(encoder):
-        fields["Clip skip"] = encoder.clip_skip
+        values["clip_skip"] = encoder.clip_skip
     used = used_embeddings([prompt, negative_prompt], encoder, options)
     if used:
-        fields["TI hashes"] = ", ".join(f"{emb.name}: {emb.hash}" for emb in used)
-    if options.emphasis != "original":
-        fields["Emphasis"] = options.emphasis.capitalize()
-    return fields
+        values["ti_hashes"] = ", ".join(f"{emb.name}: {emb.hash}" for emb in used)
+    if options.emphasis != default("emphasis"):
+        values["emphasis"] = options.emphasis
+    return values

@@ -11,7 +11,8 @@ Prompt file lines, told apart one by one:
     --prompt "a cat" --seed 5 --steps 30              AUTOMATIC1111 "prompts from file" syntax
 
 Blank lines are skipped; line numbers count every line of the file. Values not given on a line
-come from the command line.
+come from the command line. The keys, their other spellings and their checks are the "job" and
+"line" rows of sd_cli/fields.py.
 """
 
 from __future__ import annotations
@@ -24,22 +25,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from sd_cli.errors import UsageError
+from sd_cli.fields import LINE_KEYS, default, line_key, name_problem, type_name
 
-SIZE_MULTIPLE = 64  # the SD UNet downsamples the 1/8 latent three times
-MAX_SEED = 2**63 - 1
-
-# Per-line keys and their types; the values are checked by _check.
-FIELD_TYPES = {
-    "prompt": str, "negative_prompt": str, "seed": int, "steps": int, "scale": float, "sampler": str,
-    "eta": float, "width": int, "height": int, "strength": float, "init_img": str, "mask": str,
-    "n_samples": int, "n_iter": int, "name": str,
-}
-# AUTOMATIC1111 / original-script spellings accepted for the same keys.
-ALIASES = {
-    "negative": "negative_prompt", "cfg_scale": "scale", "sampler_name": "sampler", "sampler_index": "sampler",
-    "batch_size": "n_samples", "denoising_strength": "strength", "init_image": "init_img", "ddim_steps": "steps",
-    "ddim_eta": "eta", "W": "width", "H": "height", "p": "prompt", "n": "negative_prompt",
-}
 NAME_FIELDS = ("index", "seed", "prompt_slug", "line", "sampler", "steps", "scale")
 
 
@@ -49,15 +36,15 @@ class Job:
 
     index: int  # position in the whole run, from 0; -o patterns and --name count with it
     prompt: str
-    negative_prompt: str = ""
+    negative_prompt: str = default("negative_prompt")
     seed: int = 0
-    sampler: str = "ddim"
-    steps: int = 50
-    scale: float = 7.5
-    eta: float = 0.0
+    sampler: str = default("sampler")
+    steps: int = default("steps")
+    scale: float = default("scale")
+    eta: float = default("eta")
     width: int | None = None  # None: the model's native size
     height: int | None = None
-    strength: float = 0.75  # img2img only
+    strength: float = default("strength")  # img2img only
     init_img: Path | None = None
     mask: Path | None = None
     name: str | None = None  # file name inside --outdir; None: numbered samples/NNNNN.png
@@ -173,19 +160,18 @@ def _parse_options(text: str) -> dict:
 
 
 def _key(name: str) -> str:
-    name = ALIASES.get(name, name)
-    key = ALIASES.get(name.replace("-", "_"), name.replace("-", "_"))
-    if key not in FIELD_TYPES:
-        raise ValueError(f"unknown option {name!r}; known: {', '.join(FIELD_TYPES)}")
+    key = line_key(name)
+    if key is None:
+        raise ValueError(f"unknown option {name!r}; known: {', '.join(LINE_KEYS)}")
     return key
 
 
 def _from_text(key: str, text: str):
-    kind = FIELD_TYPES[key]
+    kind = LINE_KEYS[key].kind
     try:
         return text if kind is str else kind(text)
     except ValueError:
-        raise ValueError(f"{key} must be {'an integer' if kind is int else 'a number'}, got {text!r}") from None
+        raise ValueError(f"{key} must be {type_name(kind)}, got {text!r}") from None
 
 
 # -- checking values ---------------------------------------------------------------------------
@@ -205,20 +191,17 @@ def check_values(values: dict, label=lambda key: key) -> dict:
 
 
 def _typed(key: str, value, label):
-    kind = FIELD_TYPES[key]
+    kind = LINE_KEYS[key].kind
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if not isinstance(value, kind) or isinstance(value, bool):
-        raise ValueError(f"{label(key)} must be {_type_name(kind)}, got {json.dumps(value)}")
+        raise ValueError(f"{label(key)} must be {type_name(kind)}, got {json.dumps(value)}")
     return value
 
 
-def _type_name(kind) -> str:
-    return {str: "a string", int: "an integer", float: "a number"}[kind]
-
-
 def _check(key: str, value, label):
-    problem = _problem(key, value)
+    check = LINE_KEYS[key].check
+    problem = check(value) if check is not None else None
     if problem:
         raise ValueError(f"{label(key)} {value} {problem}" if key != "name" else f"{label(key)} {value!r} {problem}")
     if key == "sampler":
@@ -226,44 +209,6 @@ def _check(key: str, value, label):
     if key in ("init_img", "mask"):
         return Path(value).expanduser()
     return value
-
-
-def _problem(key: str, value) -> str | None:
-    """What is wrong with a value, as the end of a sentence, or None."""
-    if key == "steps" and not 1 <= value <= 1000:
-        return "is out of range; use 1 to 1000"
-    if key == "seed" and not (0 <= value <= MAX_SEED or value == -1):
-        return "is out of range; use 0 to 2**63-1 (or -1 for the run's seed)"
-    if key in ("n_samples", "n_iter") and value < 1:
-        return "must be at least 1"
-    if key == "strength" and not 0.0 <= value <= 1.0:
-        return "is outside [0, 1]"
-    if key == "eta" and value < 0:
-        return "must be 0 or more"
-    if key == "scale" and value != value:
-        return "is not a number"
-    if key in ("width", "height"):
-        return size_problem(value)
-    if key == "name":
-        return _name_problem(value)
-    return None
-
-
-def size_problem(value: int) -> str | None:
-    """Sizes must be positive multiples of 64; never rounded, the message gives the neighbours."""
-    if value >= SIZE_MULTIPLE and value % SIZE_MULTIPLE == 0:
-        return None
-    lower = max(SIZE_MULTIPLE, value // SIZE_MULTIPLE * SIZE_MULTIPLE)
-    options = sorted({lower, lower + SIZE_MULTIPLE} if value > SIZE_MULTIPLE else {SIZE_MULTIPLE})
-    return (f"is not a multiple of {SIZE_MULTIPLE}, which the UNet needs (not rounded); "
-            f"try {' or '.join(map(str, options))}")
-
-
-def _name_problem(name: str) -> str | None:
-    path = Path(name)
-    if not name or path.is_absolute() or ".." in path.parts:
-        return "must be a relative file name inside --outdir (no '..', not absolute)"
-    return None
 
 
 def sampler_id(name: str, flag: str = "sampler") -> str:
@@ -336,7 +281,7 @@ def fill_name(template: str, job: Job) -> str:
                          f"use {', '.join('{' + f + '}' for f in NAME_FIELDS)}") from None
     except (ValueError, IndexError) as err:
         raise UsageError(f"--name {template}: {err}; use a format such as {{index:05}}") from None
-    problem = _name_problem(name)
+    problem = name_problem(name)
     if problem:
         raise UsageError(f"--name {template} gives {name!r}, which {problem}")
     return name

@@ -14,6 +14,7 @@ from pathlib import Path
 from sd_cli import log
 from sd_cli.run import distributed
 from sd_cli.errors import OutputError, PartialFailure, SdCliError, UsageError
+from sd_cli.fields import LORA_DIR
 from sd_cli.files.writer import ImageWriter
 from sd_cli.run.jobs import Job
 
@@ -50,7 +51,7 @@ class RunRequest:
     embeddings: Path | None = None  # --embeddings DIR; None: checkpoints/embeddings if it exists
     vae: Path | None = None  # --vae: a separate VAE file (vae_file.py)
     loras: tuple = ()  # --lora PATH[:weight], as (name or path, weight) pairs (lora.py)
-    lora_dir: Path = Path("checkpoints/lora")  # where <lora:name:w> and --lora names are looked up
+    lora_dir: Path = LORA_DIR  # where <lora:name:w> and --lora names are looked up
     hires: "HiresOptions | None" = None  # txt2img --hires-scale/--hires-steps/--hires-strength (hires.py)
 
 
