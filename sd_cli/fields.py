@@ -162,17 +162,17 @@ def _whole_if_integral(value: float):
     return int(value) if value == int(value) else value
 
 
-def _upscaler_label(key: str) -> str:
-    from sd_cli.pipelines.hires import UPSCALERS
+# The hires fix's upscalers: --hires-upscaler value -> AUTOMATIC1111's infotext label.
+HIRES_UPSCALER_LABELS = {"latent": "Latent", "latent-nearest": "Latent (nearest)"}
 
-    return UPSCALERS[key][1]
+
+def _upscaler_label(key: str) -> str:
+    return HIRES_UPSCALER_LABELS[key]
 
 
 def _upscaler_from_label(label: str) -> str:
     """The upscaler key of a recorded label; another tool's upscaler becomes sd_cli's default."""
-    from sd_cli.pipelines.hires import UPSCALERS
-
-    return next((key for key, (_mode, known) in UPSCALERS.items() if known == label), "latent")
+    return next((key for key, known in HIRES_UPSCALER_LABELS.items() if known == label), "latent")
 
 
 # -- the table ------------------------------------------------------------------------------------

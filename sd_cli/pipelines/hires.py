@@ -14,12 +14,13 @@ import torch.nn.functional as F
 from sd_cli import log
 from sd_cli.pipelines import pipeline
 from sd_cli.errors import UsageError
+from sd_cli.fields import HIRES_UPSCALER_LABELS
 from sd_cli.sampling import samplers
 from sd_cli.sampling.noise import NoiseSource
 from sd_cli.sampling.schedule import make_ddim_schedule
 
 MULTIPLE = 64
-UPSCALERS = {"latent": ("bilinear", "Latent"), "latent-nearest": ("nearest", "Latent (nearest)")}
+INTERPOLATION = {"latent": "bilinear", "latent-nearest": "nearest"}  # --hires-upscaler -> F.interpolate mode
 
 
 @dataclass(frozen=True)
@@ -36,12 +37,12 @@ class HiresOptions:
             raise UsageError(f"--hires-steps {self.steps} must be 0 (same as --steps) or more")
         if not 0 <= self.strength <= 1:
             raise UsageError(f"--hires-strength {self.strength} must be between 0 and 1")
-        if self.upscaler not in UPSCALERS:
-            raise UsageError(f"--hires-upscaler {self.upscaler}: choose {' or '.join(UPSCALERS)}")
+        if self.upscaler not in INTERPOLATION:
+            raise UsageError(f"--hires-upscaler {self.upscaler}: choose {' or '.join(INTERPOLATION)}")
 
     @property
     def upscaler_label(self) -> str:
-        return UPSCALERS[self.upscaler][1]
+        return HIRES_UPSCALER_LABELS[self.upscaler]
 
     def target_size(self, height: int, width: int) -> tuple[int, int]:
         """(height, width) of the second pass: ×scale, floored to a multiple of 64."""
@@ -58,7 +59,7 @@ def txt2img_hires(model, prompts: list[str], negative_prompts: list[str], seeds:
     # 2. Upscale the latent.
     big_h, big_w = hires.target_size(height, width)
     log.info(f"hires fix: {width}x{height} -> {big_w}x{big_h}, strength {hires.strength}")
-    mode = UPSCALERS[hires.upscaler][0]
+    mode = INTERPOLATION[hires.upscaler]
     x0 = F.interpolate(latents.float(), size=(big_h // pipeline.DOWNSAMPLING, big_w // pipeline.DOWNSAMPLING),
                        mode=mode, **({"align_corners": False} if mode == "bilinear" else {}))
     # 3. img2img on the upscaled latent.
