@@ -20,7 +20,7 @@ def _emit(line: str) -> None:
 class ImageWriter:
     """Turns finished batches into watermarked PNGs with metadata; builds the grid at the end.
 
-    `request` is the run's RunRequest, `loaded` its LoadedModel, `targets` each job's file (None:
+    `request` is the run's RunRequest, `loaded` its run.session.Session, `targets` each job's file (None:
     numbered in the outdir); every path written is appended to `written`.
     """
 
@@ -112,7 +112,7 @@ class ImageWriter:
             fields["Sampler id"] = job.sampler
         from sd_cli.prompting.prompts import infotext_fields
 
-        fields.update(infotext_fields(self.loaded.model, job.prompt, job.negative_prompt))
+        fields.update(infotext_fields(self.loaded, job.prompt, job.negative_prompt))
         fields["Version"] = f"sd_cli {__version__}"
         return format_infotext(job.prompt, job.negative_prompt, fields)
 
