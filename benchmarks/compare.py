@@ -426,8 +426,7 @@ def bench_memory_modes(st: Path, device: str, precision: str, size: int, steps: 
     result = {"device": str(dev), "precision": precision, "size": size}
     with torch.inference_mode():
         for tiled in (False, True):
-            model.vae_tiling = tiled
-            seconds, added, decoded = _timed_with_peak(lambda: model.decode_latents(latents), dev)
+            seconds, added, decoded = _timed_with_peak(lambda: model.decode_latents(latents, tiled=tiled), dev)
             result["decode_tiled" if tiled else "decode_whole"] = {"seconds": seconds, "peak_added_gb": added}
             if not tiled:
                 images = decoded  # the NaN guard below checks the whole decode's image

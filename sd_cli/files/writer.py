@@ -25,7 +25,7 @@ def _emit(line: str) -> None:
 class ImageWriter:
     """Turns finished batches into watermarked PNGs with metadata; builds the grid at the end.
 
-    `request` is the run's RunRequest, `loaded` its LoadedModel, `targets` each job's file (None:
+    `request` is the run's RunRequest, `loaded` its run.session.Session, `targets` each job's file (None:
     numbered in the outdir); every path written is appended to `written`.
     """
 
@@ -107,7 +107,7 @@ class ImageWriter:
         values["eta"] = job.eta or None  # AUTOMATIC1111 writes Eta only when it is not 0
         if sampler_id(sampler_label(job.sampler)) != job.sampler:  # "DPM++ 2M" reads back as dpmpp_2m, not dpm
             values["sampler_id"] = job.sampler
-        values.update(infotext_values(self.loaded.model, job.prompt, job.negative_prompt))
+        values.update(infotext_values(self.loaded, job.prompt, job.negative_prompt))
         values["version"] = f"sd_cli {__version__}"
         return format_infotext(job.prompt, job.negative_prompt, infotext_fields(values))
 

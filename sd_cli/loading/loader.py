@@ -15,6 +15,7 @@ from sd_cli import log
 from sd_cli.loading.checkpoint import CheckpointFile, read_checkpoint
 from sd_cli.loading.config import ModelConfig, load_config
 from sd_cli.loading.packaged import packaged_config
+from sd_cli.loading.strict import compare
 from sd_cli.loading.detection import detect_family, is_v_prediction
 from sd_cli.errors import CheckpointError
 from sd_cli.loading.mapped_pages import MappedFile
@@ -103,18 +104,21 @@ def build_and_load(config: ModelConfig, weights: dict, name: str, device="cpu", 
     with empty_modules():  # no random initialisation: every tensor comes from the file
         text_encoder = encoder_class.from_checkpoint(weights, **config.text_params)
         model = LatentDiffusion(config, text_encoder)
-    module_weights, unexpected = _module_state_dict(weights, encoder_class, config)
-    _check_keys(model, module_weights, unexpected, name, config.source)
+    module_weights, unexpected = _module_state_dict(weights, encoder_class, model.family.needs_depth)
+    compare(model.state_dict(), module_weights, unexpected).raise_if_any(
+        f"{name} does not match config {config.source}", sides="checkpoint vs config",
+        hint=". Pass the config this checkpoint was made for with --config")
     _cast_in_place(module_weights, device, dtype, mapped_file, channels_last_convs)
     model.load_state_dict(module_weights, strict=True, assign=True)
     model.alphas_cumprod = _schedule(weights, config)
     # The depth model's MiDaS weights, kept as they are until depth2img builds it (timm is imported only then).
-    model.depth_weights = ({key[len(DEPTH_PREFIX):]: value for key, value in weights.items()
-                            if key.startswith(DEPTH_PREFIX)} if config.kind == "depth" else None)
+    if model.family.needs_depth:
+        model.depth_weights = {key[len(DEPTH_PREFIX):]: value for key, value in weights.items()
+                               if key.startswith(DEPTH_PREFIX)}
     return model
 
 
-def _module_state_dict(weights: dict, encoder_class, config: ModelConfig) -> tuple[dict, list[str]]:
+def _module_state_dict(weights: dict, encoder_class, depth: bool) -> tuple[dict, list[str]]:
     """Checkpoint keys -> module keys, plus the checkpoint keys nobody uses (reported, never dropped)."""
     text_weights, _ignored, text_unknown = encoder_class.module_state_dict_from_checkpoint(weights)
     module = {TEXT_PREFIX + key: value for key, value in text_weights.items()}
@@ -124,33 +128,13 @@ def _module_state_dict(weights: dict, encoder_class, config: ModelConfig) -> tup
             module[key] = value
         elif key.startswith((EMA_PREFIX, TEXT_PREFIX)) or key in SCHEDULE_KEYS:
             continue  # EMA shadows (see --ema), text tower (mapped above), schedule (from the config)
-        elif key.startswith(DEPTH_PREFIX) and config.kind == "depth":
+        elif key.startswith(DEPTH_PREFIX) and depth:
             continue  # MiDaS weights: kept aside in build_and_load, loaded strictly by depth.py
         elif key.startswith("first_stage_model.loss.") or key == "model_ema.decay":
             continue  # training-time loss weights
         else:
             unexpected.append(key)
     return module, unexpected
-
-
-def _check_keys(model: LatentDiffusion, module_weights: dict, unexpected: list[str], name: str, source: str) -> None:
-    expected = {key: tuple(t.shape) for key, t in model.state_dict().items()}
-    missing = sorted(set(expected) - set(module_weights))
-    unexpected = sorted(set(unexpected) | (set(module_weights) - set(expected)))
-    wrong_shape = [f"{key} {tuple(module_weights[key].shape)} vs {expected[key]}"
-                   for key in sorted(set(expected) & set(module_weights))
-                   if tuple(module_weights[key].shape) != expected[key]]
-    problems = []
-    if wrong_shape:
-        problems.append(f"{len(wrong_shape)} tensors differ in shape (checkpoint vs config): "
-                        + _some(wrong_shape))
-    if missing:
-        problems.append(f"{len(missing)} missing tensors: " + _some(missing))
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected tensors: " + _some(unexpected))
-    if problems:
-        raise CheckpointError(f"{name} does not match config {source}: " + "; ".join(problems)
-                              + ". Pass the config this checkpoint was made for with --config")
 
 
 def _cast_in_place(module_weights: dict, device, dtype, mapped_file: MappedFile | None,
@@ -172,11 +156,6 @@ def _cast_in_place(module_weights: dict, device, dtype, mapped_file: MappedFile 
         if mapped_file is not None and copy.data_ptr() != value.data_ptr():
             mapped_file.release(value)
         module_weights[key] = copy
-
-
-def _some(names: list[str], limit: int = 4) -> str:
-    shown = ", ".join(names[:limit])
-    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
 def _schedule(weights: dict, config: ModelConfig) -> torch.Tensor:

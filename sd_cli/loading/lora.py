@@ -99,10 +99,13 @@ class LoraMerger:
 
     `apply(uses)` restores every weight touched by the previous set, then merges the new one, so
     consecutive batches with the same set cost nothing. `restore()` brings back the original weights.
+    With `weights_frozen` (--compile on the CPU) the first batch's weights are final, so a later
+    change of set is refused.
     """
 
-    def __init__(self, model):
+    def __init__(self, model, weights_frozen: bool = False):
         self.model = model
+        self.weights_frozen = weights_frozen
         self.originals: dict = {}  # parameter name -> its value as loaded
         self.current: tuple[LoraUse, ...] = ()
         self.applied = False  # whether any batch has run (with --compile on the CPU, its weights are final)
@@ -111,7 +114,7 @@ class LoraMerger:
     def apply(self, uses: tuple[LoraUse, ...]) -> None:
         if uses == self.current and self.applied:
             return
-        if self.applied and getattr(self.model, "unet_weights_frozen", False):
+        if self.applied and self.weights_frozen:
             shown = ", ".join(u.name for u in uses) or "none"
             raise UsageError(f"--compile on the CPU builds the first batch's weights into the compiled UNet, so a "
                              f"later batch cannot change its LoRAs (to: {shown}); render those prompts in a "

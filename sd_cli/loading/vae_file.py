@@ -12,7 +12,7 @@ from pathlib import Path
 
 from sd_cli import log
 from sd_cli.loading.checkpoint import model_hash, read_checkpoint
-from sd_cli.errors import CheckpointError
+from sd_cli.loading.strict import compare
 
 IGNORED_PREFIXES = ("loss.", "model_ema.")
 
@@ -29,7 +29,7 @@ def load_vae(model, path) -> str:
     path = Path(path)
     weights = original_vae_keys(read_checkpoint(path).state_dict)
     vae = model.first_stage_model
-    _check(vae, weights, path.name)
+    compare(vae.state_dict(), weights).raise_if_any(f"--vae {path.name} does not fit this model's VAE")
     reference = next(vae.parameters())
     vae.load_state_dict({k: v.to(reference.device, reference.dtype) for k, v in weights.items()}, strict=True)
     log.info(f"using the VAE of {path}")
@@ -80,21 +80,3 @@ def _diffusers_name(key: str, levels: int) -> str:
     if m := re.fullmatch(r"mid_block\.attentions\.0\.(.+)\.(weight|bias)", rest):
         return f"{side}.mid.attn_1.{ATTENTION_PARTS.get(m[1], m[1])}.{m[2]}"
     return key
-
-
-def _check(vae, weights: dict, name: str) -> None:
-    expected = {key: tuple(t.shape) for key, t in vae.state_dict().items()}
-    missing = sorted(set(expected) - set(weights))
-    unexpected = sorted(set(weights) - set(expected))
-    wrong = [f"{k} {tuple(weights[k].shape)} vs {expected[k]}" for k in sorted(set(expected) & set(weights))
-             if tuple(weights[k].shape) != expected[k]]
-    problems = [f"{len(items)} {what}: {_some(items)}" for what, items in
-                (("tensors differ in shape (file vs model)", wrong), ("missing tensors", missing),
-                 ("unexpected tensors", unexpected)) if items]
-    if problems:
-        raise CheckpointError(f"--vae {name} does not fit this model's VAE: " + "; ".join(problems))
-
-
-def _some(names: list[str], limit: int = 4) -> str:
-    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
-

@@ -12,6 +12,7 @@ from torch import nn
 from sd_cli import log
 from sd_cli.loading.config import ModelConfig
 from sd_cli.errors import NumericsError
+from sd_cli.models.families import ModelFamily, family_of
 from sd_cli.models.unet import UNetModel
 from sd_cli.models.vae import AutoencoderKL
 from sd_cli.sampling.schedule import alphas_cumprod as linear_alphas_cumprod
@@ -23,8 +24,6 @@ SCHEDULE_KEYS = (
     "posterior_variance", "posterior_log_variance_clipped", "posterior_mean_coef1", "posterior_mean_coef2",
     "logvar",
 )
-
-WATERMARK_TEXT = {("clip", "txt2img"): "StableDiffusionV1", ("clip", "inpaint"): "StableDiffusionV1-Inpainting"}
 
 
 def text_encoder_class(name: str):
@@ -48,9 +47,8 @@ class LatentDiffusion(nn.Module):
         self.model = DiffusionWrapper(UNetModel(**config.unet_params))
         self.first_stage_model = AutoencoderKL(**config.vae_params)
         self.cond_stage_model = text_encoder
-        self.vae_tiling = False  # --vae-tiling: decode in tiles (sd_cli/tiling.py)
         self.offload = None  # --offload: sd_cli/offload.py puts each part on the GPU when it is used
-        self.text_options = None  # prompts.TextOptions (--emphasis, --embeddings); None: the defaults
+        self.depth_weights = None  # a depth model's MiDaS weights until depth2img builds it (loader.py)
         self.alphas_cumprod = linear_alphas_cumprod(config.linear_start, config.linear_end, config.timesteps)
 
     @property
@@ -58,8 +56,13 @@ class LatentDiffusion(nn.Module):
         return self.config.parameterization
 
     @property
+    def family(self) -> ModelFamily:
+        """What this model is and which subcommands it serves, from its config (families/)."""
+        return family_of(self.config)
+
+    @property
     def watermark_text(self) -> str:
-        return WATERMARK_TEXT.get((self.config.text_encoder, self.config.kind), "SDV2")
+        return self.family.watermark_text
 
     @property
     def dtype(self) -> torch.dtype:
@@ -76,13 +79,14 @@ class LatentDiffusion(nn.Module):
         if self.offload is not None:
             self.offload.use(part)
 
-    def encode_text(self, prompts: list[str]) -> torch.Tensor:
+    def encode_text(self, prompts: list[str], options=None) -> torch.Tensor:
         """[B, 77·chunks, D] conditioning for a list of prompts (prompts.py: emphasis, BREAK, long
-        prompts, embeddings); [B, 77, D], the original's, for a plain prompt of up to 75 tokens."""
+        prompts, embeddings, clip skip as `options`, a prompts.TextOptions; None: the defaults);
+        [B, 77, D], the original's, for a plain prompt of up to 75 tokens."""
         from sd_cli.prompting.prompts import TextOptions, encode_prompts
 
         self._ready("text encoder")
-        return encode_prompts(self.cond_stage_model, prompts, self.text_options or TextOptions())
+        return encode_prompts(self.cond_stage_model, prompts, options or TextOptions())
 
     def unet(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         self._ready("UNet")
@@ -95,8 +99,10 @@ class LatentDiffusion(nn.Module):
         mean, _ = self.first_stage_model.encode_moments(image.to(self.device, self.dtype))
         return mean * self.config.scale_factor
 
-    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+    def decode_latents(self, latents: torch.Tensor, tiled: bool = False) -> torch.Tensor:
         """Scaled latent -> image [B, 3, H, W], nominally in [-1, 1]; never NaN or inf.
+
+        With `tiled` (--vae-tiling) the VAE decodes overlapping tiles: bounded memory for large images.
 
         NaN/inf latents (the UNet overflowed) are an error. A VAE that overflows in fp16/bf16
         (the classic black image) is run once more in float32; if that fails too, an error.
@@ -106,28 +112,27 @@ class LatentDiffusion(nn.Module):
                                 "Try --precision fp32 or other settings (a lower --scale)")
         self._ready("VAE")
         z = latents.to(self.device, self.dtype) / self.config.scale_factor
-        images = self._vae_decode(self.first_stage_model, z)
+        images = self._vae_decode(self.first_stage_model, z, tiled)
         if torch.isfinite(images).all():
             return images
         if self.dtype != torch.float32:
             log.warn(f"the VAE produced NaN or inf in {self.dtype}; decoding again in float32")
-            images = self._decode_fp32(latents)
+            images = self._decode_fp32(latents, tiled)
             if torch.isfinite(images).all():
                 return images
         raise NumericsError("the VAE produced NaN or inf values even in float32; no image was saved. "
                             "The checkpoint's VAE weights may be broken")
 
-    def _decode_fp32(self, latents: torch.Tensor) -> torch.Tensor:
+    def _decode_fp32(self, latents: torch.Tensor, tiled: bool) -> torch.Tensor:
         vae, dtype = self.first_stage_model, self.dtype
         vae.float()  # fp16/bf16 -> fp32 -> fp16/bf16 is exact, so the weights come back unchanged
         try:
-            return self._vae_decode(vae, latents.to(self.device, torch.float32) / self.config.scale_factor)
+            return self._vae_decode(vae, latents.to(self.device, torch.float32) / self.config.scale_factor, tiled)
         finally:
             vae.to(dtype)
 
-    def _vae_decode(self, vae, z: torch.Tensor) -> torch.Tensor:
-        """Whole, or in overlapping tiles with --vae-tiling (bounded memory for large images)."""
-        if not self.vae_tiling:
+    def _vae_decode(self, vae, z: torch.Tensor, tiled: bool) -> torch.Tensor:
+        if not tiled:
             return vae.decode(z)
         from sd_cli.runtime.tiling import decode_tiled
 

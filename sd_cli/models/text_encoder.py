@@ -73,7 +73,7 @@ class _TextTower(nn.Module):
             raise ValueError(f"{type(self).__name__}: layer {layer!r} is not supported "
                              f"(choose from {', '.join(self.layers_supported)})")
         self.layer = layer
-        self.clip_skip: int | None = None  # --clip-skip N: stop N - 1 blocks before the last; None: `layer`
+        self.clip_skip: int | None = None  # N: stop N - 1 blocks before the last unless encode is told; None: `layer`
         self.context_length = context_length
         self.token_embedding = nn.Embedding(vocab_size, width)
         self.positional_embedding = nn.Parameter(torch.empty(context_length, width))
@@ -109,17 +109,21 @@ class _TextTower(nn.Module):
         """Prompts → [B, 77, width] on the module's device and dtype."""
         return self.encode(self.tokenize(prompts).to(self.token_embedding.weight.device))
 
-    def encode(self, tokens: Tensor) -> Tensor:
+    def encode(self, tokens: Tensor, clip_skip: int | None = None) -> Tensor:
         """[B, L] token ids → [B, L, width] hidden states after `ln_final`."""
-        return self.encode_embedded(self.token_embedding(tokens))
+        return self.encode_embedded(self.token_embedding(tokens), clip_skip)
 
-    def encode_embedded(self, embedded: Tensor) -> Tensor:
-        """[B, L, width] token embeddings (textual inversion vectors included) → hidden states."""
+    def encode_embedded(self, embedded: Tensor, clip_skip: int | None = None) -> Tensor:
+        """[B, L, width] token embeddings (textual inversion vectors included) → hidden states.
+
+        clip_skip: a run's --clip-skip; None: the encoder's own `clip_skip`, else its `layer`.
+        """
         x = embedded + self.positional_embedding[: embedded.shape[1]]
         # additive causal mask, built here so that a module built on meta needs no buffer fix-up
         mask = torch.full((embedded.shape[1],) * 2, float("-inf"), dtype=x.dtype, device=x.device).triu_(1)
         blocks = self.transformer.resblocks
-        skipped = self.clip_skip - 1 if self.clip_skip is not None else int(self.layer == "penultimate")
+        clip_skip = self.clip_skip if clip_skip is None else clip_skip
+        skipped = clip_skip - 1 if clip_skip is not None else int(self.layer == "penultimate")
         for block in blocks[: len(blocks) - skipped]:
             x = block(x, attn_mask=mask)
         return self.ln_final(x)

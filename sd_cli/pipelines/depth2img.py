@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 
 from sd_cli import log
-from sd_cli.errors import CheckpointError, SdCliError, UsageError
+from sd_cli.errors import SdCliError, UsageError
+from sd_cli.loading.strict import compare
 from sd_cli.models.latent_diffusion import LatentDiffusion
 from sd_cli.pipelines.pipeline import (
     DOWNSAMPLING, LATENT_CHANNELS, Progress, SamplingParams, denoise, guided_model, is_k_sampler, k_sigmas, sample_k,
@@ -33,7 +34,6 @@ from sd_cli.pipelines.pipeline import (
 from sd_cli.sampling.noise import NoiseSource
 from sd_cli.sampling.schedule import make_ddim_schedule
 
-DEPTH_CHANNELS = 5  # [x_t (4), depth (1)]
 MIDAS_SIDE = 384
 MIDAS_MULTIPLE = 32
 
@@ -48,11 +48,7 @@ class DepthOptions:
 
 
 def check_depth_model(model: LatentDiffusion) -> None:
-    channels = model.config.unet_in_channels
-    if channels != DEPTH_CHANNELS:
-        raise UsageError(f"depth2img needs the SD 2 depth model (a UNet with 5 input channels, e.g. 512-depth-ema.ckpt); "
-                         f"this checkpoint's UNet takes {channels}" +
-                         ("; use inpaint for it" if channels == 9 else "; use img2img for it"))
+    model.family.check_serves("depth2img")
 
 
 @torch.inference_mode()
@@ -163,14 +159,7 @@ def _depth_weights(model: LatentDiffusion, path: Path | None) -> tuple[dict, str
 
 
 def _load_strict(estimator: torch.nn.Module, weights: dict, source: str) -> None:
-    expected = estimator.state_dict()
-    missing = sorted(set(expected) - set(weights))
-    unexpected = sorted(set(weights) - set(expected))
-    wrong = [key for key in sorted(set(expected) & set(weights)) if expected[key].shape != weights[key].shape]
-    if missing or unexpected or wrong:
-        parts = [f"{len(names)} {what}: {', '.join(names[:3])}" for names, what in
-                 ((missing, "missing"), (unexpected, "unexpected"), (wrong, "of the wrong shape")) if names]
-        raise CheckpointError(f"{source} is not a MiDaS DPT-Hybrid: " + "; ".join(parts))
+    compare(estimator.state_dict(), weights).raise_if_any(f"{source} is not a MiDaS DPT-Hybrid", noun="")
     estimator.load_state_dict(weights, strict=True, assign=True)
 
 

@@ -26,7 +26,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from sd_cli.errors import UsageError
 from sd_cli.models.latent_diffusion import LatentDiffusion
 from sd_cli.pipelines.pipeline import (
     DOWNSAMPLING, LATENT_CHANNELS, Progress, SamplingParams, denoise, guided_model, is_k_sampler, k_sigmas, sample_k,
@@ -34,19 +33,10 @@ from sd_cli.pipelines.pipeline import (
 from sd_cli.sampling.noise import NoiseSource
 from sd_cli.sampling.schedule import make_ddim_schedule
 
-CONCAT_CHANNELS = 9  # [x_t (4), mask (1), masked-image latent (4)]
-
-
 def inpaint_method(model: LatentDiffusion) -> str:
-    """"concat" for inpainting checkpoints, "blend" for ordinary ones; other UNets cannot inpaint."""
-    channels = model.config.unet_in_channels
-    if channels == CONCAT_CHANNELS:
-        return "concat"
-    if channels == LATENT_CHANNELS:
-        return "blend"
-    raise UsageError(f"this checkpoint's UNet takes {channels} input channels ({model.config.kind} model); "
-                     "inpaint needs an inpainting (9) or ordinary (4) checkpoint" +
-                     ("; use depth2img for it" if model.config.kind == "depth" else ""))
+    """"concat" for inpainting checkpoints, "blend" for ordinary ones; other models cannot inpaint."""
+    model.family.check_serves("inpaint")
+    return model.family.inpaint_method
 
 
 @torch.inference_mode()

@@ -38,6 +38,7 @@ class TextOptions:
 
     emphasis: str = "original"
     embeddings: object | None = None  # embeddings.EmbeddingLibrary, or None
+    clip_skip: int | None = None  # stop clip_skip - 1 blocks before the last; None: the encoder's own layer
 
 
 @dataclass
@@ -214,20 +215,20 @@ def encode_prompts(encoder, prompts: list[str], options: TextOptions) -> torch.T
     per_prompt = [build_chunks(prompt, encoder, options) for prompt in prompts]
     count = max(len(chunks) for chunks in per_prompt)
     empty = build_chunks("", encoder, TextOptions())[0]
-    parts = [_encode_chunks(encoder, [c[i] if i < len(c) else empty for c in per_prompt], options.emphasis)
+    parts = [_encode_chunks(encoder, [c[i] if i < len(c) else empty for c in per_prompt], options)
              for i in range(count)]
     return torch.cat(parts, dim=1)
 
 
-def _encode_chunks(encoder, chunks: list[Chunk], emphasis: str) -> torch.Tensor:
+def _encode_chunks(encoder, chunks: list[Chunk], options: TextOptions) -> torch.Tensor:
     """[B, 77, D] for one chunk of each prompt."""
     device = encoder.token_embedding.weight.device
     tokens = torch.tensor([chunk.tokens for chunk in chunks], device=device)
     if any(chunk.fixes for chunk in chunks):
-        z = encoder.encode_embedded(_embedded(encoder, tokens, chunks))
+        z = encoder.encode_embedded(_embedded(encoder, tokens, chunks), clip_skip=options.clip_skip)
     else:
-        z = encoder.encode(tokens)
-    if emphasis == "original" and any(w != 1.0 for chunk in chunks for w in chunk.weights):
+        z = encoder.encode(tokens, clip_skip=options.clip_skip)
+    if options.emphasis == "original" and any(w != 1.0 for chunk in chunks for w in chunk.weights):
         weights = torch.tensor([chunk.weights for chunk in chunks], device=device, dtype=z.dtype)
         z = _apply_weights(z, weights)
     return z
@@ -269,17 +270,15 @@ def match_lengths(model, cond: torch.Tensor, uncond: torch.Tensor | None):
 
 # -- the run's settings ---------------------------------------------------------------------------
 
-def configure(model, emphasis: str, clip_skip: int | None, embeddings_dir) -> None:
-    """Set a loaded model's --emphasis, --clip-skip and --embeddings for encode_text."""
+def text_options(encoder, emphasis: str, clip_skip: int | None, embeddings_dir) -> TextOptions:
+    """A run's --emphasis, --clip-skip and --embeddings for this text encoder, checked."""
     from sd_cli.prompting.embeddings import scan_folder
     from sd_cli.errors import UsageError
 
-    encoder = model.cond_stage_model
     blocks = len(encoder.transformer.resblocks)
     if clip_skip is not None and not 1 <= clip_skip <= blocks:
         raise UsageError(f"--clip-skip {clip_skip}: this text encoder has {blocks} blocks; use 1 to {blocks}")
-    encoder.clip_skip = clip_skip
-    model.text_options = TextOptions(emphasis, scan_folder(embeddings_dir, encoder.bpe().encode))
+    return TextOptions(emphasis, scan_folder(embeddings_dir, encoder.bpe().encode), clip_skip)
 
 
 def default_clip_skip(encoder) -> int:
@@ -287,13 +286,13 @@ def default_clip_skip(encoder) -> int:
     return 2 if encoder.layer == "penultimate" else 1
 
 
-def infotext_values(model, prompt: str, negative_prompt: str) -> dict:
-    """The recorded clip_skip, ti_hashes and emphasis (AUTOMATIC1111's "Clip skip", "TI hashes",
-    "Emphasis"; sd_cli/fields.py), each only when it says something."""
-    encoder, options = model.cond_stage_model, model.text_options or TextOptions()
+def infotext_values(session, prompt: str, negative_prompt: str) -> dict:
+    """The recorded clip_skip, ti_hashes and emphasis of a run (run.session.Session; AUTOMATIC1111's
+    "Clip skip", "TI hashes", "Emphasis"; sd_cli/fields.py), each only when it says something."""
+    encoder, options = session.model.cond_stage_model, session.text
     values: dict = {}
-    if encoder.clip_skip is not None and encoder.clip_skip != default_clip_skip(encoder):
-        values["clip_skip"] = encoder.clip_skip
+    if options.clip_skip is not None and options.clip_skip != default_clip_skip(encoder):
+        values["clip_skip"] = options.clip_skip
     used = used_embeddings([prompt, negative_prompt], encoder, options)
     if used:
         values["ti_hashes"] = ", ".join(f"{emb.name}: {emb.hash}" for emb in used)

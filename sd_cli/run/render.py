@@ -121,16 +121,16 @@ def _check_outputs_writable(request: RunRequest, targets: dict, jobs: list[Job])
 def _render_jobs(request: RunRequest, jobs: list[Job], targets: dict, rank, report: RunReport) -> None:
     if request.on_error == "stop" and request.mode != "txt2img":  # a bad input fails before the model loads
         _inpaint_canvas(request, jobs[0]) if request.mode == "inpaint" else _init_image(request.mode, jobs[0])
-    loaded = _load(request, rank)
-    _check_model_fits(request.mode, loaded.model)
-    writer = ImageWriter(request, loaded, targets, report.written, grid=_grid_wanted(request, rank))
-    log.info(f"{len(jobs)} image(s), {_describe(jobs[0])}, {str(loaded.model.dtype).replace('torch.', '')} "
-             f"on {loaded.model.device}" + (f" (rank {rank.rank} of {rank.world})" if rank.distributed else ""))
+    session = _load(request, rank)
+    _check_model_fits(request.mode, session.family)
+    writer = ImageWriter(request, session, targets, report.written, grid=_grid_wanted(request, rank))
+    log.info(f"{len(jobs)} image(s), {_describe(jobs[0])}, {str(session.dtype).replace('torch.', '')} "
+             f"on {session.device}" + (f" (rank {rank.rank} of {rank.world})" if rank.distributed else ""))
     done = 0
     try:
         for batch in batches(jobs, request.batch_size):
             done += len(batch)
-            images, seconds = _try_batch(loaded, request, batch, report, f"{done - len(batch) + 1}-{done} of {len(jobs)}")
+            images, seconds = _try_batch(session, request, batch, report, f"{done - len(batch) + 1}-{done} of {len(jobs)}")
             if images is not None:
                 writer.add(batch, _finished(request, batch, images), seconds)
             del images
@@ -144,7 +144,7 @@ def _render_jobs(request: RunRequest, jobs: list[Job], targets: dict, rank, repo
             log.warn(f"stopped after writing {len(report.written)} of {len(jobs)} image(s)")
         raise
     finally:
-        loaded.model.loras.restore()  # the weights as loaded, whatever happened
+        session.loras.restore()  # the weights as loaded, whatever happened
 
 
 def _describe(job: Job) -> str:
@@ -170,9 +170,13 @@ def batches(jobs: list[Job], size: int) -> list[list[Job]]:
 
 
 def _load(request: RunRequest, rank):
+    """The model and this run's options beside it (run.session.Session)."""
     from sd_cli.runtime.device import resolve_device, resolve_dtype
     from sd_cli.loading.loader import load_model
     from sd_cli.loading.locations import resolve_checkpoint
+    from sd_cli.loading.lora import LoraMerger
+    from sd_cli.prompting.prompts import text_options
+    from sd_cli.run.session import Session
 
     checkpoint = resolve_checkpoint(request.checkpoint)
     device = resolve_device(distributed.device_name(request.device, rank))
@@ -181,22 +185,18 @@ def _load(request: RunRequest, rank):
     started = time.perf_counter()
     loaded = load_model(checkpoint, request.config, device=device, dtype=dtype, use_ema=request.ema, offload=offload)
     log.info(f"loaded {checkpoint} in {time.perf_counter() - started:.1f}s")
-    loaded.model.vae_tiling = request.vae_tiling
-    from sd_cli.prompting.prompts import configure
-
-    configure(loaded.model, request.emphasis, request.clip_skip, request.embeddings)
+    text = text_options(loaded.model.cond_stage_model, request.emphasis, request.clip_skip, request.embeddings)
     if request.vae is not None:
         from sd_cli.loading.vae_file import load_vae
 
         load_vae(loaded.model, request.vae)
-    from sd_cli.loading.lora import LoraMerger
-
-    loaded.model.loras = LoraMerger(loaded.model)  # merges each batch's LoRAs (--lora, <lora:...>)
+    weights_frozen = False
     if request.compile:
-        from sd_cli.runtime.compiling import compile_model
+        from sd_cli.runtime.compiling import compile_model, freezes_weights
 
         compile_model(loaded.model)
-    return loaded
+        weights_frozen = freezes_weights(loaded.model.device)
+    return Session(loaded, text, LoraMerger(loaded.model, weights_frozen), vae_tiling=request.vae_tiling)
 
 
 def _wants_offload(request: RunRequest, device) -> bool:
@@ -208,13 +208,13 @@ def _wants_offload(request: RunRequest, device) -> bool:
     return True
 
 
-def _try_batch(loaded, request: RunRequest, batch: list[Job], report: RunReport, label: str):
+def _try_batch(session, request: RunRequest, batch: list[Job], report: RunReport, label: str):
     """(images, seconds) of one batch, or (None, 0) when it failed under --on-error continue."""
     import torch
 
     started = time.perf_counter()
     try:
-        images = _render_batch(loaded.model, request, batch, label)
+        images = _render_batch(session, request, batch, label)
     except (SdCliError, torch.OutOfMemoryError) as err:
         message = _with_place(err, batch[0])
         if isinstance(err, OutputError) or request.on_error == "stop":
@@ -236,18 +236,20 @@ def _as_error(err: Exception, message: str) -> SdCliError:
     return SdCliError(f"{message}; use a smaller size or --n-samples")
 
 
-def _render_batch(model, request: RunRequest, batch: list[Job], label: str):
-    """Decoded images [B, 3, H, W] in [-1, 1] for one batch of jobs with equal settings."""
+def _render_batch(session, request: RunRequest, batch: list[Job], label: str):
+    """Decoded images [B, 3, H, W] in [-1, 1] for one batch of jobs with equal settings.
+
+    The pipelines get the session as their model: it encodes and decodes with the run's options."""
     from sd_cli.runtime import memory
     from sd_cli.pipelines import pipeline
 
-    job = batch[0]
-    height, width = job.height or model.config.native_size, job.width or model.config.native_size
+    model, job = session, batch[0]
+    height, width = job.height or session.family.native_size, job.width or session.family.native_size
     init = _inpaint_canvas(request, job) if request.mode == "inpaint" else _init_image(request.mode, job)
     if init is not None:  # the input decides the size
         height, width = init.padded_size if request.mode == "inpaint" else tuple(init.shape[-2:])
-    memory.check_fits(model, len(batch), height, width, guided=job.scale != 1.0)
-    prompts, negatives, seeds = _apply_loras(model, request, batch), [j.negative_prompt for j in batch], [j.seed for j in batch]
+    memory.check_fits(model, len(batch), height, width, guided=job.scale != 1.0, vae_tiling=session.vae_tiling)
+    prompts, negatives, seeds = _apply_loras(session, request, batch), [j.negative_prompt for j in batch], [j.seed for j in batch]
     params = pipeline.SamplingParams(sampler=job.sampler, steps=job.steps, scale=job.scale, eta=job.eta)
     progress = log.Progress(f"images {label}")
     if request.mode == "inpaint":
@@ -257,7 +259,7 @@ def _render_batch(model, request: RunRequest, batch: list[Job], label: str):
     elif request.mode == "depth2img":
         from sd_cli.pipelines.depth2img import depth2img
 
-        depth = _depth_source(request).for_image(model, job.init_img, init)
+        depth = _depth_source(request).for_image(session.model, job.init_img, init)
         decoded = depth2img(model, init, depth, prompts, negatives, seeds, params, job.strength, progress)
     elif init is None and request.hires is not None:
         from sd_cli.pipelines.hires import txt2img_hires
@@ -271,7 +273,7 @@ def _render_batch(model, request: RunRequest, batch: list[Job], label: str):
     return decoded
 
 
-def _apply_loras(model, request: RunRequest, batch: list[Job]) -> list[str]:
+def _apply_loras(session, request: RunRequest, batch: list[Job]) -> list[str]:
     """Merge the batch's LoRAs (--lora and the prompt's <lora:...> tags); the prompts without the tags.
 
     This is the one place the tags leave the prompt: the text encoder never sees them, the PNG
@@ -279,28 +281,17 @@ def _apply_loras(model, request: RunRequest, batch: list[Job]) -> list[str]:
     """
     from sd_cli.loading.lora import strip_tags, uses_for
 
-    model.loras.apply(uses_for(request.loras, batch[0].prompt, request.lora_dir))
+    session.loras.apply(uses_for(request.loras, batch[0].prompt, request.lora_dir))
     return [strip_tags(job.prompt) for job in batch]
 
 
-def _check_model_fits(mode: str, model) -> None:
-    """Before any rendering: the checkpoint's UNet must suit the subcommand (inputs 4, 9 or 5 channels)."""
-    channels = model.config.unet_in_channels
+def _check_model_fits(mode: str, family) -> None:
+    """Before any rendering: the model must serve the subcommand; inpaint says how it will work."""
+    family.check_serves(mode)
     if mode == "inpaint":
-        from sd_cli.pipelines.inpaint import inpaint_method
-
-        method = inpaint_method(model)
         log.info("inpaint method: " + ("mask and masked-image latent as extra UNet input (inpainting checkpoint)"
-                                       if method == "concat" else "known region blended back after every step "
-                                       "(ordinary checkpoint; an inpainting checkpoint usually does better)"))
-    elif mode == "depth2img":
-        from sd_cli.pipelines.depth2img import check_depth_model
-
-        check_depth_model(model)
-    elif channels != 4:
-        use = {9: "inpaint", 5: "depth2img"}.get(channels)
-        raise UsageError(f"this checkpoint's UNet takes {channels} input channels ({model.config.kind} model): "
-                         + (f"use sd-cli {use}" if use else f"{mode} needs an ordinary 4-channel checkpoint"))
+                                       if family.inpaint_method == "concat" else "known region blended back after "
+                                       "every step (ordinary checkpoint; an inpainting checkpoint usually does better)"))
 
 
 _canvas_cache: dict = {}

@@ -16,7 +16,7 @@ VAE_MAPS = 4  # decoder maps of its first width at full resolution (input, norm,
 USABLE = 0.9  # leave room for the allocator and everything else
 
 
-def needed_bytes(model, batch: int, height: int, width: int, guided: bool) -> int:
+def needed_bytes(model, batch: int, height: int, width: int, guided: bool, vae_tiling: bool = False) -> int:
     """Lower bound on the activation bytes of sampling and decoding one batch."""
     element = model.dtype.itemsize
     latent_pixels = (height // 8) * (width // 8)
@@ -24,13 +24,13 @@ def needed_bytes(model, batch: int, height: int, width: int, guided: bool) -> in
     unet = (2 if guided else 1) * batch * latent_pixels * unet_channels * UNET_MAPS * element
     ddconfig = model.config.vae_params["ddconfig"]
     vae_channels = int(ddconfig["ch"]) * int(ddconfig["ch_mult"][0])
-    vae = batch * _decoded_pixels(model, height, width) * vae_channels * VAE_MAPS * element
+    vae = batch * _decoded_pixels(height, width, vae_tiling) * vae_channels * VAE_MAPS * element
     return max(unet, vae)
 
 
-def _decoded_pixels(model, height: int, width: int) -> int:
+def _decoded_pixels(height: int, width: int, vae_tiling: bool) -> int:
     """Pixels the VAE decodes at once: the whole image, or one tile with --vae-tiling."""
-    if not getattr(model, "vae_tiling", False):
+    if not vae_tiling:
         return height * width
     from sd_cli.runtime.tiling import TILE
 
@@ -49,10 +49,10 @@ def available_bytes(device) -> int | None:
     return None
 
 
-def check_fits(model, batch: int, height: int, width: int, guided: bool) -> None:
+def check_fits(model, batch: int, height: int, width: int, guided: bool, vae_tiling: bool = False) -> None:
     """Raise a UsageError naming the size, the need and the fix when the batch cannot fit."""
     free = available_bytes(model.device)
-    need = needed_bytes(model, batch, height, width, guided)
+    need = needed_bytes(model, batch, height, width, guided, vae_tiling)
     if free is None or need <= USABLE * free:
         return
     fix = "a smaller --height/--width" + (" or a smaller --n-samples" if batch > 1 else "")

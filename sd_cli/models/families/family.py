@@ -1,0 +1,42 @@
+"""ModelFamily: one kind of model and what sd_cli can do with it."""
+
+from dataclasses import dataclass
+
+from sd_cli.errors import UsageError
+
+# What a subcommand says when the model cannot serve it: {channels}, {description}, {alternative}.
+REFUSALS = {
+    "txt2img": "this checkpoint's UNet takes {channels} input channels ({description}): use sd-cli {alternative}",
+    "img2img": "this checkpoint's UNet takes {channels} input channels ({description}): use sd-cli {alternative}",
+    "inpaint": "this checkpoint's UNet takes {channels} input channels ({description}); inpaint needs an "
+               "inpainting (9) or ordinary (4) checkpoint; use {alternative} for it",
+    "depth2img": "depth2img needs the SD 2 depth model (a UNet with 5 input channels, e.g. 512-depth-ema.ckpt); "
+                 "this checkpoint's UNet takes {channels}; use {alternative} for it",
+}
+# The subcommand to point to instead, best first: the nearest one that also starts from an image.
+ALTERNATIVES = ("img2img", "inpaint", "depth2img", "txt2img")
+
+
+@dataclass(frozen=True)
+class ModelFamily:
+    """One kind of model and what sd_cli can do with it."""
+
+    name: str  # short id, e.g. "sd1-inpaint"
+    description: str  # for messages, e.g. "SD 1.x inpainting"
+    subcommands: tuple[str, ...]  # the subcommands that can run it
+    unet_in_channels: int  # [x_t (4)] plus any conditioning channels the UNet takes
+    inpaint_method: str | None  # "concat" (mask and masked latent as UNet input), "blend" or None
+    needs_depth: bool  # the UNet takes a depth channel (MiDaS weights live under depth_model.*)
+    native_size: int  # default image side in pixels
+    watermark_text: str  # the text the original scripts embed in every image
+
+    def serves(self, mode: str) -> bool:
+        return mode in self.subcommands
+
+    def check_serves(self, mode: str) -> None:
+        """Raise the one-line UsageError that names the subcommand to use instead."""
+        if self.serves(mode):
+            return
+        alternative = next(name for name in ALTERNATIVES if self.serves(name))
+        raise UsageError(REFUSALS[mode].format(channels=self.unet_in_channels, description=self.description,
+                                               alternative=alternative))
