@@ -1,6 +1,6 @@
 """Where images go, and writing them so that nothing is ever half-written or overwritten by surprise.
 
-Two ways to name outputs (cli-conventions.md, original-scripts.md §2.1):
+Two ways to name outputs (docs/reference/cli-conventions.md, docs/reference/original-scripts.md §2.1):
 
 - ``--outdir DIR``: samples to ``DIR/samples/NNNNN.png`` and grids to ``DIR/grid-NNNN.png``,
   numbered on from what is there (OutputPlan). Numbered files are never overwritten, even by

@@ -1,6 +1,6 @@
 """The invisible watermark of the original scripts: embed it, and tell which one an image carries.
 
-The calls mirror the scripts (original-scripts.md §3.1): RGB -> BGR, ``WatermarkEncoder`` with
+The calls mirror the scripts (docs/reference/original-scripts.md §3.1): RGB -> BGR, ``WatermarkEncoder`` with
 the text as bytes, ``encode(bgr, 'dwtDct')``, BGR -> RGB. `imwatermark` (and the OpenCV it pulls
 in) is imported on first use only, and the channel flips are numpy slices, not cv2 calls.
 """

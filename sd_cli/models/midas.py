@@ -1,6 +1,6 @@
 """MiDaS DPT-Hybrid, the SD 2 depth model's depth estimator, with the original key layout.
 
-The checkpoint keeps it under `depth_model.model.` (original-scripts.md §7.4); below that prefix:
+The checkpoint keeps it under `depth_model.model.` (docs/reference/original-scripts.md §7.4); below that prefix:
 - `pretrained.model.*`: timm's ViT-hybrid (a ResNetV2 backbone, `patch_embed.backbone`, with
   weight-standardised "same"-padded convolutions, then a ViT-B/16 on its 1/16 feature map);
 - `pretrained.act_postprocess3/4.*`: reassembly of ViT tokens into feature maps (the readout

@@ -159,7 +159,7 @@ class UNetModel(nn.Module):
         # - image_size: the YAML itself marks it unused;
         # - use_checkpoint: gradient checkpointing only matters for training;
         # - use_fp16: the caller picks the dtype by casting the whole module (the original's
-        #   flag only cast the input and relied on autocast, see original-scripts.md §6.2);
+        #   flag only cast the input and relied on autocast, see docs/reference/original-scripts.md §6.2);
         # - legacy: only changes head sizes of the non-transformer AttentionBlock;
         # - dropout: training-time only, the dropout slots here are Identity.
         del image_size, use_checkpoint, use_fp16, legacy, dropout

@@ -43,7 +43,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest.
 
 def test_midas_resize_rule():
     assert midas_size(512, 512) == (384, 384)
-    assert midas_size(768, 512) == (576, 384)  # w512 x h768 -> w384 x h576 (original-scripts.md §7.5)
+    assert midas_size(768, 512) == (576, 384)  # w512 x h768 -> w384 x h576 (docs/reference/original-scripts.md §7.5)
     assert midas_size(64, 96) == (256, 384)  # both scales > 1: the one closer to 1 (4, from the width) wins
     assert midas_size(448, 448) == (384, 384)
     assert midas_size(100, 4000) == (32, 384)  # never 0

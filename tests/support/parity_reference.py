@@ -6,7 +6,7 @@ The reference is built only from the checkpoint file and its YAML, never from sd
 - text: transformers' CLIPTextModel (SD 1.x keys are already HF names; SD 2.x open_clip keys are
   renamed here), tokens from transformers' CLIPTokenizer over open_clip's bundled BPE merges;
 - samplers: diffusers' DDIM, PNDM (PLMS) and DPM-Solver++ schedulers, configured as below to be
-  the original ldm samplers (original-scripts.md §5), plus the original's CFG and img2img noising
+  the original ldm samplers (docs/reference/original-scripts.md §5), plus the original's CFG and img2img noising
   written out in this file.
 
 The schedulers derive ᾱ themselves (a float32 cumprod); the checkpoint's buffer, which the original

@@ -3,7 +3,7 @@
 Made independently of sd_cli's builder: the backbone and ViT are timm's own ResNetV2 + VisionTransformer
 with HybridEmbed (what the original's `timm.create_model("vit_base_resnet50_384")` builds, at small
 sizes), and the DPT layers are listed here by name and shape as the original MiDaS code creates them
-(original-scripts.md §7.4; ldm/modules/midas/midas/{vit,blocks,dpt_depth}.py).
+(docs/reference/original-scripts.md §7.4; ldm/modules/midas/midas/{vit,blocks,dpt_depth}.py).
 """
 
 from functools import partial
