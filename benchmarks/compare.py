@@ -205,13 +205,14 @@ _SD_CLI_CHILD = """
 import resource, sys, time
 import torch
 from sd_cli.loading.loader import load_model
-from sd_cli.pipelines import pipeline
+from sd_cli.sampling.denoising import SamplingParams
+from sd_cli.pipelines.txt2img import txt2img
 class FirstStep(Exception): pass
 def progress(done, total):
     raise FirstStep
 loaded = load_model(sys.argv[1], device="cpu", dtype=getattr(torch, sys.argv[2]))
 try:
-    pipeline.txt2img(loaded.model, ["a photo"], [""], [0], pipeline.SamplingParams(steps=2), 64, 64, progress)
+    txt2img(loaded.model, ["a photo"], [""], [0], SamplingParams(steps=2), 64, 64, progress)
 except FirstStep:
     pass
 print("MARK", time.time(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
@@ -336,7 +337,6 @@ def time_steps_here(variant: str, st: str, device: str, precision: str, steps: s
     """In a benchmark child: one warm-up run (kernels, compilation, allocator), then `repeats` timed runs."""
     import torch
 
-    from sd_cli.pipelines import pipeline
     from sd_cli.runtime.allocator import reusing_freed_memory
     from sd_cli.runtime.device import resolve_dtype
     from sd_cli.loading.loader import load_model
@@ -359,7 +359,7 @@ def time_steps_here(variant: str, st: str, device: str, precision: str, steps: s
             from sd_cli.runtime.compiling import compile_model
 
             model = compile_model(model)
-        run = lambda: _time_sd_cli(model, pipeline, steps, size, dev)  # noqa: E731
+        run = lambda: _time_sd_cli(model, steps, size, dev)  # noqa: E731
     run()
     seconds = [run() for _ in range(int(repeats))]
     peak = round(torch.cuda.max_memory_allocated() / 1e9, 2) if dev.type == "cuda" else None
@@ -386,20 +386,21 @@ def bench_batches(st: Path, device: str, precision: str, steps: int, size: int) 
     """sd_cli images/s (sampling + decoding) for growing batch sizes, until memory runs out."""
     import torch
 
-    from sd_cli.pipelines import pipeline
+    from sd_cli.sampling.denoising import SamplingParams
+    from sd_cli.pipelines.txt2img import txt2img
     from sd_cli.runtime.device import resolve_device, resolve_dtype
     from sd_cli.loading.loader import load_model
 
     dev = resolve_device(device)
     model = load_model(st, device=dev, dtype=resolve_dtype(precision, dev)).model
-    params = pipeline.SamplingParams(steps=steps)
+    params = SamplingParams(steps=steps)
     rates = {}
     for batch in (1, 2, 4, 8, 16):
         try:
-            pipeline.txt2img(model, ["a photo"] * batch, [""] * batch, list(range(batch)), params, size, size)  # warm-up
+            txt2img(model, ["a photo"] * batch, [""] * batch, list(range(batch)), params, size, size)  # warm-up
             _sync(dev)
             started = time.perf_counter()
-            pipeline.txt2img(model, ["a photo"] * batch, [""] * batch, list(range(batch)), params, size, size)
+            txt2img(model, ["a photo"] * batch, [""] * batch, list(range(batch)), params, size, size)
             _sync(dev)
         except torch.OutOfMemoryError:
             rates[batch] = "out of memory"
@@ -443,15 +444,16 @@ def _offload_costs(st: Path, dev, dtype, size: int, steps: int) -> dict:
     """One txt2img image with the whole model on the GPU, then with --offload: seconds and peak VRAM."""
     import torch
 
-    from sd_cli.pipelines import pipeline
+    from sd_cli.sampling.denoising import SamplingParams
+    from sd_cli.pipelines.txt2img import txt2img
     from sd_cli.loading.loader import load_model
 
-    params = pipeline.SamplingParams(steps=steps)
+    params = SamplingParams(steps=steps)
     costs = {}
     for offload in (False, True):
         model = load_model(st, device=dev, dtype=dtype, offload=offload).model
         torch.cuda.empty_cache()
-        seconds, _, _ = _timed_with_peak(lambda: pipeline.txt2img(model, ["a photo"], [""], [0], params, size, size),
+        seconds, _, _ = _timed_with_peak(lambda: txt2img(model, ["a photo"], [""], [0], params, size, size),
                                          dev)
         costs["offload" if offload else "whole_model_on_gpu"] = {
             "seconds_per_image": seconds, "peak_vram_gb": round(_peak(dev) / 1e9, 3)}
@@ -512,13 +514,14 @@ def bench_precision(st: Path, device: str) -> dict:
     """fp16/bf16 against fp32 on the same device: relative error of latents and images after 10 steps."""
     import torch
 
-    from sd_cli.pipelines import pipeline
+    from sd_cli.sampling.denoising import SamplingParams
+    from sd_cli.pipelines.txt2img import txt2img_latents
     from sd_cli.loading.loader import load_model
 
     outputs = {}
     for name, dtype in (("fp32", torch.float32), ("fp16", torch.float16), ("bf16", torch.bfloat16)):
         model = load_model(st, device=device, dtype=dtype).model
-        latents = pipeline.txt2img_latents(model, ["a photo of a cat"], [""], [0], pipeline.SamplingParams(steps=10), 512, 512)
+        latents = txt2img_latents(model, ["a photo of a cat"], [""], [0], SamplingParams(steps=10), 512, 512)
         image = model.decode_latents(latents).float()
         outputs[name] = (latents.float().cpu(), image.cpu())
         del model
@@ -555,15 +558,18 @@ def _sync(dev) -> None:
         torch.cuda.synchronize()
 
 
-def _time_sd_cli(model, pipeline, steps: int, size: int, dev) -> float:
+def _time_sd_cli(model, steps: int, size: int, dev) -> float:
     """Median seconds between consecutive step callbacks (excludes text encoding and decoding)."""
+    from sd_cli.pipelines.txt2img import txt2img_latents
+    from sd_cli.sampling.denoising import SamplingParams
+
     stamps = []
 
     def progress(done, total):
         _sync(dev)
         stamps.append(time.perf_counter())
 
-    pipeline.txt2img_latents(model, ["a photo of a cat"], [""], [0], pipeline.SamplingParams(steps=steps), size, size, progress)
+    txt2img_latents(model, ["a photo of a cat"], [""], [0], SamplingParams(steps=steps), size, size, progress)
     return statistics.median(b - a for a, b in zip(stamps, stamps[1:]))
 
 

@@ -51,7 +51,8 @@ def render(model, prompts: list[str], seeds: list[int], steps: int, scale: float
            batch: int) -> list[np.ndarray]:
     """The one place that draws images: sd_cli's txt2img, uint8 [size, size, 3] per prompt."""
     from sd_cli.files.images import to_uint8
-    from sd_cli.pipelines.pipeline import SamplingParams, txt2img
+    from sd_cli.sampling.denoising import SamplingParams
+    from sd_cli.pipelines.txt2img import txt2img
 
     params = SamplingParams(sampler="ddim", steps=steps, scale=scale, eta=0.0)
     images = []

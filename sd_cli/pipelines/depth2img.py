@@ -1,5 +1,5 @@
 """depth2img on a loaded SD 2 depth model: an image (and optionally a depth image) and prompts in,
-images in [-1, 1] out. As the original v2 depth2img scripts (original-scripts.md §7.5, §4.4):
+images in [-1, 1] out. As the original v2 depth2img scripts (docs/reference/original-scripts.md §7.5, §4.4):
 
 1. MiDaS input: the image in [0, 1], resized bicubic (cv2.INTER_CUBIC's kernel, a = -0.75) so that
    the side whose scale to 384 is closer to 1 becomes about 384, both sides rounded to multiples of
@@ -8,11 +8,10 @@ images in [-1, 1] out. As the original v2 depth2img scripts (original-scripts.md
 3. Conditioning: bicubic resize to latent size, then per-image min-max to [-1, 1]; it is the UNet's
    fifth input channel, the same in both guidance branches. A constant map (the scripts divide by
    zero: NaN) becomes -1, the limit of the training code's +0.001 epsilon.
-4. Start: t_enc = min(int(strength · steps), steps - 1); the image latent (VAE posterior mean)
-   noised to DDIM index t_enc with each image's first draw, or that draw itself at strength 1, then
-   denoised from index t_enc - 1 (the original's off-by-one). k-diffusion samplers follow img2img's
-   rule instead: the last int(strength · steps) σ of the schedule, from the image latent plus each
-   image's first draw times the first of them (pipeline.k_sigmas).
+4. Start (sampling/denoising.py, the DEPTH2IMG rule): t_enc = min(int(strength · steps), steps - 1);
+   the image latent (VAE posterior mean) noised to DDIM index t_enc with each image's first draw, or
+   that draw itself at strength 1, then denoised from index t_enc - 1 (the original's off-by-one).
+   The k-diffusion samplers follow img2img's start.
 
 --depth-map replaces 1-2 with a depth image (greyscale, white = near) resized straight to latent size.
 """
@@ -28,11 +27,11 @@ from sd_cli import log
 from sd_cli.errors import SdCliError, UsageError
 from sd_cli.loading.strict import compare
 from sd_cli.models.latent_diffusion import LatentDiffusion
-from sd_cli.pipelines.pipeline import (
-    DOWNSAMPLING, LATENT_CHANNELS, Progress, SamplingParams, denoise, guided_model, is_k_sampler, k_sigmas, sample_k,
-)
+from sd_cli.pipelines.conditioning import guided_model
+from sd_cli.sampling import denoising
+from sd_cli.sampling.denoising import SamplingParams
 from sd_cli.sampling.noise import NoiseSource
-from sd_cli.sampling.schedule import make_ddim_schedule
+from sd_cli.sampling.steps import Progress, StepHooks
 
 MIDAS_SIDE = 384
 MIDAS_MULTIPLE = 32
@@ -58,27 +57,18 @@ def depth2img(model: LatentDiffusion, init_image: torch.Tensor, depth: torch.Ten
     """init_image [1, 3, H, W] in [-1, 1]; depth [1, 1, h, w] (any size, larger = nearer) -> [B, 3, H, W]."""
     check_depth_model(model)
     batch, device = len(prompts), model.device
-    latent_size = (init_image.shape[-2] // DOWNSAMPLING, init_image.shape[-1] // DOWNSAMPLING)
+    latent_shape = model.family.latent_shape(*init_image.shape[-2:])
     # 1. Text conditioning, and the depth channel (the same in both guidance branches).
     guided = guided_model(model, prompts, negative_prompts, params.scale)
-    guided.concat = depth_conditioning(depth.to(device, torch.float32), latent_size).expand(batch, -1, -1, -1)
+    guided.concat = depth_conditioning(depth.to(device, torch.float32), latent_shape[1:]).expand(batch, -1, -1, -1)
     # 2. The image latent: the VAE posterior mean times scale_factor.
     x0 = model.encode_image(init_image).float().expand(batch, -1, -1, -1)
     # 3. Noise it to DDIM index t_enc with each image's first draw (strength 1: the draw alone).
     noise = NoiseSource(seeds)
-    first = noise.draw((LATENT_CHANNELS, *latent_size), device)
-    if is_k_sampler(params):  # the depth channel reaches the UNet through guided.concat, as for DDIM
-        sigmas = k_sigmas(model, params, strength)
-        latents = sample_k(model, guided, x0 + first * float(sigmas[0]), sigmas, noise, params, progress)
-        return model.decode_latents(latents)
-    t_enc = min(int(strength * params.steps), params.steps - 1)
-    if strength >= 1.0:
-        x = first
-    else:
-        a_t = make_ddim_schedule(model.alphas_cumprod, params.steps, params.eta).alphas[t_enc].to(device)
-        x = a_t.sqrt() * x0 + (1 - a_t).sqrt() * first
+    first = noise.draw(latent_shape, device)
+    begin = denoising.start(model, params, first, x0, strength, denoising.DEPTH2IMG)
     # 4. Denoise from index t_enc - 1 down, then decode.
-    latents = denoise(model, guided, x, noise, params, progress, start_index=t_enc)
+    latents = denoising.denoise(model, guided, begin, noise, params, StepHooks(progress))
     return model.decode_latents(latents)
 
 

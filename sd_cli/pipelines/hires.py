@@ -1,9 +1,8 @@
 """Hires fix (AUTOMATIC1111's "Latent" upscaler): txt2img at the asked size, the latent upscaled
 ×scale, then a second img2img pass on that latent with --hires-strength.
 
-The second pass follows img2img's rules (pipeline.img2img) on a latent instead of an encoded
-image: DDIM/PLMS noise to index int(strength · steps), the k-diffusion samplers run the last
-int(strength · steps) σs. The final size is floored to a multiple of 64.
+The second pass is img2img's (pipelines/img2img.py) on a latent instead of an encoded image, with
+its start rule (sampling/denoising.py). The final size is floored to a multiple of 64.
 """
 
 from dataclasses import dataclass
@@ -12,14 +11,14 @@ import torch
 import torch.nn.functional as F
 
 from sd_cli import log
-from sd_cli.pipelines import pipeline
 from sd_cli.errors import UsageError
-from sd_cli.fields import HIRES_UPSCALER_LABELS
-from sd_cli.sampling import samplers
-from sd_cli.sampling.noise import NoiseSource
-from sd_cli.sampling.schedule import make_ddim_schedule
+from sd_cli.fields import HIRES_UPSCALER_LABELS, SIZE_MULTIPLE
+from sd_cli.pipelines.conditioning import guided_model
+from sd_cli.pipelines.img2img import img2img_latents
+from sd_cli.pipelines.txt2img import txt2img_latents
+from sd_cli.sampling.denoising import SamplingParams
+from sd_cli.sampling.steps import Progress
 
-MULTIPLE = 64
 INTERPOLATION = {"latent": "bilinear", "latent-nearest": "nearest"}  # --hires-upscaler -> F.interpolate mode
 
 
@@ -46,41 +45,23 @@ class HiresOptions:
 
     def target_size(self, height: int, width: int) -> tuple[int, int]:
         """(height, width) of the second pass: ×scale, floored to a multiple of 64."""
-        return tuple(max(MULTIPLE, int(side * self.scale) // MULTIPLE * MULTIPLE) for side in (height, width))
+        return tuple(max(SIZE_MULTIPLE, int(side * self.scale) // SIZE_MULTIPLE * SIZE_MULTIPLE) for side in (height, width))
 
 
 @torch.inference_mode()
 def txt2img_hires(model, prompts: list[str], negative_prompts: list[str], seeds: list[int],
-                  params: pipeline.SamplingParams, height: int, width: int, hires: HiresOptions,
-                  progress=None) -> torch.Tensor:
+                  params: SamplingParams, height: int, width: int, hires: HiresOptions,
+                  progress: Progress | None = None) -> torch.Tensor:
     """Decoded images [B, 3, H·scale, W·scale] in [-1, 1]."""
     # 1. The first pass, kept as latents [B, 4, H/8, W/8].
-    latents = pipeline.txt2img_latents(model, prompts, negative_prompts, seeds, params, height, width, progress)
+    latents = txt2img_latents(model, prompts, negative_prompts, seeds, params, height, width, progress)
     # 2. Upscale the latent.
     big_h, big_w = hires.target_size(height, width)
     log.info(f"hires fix: {width}x{height} -> {big_w}x{big_h}, strength {hires.strength}")
     mode = INTERPOLATION[hires.upscaler]
-    x0 = F.interpolate(latents.float(), size=(big_h // pipeline.DOWNSAMPLING, big_w // pipeline.DOWNSAMPLING),
+    x0 = F.interpolate(latents.float(), size=model.family.latent_shape(big_h, big_w)[1:],
                        mode=mode, **({"align_corners": False} if mode == "bilinear" else {}))
     # 3. img2img on the upscaled latent.
-    second = pipeline.SamplingParams(params.sampler, hires.steps or params.steps, params.scale, params.eta)
-    guided = pipeline.guided_model(model, prompts, negative_prompts, params.scale)
+    second = SamplingParams(params.sampler, hires.steps or params.steps, params.scale, params.eta)
+    guided = guided_model(model, prompts, negative_prompts, params.scale)
     return model.decode_latents(img2img_latents(model, guided, x0, seeds, second, hires.strength, progress))
-
-
-def img2img_latents(model, guided, x0: torch.Tensor, seeds: list[int], params, strength: float, progress):
-    """img2img's denoising (pipeline.img2img, steps 2-3) from a latent x0 [B, 4, h, w]."""
-    noise = NoiseSource(seeds)
-    forward_noise = noise.like(x0)
-    if not samplers.choose(params.sampler).sampler.original:
-        sigmas = pipeline.k_sigmas(model, params, strength)
-        return pipeline.sample_k(model, guided, x0 + forward_noise * float(sigmas[0]), sigmas, noise, params, progress)
-    schedule = make_ddim_schedule(model.alphas_cumprod, params.steps, params.eta)
-    t_enc = int(strength * params.steps)
-    if t_enc == 0:
-        return x0
-    if t_enc >= len(schedule):
-        return pipeline.denoise(model, guided, forward_noise, noise, params, progress)
-    a_t = schedule.alphas[t_enc].to(x0.device)
-    x_t = a_t.sqrt() * x0 + (1 - a_t).sqrt() * forward_noise
-    return pipeline.denoise(model, guided, x_t, noise, params, progress, start_index=t_enc)

@@ -1,6 +1,6 @@
 """inpaint on a loaded model: image, mask and prompts in, images in [-1, 1] out.
 
-The method depends on the checkpoint's UNet (original-scripts.md §9):
+The method depends on the checkpoint's UNet (docs/reference/original-scripts.md §9):
 - "concat", inpainting checkpoints (9 input channels: SD 1.5 / SD 2 inpainting), as the original
   LatentInpaintDiffusion: the UNet input is [x_t, mask, masked-image latent], where the mask is
   resized to latent size by nearest (each cell takes its 8x8 block's top-left pixel), the masked
@@ -11,14 +11,11 @@ The method depends on the checkpoint's UNet (original-scripts.md §9):
   and by the clean image latent after the last step (diffusers' inpainting pipeline does the same
   for 4-channel UNets).
 
-Start: strength 1 (the default) is a full generation from each image's first draw, as the original.
-With strength < 1 the image latent is noised to DDIM index int(strength · steps) with that draw and
-denoised from one index below, img2img's rule. Latents of the image are the VAE posterior mean.
-
-k-diffusion samplers (both methods): strength s runs the last int(s · steps) σ of the schedule
-(pipeline.k_sigmas), from the first draw times σ_max at strength 1, else from the image latent plus
-the first draw times the first σ; "blend" puts the known region back after every step as the image
-latent plus the first draw times the step's new σ (the clean latent at σ = 0).
+Start (sampling/denoising.py, the INPAINT rule): strength 1 (the default) is a full generation
+from each image's first draw, as the original, for every sampler; below 1, img2img's start. The
+latents of the image are the VAE posterior mean. "blend" puts the known region back after every
+step, the image latent noised to the step's new level with the first draw (the clean latent after
+the last step), through the one after-step hook every sampler calls.
 """
 
 from dataclasses import dataclass
@@ -27,11 +24,12 @@ import torch
 import torch.nn.functional as F
 
 from sd_cli.models.latent_diffusion import LatentDiffusion
-from sd_cli.pipelines.pipeline import (
-    DOWNSAMPLING, LATENT_CHANNELS, Progress, SamplingParams, denoise, guided_model, is_k_sampler, k_sigmas, sample_k,
-)
+from sd_cli.pipelines.conditioning import guided_model
+from sd_cli.sampling import denoising
+from sd_cli.sampling.denoising import SamplingParams
 from sd_cli.sampling.noise import NoiseSource
-from sd_cli.sampling.schedule import make_ddim_schedule
+from sd_cli.sampling.steps import NoiseLevel, Progress, StepHooks
+
 
 def inpaint_method(model: LatentDiffusion) -> str:
     """"concat" for inpainting checkpoints, "blend" for ordinary ones; other models cannot inpaint."""
@@ -48,8 +46,8 @@ def inpaint(model: LatentDiffusion, image: torch.Tensor, mask: torch.Tensor, pro
     batch, device = len(prompts), model.device
     # 1. Text conditioning; the mask at latent size, nearest as the original's interpolate default.
     guided = guided_model(model, prompts, negative_prompts, params.scale)
-    latent_size = (image.shape[-2] // DOWNSAMPLING, image.shape[-1] // DOWNSAMPLING)
-    latent_mask = F.interpolate(mask.float(), size=latent_size).to(device)  # [1, 1, h, w]
+    latent_shape = model.family.latent_shape(*image.shape[-2:])
+    latent_mask = F.interpolate(mask.float(), size=latent_shape[1:]).to(device)  # [1, 1, h, w]
     # 2. The image latent (a start with strength < 1, the known region for "blend").
     needs_x0 = method == "blend" or strength < 1.0
     x0 = model.encode_image(image).float().expand(batch, -1, -1, -1) if needs_x0 else None
@@ -59,30 +57,12 @@ def inpaint(model: LatentDiffusion, image: torch.Tensor, mask: torch.Tensor, pro
         guided.concat = torch.cat([latent_mask, masked_latent], dim=1).expand(batch, -1, -1, -1)
     # 4. Start from each image's first draw, or from the image noised with it (strength < 1).
     noise = NoiseSource(seeds)
-    first = noise.draw((LATENT_CHANNELS, *latent_size), device)
-    known = KnownRegion(x0, latent_mask, first) if method == "blend" else None
-    if is_k_sampler(params):
-        sigmas = k_sigmas(model, params, min(strength, 1.0))
-        x = first * float(sigmas[0]) if strength >= 1.0 else x0 + first * float(sigmas[0])
-        after_step = known.after_k_step if known else None
-        return model.decode_latents(sample_k(model, guided, x, sigmas, noise, params, progress, after_step))
-    x, start_index = _start(model, x0, first, params, strength)
+    first = noise.draw(latent_shape, device)
+    begin = denoising.start(model, params, first, x0, strength, denoising.INPAINT)
     # 5. Denoise ("blend": the known region put back after every step), then decode.
-    latents = denoise(model, guided, x, noise, params, progress, start_index=start_index, after_step=known)
+    known = KnownRegion(x0, latent_mask, first) if method == "blend" else None
+    latents = denoising.denoise(model, guided, begin, noise, params, StepHooks(progress, known))
     return model.decode_latents(latents)
-
-
-def _start(model: LatentDiffusion, x0: torch.Tensor | None, first: torch.Tensor, params: SamplingParams,
-           strength: float) -> tuple[torch.Tensor, int | None]:
-    """x at DDIM index t_enc = int(strength · steps), and the start index; (first, None) for a full run."""
-    if strength >= 1.0:
-        return first, None
-    schedule = make_ddim_schedule(model.alphas_cumprod, params.steps, params.eta)
-    t_enc = int(strength * params.steps)
-    if t_enc >= len(schedule):
-        return first, None
-    a_t = schedule.alphas[t_enc].to(first.device)
-    return a_t.sqrt() * x0 + (1 - a_t).sqrt() * first, t_enc
 
 
 @dataclass
@@ -93,14 +73,6 @@ class KnownRegion:
     mask: torch.Tensor  # [1, 1, h, w] 1 = repaint
     noise: torch.Tensor  # [B, 4, h, w] each image's first draw
 
-    def __call__(self, x: torch.Tensor, alpha_bar) -> torch.Tensor:
-        if alpha_bar is None:  # after the last step: the clean latent
-            known = self.x0
-        else:
-            known = alpha_bar ** 0.5 * self.x0 + (1 - alpha_bar) ** 0.5 * self.noise
-        return ((1 - self.mask) * known + self.mask * x).to(x.dtype)
-
-    def after_k_step(self, i: int, x: torch.Tensor, sigma_next: float) -> torch.Tensor:
-        """The same for a k-diffusion sampler: the known region at x₀ + σ_next·ε (x₀ at σ_next = 0)."""
-        known = self.x0 + sigma_next * self.noise if sigma_next > 0 else self.x0
+    def __call__(self, x: torch.Tensor, level: NoiseLevel) -> torch.Tensor:
+        known = level.noised(self.x0, self.noise)
         return ((1 - self.mask) * known + self.mask * x).to(x.dtype)

@@ -241,7 +241,9 @@ def _render_batch(session, request: RunRequest, batch: list[Job], label: str):
 
     The pipelines get the session as their model: it encodes and decodes with the run's options."""
     from sd_cli.runtime import memory
-    from sd_cli.pipelines import pipeline
+    from sd_cli.sampling.denoising import SamplingParams
+    from sd_cli.pipelines.img2img import img2img
+    from sd_cli.pipelines.txt2img import txt2img
 
     model, job = session, batch[0]
     height, width = job.height or session.family.native_size, job.width or session.family.native_size
@@ -250,7 +252,7 @@ def _render_batch(session, request: RunRequest, batch: list[Job], label: str):
         height, width = init.padded_size if request.mode == "inpaint" else tuple(init.shape[-2:])
     memory.check_fits(model, len(batch), height, width, guided=job.scale != 1.0, vae_tiling=session.vae_tiling)
     prompts, negatives, seeds = _apply_loras(session, request, batch), [j.negative_prompt for j in batch], [j.seed for j in batch]
-    params = pipeline.SamplingParams(sampler=job.sampler, steps=job.steps, scale=job.scale, eta=job.eta)
+    params = SamplingParams(sampler=job.sampler, steps=job.steps, scale=job.scale, eta=job.eta)
     progress = log.Progress(f"images {label}")
     if request.mode == "inpaint":
         from sd_cli.pipelines.inpaint import inpaint
@@ -266,9 +268,9 @@ def _render_batch(session, request: RunRequest, batch: list[Job], label: str):
 
         decoded = txt2img_hires(model, prompts, negatives, seeds, params, height, width, request.hires, progress)
     elif init is None:
-        decoded = pipeline.txt2img(model, prompts, negatives, seeds, params, height, width, progress)
+        decoded = txt2img(model, prompts, negatives, seeds, params, height, width, progress)
     else:
-        decoded = pipeline.img2img(model, init, prompts, negatives, seeds, params, job.strength, progress)
+        decoded = img2img(model, init, prompts, negatives, seeds, params, job.strength, progress)
     progress.close()
     return decoded
 

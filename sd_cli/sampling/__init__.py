@@ -1,4 +1,6 @@
-"""Sampling on a guided model: the one sampler registry (samplers.py), the original DDIM, PLMS and
-DPM-Solver (ddim.py, dpm_solver.py), the k-diffusion samplers over σ schedules (k_samplers.py,
-sigma_schedules.py, denoiser.py), classifier-free guidance (guidance.py) and per-image noise
-(noise.py). No file, prompt or CLI concern lives here."""
+"""Sampling on a guided model. denoising.py is the one way through: `start` turns strength into a
+start latent for every mode and sampler family, `denoise` runs DDIM, PLMS, DPM-Solver (ddim.py,
+dpm_solver.py) or a k-diffusion sampler (k_samplers.py over sigma_schedules.py and denoiser.py) from
+it, every step ending through the hooks of steps.py. The sampler registry (samplers.py), the DDIM
+schedule (schedule.py), classifier-free guidance (guidance.py) and per-image noise (noise.py) serve
+them. No file, prompt or CLI concern lives here."""

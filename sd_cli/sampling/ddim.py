@@ -4,18 +4,12 @@ Both walk the DDIM index list from the top down; the step at index i uses a_t = 
 a_prev = ᾱ one index lower (ᾱ[0] at the bottom), and σ_i = η·sqrt((1-a_prev)/(1-a_t))·sqrt(1-a_t/a_prev).
 """
 
-from typing import Callable
-
 import torch
 
 from sd_cli.sampling.guidance import GuidedModel
 from sd_cli.sampling.noise import NoiseSource
 from sd_cli.sampling.schedule import DdimSchedule
-
-Progress = Callable[[int, int], None]  # (steps done, steps total)
-# Called after every step with the new x and the ᾱ of its noise level (None after the last step,
-# where x is clean); returns x, possibly changed (inpainting blends the known region back in).
-AfterStep = Callable[[torch.Tensor, "torch.Tensor | float | None"], torch.Tensor]
+from sd_cli.sampling.steps import CLEAN, NO_HOOKS, NoiseLevel, StepHooks
 
 
 def _coefficient(values: torch.Tensor, index: int, x: torch.Tensor) -> torch.Tensor:
@@ -49,9 +43,13 @@ def ddim_update(x, eps, schedule: DdimSchedule, index: int, noise: torch.Tensor 
     return x_prev.to(x.dtype)
 
 
+def _level_below(schedule: DdimSchedule, index: int) -> NoiseLevel:
+    """The noise level a step from index lands on: ᾱ one index lower, clean below index 0."""
+    return NoiseLevel(alpha_bar=schedule.alphas_prev[index]) if index > 0 else CLEAN
+
+
 def sample_ddim(model: GuidedModel, x: torch.Tensor, schedule: DdimSchedule, noise: NoiseSource,
-                start_index: int | None = None, progress: Progress | None = None,
-                after_step: AfterStep | None = None) -> torch.Tensor:
+                start_index: int | None = None, hooks: StepHooks = NO_HOOKS) -> torch.Tensor:
     """Denoise x from DDIM index start_index-1 (default: the top) down to index 0."""
     top = len(schedule) if start_index is None else start_index
     has_noise = bool((schedule.sigmas[:top] > 0).any())
@@ -59,10 +57,7 @@ def sample_ddim(model: GuidedModel, x: torch.Tensor, schedule: DdimSchedule, noi
     for done, index in enumerate(reversed(range(top))):
         eps = _eps(model, x, schedule, index)
         x = ddim_update(x, eps, schedule, index, noise.like(x) if has_noise else None)
-        if after_step:
-            x = after_step(x, schedule.alphas_prev[index] if index > 0 else None)
-        if progress:
-            progress(done + 1, top)
+        x = hooks.end_step(x, _level_below(schedule, index), done + 1, top)
     return x
 
 
@@ -76,8 +71,7 @@ def _plms_eps(eps_t: torch.Tensor, history: list[torch.Tensor]) -> torch.Tensor:
 
 
 def sample_plms(model: GuidedModel, x: torch.Tensor, schedule: DdimSchedule, noise: NoiseSource,
-                start_index: int | None = None, progress: Progress | None = None,
-                after_step: AfterStep | None = None) -> torch.Tensor:
+                start_index: int | None = None, hooks: StepHooks = NO_HOOKS) -> torch.Tensor:
     """PLMS (pseudo linear multistep), η = 0.
 
     Unlike the original, ε is obtained through GuidedModel.eps, so v-prediction models work too.
@@ -97,8 +91,5 @@ def sample_plms(model: GuidedModel, x: torch.Tensor, schedule: DdimSchedule, noi
             eps_prime = _plms_eps(eps_t, history)
         x = ddim_update(x, eps_prime, schedule, index, None)
         history = (history + [eps_t])[-3:]
-        if after_step:
-            x = after_step(x, schedule.alphas_prev[index] if index > 0 else None)
-        if progress:
-            progress(done + 1, top)
+        x = hooks.end_step(x, _level_below(schedule, index), done + 1, top)
     return x

@@ -10,8 +10,8 @@ multistep after it, and a first-order last step when S < 15. The UNet sees t as 
 
 import torch
 
-from sd_cli.sampling.ddim import AfterStep, Progress
 from sd_cli.sampling.guidance import GuidedModel
+from sd_cli.sampling.steps import CLEAN, NO_HOOKS, NoiseLevel, StepHooks
 
 
 class DiscreteVPSchedule:
@@ -67,8 +67,7 @@ def _second_order_update(x, x0_prev, x0_last, t_prev, t_last, t, ns: DiscreteVPS
 
 
 def sample_dpm_solver(model: GuidedModel, x: torch.Tensor, alphas_cumprod: torch.Tensor, steps: int,
-                      progress: Progress | None = None, t_start_timestep: int | None = None,
-                      after_step: AfterStep | None = None) -> torch.Tensor:
+                      t_start_timestep: int | None = None, hooks: StepHooks = NO_HOOKS) -> torch.Tensor:
     """S model evaluations; deterministic after x_T (η is ignored, as in the original).
 
     The original asserts steps >= 2; one step here is a single first-order update.
@@ -87,10 +86,8 @@ def sample_dpm_solver(model: GuidedModel, x: torch.Tensor, alphas_cumprod: torch
             x = _second_order_update(x, x0_history[-2], x0_history[-1], times[step - 2], times[step - 1], times[step], ns)
         else:
             x = _first_order_update(x, x0_history[-1], times[step - 1], times[step], ns)
-        if after_step:
-            x = after_step(x, float(ns.alpha(times[step])) ** 2 if step < steps else None)
+        level = NoiseLevel(alpha_bar=float(ns.alpha(times[step])) ** 2) if step < steps else CLEAN
+        x = hooks.end_step(x, level, step, steps)
         if step < steps:  # the last model value is never used
             x0_history = (x0_history + [_data_prediction(model, x, times[step], ns)])[-2:]
-        if progress:
-            progress(step, steps)
     return x

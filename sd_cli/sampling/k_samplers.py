@@ -2,15 +2,14 @@
 
 Every sampler has the signature
 
-    sample_X(denoiser, x, sigmas, noise, progress=None, **options) -> x
+    sample_X(denoiser, x, sigmas, noise, hooks=NO_HOOKS, **options) -> x
 
 - denoiser(x, σ) -> x̂₀ (denoiser.py); x [B, 4, h, w] starts at noise level sigmas[0]
   (txt2img: unit noise · sigmas[0]); sigmas descend and end in 0 (sigma_schedules.py).
 - noise: the run's NoiseSource. Ancestral and SDE samplers draw their fresh noise with
   noise.like(x), i.e. from each image's own generator, so an image does not depend on its batch.
-- progress(steps done, steps total) after every step.
-- after_step(i, x, σ_{i+1}) -> x, when a caller sets one (after_each_step, e.g. inpainting's
-  known-region blend): applied to x at the end of every step, before progress, by _end_step.
+- hooks (steps.py): every step ends in _end_step, which hands x at σ_{i+1} to the run's
+  after-step hook (inpainting's known-region blend) and then reports progress.
 
 Notation: d = (x - x̂₀) / σ is the probability-flow ODE's derivative dx/dσ (Karras et al. 2022);
 DPM-Solver++ works in t = -log σ (the half-log-SNR λ), h = t_next - t.
@@ -22,8 +21,6 @@ different numbers for a seed. s_churn (Euler/Heun/DPM2) is not offered; it is 0 
 AUTOMATIC1111 by default.
 """
 
-import contextlib
-import contextvars
 import math
 from typing import Callable, Iterator
 
@@ -31,37 +28,21 @@ import numpy as np
 import torch
 
 from sd_cli.sampling.noise import NoiseSource
+from sd_cli.sampling.steps import NO_HOOKS, NoiseLevel, StepHooks
 
 Denoiser = Callable[[torch.Tensor, float], torch.Tensor]
-Progress = Callable[[int, int], None]
-AfterStep = Callable[[int, torch.Tensor, float], torch.Tensor]
-
-_AFTER_STEP: contextvars.ContextVar[AfterStep | None] = contextvars.ContextVar("after_step", default=None)
 
 
-@contextlib.contextmanager
-def after_each_step(hook: AfterStep | None):
-    """Run the samplers called inside with x = hook(i, x, σ_{i+1}) after every step (None: no hook)."""
-    token = _AFTER_STEP.set(hook)
-    try:
-        yield
-    finally:
-        _AFTER_STEP.reset(token)
-
-
-def _end_step(i: int, x: torch.Tensor, sigma_next: float) -> torch.Tensor:
-    """The end of step i: x, or the after_each_step hook's x; the one place the hook is applied."""
-    hook = _AFTER_STEP.get()
-    return x if hook is None else hook(i, x, sigma_next)
-
-
-def _steps(sigmas: torch.Tensor, progress: Progress | None) -> Iterator[tuple[int, float, float]]:
-    """(i, σ_i, σ_{i+1}) for every step; reports progress after the caller's step body."""
+def _steps(sigmas: torch.Tensor) -> Iterator[tuple[int, float, float]]:
+    """(i, σ_i, σ_{i+1}) for every step."""
     values = [float(s) for s in sigmas]
     for i in range(len(values) - 1):
         yield i, values[i], values[i + 1]
-        if progress:
-            progress(i + 1, len(values) - 1)
+
+
+def _end_step(hooks: StepHooks, x: torch.Tensor, i: int, sigmas: torch.Tensor) -> torch.Tensor:
+    """The end of step i, σ_i -> σ_{i+1}: x after the run's hooks."""
+    return hooks.end_step(x, NoiseLevel(sigma=float(sigmas[i + 1])), i + 1, len(sigmas) - 1)
 
 
 def to_d(x: torch.Tensor, sigma: float, x0: torch.Tensor) -> torch.Tensor:
@@ -89,31 +70,31 @@ def _dpm_solver_1(x: torch.Tensor, x0: torch.Tensor, sigma: float, sigma_next: f
 
 
 @torch.no_grad()
-def sample_euler(denoiser: Denoiser, x, sigmas, noise: NoiseSource, progress: Progress | None = None):
+def sample_euler(denoiser: Denoiser, x, sigmas, noise: NoiseSource, hooks: StepHooks = NO_HOOKS):
     """Euler steps on the probability-flow ODE (Karras et al. 2022, Algorithm 2 without churn)."""
-    for i, sigma, sigma_next in _steps(sigmas, progress):
+    for i, sigma, sigma_next in _steps(sigmas):
         x = x + to_d(x, sigma, denoiser(x, sigma)) * (sigma_next - sigma)
-        x = _end_step(i, x, sigma_next)
+        x = _end_step(hooks, x, i, sigmas)
     return x
 
 
 @torch.no_grad()
-def sample_euler_ancestral(denoiser: Denoiser, x, sigmas, noise: NoiseSource, progress: Progress | None = None,
+def sample_euler_ancestral(denoiser: Denoiser, x, sigmas, noise: NoiseSource, hooks: StepHooks = NO_HOOKS,
                            eta: float = 1.0):
     """Euler step down to σ_down, then σ_up of fresh noise ("Euler a")."""
-    for i, sigma, sigma_next in _steps(sigmas, progress):
+    for i, sigma, sigma_next in _steps(sigmas):
         sigma_down, sigma_up = ancestral_step(sigma, sigma_next, eta)
         x = x + to_d(x, sigma, denoiser(x, sigma)) * (sigma_down - sigma)
         if sigma_up:
             x = x + noise.like(x) * sigma_up
-        x = _end_step(i, x, sigma_next)
+        x = _end_step(hooks, x, i, sigmas)
     return x
 
 
 @torch.no_grad()
-def sample_heun(denoiser: Denoiser, x, sigmas, noise: NoiseSource, progress: Progress | None = None):
+def sample_heun(denoiser: Denoiser, x, sigmas, noise: NoiseSource, hooks: StepHooks = NO_HOOKS):
     """Heun's second-order method (Karras et al. 2022, Algorithm 2); an Euler step to σ = 0."""
-    for i, sigma, sigma_next in _steps(sigmas, progress):
+    for i, sigma, sigma_next in _steps(sigmas):
         d = to_d(x, sigma, denoiser(x, sigma))
         dt = sigma_next - sigma
         if sigma_next == 0:
@@ -122,14 +103,14 @@ def sample_heun(denoiser: Denoiser, x, sigmas, noise: NoiseSource, progress: Pro
             x_2 = x + d * dt
             d_2 = to_d(x_2, sigma_next, denoiser(x_2, sigma_next))
             x = x + (d + d_2) / 2 * dt
-        x = _end_step(i, x, sigma_next)
+        x = _end_step(hooks, x, i, sigmas)
     return x
 
 
 @torch.no_grad()
-def sample_dpm_2(denoiser: Denoiser, x, sigmas, noise: NoiseSource, progress: Progress | None = None):
+def sample_dpm_2(denoiser: Denoiser, x, sigmas, noise: NoiseSource, hooks: StepHooks = NO_HOOKS):
     """DPM-Solver-2 style midpoint steps, the midpoint halfway in log σ; an Euler step to σ = 0."""
-    for i, sigma, sigma_next in _steps(sigmas, progress):
+    for i, sigma, sigma_next in _steps(sigmas):
         d = to_d(x, sigma, denoiser(x, sigma))
         if sigma_next == 0:
             x = x + d * (sigma_next - sigma)
@@ -137,15 +118,15 @@ def sample_dpm_2(denoiser: Denoiser, x, sigmas, noise: NoiseSource, progress: Pr
             sigma_mid = _lambda_mid(sigma, sigma_next)
             x_2 = x + d * (sigma_mid - sigma)
             x = x + to_d(x_2, sigma_mid, denoiser(x_2, sigma_mid)) * (sigma_next - sigma)
-        x = _end_step(i, x, sigma_next)
+        x = _end_step(hooks, x, i, sigmas)
     return x
 
 
 @torch.no_grad()
-def sample_dpm_2_ancestral(denoiser: Denoiser, x, sigmas, noise: NoiseSource, progress: Progress | None = None,
+def sample_dpm_2_ancestral(denoiser: Denoiser, x, sigmas, noise: NoiseSource, hooks: StepHooks = NO_HOOKS,
                            eta: float = 1.0):
     """DPM2 midpoint step down to σ_down, then σ_up of fresh noise ("DPM2 a")."""
-    for i, sigma, sigma_next in _steps(sigmas, progress):
+    for i, sigma, sigma_next in _steps(sigmas):
         sigma_down, sigma_up = ancestral_step(sigma, sigma_next, eta)
         d = to_d(x, sigma, denoiser(x, sigma))
         if sigma_down == 0:
@@ -156,7 +137,7 @@ def sample_dpm_2_ancestral(denoiser: Denoiser, x, sigmas, noise: NoiseSource, pr
             x = x + to_d(x_2, sigma_mid, denoiser(x_2, sigma_mid)) * (sigma_down - sigma)
             if sigma_up:
                 x = x + noise.like(x) * sigma_up
-        x = _end_step(i, x, sigma_next)
+        x = _end_step(hooks, x, i, sigmas)
     return x
 
 
@@ -171,26 +152,26 @@ def lms_coefficient(order: int, sigmas: list[float], i: int, j: int) -> float:
 
 
 @torch.no_grad()
-def sample_lms(denoiser: Denoiser, x, sigmas, noise: NoiseSource, progress: Progress | None = None,
+def sample_lms(denoiser: Denoiser, x, sigmas, noise: NoiseSource, hooks: StepHooks = NO_HOOKS,
                order: int = 4):
     """Linear multistep: the last `order` derivatives integrated with Lagrange polynomials in σ."""
     values = [float(s) for s in sigmas]
     derivatives: list[torch.Tensor] = []
-    for i, sigma, _ in _steps(sigmas, progress):
+    for i, sigma, _ in _steps(sigmas):
         derivatives = (derivatives + [to_d(x, sigma, denoiser(x, sigma))])[-order:]
         current = len(derivatives)
         coefficients = [lms_coefficient(current, values, i, j) for j in range(current)]
         x = x + sum(c * d for c, d in zip(coefficients, reversed(derivatives)))
-        x = _end_step(i, x, values[i + 1])
+        x = _end_step(hooks, x, i, sigmas)
     return x
 
 
 @torch.no_grad()
-def sample_dpmpp_2m(denoiser: Denoiser, x, sigmas, noise: NoiseSource, progress: Progress | None = None):
+def sample_dpmpp_2m(denoiser: Denoiser, x, sigmas, noise: NoiseSource, hooks: StepHooks = NO_HOOKS):
     """DPM-Solver++(2M) (Lu et al. 2022): second-order multistep with data prediction; first-order
     on the first step and on the step to σ = 0."""
     x0_prev, h_prev = None, None
-    for i, sigma, sigma_next in _steps(sigmas, progress):
+    for i, sigma, sigma_next in _steps(sigmas):
         x0 = denoiser(x, sigma)
         if sigma_next == 0:
             x = x0
@@ -203,16 +184,16 @@ def sample_dpmpp_2m(denoiser: Denoiser, x, sigmas, noise: NoiseSource, progress:
                 x = _dpm_solver_1(x, (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * x0_prev, sigma, sigma_next)
             h_prev = h
         x0_prev = x0
-        x = _end_step(i, x, sigma_next)
+        x = _end_step(hooks, x, i, sigmas)
     return x
 
 
 @torch.no_grad()
-def sample_dpmpp_2m_sde(denoiser: Denoiser, x, sigmas, noise: NoiseSource, progress: Progress | None = None,
+def sample_dpmpp_2m_sde(denoiser: Denoiser, x, sigmas, noise: NoiseSource, hooks: StepHooks = NO_HOOKS,
                         eta: float = 1.0):
     """DPM-Solver++(2M) SDE, midpoint variant (k-diffusion's sample_dpmpp_2m_sde)."""
     x0_prev, h_prev = None, None
-    for i, sigma, sigma_next in _steps(sigmas, progress):
+    for i, sigma, sigma_next in _steps(sigmas):
         x0 = denoiser(x, sigma)
         if sigma_next == 0:
             x = x0
@@ -227,16 +208,16 @@ def sample_dpmpp_2m_sde(denoiser: Denoiser, x, sigmas, noise: NoiseSource, progr
                 x = x + noise.like(x) * sigma_next * math.sqrt(-math.expm1(-2 * eta_h))
             h_prev = h
         x0_prev = x0
-        x = _end_step(i, x, sigma_next)
+        x = _end_step(hooks, x, i, sigmas)
     return x
 
 
 @torch.no_grad()
-def sample_dpmpp_sde(denoiser: Denoiser, x, sigmas, noise: NoiseSource, progress: Progress | None = None,
+def sample_dpmpp_sde(denoiser: Denoiser, x, sigmas, noise: NoiseSource, hooks: StepHooks = NO_HOOKS,
                      eta: float = 1.0, r: float = 0.5):
     """DPM-Solver++ SDE (k-diffusion's sample_dpmpp_sde): two ancestral DPM-Solver++ stages per step,
     the first to the midpoint in log σ; an Euler step to σ = 0. Noise: see the module docstring."""
-    for i, sigma, sigma_next in _steps(sigmas, progress):
+    for i, sigma, sigma_next in _steps(sigmas):
         x0 = denoiser(x, sigma)
         if sigma_next == 0:
             x = x + to_d(x, sigma, x0) * (sigma_next - sigma)
@@ -251,16 +232,16 @@ def sample_dpmpp_sde(denoiser: Denoiser, x, sigmas, noise: NoiseSource, progress
             x = _dpm_solver_1(x, (1 - 1 / (2 * r)) * x0 + (1 / (2 * r)) * x0_2, sigma, sigma_down)
             if sigma_up:
                 x = x + noise.like(x) * sigma_up
-        x = _end_step(i, x, sigma_next)
+        x = _end_step(hooks, x, i, sigmas)
     return x
 
 
 @torch.no_grad()
-def sample_dpmpp_2s_ancestral(denoiser: Denoiser, x, sigmas, noise: NoiseSource, progress: Progress | None = None,
+def sample_dpmpp_2s_ancestral(denoiser: Denoiser, x, sigmas, noise: NoiseSource, hooks: StepHooks = NO_HOOKS,
                               eta: float = 1.0):
     """DPM-Solver++(2S) down to σ_down, the intermediate point halfway in log σ, then σ_up of fresh
     noise ("DPM++ 2S a"); an Euler step to σ = 0."""
-    for i, sigma, sigma_next in _steps(sigmas, progress):
+    for i, sigma, sigma_next in _steps(sigmas):
         x0 = denoiser(x, sigma)
         sigma_down, sigma_up = ancestral_step(sigma, sigma_next, eta)
         if sigma_down == 0:
@@ -271,7 +252,7 @@ def sample_dpmpp_2s_ancestral(denoiser: Denoiser, x, sigmas, noise: NoiseSource,
             x = _dpm_solver_1(x, denoiser(x_2, sigma_mid), sigma, sigma_down)
         if sigma_up:
             x = x + noise.like(x) * sigma_up
-        x = _end_step(i, x, sigma_next)
+        x = _end_step(hooks, x, i, sigmas)
     return x
 
 
@@ -315,7 +296,7 @@ def _unipc_update(x, x0_history: list, sigma_history: list[float], sigma_next: f
 
 
 @torch.no_grad()
-def sample_unipc(denoiser: Denoiser, x, sigmas, noise: NoiseSource, progress: Progress | None = None,
+def sample_unipc(denoiser: Denoiser, x, sigmas, noise: NoiseSource, hooks: StepHooks = NO_HOOKS,
                  order: int = 3, variant: str = "bh1"):
     """UniPC (Zhao et al. 2023): multistep predictor UniP with the corrector UniC after every model
     evaluation (no extra evaluations), data prediction, warm-up orders 1, 2, ... and lower orders on
@@ -324,7 +305,7 @@ def sample_unipc(denoiser: Denoiser, x, sigmas, noise: NoiseSource, progress: Pr
     sigma_history: list[float] = []
     last_x, last_order = None, 0
     total = len(sigmas) - 1
-    for i, sigma, sigma_next in _steps(sigmas, progress):
+    for i, sigma, sigma_next in _steps(sigmas):
         x0 = denoiser(x, sigma)
         if last_x is not None:  # correct the point the predictor reached, with the model value there
             x = _unipc_update(last_x, x0_history, sigma_history, sigma, last_order, variant, x0_new=x0)
@@ -336,17 +317,17 @@ def sample_unipc(denoiser: Denoiser, x, sigmas, noise: NoiseSource, progress: Pr
             x = x0
         else:
             x = _unipc_update(x, x0_history[-step_order:], sigma_history[-step_order:], sigma_next, step_order, variant)
-        x = _end_step(i, x, sigma_next)
+        x = _end_step(hooks, x, i, sigmas)
     return x
 
 
 @torch.no_grad()
-def sample_lcm(denoiser: Denoiser, x, sigmas, noise: NoiseSource, progress: Progress | None = None):
+def sample_lcm(denoiser: Denoiser, x, sigmas, noise: NoiseSource, hooks: StepHooks = NO_HOOKS):
     """Latent Consistency Model sampling: jump to x̂₀, re-noise to the next σ with fresh noise.
     Run it with the LCM denoiser (denoiser.LCMDenoiser) as AUTOMATIC1111 does."""
-    for i, sigma, sigma_next in _steps(sigmas, progress):
+    for i, sigma, sigma_next in _steps(sigmas):
         x = denoiser(x, sigma)
         if sigma_next > 0:
             x = x + noise.like(x) * sigma_next
-        x = _end_step(i, x, sigma_next)
+        x = _end_step(hooks, x, i, sigmas)
     return x

@@ -74,7 +74,8 @@ def test_miniature_run_writes_an_original_checkpoint_sd_cli_loads(miniature):
     from safetensors import safe_open
 
     from sd_cli.loading.loader import load_model
-    from sd_cli.pipelines.pipeline import SamplingParams, txt2img
+    from sd_cli.sampling.denoising import SamplingParams
+    from sd_cli.pipelines.txt2img import txt2img
 
     config, out, log = miniature
     assert "unet 3/3" in log and "vae 2/2" in log

@@ -232,13 +232,14 @@ def test_hires_fix_doubles_the_size_and_records_fields(run_cli, sd1_ckpt, tmp_pa
 
 
 def test_hires_strength_zero_keeps_the_upscaled_latent(sd1_ckpt):
-    from sd_cli.pipelines import pipeline
+    from sd_cli.sampling.denoising import SamplingParams
+    from sd_cli.pipelines.txt2img import txt2img_latents
     from sd_cli.pipelines.hires import HiresOptions, txt2img_hires
     from sd_cli.loading.loader import load_model
 
     model = load_model(sd1_ckpt).model
-    params = pipeline.SamplingParams(steps=2)
-    small = pipeline.txt2img_latents(model, ["a cat"], [""], [7], params, 64, 64)
+    params = SamplingParams(steps=2)
+    small = txt2img_latents(model, ["a cat"], [""], [7], params, 64, 64)
     big = txt2img_hires(model, ["a cat"], [""], [7], params, 64, 64, HiresOptions(scale=2, strength=0.0, upscaler="latent-nearest"))
     expected = model.decode_latents(small.repeat_interleave(2, -1).repeat_interleave(2, -2))
     torch.testing.assert_close(big, expected)

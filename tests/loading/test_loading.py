@@ -117,12 +117,13 @@ def test_yaml_beside_checkpoint_wins_over_detection(tmp_path, capsys):
 
 
 def test_precision_bf16_runs_close_to_fp32(sd1_ckpt):
-    from sd_cli.pipelines import pipeline
+    from sd_cli.sampling.denoising import SamplingParams
+    from sd_cli.pipelines.txt2img import txt2img
 
-    params = pipeline.SamplingParams(steps=3)
+    params = SamplingParams(steps=3)
     images = {}
     for dtype in (torch.float32, torch.bfloat16):
         model = load_model(sd1_ckpt, dtype=dtype).model
-        images[dtype] = pipeline.txt2img(model, ["a"], [""], [3], params, 64, 64).float()
+        images[dtype] = txt2img(model, ["a"], [""], [3], params, 64, 64).float()
     assert images[torch.bfloat16].dtype == torch.float32
     assert (images[torch.bfloat16] - images[torch.float32]).abs().mean() < 0.05

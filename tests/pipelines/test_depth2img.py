@@ -26,7 +26,7 @@ from sd_cli.pipelines.depth2img import (  # noqa: E402
 from sd_cli.errors import CheckpointError, UsageError  # noqa: E402
 from sd_cli.loading.loader import load_model  # noqa: E402
 from sd_cli.models.midas import build_dpt_hybrid  # noqa: E402
-from sd_cli.pipelines.pipeline import SamplingParams  # noqa: E402
+from sd_cli.sampling.denoising import SamplingParams  # noqa: E402
 
 SIZE = 64
 TOLERANCE = 1e-4

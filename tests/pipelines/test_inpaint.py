@@ -26,7 +26,7 @@ from sd_cli.errors import UsageError  # noqa: E402
 from sd_cli.pipelines.inpaint import inpaint, inpaint_method  # noqa: E402
 from sd_cli.loading.loader import load_model  # noqa: E402
 from sd_cli.files.masks import MaskOptions, gaussian_blur, load_inpaint_canvas, parse_outpaint  # noqa: E402
-from sd_cli.pipelines.pipeline import SamplingParams  # noqa: E402
+from sd_cli.sampling.denoising import SamplingParams  # noqa: E402
 
 SIZE = 64
 TOLERANCE = 1e-4  # max abs difference of images in [0, 1]

@@ -10,8 +10,8 @@ pytest.importorskip("transformers")
 from parity_reference import BETAS, PROMPTS, SIZE, Model, assert_parity  # noqa: E402
 from references import smooth_image  # noqa: E402
 
-from sd_cli.pipelines import pipeline  # noqa: E402
-from sd_cli.pipelines.pipeline import SamplingParams  # noqa: E402
+from sd_cli.pipelines.txt2img import txt2img  # noqa: E402
+from sd_cli.sampling.denoising import SamplingParams  # noqa: E402
 from sd_cli.sampling.schedule import ddim_timesteps  # noqa: E402
 
 pytestmark = [pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning"),
@@ -105,7 +105,7 @@ def test_batch_of_two(sd2v, sampler, eta):
     assert sd2v.unet_calls[0] == 4  # [uncond x2, cond x2] in one call
     assert (ours[0] - ours[1]).abs().max() > 1e-2
     # batch invariance: image 2 of the batch is the batch-1 run with its seed and prompt
-    alone = pipeline.txt2img(sd2v.ours, PROMPTS[1:], [""], [101], params, SIZE, SIZE)
+    alone = txt2img(sd2v.ours, PROMPTS[1:], [""], [101], params, SIZE, SIZE)
     assert (ours[1] - alone[0]).abs().max() < 1e-5
 
 

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from sd_cli.runtime import allocator
-from sd_cli.pipelines import pipeline
+from sd_cli.sampling.denoising import SamplingParams
+from sd_cli.pipelines.txt2img import txt2img
 from sd_cli.loading.loader import load_model
 
 pytestmark = pytest.mark.skipif(allocator._glibc() is None, reason="the knobs are glibc's")
@@ -117,6 +118,6 @@ def test_the_unet_samples_reusing_memory_and_the_vae_decodes_without(sd1_ckpt, m
     monkeypatch.setattr(model, "unet", recording_unet)
     monkeypatch.setattr(model, "decode_latents", recording_decode)
     for sampler in ("ddim", "euler_a"):  # the DDIM family and the k-diffusion samplers
-        pipeline.txt2img(model, ["a cat"], [""], [0], pipeline.SamplingParams(sampler=sampler, steps=2), 64, 64)
+        txt2img(model, ["a cat"], [""], [0], SamplingParams(sampler=sampler, steps=2), 64, 64)
     assert min(depth_seen["unet"]) >= 1  # k-samplers reach sample_k through denoise: depth 2
     assert depth_seen["vae"] == {0}

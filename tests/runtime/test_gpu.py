@@ -12,14 +12,15 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from sd_cli.pipelines import pipeline
+from sd_cli.sampling.denoising import SamplingParams
+from sd_cli.pipelines.txt2img import txt2img, txt2img_latents
 from builtin_model import shapes
 from sd_cli.loading.loader import load_model
 from sd_cli.loading.packaged import builtin_checkpoint
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
-PARAMS = pipeline.SamplingParams(steps=4)
+PARAMS = SamplingParams(steps=4)
 ARGS = (["a red cube"], [""], [7], PARAMS, 64, 64)
 
 
@@ -32,7 +33,7 @@ def cpu_reference(sd1_ckpt):
     """(latents, image) of the tiny SD 1.x model in float32 on the CPU."""
     model = load_model(sd1_ckpt).model
     with torch.inference_mode():
-        latents = pipeline.txt2img_latents(model, *ARGS)
+        latents = txt2img_latents(model, *ARGS)
         return latents, model.decode_latents(latents)
 
 
@@ -43,7 +44,7 @@ def cpu_reference(sd1_ckpt):
 ], ids=["fp32", "fp16", "bf16"])
 def test_gpu_sampling_matches_the_cpu(sd1_ckpt, cpu_reference, dtype, tolerance):
     model = load_model(sd1_ckpt, device="cuda", dtype=dtype).model
-    latents = pipeline.txt2img_latents(model, *ARGS)
+    latents = txt2img_latents(model, *ARGS)
     assert latents.device.type == "cuda"
     image = model.decode_latents(latents)
     assert image.dtype == dtype and torch.isfinite(image).all()
@@ -94,8 +95,8 @@ def test_fp16_vae_overflow_is_decoded_again_in_float32(sd1_ckpt, capsys):
 def test_offload_keeps_only_the_working_part_on_the_gpu(sd1_ckpt):
     whole = load_model(sd1_ckpt, device="cuda", dtype=torch.float16).model
     offloaded = load_model(sd1_ckpt, device="cuda", dtype=torch.float16, offload=True).model
-    expected = pipeline.txt2img(whole, *ARGS)
-    got = pipeline.txt2img(offloaded, *ARGS)
+    expected = txt2img(whole, *ARGS)
+    got = txt2img(offloaded, *ARGS)
     assert torch.allclose(got.float(), expected.float(), atol=1e-3)
     assert offloaded.offload.moves == ["text encoder", "UNet", "VAE"]
     where = {name: {p.device.type for p in part.parameters()} for name, part in offloaded.offload.parts.items()}
@@ -133,10 +134,10 @@ def test_compiled_unet_gives_the_eager_result(sd1_ckpt):
     from sd_cli.runtime.compiling import compile_model
 
     eager = load_model(sd1_ckpt, device="cuda", dtype=torch.float16).model
-    expected = pipeline.txt2img_latents(eager, *ARGS)
+    expected = txt2img_latents(eager, *ARGS)
     compiled = compile_model(load_model(sd1_ckpt, device="cuda", dtype=torch.float16).model)
-    first = pipeline.txt2img_latents(compiled, *ARGS)
-    again = pipeline.txt2img_latents(compiled, *ARGS)  # replayed through CUDA graphs
+    first = txt2img_latents(compiled, *ARGS)
+    again = txt2img_latents(compiled, *ARGS)  # replayed through CUDA graphs
     assert relative_error(first, expected.float().cpu()) < 0.01
     assert torch.equal(first, again)
 

@@ -7,19 +7,21 @@ benchmark (docs/benchmarks.md).
 
 import torch
 
-from sd_cli.pipelines import pipeline
+from sd_cli.sampling.denoising import SamplingParams
+from sd_cli.pipelines.img2img import img2img
+from sd_cli.pipelines.txt2img import txt2img
 from sd_cli.loading.loader import load_model
 
-PARAMS = pipeline.SamplingParams(steps=2)
+PARAMS = SamplingParams(steps=2)
 
 
 def test_each_part_is_moved_in_when_used_and_the_image_is_unchanged(sd1_ckpt):
     plain = load_model(sd1_ckpt).model
     offloaded = load_model(sd1_ckpt, device="cpu", offload=True).model
     args = (["a red cube"], [""], [7], PARAMS, 64, 64)
-    expected = pipeline.txt2img(plain, *args)
-    first = pipeline.txt2img(offloaded, *args)
-    second = pipeline.txt2img(offloaded, *args)
+    expected = txt2img(plain, *args)
+    first = txt2img(offloaded, *args)
+    second = txt2img(offloaded, *args)
     assert torch.equal(first, expected) and torch.equal(second, expected)
     # once per batch, not per step: the UNet stays in for both of its steps
     assert offloaded.offload.moves == ["text encoder", "UNet", "VAE"] * 2
@@ -28,7 +30,7 @@ def test_each_part_is_moved_in_when_used_and_the_image_is_unchanged(sd1_ckpt):
 def test_img2img_moves_the_vae_in_to_encode_the_image(sd1_ckpt):
     model = load_model(sd1_ckpt, device="cpu", offload=True).model
     image = torch.zeros(1, 3, 64, 64)
-    pipeline.img2img(model, image, ["a red cube"], [""], [7], PARAMS, strength=0.5)
+    img2img(model, image, ["a red cube"], [""], [7], PARAMS, strength=0.5)
     assert model.offload.moves == ["text encoder", "VAE", "UNet", "VAE"]
 
 

@@ -43,8 +43,10 @@ diffusers = pytest.importorskip("diffusers")
 from references import smooth_image  # noqa: E402
 from parity_reference import BETAS, PROMPTS, SIZE, Generators, Model, assert_parity  # noqa: E402
 
-from sd_cli.pipelines import pipeline  # noqa: E402
-from sd_cli.pipelines.pipeline import SamplingParams  # noqa: E402
+from sd_cli.pipelines.conditioning import guided_model  # noqa: E402
+from sd_cli.pipelines.img2img import img2img  # noqa: E402
+from sd_cli.pipelines.txt2img import txt2img  # noqa: E402
+from sd_cli.sampling.denoising import SamplingParams  # noqa: E402
 from sd_cli.sampling import k_samplers, samplers, sigma_schedules  # noqa: E402
 from sd_cli.sampling.denoiser import KDenoiser  # noqa: E402
 from sd_cli.sampling.noise import NoiseSource  # noqa: E402
@@ -213,7 +215,7 @@ def test_txt2img_against_diffusers(model, name, patched_noise, monkeypatch):
     patched_noise["noise"] = noise
     theirs = run()
     model.unet_calls.clear()
-    ours = pipeline.txt2img(model.ours, PROMPTS[:1], [""], [42], SamplingParams(sampler=name, steps=steps, scale=5.0),
+    ours = txt2img(model.ours, PROMPTS[:1], [""], [42], SamplingParams(sampler=name, steps=steps, scale=5.0),
                             SIZE, SIZE)
     assert_parity(ours, theirs)
     assert len(model.unet_calls) == ref.calls
@@ -232,7 +234,7 @@ def test_txt2img_dpmpp_sde_against_diffusers(model, name, monkeypatch):
     sched.noise_sampler = lambda sigma, sigma_next: noise.draw()
     theirs = model.ref.decode(run_scheduler(ref, sched, x))
     model.unet_calls.clear()
-    ours = pipeline.txt2img(model.ours, PROMPTS[:1], [""], [42], SamplingParams(sampler=name, steps=10, scale=5.0),
+    ours = txt2img(model.ours, PROMPTS[:1], [""], [42], SamplingParams(sampler=name, steps=10, scale=5.0),
                             SIZE, SIZE)
     assert_parity(ours, theirs)
     assert len(model.unet_calls) == ref.calls == 19
@@ -243,7 +245,7 @@ def test_txt2img_dpmpp_sde_against_diffusers(model, name, monkeypatch):
 
 @torch.inference_mode()
 def ours_on_grid(model: Model, function, sigmas, seeds, **options):
-    guided = pipeline.guided_model(model.ours, PROMPTS[:len(seeds)], [""] * len(seeds), 5.0)
+    guided = guided_model(model.ours, PROMPTS[:len(seeds)], [""] * len(seeds), 5.0)
     noise = NoiseSource(seeds)
     x = noise.draw(LATENT, model.ours.device) * float(sigmas[0])
     denoiser = KDenoiser(guided, model.ours.alphas_cumprod)
@@ -345,7 +347,7 @@ def test_img2img_is_diffusers_img2img(model, name):
             x = sched.step(ref(sched.scale_model_input(x, t), unet_t(sched, i) if unet_t else t), t, x).prev_sample
     theirs = model.ref.decode(x)
     model.unet_calls.clear()
-    ours = pipeline.img2img(model.ours, image, PROMPTS, ["", ""], [8, 9],
+    ours = img2img(model.ours, image, PROMPTS, ["", ""], [8, 9],
                             SamplingParams(sampler=name, steps=steps, scale=5.0), 0.6)
     assert_parity(ours, theirs, batch=2)
     assert len(model.unet_calls) == ref.calls == 6
@@ -355,8 +357,8 @@ def test_img2img_is_diffusers_img2img(model, name):
 def test_ancestral_noise_is_batch_invariant(sd2v, name):
     """Image 2 of a batch is the image rendered alone with its seed: fresh noise comes from its generator."""
     params = SamplingParams(sampler=name, steps=6, scale=4.0)
-    batch = pipeline.txt2img(sd2v.ours, PROMPTS, ["", ""], [100, 101], params, SIZE, SIZE)
-    alone = pipeline.txt2img(sd2v.ours, PROMPTS[1:], [""], [101], params, SIZE, SIZE)
+    batch = txt2img(sd2v.ours, PROMPTS, ["", ""], [100, 101], params, SIZE, SIZE)
+    alone = txt2img(sd2v.ours, PROMPTS[1:], [""], [101], params, SIZE, SIZE)
     assert (batch[1] - alone[0]).abs().max() < 1e-4  # batched kernels round differently, nothing more
     assert (batch[0] - batch[1]).abs().max() > 1e-2
 
@@ -518,7 +520,7 @@ def test_every_choice_round_trips_and_resolves():
             assert samplers.choose(spec.label).sampler is spec or spec.id == "dpm"
             continue
         assert list(inspect.signature(spec.function_object()).parameters)[:5] == \
-            ["denoiser", "x", "sigmas", "noise", "progress"]
+            ["denoiser", "x", "sigmas", "noise", "hooks"]
         for schedule in samplers.SCHEDULES:
             choice = samplers.choose(spec.id, schedule)
             assert samplers.choose(choice.name) == samplers.choose(choice.label) == choice

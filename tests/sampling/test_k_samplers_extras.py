@@ -22,8 +22,8 @@ from references import smooth_image  # noqa: E402
 from sd_cli.pipelines.depth2img import depth2img, estimate_depth  # noqa: E402
 from sd_cli.pipelines.inpaint import inpaint  # noqa: E402
 from sd_cli.loading.loader import load_model  # noqa: E402
-from sd_cli.pipelines.pipeline import SamplingParams, k_sigmas, sample_k  # noqa: E402
-from sd_cli.sampling import k_samplers  # noqa: E402
+from sd_cli.sampling.denoising import SamplingParams, Start, denoise, k_sigmas  # noqa: E402
+from sd_cli.sampling.steps import StepHooks  # noqa: E402
 
 SIZE = 64
 PROMPTS = ["a cabin interior", "a room at night"]
@@ -89,7 +89,7 @@ def test_k_depth2img_cli(run_cli, depth_model, tmp_path):
 
 def test_after_step_hook_runs_once_per_step_with_the_next_sigma(sd1_ckpt):
     model = load_model(sd1_ckpt).model
-    from sd_cli.pipelines.pipeline import guided_model
+    from sd_cli.pipelines.conditioning import guided_model
     from sd_cli.sampling.noise import NoiseSource
 
     for name in ["euler", "heun", "dpmpp_2m", "dpmpp_sde", "unipc", "lms"]:
@@ -97,17 +97,19 @@ def test_after_step_hook_runs_once_per_step_with_the_next_sigma(sd1_ckpt):
         sigmas = k_sigmas(model, params)
         calls = []
 
-        def hook(i, x, sigma_next):
-            calls.append((i, sigma_next))
+        def hook(x, level):
+            calls.append(("hook", level.sigma))
             return x
 
         guided = guided_model(model, ["x"], [""], 3.0)
         x = NoiseSource([1]).draw((4, 8, 8), model.device) * float(sigmas[0])
-        plain = sample_k(model, guided, x, sigmas, NoiseSource([2]), params, None)
-        hooked = sample_k(model, guided, x, sigmas, NoiseSource([2]), params, None, hook)
+        begin = Start(x, sigmas=sigmas)
+        plain = denoise(model, guided, begin, NoiseSource([2]), params)
+        hooks = StepHooks(progress=lambda done, total: calls.append(("progress", done, total)), after_step=hook)
+        hooked = denoise(model, guided, begin, NoiseSource([2]), params, hooks)
         assert torch.equal(plain, hooked), name  # an identity hook changes nothing
-        assert calls == [(i, float(s)) for i, s in enumerate(sigmas[1:])], name
-        assert k_samplers._AFTER_STEP.get() is None
+        expected = [call for i, s in enumerate(sigmas[1:]) for call in (("hook", float(s)), ("progress", i + 1, 4))]
+        assert calls == expected, name
 
 
 @pytest.mark.parametrize("name", ["euler_a", "dpmpp_2m"])

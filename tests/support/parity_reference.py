@@ -44,9 +44,10 @@ from omegaconf import OmegaConf  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 from tiny_models import write_tiny_checkpoint  # noqa: E402
 
-from sd_cli.pipelines import pipeline  # noqa: E402
+from sd_cli.pipelines.img2img import img2img  # noqa: E402
+from sd_cli.pipelines.txt2img import txt2img  # noqa: E402
 from sd_cli.loading.loader import load_model  # noqa: E402
-from sd_cli.pipelines.pipeline import SamplingParams  # noqa: E402
+from sd_cli.sampling.denoising import SamplingParams  # noqa: E402
 from sd_cli.sampling.schedule import ddim_timesteps  # noqa: E402
 
 TOLERANCE = 1e-4  # max abs difference of decoded images, float32
@@ -257,7 +258,7 @@ class Model:
         negatives = negatives or [""] * len(prompts)
         self.unet_calls.clear()
         self.ref.unet_calls.clear()
-        ours = pipeline.txt2img(self.ours, prompts, negatives, seeds, params, SIZE, SIZE)
+        ours = txt2img(self.ours, prompts, negatives, seeds, params, SIZE, SIZE)
         theirs = ref_txt2img(self.ref, prompts, negatives, seeds, params)
         return ours, theirs
 
@@ -265,7 +266,7 @@ class Model:
         negatives = negatives or [""] * len(prompts)
         self.unet_calls.clear()
         self.ref.unet_calls.clear()
-        ours = pipeline.img2img(self.ours, image, prompts, negatives, seeds, params, strength)
+        ours = img2img(self.ours, image, prompts, negatives, seeds, params, strength)
         theirs = ref_img2img(self.ref, image, prompts, negatives, seeds, params, strength)
         return ours, theirs
 

@@ -29,6 +29,12 @@ class ModelFamily:
     needs_depth: bool  # the UNet takes a depth channel (MiDaS weights live under depth_model.*)
     native_size: int  # default image side in pixels
     watermark_text: str  # the text the original scripts embed in every image
+    latent_channels: int = 4  # the VAE's latent channels: x_t's share of the UNet input
+    vae_downsampling: int = 8  # image side / latent side
+
+    def latent_shape(self, height: int, width: int) -> tuple[int, int, int]:
+        """(channels, h, w) of the latent of a height x width image."""
+        return self.latent_channels, height // self.vae_downsampling, width // self.vae_downsampling
 
     def serves(self, mode: str) -> bool:
         return mode in self.subcommands
