@@ -29,6 +29,8 @@ SCHEDULES = {s.id: s for s in (
     Schedule("exponential", "Exponential"),
     Schedule("sgm_uniform", "SGM Uniform"),
     Schedule("lcm", "LCM"),
+    Schedule("edm", "EDM"),  # generative-models' EDM discretization (sgm models only)
+    Schedule("turbo", "Turbo"),  # SDXL-Turbo / SD-Turbo's timestep subset (sgm models only)
 )}
 
 
