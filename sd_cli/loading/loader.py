@@ -17,9 +17,10 @@ from sd_cli.loading.config import ModelConfig, load_config
 from sd_cli.loading.packaged import packaged_config
 from sd_cli.loading.strict import compare
 from sd_cli.loading.detection import detect_family, is_v_prediction
-from sd_cli.errors import CheckpointError
+from sd_cli.errors import CheckpointError, UsageError
 from sd_cli.loading.mapped_pages import MappedFile
 from sd_cli.models.empty import empty_modules
+from sd_cli.models.families import family_of
 from sd_cli.models.latent_diffusion import SCHEDULE_KEYS, LatentDiffusion, text_encoder_class
 
 EMA_PREFIX = "model_ema."
@@ -100,6 +101,9 @@ def select_weights(state_dict: dict, use_ema: bool, name: str) -> dict:
 
 def build_and_load(config: ModelConfig, weights: dict, name: str, device="cpu", dtype=torch.float32,
                    mapped_file: MappedFile | None = None, channels_last_convs: bool = False) -> LatentDiffusion:
+    if config.engine == "sgm":
+        raise UsageError(f"{name}: {family_of(config).description} models (generative-models' DiffusionEngine, "
+                         f"{config.source}) do not run in sd_cli yet; use an SD 1.x or 2.x checkpoint")
     encoder_class = text_encoder_class(config.text_encoder)
     with empty_modules():  # no random initialisation: every tensor comes from the file
         text_encoder = encoder_class.from_checkpoint(weights, **config.text_params)
