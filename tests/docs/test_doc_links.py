@@ -1,5 +1,6 @@
-"""Every relative link in README.md and docs/ points to a file that exists, and every #anchor to
-a heading of that file (GitHub's heading ids)."""
+"""Every relative link in README.md and docs/ points to a file that exists, every #anchor to a
+heading of that file (GitHub's heading ids), and every repository path they name in backticks
+(`sd_cli/run/jobs.py`) exists."""
 
 import re
 from pathlib import Path
@@ -8,7 +9,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+# docs/reference/ describes the original repositories, so the files it names are theirs.
+OWN_PAGES = [page for page in PAGES if "reference" not in page.parts]
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
+REPO_PATH = re.compile(r"`((?:sd_cli|tests|builtin_model|benchmarks|scripts|docs)/[\w./-]*)`")
 CODE = re.compile(r"```.*?```|`[^`\n]*`", re.DOTALL)
 
 
@@ -58,3 +62,9 @@ def test_a_missing_file_and_a_missing_heading_are_found(tmp_path):
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_every_relative_link_resolves(page):
     assert [problem for target in relative_links(page) if (problem := broken(page, target))] == []
+
+
+@pytest.mark.parametrize("page", OWN_PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_named_repository_path_exists(page):
+    named = sorted(set(REPO_PATH.findall(page.read_text())))
+    assert [path for path in named if not (ROOT / path).exists()] == []
