@@ -1,13 +1,17 @@
 """The README's commands run as written: every shell line of its ```bash blocks, in order, in one
-empty folder, so that a command reading a file an earlier one wrote proves the names match.
+empty folder, so that a command reading a file an earlier one wrote proves the names match. The
+same for docs/automation.md, whose examples chain the same way.
 
 Which lines run: every line of a ```bash block, with `sd-cli` standing for `python -m sd_cli`
 from this checkout, except
 - comments and blank lines;
 - installs (lines starting with `pip` or `pipx`): .ci/run runs those, on a fresh machine;
 - lines naming `--ckpt`: they need a checkpoint of the reader's own, and naming it with `--ckpt`
-  is the README's way of saying so. Anything without `--ckpt` must run on the built-in model.
-A line ending in `\\` continues on the next.
+  is the pages' way of saying so. Anything without `--ckpt` must run on the built-in model;
+- launcher lines (`torchrun`, `accelerate launch`): they start several processes on several
+  devices (tests/run covers the shares they render).
+A line ending in `\\` continues on the next. Every image path a page names in backticks
+(`out/00000-7-....png`) must exist after its commands ran.
 """
 
 import json
@@ -18,8 +22,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
+RUN_PAGES = [README, ROOT / "docs" / "automation.md"]
 SD_CLI = re.compile(r"(?<![\w./-])sd-cli(?=\s|$)")
 
 
@@ -46,6 +53,8 @@ def skip_reason(line: str) -> str | None:
         return "comment"
     if line.split()[0] in ("pip", "pipx"):
         return "install"
+    if line.split()[0] in ("torchrun", "accelerate"):
+        return "launcher"
     if "--ckpt" in shlex.split(line, comments=True):
         return "your checkpoint"
     return None
@@ -87,11 +96,13 @@ def test_the_rules_skip_installs_and_own_checkpoints():
     assert skip_reason('sd-cli txt2img "x" --ckpt model.ckpt') == "your checkpoint"
     assert skip_reason('sd-cli txt2img "a checkpoint" -o ckpt.png') is None
     assert skip_reason("# a comment") == "comment"
+    assert skip_reason("torchrun --standalone --nproc_per_node 4 -m sd_cli txt2img x") == "launcher"
     assert bash_blocks("```bash\nsd-cli txt2img \\\n  --seed 1\n```\n") == [["sd-cli txt2img  --seed 1"]]
 
 
-def test_readme_commands_run_in_order_in_one_folder(tmp_path):
-    text = README.read_text()
+@pytest.mark.parametrize("page", RUN_PAGES, ids=lambda p: p.name)
+def test_commands_run_in_order_in_one_folder(page, tmp_path):
+    text = page.read_text()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     for line in runnable_commands(text):
         done = subprocess.run(["bash", "-c", as_local_command(line)], cwd=tmp_path, env=env,
