@@ -44,6 +44,7 @@ def read_checkpoint(path: str | os.PathLike) -> CheckpointFile:
     shown = str(path)
     path = _existing_file(path)
     try:
+        _refuse_non_checkpoint(path, shown)
         if path.suffix.lower() == ".safetensors":
             state_dict, global_step = _tensors_only(shown, _read_safetensors(path, shown)), None
         else:
@@ -87,7 +88,7 @@ def _existing_file(path: str | os.PathLike) -> Path:
     if not path.exists():
         raise CheckpointError(f"{shown}: no such file; check the checkpoint path.")
     if path.is_dir():
-        raise CheckpointError(f"{shown}: is a directory; give the path of a checkpoint file in it.")
+        raise CheckpointError(directory_problem(shown, path))
     if not path.is_file():
         raise CheckpointError(f"{shown}: is not a regular file; give the path of a checkpoint file.")
     try:
@@ -98,6 +99,32 @@ def _existing_file(path: str | os.PathLike) -> Path:
     if empty:
         raise CheckpointError(f"{shown}: the file is empty (0 bytes); download it again.")
     return path
+
+
+CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+
+
+def directory_problem(shown: str, path: Path) -> str:
+    """The one-line error for a folder given where a checkpoint file belongs: what kind of folder it is."""
+    if (path / "model_index.json").is_file():
+        return (f"{shown}: is a diffusers folder (model_index.json), not a single-file checkpoint; sd_cli reads one "
+                ".ckpt or .safetensors file: download the model's single-file checkpoint, or convert the folder with "
+                "diffusers' scripts/convert_diffusers_to_original_stable_diffusion.py")
+    if (path / "config.json").is_file() and any(path.glob("diffusion_pytorch_model.*")):
+        return (f"{shown}: is one component of a diffusers folder (config.json, diffusion_pytorch_model.*), not a "
+                "checkpoint; give the path of a whole single-file .ckpt or .safetensors checkpoint")
+    inside = sorted(child.name for child in path.iterdir() if child.suffix.lower() in CHECKPOINT_SUFFIXES)
+    if inside:
+        more = f" (and {len(inside) - 1} more)" if len(inside) > 1 else ""
+        return f"{shown}: is a directory; give the path of a checkpoint file in it, e.g. {path / inside[0]}{more}"
+    return f"{shown}: is a directory, not a checkpoint file; give the path of a .ckpt or .safetensors file"
+
+
+def _refuse_non_checkpoint(path: Path, shown: str) -> None:
+    """A pointer, a web page or text under any checkpoint suffix: the content says what it is, not the name."""
+    kind = _sniff(path)
+    if kind in ("lfs", "html", "text"):
+        raise CheckpointError(f"{shown}: {_NOT_A_CHECKPOINT[kind]}")
 
 
 def _sniff(path: Path) -> str:
@@ -293,9 +320,16 @@ def _unwrap(shown: str, obj: object) -> tuple[dict[str, torch.Tensor], int | Non
         raise CheckpointError(
             f"{shown}: not a Stable Diffusion checkpoint: it holds a {type(obj).__name__}, not a dict of tensors."
         )
-    if "state_dict" in obj:
-        return _tensors_only(shown, obj["state_dict"]), _global_step(obj.get("global_step"))
-    return _tensors_only(shown, obj, bare=True), None
+    if "state_dict" not in obj:
+        return _tensors_only(shown, obj, bare=True), None
+    global_step = _global_step(obj.get("global_step"))
+    state_dict = obj["state_dict"]
+    # Scripts that wrap a whole Lightning checkpoint once more save {"state_dict": {"state_dict": ...}}.
+    while isinstance(state_dict, Mapping) and isinstance(state_dict.get("state_dict"), Mapping):
+        if global_step is None:
+            global_step = _global_step(state_dict.get("global_step"))
+        state_dict = state_dict["state_dict"]
+    return _tensors_only(shown, state_dict), global_step
 
 
 def _tensors_only(shown: str, state_dict: object, bare: bool = False) -> dict[str, torch.Tensor]:
