@@ -113,7 +113,10 @@ def directory_problem(shown: str, path: Path) -> str:
     if (path / "config.json").is_file() and any(path.glob("diffusion_pytorch_model.*")):
         return (f"{shown}: is one component of a diffusers folder (config.json, diffusion_pytorch_model.*), not a "
                 "checkpoint; give the path of a whole single-file .ckpt or .safetensors checkpoint")
-    inside = sorted(child.name for child in path.iterdir() if child.suffix.lower() in CHECKPOINT_SUFFIXES)
+    try:
+        inside = sorted(child.name for child in path.iterdir() if child.suffix.lower() in CHECKPOINT_SUFFIXES)
+    except OSError:  # an unreadable folder: what it holds cannot be said
+        inside = []
     if inside:
         more = f" (and {len(inside) - 1} more)" if len(inside) > 1 else ""
         return f"{shown}: is a directory; give the path of a checkpoint file in it, e.g. {path / inside[0]}{more}"

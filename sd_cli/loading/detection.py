@@ -72,6 +72,9 @@ def fingerprint(state_dict) -> tuple[str | None, int | None, bool]:
 def detect_family(state_dict, checkpoint_name: str) -> Family:
     text, unet_in, has_depth = fingerprint(state_dict)
     family = FAMILIES.get((text, unet_in, has_depth))
+    if family is None and text is None and unet_in is not None:
+        raise CheckpointError(f"{checkpoint_name}: holds a UNet but no text encoder (no cond_stage_model.* token "
+                              "embedding), so it is not a whole Stable Diffusion checkpoint; pass the full checkpoint")
     if family is None:
         seen = f"text encoder {text or 'not found'}, UNet input channels {unet_in or 'not found'}" + (
             ", depth weights" if has_depth else "")

@@ -260,6 +260,16 @@ def test_a_file_of_another_kind_is_named_for_what_it_is(tmp_path, keys, expected
         assert message.startswith("other.safetensors: " + expected), message
 
 
+def test_a_unet_only_file_is_not_sent_to_look_for_a_yaml(tmp_path, sd1):
+    weights, config = sd1
+    unet = {key: value for key, value in weights.items() if key.startswith("model.diffusion_model.")}
+    assert error_of(load_model, save(tmp_path, "unet", unet)) == (
+        "unet.safetensors: holds a UNet but no text encoder (no cond_stage_model.* token embedding), so it is not "
+        "a whole Stable Diffusion checkpoint; pass the full checkpoint")
+    OmegaConf.save(OmegaConf.create(config), tmp_path / "v1.yaml")
+    assert "has no text encoder weights" in error_of(load_model, tmp_path / "unet.safetensors", tmp_path / "v1.yaml")
+
+
 # --- 7. directories ------------------------------------------------------------------------------
 
 
