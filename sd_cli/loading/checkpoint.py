@@ -110,9 +110,10 @@ def directory_problem(shown: str, path: Path) -> str:
         return (f"{shown}: is a diffusers folder (model_index.json), not a single-file checkpoint; sd_cli reads one "
                 ".ckpt or .safetensors file: download the model's single-file checkpoint, or convert the folder with "
                 "diffusers' scripts/convert_diffusers_to_original_stable_diffusion.py")
-    if (path / "config.json").is_file() and any(path.glob("diffusion_pytorch_model.*")):
-        return (f"{shown}: is one component of a diffusers folder (config.json, diffusion_pytorch_model.*), not a "
-                "checkpoint; give the path of a whole single-file .ckpt or .safetensors checkpoint")
+    weights = sorted(path.glob("diffusion_pytorch_model.*"))
+    if (path / "config.json").is_file() and weights:
+        return (f"{shown}: is one component of a diffusers folder (config.json, {weights[0].name}), not a checkpoint "
+                f"file; --vae takes {path / weights[0].name} itself, --ckpt a whole single-file checkpoint")
     try:
         inside = sorted(child.name for child in path.iterdir() if child.suffix.lower() in CHECKPOINT_SUFFIXES)
     except OSError:  # an unreadable folder: what it holds cannot be said

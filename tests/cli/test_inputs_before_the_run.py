@@ -20,9 +20,8 @@ def image(tmp_path):
 def test_a_missing_checkpoint_is_the_only_line(run_cli, tmp_path):
     result = run_cli("txt2img", "x", "--ckpt", tmp_path / "nope.ckpt", "--steps", "1")
     assert result.code == 1
-    assert result.stderr.splitlines() == [f"error: checkpoint not found: {tmp_path / 'nope.ckpt'} (also looked in "
-                                          + result.stderr.split("(also looked in ", 1)[1].rstrip("\n")]
-    assert "seed" not in result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: checkpoint not found: {tmp_path / 'nope.ckpt'}")
 
 
 def test_a_missing_init_image_is_the_only_line(run_cli, tmp_path):

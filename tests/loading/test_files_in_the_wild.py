@@ -286,7 +286,10 @@ def test_a_diffusers_folder_is_named_as_one(tmp_path):
 def test_a_diffusers_component_folder(tmp_path):
     (tmp_path / "config.json").write_text("{}")
     (tmp_path / "diffusion_pytorch_model.safetensors").write_bytes(b"")
-    assert "is one component of a diffusers folder" in error_of(resolve_checkpoint, tmp_path)
+    weights = tmp_path / "diffusion_pytorch_model.safetensors"
+    assert error_of(read_checkpoint, tmp_path) == (
+        f"{tmp_path}: is one component of a diffusers folder (config.json, diffusion_pytorch_model.safetensors), "
+        f"not a checkpoint file; --vae takes {weights} itself, --ckpt a whole single-file checkpoint")
 
 
 def test_a_folder_of_checkpoints_names_one_of_them(tmp_path):
