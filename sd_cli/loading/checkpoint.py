@@ -19,6 +19,7 @@ import re
 import struct
 import tempfile
 import threading
+import zipfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -142,13 +143,25 @@ def _sniff(path: Path) -> str:
     header_len = int.from_bytes(head[:8], "little")
     if len(head) > 8 and head[8:9] == b"{" and header_len < 100_000_000:
         return "safetensors"
+    head = head.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark, as some editors and servers write
     if head.startswith(b"version https://git-lfs"):
         return "lfs"
     if head.lstrip()[:1] == b"<":
         return "html"
-    if all(32 <= b < 127 or b in b"\t\r\n" for b in head):
+    if _is_text(head):
         return "text"
     return "unknown"
+
+
+def _is_text(head: bytes) -> bool:
+    """Printable UTF-8 (a character cut at the end of the sample allowed), tabs and line breaks."""
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as err:
+        if err.start < len(head) - 3:
+            return False
+        text = head[:err.start].decode("utf-8")
+    return all(char.isprintable() or char in "\t\r\n" for char in text)
 
 
 # --- safetensors ---------------------------------------------------------------------------------
@@ -258,6 +271,8 @@ def _read_pickle(path: Path, shown: str) -> object:
         return _read_safetensors(path, shown)
     if kind not in ("zip", "legacy"):
         raise CheckpointError(f"{shown}: {_NOT_A_CHECKPOINT[kind]}")
+    if kind == "zip":
+        _refuse_plain_zip(path, shown)
     try:
         with _stand_ins_allowed():
             # mmap (zip format only) maps tensor data instead of reading a 4 GB file into memory.
@@ -272,6 +287,18 @@ def _read_pickle(path: Path, shown: str) -> object:
             f"{shown}: cannot read the PyTorch checkpoint ({_cause(original)}); "
             "the file is probably truncated or corrupt. Download it again."
         ) from err
+
+
+def _refuse_plain_zip(path: Path, shown: str) -> None:
+    """A zip archive that torch.save did not write (no <name>/data.pkl): a download to unpack first."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return  # a damaged zip: torch.load's own error says it is truncated or corrupt
+    if names and not any(name.endswith("/data.pkl") or name == "data.pkl" for name in names):
+        raise CheckpointError(f"{shown}: is a zip archive (holding {names[0]}{' and more' if len(names) > 1 else ''}), "
+                              "not a PyTorch checkpoint; unpack it and pass the checkpoint inside")
 
 
 # What torch's weights-only unpickler says when a pickle names something it does not allow.

@@ -320,6 +320,28 @@ def test_pointer_page_or_text_is_named_whatever_the_suffix(tmp_path, suffix, dat
     assert error_of(read_checkpoint, path).startswith(f"{path}: {expected}")
 
 
+@pytest.mark.parametrize("data, expected", [
+    (b"\xef\xbb\xbf<!doctype html><title>404</title>", "is a web page"),  # behind a byte-order mark
+    ("Fehler: Zugriff verweigert. Bitte melden Sie sich an, um die Datei zu laden.".encode(), "is a text file"),
+    ("ошибка доступа: войдите в систему".encode(), "is a text file"),  # UTF-8 beyond ASCII
+])
+def test_text_in_other_shapes_is_named(tmp_path, data, expected):
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(data)
+    assert error_of(read_checkpoint, path).startswith(f"{path}: {expected}")
+
+
+def test_a_zip_archive_that_is_not_a_torch_file(tmp_path):
+    import zipfile
+
+    path = tmp_path / "download.ckpt"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("model/README.txt", "weights inside")
+        archive.writestr("model/v1-5.safetensors", b"\0" * 16)
+    assert error_of(read_checkpoint, path) == (f"{path}: is a zip archive (holding model/README.txt and more), not a "
+                                               "PyTorch checkpoint; unpack it and pass the checkpoint inside")
+
+
 def test_a_real_safetensors_header_is_never_taken_for_text(tmp_path):
     path = tmp_path / "ok.safetensors"
     save_file({"w": torch.ones(2)}, str(path))
