@@ -21,7 +21,7 @@ EMA_UNET_INPUT_KEY = "model_ema.diffusion_modelinput_blocks00weight"  # LitEma d
 DEPTH_PREFIX = "depth_model."
 TEXT_ENCODER_NAMES = {"clip": "SD 1.x (CLIP text encoder)", "openclip": "SD 2.x (OpenCLIP text encoder)"}
 
-# Key prefixes of models sd_cli does not run -> what the file is and what to do with it. Checked in order.
+# Key prefixes of models sd_cli does not run -> what the file is. Checked in order.
 FOREIGN_MODELS = (
     (("conditioner.embedders.",), "an SDXL checkpoint (sgm layout: conditioner.embedders.*)"),
     (("model.diffusion_model.joint_blocks.",), "a Stable Diffusion 3 checkpoint (MMDiT joint_blocks)"),
@@ -29,9 +29,11 @@ FOREIGN_MODELS = (
     (("low_scale_model.",), "the SD 2 x4 upscaler"),
     (("noise_augmentor.", "embedder.model.visual."), "an SD 2.1 unCLIP checkpoint"),
 )
+# Key prefixes of files with no UNet at all -> what the file is and where it goes instead.
 NOT_A_MODEL = (
     (("lora_unet_", "lora_te_"), "a LoRA, not a checkpoint; pass it with --lora (or <lora:name:weight> in the prompt)"),
-    (("encoder.conv_in.", "decoder.conv_in.", "first_stage_model.encoder.conv_in."), "a VAE file, not a whole checkpoint; pass it with --vae beside --ckpt"),
+    (("encoder.conv_in.", "decoder.conv_in.", "first_stage_model.encoder.conv_in."),
+     "a VAE file, not a whole checkpoint; pass it with --vae beside --ckpt"),
     (("emb_params", "string_to_param."), "a textual-inversion embedding, not a checkpoint; put it in the "
                                          "embeddings folder (--embeddings) and use its name in the prompt"),
 )

@@ -4,7 +4,6 @@ Each file is a tiny checkpoint's state dict rewritten the way the variant differ
 training leftovers, nesting, an EMA-only save, a wrapper's key prefix, another model family.
 """
 
-import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -12,7 +11,6 @@ from safetensors.torch import save_file
 
 from sd_cli.errors import CheckpointError, UsageError
 from sd_cli.loading.checkpoint import read_checkpoint
-from sd_cli.loading.config import parse_config
 from sd_cli.loading.loader import load_model
 from sd_cli.loading.locations import resolve_checkpoint
 from sd_cli.sampling.schedule import alphas_cumprod
@@ -219,8 +217,8 @@ def test_sd1_weights_with_an_sd2_yaml_beside(tmp_path, sd1):
     weights, _ = sd1
     message = error_of(load_model, save(tmp_path, "sd1", weights, tiny_config("sd2")))
     assert message.startswith("sd1.safetensors holds SD 1.x weights, UNet with 4 input channels, but config ")
-    assert "is for SD 2.x (UNet with 4 input channels); the YAML named after the checkpoint is for another " \
-           "model: rename or remove sd1.yaml" in message
+    assert ("is for SD 2.x (UNet with 4 input channels); the YAML named after the checkpoint is for another "
+            "model: rename or remove sd1.yaml") in message
     assert "(sd_cli's own is v1-inference.yaml)" in message
 
 
@@ -296,7 +294,8 @@ def test_a_folder_of_checkpoints_names_one_of_them(tmp_path):
     (tmp_path / "b.safetensors").write_bytes(b"")
     (tmp_path / "a.ckpt").write_bytes(b"")
     message = error_of(resolve_checkpoint, tmp_path)
-    assert message == f"{tmp_path}: is a directory; give the path of a checkpoint file in it, e.g. {tmp_path / 'a.ckpt'} (and 1 more)"
+    assert message == (f"{tmp_path}: is a directory; give the path of a checkpoint file in it, "
+                       f"e.g. {tmp_path / 'a.ckpt'} (and 1 more)")
     empty = tmp_path / "empty"
     empty.mkdir()
     assert error_of(resolve_checkpoint, empty).endswith("is a directory, not a checkpoint file; give the path of a "
