@@ -127,6 +127,14 @@ def test_training_loss_tensors_are_skipped_and_counted_once(tmp_path, sd1, capsy
                      "first_stage_model.loss.* and loss.*); inference does not use them"]
 
 
+def test_the_schedule_buffers_forks_persist_are_ignored(tmp_path, sd1):
+    weights, config = sd1
+    extra = {"lvlb_weights": torch.ones(1000), "logvar": torch.zeros(1000),
+             "posterior_variance": torch.zeros(1000), "log_one_minus_alphas_cumprod": torch.zeros(1000)}
+    model = load_model(save(tmp_path, "fork", dict(weights, **extra), config)).model
+    assert torch.equal(model.state_dict()[UNET_KEY], weights[UNET_KEY])
+
+
 def test_an_unknown_extra_tensor_is_still_refused(tmp_path, sd1):
     weights, config = sd1
     message = error_of(load_model, save(tmp_path, "extra", dict(weights, **{"lossy.w": torch.ones(1)}), config))
