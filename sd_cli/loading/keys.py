@@ -49,10 +49,10 @@ def misplaced_prefix(keys) -> tuple[str, str] | None:
     for part in ROOT_PREFIXES[:3]:
         if any(key.startswith(part) for key in keys):
             continue
-        where = next(((key, key.find("." + part)) for key in keys if key.find("." + part) != -1), None)
-        if where is not None:
-            key, at = where
-            return key[:at + 1], part
+        for key in keys:
+            at = key.find("." + part)
+            if at != -1:
+                return key[:at + 1], part
     return None
 
 
