@@ -36,7 +36,11 @@ def _request(mode: str, args: dict):
     png_values, png_model = _from_png(args)
     requests, bad_lines = _requests(mode, args, png_values)
     count = _positive("--repeat", args["repeat"]) if args["from_file"] else _positive("--n-samples", args["n_samples"])
-    defaults = jobs.Defaults(values=_default_values(args, png_values), count=count,
+    values = _default_values(args, png_values)
+    random_seed = None
+    if values.get("seed") is None:
+        values["seed"] = random_seed = _random_seed()
+    defaults = jobs.Defaults(values=values, count=count,
                              n_iter=_positive("--n-iter", args["n_iter"]), fixed_code=args["fixed_code"],
                              name_template=args["name"])
     request = RunRequest(
@@ -47,6 +51,7 @@ def _request(mode: str, args: dict):
         inpaint=_mask_options(args) if mode == "inpaint" else None,
         depth=_depth_options(args) if mode == "depth2img" else None, **_addon_options(args),
         emphasis=args["emphasis"].value, clip_skip=_clip_skip(args["clip_skip"]), embeddings=_embeddings_dir(args["embeddings"]),
+        random_seed=random_seed,
         **{name: args[name] for name in AS_GIVEN},
     )
     if request.offload and request.compile:
@@ -104,7 +109,6 @@ def _default_values(args: dict, png_values: dict) -> dict:
         values = jobs.check_values({k: v for k, v in values.items() if v is not None}, fields.flag)
     except ValueError as err:
         raise UsageError(str(err)) from None
-    values["seed"] = _seed(values.get("seed"))
     return values
 
 
@@ -236,15 +240,13 @@ def _warn_other_model(checkpoint, png_model: dict, png: Path) -> None:
                  f"{actual}: the image will differ")
 
 
-def _seed(seed: Optional[int]) -> int:
-    if seed is None:
-        from sd_cli.run.distributed import current
+def _random_seed() -> int:
+    """A seed for a run given none; render.run announces it once the inputs have been checked."""
+    from sd_cli.run.distributed import current
 
-        if current().distributed:
-            raise UsageError("several processes (torchrun) must render the same run: pass --seed")
-        seed = secrets.randbelow(2**32)
-        log.info(f"seed {seed} (random; pass --seed {seed} to repeat this run)")
-    return seed
+    if current().distributed:
+        raise UsageError("several processes (torchrun) must render the same run: pass --seed")
+    return secrets.randbelow(2**32)
 
 
 def _clip_skip(value: Optional[int]) -> Optional[int]:

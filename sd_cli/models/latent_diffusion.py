@@ -22,7 +22,7 @@ SCHEDULE_KEYS = (
     "betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod",
     "log_one_minus_alphas_cumprod", "sqrt_recip_alphas_cumprod", "sqrt_recipm1_alphas_cumprod",
     "posterior_variance", "posterior_log_variance_clipped", "posterior_mean_coef1", "posterior_mean_coef2",
-    "logvar",
+    "logvar", "lvlb_weights",  # lvlb_weights: the training loss's weights, persistent in some forks' files
 )
 
 
@@ -109,7 +109,7 @@ class LatentDiffusion(nn.Module):
         """
         if not torch.isfinite(latents).all():
             raise NumericsError(f"the UNet produced NaN or inf values in {self.dtype}; no image was saved. "
-                                "Try --precision fp32 or other settings (a lower --scale)")
+                                + _nan_advice(self.dtype))
         self._ready("VAE")
         z = latents.to(self.device, self.dtype) / self.config.scale_factor
         images = self._vae_decode(self.first_stage_model, z, tiled)
@@ -138,3 +138,11 @@ class LatentDiffusion(nn.Module):
 
         factor = 2 ** (len(self.config.vae_params["ddconfig"]["ch_mult"]) - 1)
         return decode_tiled(vae.decode, z, factor=factor)
+
+
+def _nan_advice(dtype: torch.dtype) -> str:
+    """What to try after a NaN: in half precision float32 first; in float32 precision is not the cause."""
+    if dtype == torch.float32:
+        return ("It ran in float32 already: try other settings (a lower --scale, another --sampler); if every "
+                "setting fails, the checkpoint's UNet weights may be broken")
+    return "Try --precision fp32 or other settings (a lower --scale)"

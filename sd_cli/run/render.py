@@ -53,6 +53,7 @@ class RunRequest:
     loras: tuple = ()  # --lora PATH[:weight], as (name or path, weight) pairs (lora.py)
     lora_dir: Path = LORA_DIR  # where <lora:name:w> and --lora names are looked up
     hires: "HiresOptions | None" = None  # txt2img --hires-scale/--hires-steps/--hires-strength (hires.py)
+    random_seed: int | None = None  # the seed drawn when none was given, announced when the run starts
 
 
 @dataclass
@@ -123,6 +124,8 @@ def _render_jobs(request: RunRequest, jobs: list[Job], targets: dict, rank, repo
         _inpaint_canvas(request, jobs[0]) if request.mode == "inpaint" else _init_image(request.mode, jobs[0])
     session = _load(request, rank)
     _check_model_fits(request.mode, session.family)
+    if request.random_seed is not None:  # announced once the inputs and the model are known to be good
+        log.info(f"seed {request.random_seed} (random; pass --seed {request.random_seed} to repeat this run)")
     writer = ImageWriter(request, session, targets, report.written, grid=_grid_wanted(request, rank))
     log.info(f"{len(jobs)} image(s), {_describe(jobs[0])}, {str(session.dtype).replace('torch.', '')} "
              f"on {session.device}" + (f" (rank {rank.rank} of {rank.world})" if rank.distributed else ""))
@@ -183,7 +186,8 @@ def _load(request: RunRequest, rank):
     dtype = resolve_dtype(request.precision, device)
     offload = _wants_offload(request, device)
     started = time.perf_counter()
-    loaded = load_model(checkpoint, request.config, device=device, dtype=dtype, use_ema=request.ema, offload=offload)
+    loaded = load_model(checkpoint, request.config, device=device, dtype=dtype, use_ema=request.ema, offload=offload,
+                        mode=request.mode)
     log.info(f"loaded {checkpoint} in {time.perf_counter() - started:.1f}s")
     text = text_options(loaded.model.cond_stage_model, request.emphasis, request.clip_skip, request.embeddings)
     if request.vae is not None:
