@@ -66,14 +66,15 @@ def test_a_bf16_files_schedule_is_the_configs(tmp_path, family, fmt):
 @pytest.mark.slow
 @pytest.mark.parametrize("sampler", ["euler_a", "dpmpp_2m_karras", "ddim"])
 def test_a_bf16_file_renders_in_fp32_and_bf16(tmp_path, sd1, sampler):
-    from sd_cli.pipelines import pipeline
+    from sd_cli.pipelines.txt2img import txt2img
+    from sd_cli.sampling.denoising import SamplingParams
 
     weights, config = sd1
     bf16 = {key: value.bfloat16() if value.is_floating_point() else value for key, value in weights.items()}
     path = save(tmp_path, "bf16", bf16, config)
     for dtype in (torch.float32, torch.bfloat16):
         model = load_model(path, dtype=dtype).model
-        images = pipeline.txt2img(model, ["a"], [""], [3], pipeline.SamplingParams(sampler=sampler, steps=3), 64, 64)
+        images = txt2img(model, ["a"], [""], [3], SamplingParams(sampler=sampler, steps=3), 64, 64)
         assert torch.isfinite(images).all(), (sampler, dtype)
 
 
