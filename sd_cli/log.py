@@ -6,6 +6,13 @@ stdout is reserved for what a script consumes (written paths, JSON), so nothing 
 import sys
 
 _quiet = False
+_warned: set[str] = set()  # this run's warnings: one that repeats (every image, every batch) is shown once
+
+
+def start_run(quiet: bool) -> None:
+    """A command starts: -q or not, and no warning given yet."""
+    set_quiet(quiet)
+    _warned.clear()
 
 
 def set_quiet(quiet: bool) -> None:
@@ -19,7 +26,10 @@ def info(message: str) -> None:
 
 
 def warn(message: str) -> None:
-    """Warnings are shown even when quiet: they say something about the result."""
+    """A warning, once per run; -q shows errors only (its runs are read by cron and CI)."""
+    if _quiet or message in _warned:
+        return
+    _warned.add(message)
     print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
