@@ -179,8 +179,10 @@ def test_unmarked_image_is_not_identified():
     assert watermark.identify_watermark(flat)[0] is None
 
 
-def test_small_image_is_saved_without_watermark(monkeypatch, capsys):
-    monkeypatch.setattr(watermark, "_warned_too_small", False)
+def test_small_image_is_saved_without_watermark(capsys):
+    from sd_cli import log
+
+    log.start_run(quiet=False)  # a new run: no warning given yet
     rgb = natural_image(128, 128)
     out = watermark.add_watermark(rgb, "SDV2")
     assert np.array_equal(out, rgb)
