@@ -55,10 +55,10 @@ def _render_command(mode: str, own_options, size_options=None):
         from sd_cli.cli.request_builder import build_request, set_threads
         from sd_cli.run.render import run
 
-        log.start_run(quiet=args["quiet"])  # before anything is logged, flag checks included
-        request = build_request(mode, args)
-        set_threads(args["threads"])
-        run(request)
+        with log.run_scope(quiet=args["quiet"]):  # before anything is logged, flag checks included
+            request = build_request(mode, args)
+            set_threads(args["threads"])
+            run(request)
 
     command.__signature__ = inspect.Signature(params)
     command.__annotations__ = {p.name: p.annotation for p in params}
@@ -113,6 +113,14 @@ def verify(images: opt.ImagesArg, json_out: opt.VerifyJsonOpt = False):
         raise typer.Exit(1)
 
 
+@app.command(cls=ReadableCommand)
+def defaults():
+    """Print the defaults in force (defaults file, $SD_CLI_CKPT) and where each comes from."""
+    from sd_cli.cli.defaults import print_sources
+
+    print_sources(_click_commands())
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     """Entry point: one line per error, exit codes 0 / 1 failure / 2 usage / 130 interrupted."""
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -120,7 +128,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         argv = ["--help"]
     debug = "--debug" in argv
     try:
-        code = app(args=argv, prog_name="sd-cli", standalone_mode=False)
+        code = app(args=argv, prog_name="sd-cli", standalone_mode=False, default_map=_defaults_for(argv))
         if code == 130:  # typer turns Ctrl-C into Exit(130), which comes back as a return value here
             _fail("interrupted", 130)
         if isinstance(code, int) and code:  # typer.Exit(code) likewise
@@ -141,6 +149,21 @@ def main(argv: Optional[list[str]] = None) -> None:
         if debug:
             raise
         _fail(f"unexpected {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''} (rerun with --debug for details)", 1)
+
+
+def _defaults_for(argv: list[str]) -> dict:
+    """The defaults file's values, read only for a rendering subcommand (help and info never fail on it)."""
+    from sd_cli.cli.defaults import RENDER_COMMANDS, default_map
+
+    if argv[0] not in RENDER_COMMANDS:
+        return {}
+    return default_map(_click_commands())
+
+
+def _click_commands() -> dict:
+    import typer.main
+
+    return typer.main.get_command(app).commands
 
 
 def _usage_error_class():

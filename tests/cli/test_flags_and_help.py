@@ -1,57 +1,19 @@
 """Flags people know from other tools, "did you mean", and a --help a person can read; no rendering."""
 
 import json
-import os
 import shlex
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
+from cli_helpers import cli
 from sd_cli import log
-from sd_cli.cli import request_builder
-from sd_cli.cli.app import app, main
+from sd_cli.cli.app import app
 from sd_cli.cli.help import EXAMPLES
 from sd_cli.sampling import samplers
 
-ROOT = Path(__file__).resolve().parents[2]
 RENDER_COMMANDS = ("txt2img", "img2img", "inpaint", "depth2img")
-
-
-class Parsed(BaseException):
-    """Raised by the stand-in build_request: the flags parsed, nothing rendered."""
-
-
-@pytest.fixture
-def parse(monkeypatch):
-    """The arguments typer gives a rendering command for argv (exit code 2 raises AssertionError)."""
-    def fake_build_request(mode, args):
-        raise Parsed(mode, {k: v for k, v in args.items() if k != "ctx"})
-
-    monkeypatch.setattr(request_builder, "build_request", fake_build_request)
-
-    def run(*argv) -> dict:
-        try:
-            main([str(a) for a in argv])
-        except Parsed as parsed:
-            return parsed.args[1]
-        except SystemExit as done:
-            raise AssertionError(f"exit {done.code}") from None
-        raise AssertionError("the command ran without building a request")
-
-    return run
-
-
-def cli(capsys, *argv) -> tuple[int, str, str]:
-    try:
-        main([str(a) for a in argv])
-        code = 0
-    except SystemExit as done:
-        code = done.code or 0
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 # -- flags of other tools: aliases with our meaning ------------------------------------------------
@@ -162,21 +124,24 @@ def test_mistyped_sampler_on_the_command_line(capsys):
 
 # -- help ------------------------------------------------------------------------------------------
 
-def help_text(*command: str) -> str:
-    """`sd-cli COMMAND --help` at 100 columns, as a terminal of that width shows it."""
-    env = {**os.environ, "COLUMNS": "100", "TERM": "dumb", "NO_COLOR": "1"}
-    probe = "import sys; from sd_cli.cli.app import main; main(sys.argv[1:])"
-    result = subprocess.run([sys.executable, "-c", probe, *command, "--help"], cwd=ROOT, env=env,
-                            capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    return result.stdout
+@pytest.fixture
+def help_text(capsys, monkeypatch, no_defaults_file):
+    """help_text(*command): `sd-cli COMMAND --help` at 100 columns, as a terminal of that width shows it."""
+    monkeypatch.setenv("COLUMNS", "100")
+
+    def run(*command: str) -> str:
+        code, out, err = cli(capsys, *command, "--help")
+        assert (code, err) == (0, "")
+        return out
+
+    return run
 
 
 def panel_titles(text: str) -> list[str]:
     return [line.split("─ ", 1)[1].split(" ─")[0] for line in text.splitlines() if line.startswith("╭─ ")]
 
 
-def test_txt2img_help_panels_essentials_first_and_short():
+def test_txt2img_help_panels_essentials_first_and_short(help_text):
     text = help_text("txt2img")
     lines = text.splitlines()
     assert panel_titles(text) == ["Arguments", "Essentials", "Batch and prompt files", "Quality and speed",
@@ -197,7 +162,7 @@ def test_txt2img_help_panels_essentials_first_and_short():
 
 
 @pytest.mark.parametrize("command", [*RENDER_COMMANDS, "info", "verify"])
-def test_help_shows_no_python_types_and_has_examples(command):
+def test_help_shows_no_python_types_and_has_examples(help_text, command):
     text = help_text(command)
     for python_type in ("<str>", "<int>", "<float>", "<bool>", "<path>", "list[", "<original|none>"):
         assert python_type not in text, python_type
@@ -213,7 +178,7 @@ def test_examples_parse(parse, command):
         parse(*argv[1:])
 
 
-def test_top_level_help_gives_each_command_its_full_line():
+def test_top_level_help_gives_each_command_its_full_line(help_text):
     text = help_text()
     for command, description in [
         ("txt2img", "Generate images from a text prompt."),
@@ -226,7 +191,7 @@ def test_top_level_help_gives_each_command_its_full_line():
         assert f"│ {command:<9}  {description}" in text
 
 
-def test_verify_json_help_names_the_fields_it_prints(capsys, tmp_path):
+def test_verify_json_help_names_the_fields_it_prints(help_text, capsys, tmp_path):
     image = tmp_path / "plain.png"
     Image.new("RGB", (64, 64), (200, 30, 30)).save(image)
     code, out, _ = cli(capsys, "verify", "--json", image)
@@ -238,7 +203,7 @@ def test_verify_json_help_names_the_fields_it_prints(capsys, tmp_path):
         assert key in described, key
 
 
-def test_n_samples_help_says_what_it_does_with_a_prompt_file():
+def test_n_samples_help_says_what_it_does_with_a_prompt_file(help_text):
     text = " ".join(help_text("txt2img").split())
     assert "--n-samples N Batch size (for --from-file: lines per batch)." in text
     assert "--repeat N Images per line of --from-file." in text
@@ -247,20 +212,20 @@ def test_n_samples_help_says_what_it_does_with_a_prompt_file():
 # -- quiet ----------------------------------------------------------------------------------------
 
 def test_a_warning_is_given_once_per_run(capsys):
-    log.start_run(quiet=False)
-    for _ in range(3):
+    with log.run_scope(quiet=False):
+        for _ in range(3):
+            log.warn("the same thing")
+        log.warn("another thing")
+    with log.run_scope(quiet=False):
         log.warn("the same thing")
-    log.warn("another thing")
-    log.start_run(quiet=False)
-    log.warn("the same thing")
     assert capsys.readouterr().err == ("warning: the same thing\nwarning: another thing\n"
                                        "warning: the same thing\n")
 
 
-def test_quiet_prints_errors_only(capsys):
-    log.start_run(quiet=True)
-    log.info("loaded")
-    log.warn("too small for the watermark")
-    log.error("line 2: bad")
-    log.start_run(quiet=False)
-    assert capsys.readouterr().err == "error: line 2: bad\n"
+def test_quiet_prints_errors_only_and_ends_with_the_run(capsys):
+    with log.run_scope(quiet=True):
+        log.info("loaded")
+        log.warn("too small for the watermark")
+        log.error("line 2: bad")
+    log.info("after the run")
+    assert capsys.readouterr().err == "error: line 2: bad\nafter the run\n"
