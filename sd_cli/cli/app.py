@@ -115,7 +115,14 @@ def verify(images: opt.ImagesArg, json_out: opt.VerifyJsonOpt = False):
 
 @app.command(cls=ReadableCommand)
 def defaults():
-    """Print the defaults in force (defaults file, $SD_CLI_CKPT) and where each comes from."""
+    """Print the defaults in force (defaults file, $SD_CLI_CKPT) and where each comes from.
+
+    The defaults file is TOML, named by $SD_CLI_DEFAULTS or found at
+    $XDG_CONFIG_HOME/sd-cli/defaults.toml (~/.config/sd-cli/defaults.toml): keys are option names
+    without the dashes (steps = 30, ckpt = "model.safetensors"), shared by the rendering
+    subcommands, and a [txt2img] (or img2img, inpaint, depth2img) table for one of them. The
+    command line wins over $SD_CLI_CKPT, which wins over the file.
+    """
     from sd_cli.cli.defaults import print_sources
 
     print_sources(_click_commands())

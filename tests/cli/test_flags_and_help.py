@@ -149,7 +149,7 @@ def test_txt2img_help_panels_essentials_first_and_short(help_text):
                                   "Other spellings: the original scripts, stable-diffusion.cpp, AUTOMATIC1111 "
                                   "(same meaning)"]
     before_aliases = next(i for i, line in enumerate(lines) if "Original scripts' flags" in line)
-    assert before_aliases <= 64  # docs/cli-help.md records the figure: 64 lines at 100 columns
+    assert before_aliases <= 64  # the figure in docs/cli-help.md (126 flat lines before)
     start = next(i for i, line in enumerate(lines) if "Essentials" in line)
     essentials = [line.split()[1] for line in lines[start + 1:] if line.startswith("│ --")][:11]
     assert essentials == ["--prompt", "--negative-prompt", "--ckpt", "--width", "--height", "--steps", "--scale",
@@ -161,7 +161,7 @@ def test_txt2img_help_panels_essentials_first_and_short(help_text):
     assert other_spellings["--ckpt"] == "--model"
 
 
-@pytest.mark.parametrize("command", [*RENDER_COMMANDS, "info", "verify"])
+@pytest.mark.parametrize("command", [*RENDER_COMMANDS, "info", "verify", "defaults"])
 def test_help_shows_no_python_types_and_has_examples(help_text, command):
     text = help_text(command)
     for python_type in ("<str>", "<int>", "<float>", "<bool>", "<path>", "list[", "<original|none>"):
@@ -187,6 +187,7 @@ def test_top_level_help_gives_each_command_its_full_line(help_text):
         ("depth2img", "Change an image following a prompt, keeping its depth (the SD 2 depth model)."),
         ("info", "Print the generation parameters recorded in images (exit 1 if one has none)."),
         ("verify", "Name the known invisible watermark images carry (exit 1 if one has none)."),
+        ("defaults", "Print the defaults in force (defaults file, $SD_CLI_CKPT) and where each comes from."),
     ]:
         assert f"│ {command:<9}  {description}" in text
 
