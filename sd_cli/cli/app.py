@@ -37,7 +37,7 @@ def _print_version(wanted: bool) -> None:
 @app.callback()
 def _top_level(version: Annotated[bool, typer.Option("--version", help="Print the version and exit.", callback=_print_version,
                                                      is_eager=True)] = False) -> None:
-    """Stable Diffusion from the command line: original checkpoints and configs, safe loading, faithful numerics."""
+    """The options of sd-cli itself; its help text is the Typer's above."""
 
 
 def _render_command(mode: str, own_options, size_options=None):
