@@ -29,8 +29,8 @@ def test_a_warning_repeated_per_batch_is_shown_once_per_run(run_cli, sd1_ckpt, t
 
 
 @pytest.fixture
-def interrupt_after_first_image(monkeypatch):
-    """Ctrl-C right after the first image is written."""
+def interrupt_after_first_image():
+    """Ctrl-C right after the first image is written; calling the fixture's value stops that."""
     from sd_cli.files.writer import ImageWriter
 
     write = ImageWriter.add
@@ -39,8 +39,9 @@ def interrupt_after_first_image(monkeypatch):
         write(self, *args)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(ImageWriter, "add", add_then_interrupt)
-    return monkeypatch.undo
+    with pytest.MonkeyPatch.context() as patch:  # its own: undoing it leaves the test's other patches
+        patch.setattr(ImageWriter, "add", add_then_interrupt)
+        yield patch.undo
 
 
 def test_interrupted_numbered_run_does_not_advise_skip_existing(run_cli, sd1_ckpt, tmp_path, interrupt_after_first_image):
