@@ -38,6 +38,14 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.slow)
 
 
+@pytest.fixture(autouse=True)
+def no_user_defaults(monkeypatch, tmp_path_factory):
+    """The tests never read the user's defaults file or $SD_CLI_CKPT (sd_cli/cli/defaults.py)."""
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.getbasetemp() / "no-config"))
+    monkeypatch.delenv("SD_CLI_DEFAULTS", raising=False)
+    monkeypatch.delenv("SD_CLI_CKPT", raising=False)
+
+
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("tiny")

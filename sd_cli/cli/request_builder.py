@@ -17,6 +17,8 @@ def build_request(mode: str, args: dict):
 
 
 def _check_run_flags(args: dict) -> None:
+    if args["threads"] is not None:
+        _positive("--threads", args["threads"])
     for flag, message in UNSUPPORTED.items():
         if args.get(flag):
             raise UsageError(message)
@@ -36,6 +38,9 @@ def _request(mode: str, args: dict):
     png_values, png_model = _from_png(args)
     requests, bad_lines = _requests(mode, args, png_values)
     count = _positive("--repeat", args["repeat"]) if args["from_file"] else _positive("--n-samples", args["n_samples"])
+    if args["from_file"] and args["n_samples"] > 1:
+        log.info(f"--n-samples {args['n_samples']} with --from-file: up to {args['n_samples']} lines render together, "
+                 "one image each, as in the original scripts; --repeat N gives each line N images")
     values = _default_values(args, png_values)
     random_seed = None
     if values.get("seed") is None:
@@ -270,3 +275,13 @@ def _precision(value: str) -> str:
     from sd_cli.runtime.device import normalize_precision
 
     return normalize_precision(value)
+
+
+def set_threads(threads: Optional[int]) -> None:
+    """--threads N: torch's CPU thread count, set before the model is built (its CPU attention sizes
+    its workers from it)."""
+    if threads is None:
+        return
+    import torch
+
+    torch.set_num_threads(_positive("--threads", threads))

@@ -127,7 +127,7 @@ def _render_jobs(request: RunRequest, jobs: list[Job], targets: dict, rank, repo
     if request.random_seed is not None:  # announced once the inputs and the model are known to be good
         log.info(f"seed {request.random_seed} (random; pass --seed {request.random_seed} to repeat this run)")
     writer = ImageWriter(request, session, targets, report.written, grid=_grid_wanted(request, rank))
-    log.info(f"{len(jobs)} image(s), {_describe(jobs[0])}, {str(session.dtype).replace('torch.', '')} "
+    log.info(f"{len(jobs)} image(s), {_describe(jobs)}, {str(session.dtype).replace('torch.', '')} "
              f"on {session.device}" + (f" (rank {rank.rank} of {rank.world})" if rank.distributed else ""))
     done = 0
     try:
@@ -139,8 +139,8 @@ def _render_jobs(request: RunRequest, jobs: list[Job], targets: dict, rank, repo
             del images
         writer.finish()
     except KeyboardInterrupt:
-        log.warn(f"interrupted: {len(report.written)} of {len(jobs)} image(s) written; "
-                 "nothing half-written is left (rerun with --skip-existing to finish)")
+        log.warn(f"interrupted: {len(report.written)} of {len(jobs)} image(s) written; nothing half-written "
+                 f"is left; {_resume_hint(targets)}")
         raise
     except SdCliError:
         if report.written:
@@ -150,9 +150,22 @@ def _render_jobs(request: RunRequest, jobs: list[Job], targets: dict, rank, repo
         session.loras.restore()  # the weights as loaded, whatever happened
 
 
-def _describe(job: Job) -> str:
-    size = f"{job.width}x{job.height}" if job.width and job.height else "native size"
-    return f"{job.sampler} {job.steps} steps, scale {job.scale}, {size}"
+def _resume_hint(targets: dict) -> str:
+    """How to finish an interrupted run: --skip-existing needs file names fixed in advance."""
+    if all(path is not None for path in targets.values()):
+        return "rerun the same command with --skip-existing to finish"
+    return ("numbered files (samples/NNNNN.png) cannot be resumed; rerun to render them all again, "
+            "or add --name \"{index:05}-{seed}.png\" so that a rerun with --skip-existing finishes")
+
+
+def _describe(jobs: list[Job]) -> str:
+    """The run's settings; one that prompt-file lines set differently is said to vary."""
+    settings = {"sampler": lambda j: j.sampler, "steps": lambda j: f"{j.steps} steps",
+                "scale": lambda j: f"scale {j.scale}",
+                "size": lambda j: f"{j.width}x{j.height}" if j.width and j.height else "native size"}
+    shared = [value(jobs[0]) for value in settings.values() if len({value(j) for j in jobs}) == 1]
+    varying = [name for name, value in settings.items() if len({value(j) for j in jobs}) > 1]
+    return ", ".join(shared + ([f"{', '.join(varying)} per line"] if varying else []))
 
 
 def _grid_wanted(request: RunRequest, rank) -> bool:

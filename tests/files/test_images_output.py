@@ -179,15 +179,17 @@ def test_unmarked_image_is_not_identified():
     assert watermark.identify_watermark(flat)[0] is None
 
 
-def test_small_image_is_saved_without_watermark(monkeypatch, capsys):
-    monkeypatch.setattr(watermark, "_warned_too_small", False)
+def test_small_image_is_saved_without_watermark(capsys):
+    from sd_cli import log
+
     rgb = natural_image(128, 128)
-    out = watermark.add_watermark(rgb, "SDV2")
-    assert np.array_equal(out, rgb)
-    err = capsys.readouterr().err
-    assert "too small for the invisible watermark" in err and "256x256" in err
-    watermark.add_watermark(rgb, "SDV2")
-    assert capsys.readouterr().err == ""  # once per run
+    with log.run_scope(quiet=False):
+        out = watermark.add_watermark(rgb, "SDV2")
+        assert np.array_equal(out, rgb)
+        err = capsys.readouterr().err
+        assert "too small for the invisible watermark" in err and "256x256" in err
+        watermark.add_watermark(rgb, "SDV2")
+        assert capsys.readouterr().err == ""  # once per run
     assert watermark.identify_watermark(rgb) == (None, 0.0)
 
 
