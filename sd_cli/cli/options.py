@@ -15,7 +15,6 @@ from typing import Annotated, Optional
 import typer
 
 from sd_cli.fields import EMBEDDINGS_DIR, LORA_DIR, default, flags
-from sd_cli.sampling.samplers import SCHEDULES
 
 
 class OnError(str, Enum):
@@ -51,7 +50,7 @@ HeightOpt = Annotated[Optional[int], typer.Option(*flags("height"), help="Height
 WidthOpt = Annotated[Optional[int], typer.Option(*flags("width"), help="Width in pixels, a multiple of 64 (default: the model's own).", metavar="N", rich_help_panel=ESSENTIALS)]
 OutdirOpt = Annotated[Optional[Path], typer.Option("--outdir", help="Folder for samples/NNNNN.png and grid-NNNN.png.", metavar="DIR", rich_help_panel=ESSENTIALS)]
 OutputOpt = Annotated[Optional[str], typer.Option("--output", "-o", help="Write exactly this file (out-{index}.png for several).", metavar="PATH", rich_help_panel=ESSENTIALS)]
-ScheduleOpt = Annotated[Optional[str], typer.Option("--schedule", help=f"σ schedule: {', '.join(SCHEDULES)}.", metavar="NAME", show_default=False, rich_help_panel=QUALITY)]
+ScheduleOpt = Annotated[Optional[str], typer.Option("--schedule", help="σ schedule: karras, exponential, ... (SDXL: edm, turbo).", metavar="NAME", show_default=False, rich_help_panel=QUALITY)]
 PlmsOpt = Annotated[bool, typer.Option("--plms", help="Same as --sampler plms.", rich_help_panel=ORIGINAL)]
 DpmOpt = Annotated[bool, typer.Option("--dpm", help="Same as --sampler dpm (v2; --plms wins over it, as in v2).", rich_help_panel=ORIGINAL)]
 DpmSolverOpt = Annotated[bool, typer.Option("--dpm_solver", help="Same as --sampler dpm (v1; wins over --plms, as in v1).", rich_help_panel=ORIGINAL)]
