@@ -29,7 +29,8 @@ TEXT_TOWERS = {  # YAML target -> (tower class, the tower's sub-module in the ch
     ENCODERS + "FrozenOpenCLIPEmbedder": (text_encoder.OpenCLIPTextEncoder, "model."),
 }
 SIZE_EMBEDDER = ENCODERS + "ConcatTimestepEmbedderND"
-SIZE_KEYS = ("original_size_as_tuple", "crop_coords_top_left", "target_size_as_tuple", "aesthetic_score")
+SIZE_NUMBERS = {"original_size_as_tuple": 2, "crop_coords_top_left": 2, "target_size_as_tuple": 2, "aesthetic_score": 1}
+SIZE_KEYS = tuple(SIZE_NUMBERS)
 # GeneralConditioner's per-embedder settings: training-time dropout of the conditioning (ucg_rate,
 # legacy_ucg_value), which get_unconditional_conditioning switches off, and trainability.
 EMBEDDER_SETTINGS = frozenset({"target", "params", "input_key", "is_trainable", "ucg_rate", "legacy_ucg_value"})
@@ -112,9 +113,19 @@ class SDXLConditioner(nn.Module):
         return [embedder for embedder in self.embedders if not isinstance(embedder, SizeEmbedder)]
 
     @property
+    def context_dim(self) -> int:
+        """The width of crossattn: the text towers' widths added up (the UNet's context_dim)."""
+        return sum(tower.token_embedding.embedding_dim for tower in self.text_encoders)
+
+    @property
+    def vector_dim(self) -> int:
+        """The width of y (the UNet's adm_in_channels); 0 without one."""
+        return sum(_vector_part_width(embedder) for embedder in self.embedders)
+
+    @property
     def has_vector(self) -> bool:
         """Whether the UNet takes a vector y (SDXL base and refiner; not SD 2.1 / SD-Turbo)."""
-        return any(returns_pooled(embedder) or isinstance(embedder, SizeEmbedder) for embedder in self.embedders)
+        return self.vector_dim > 0
 
     def encode_text(self, prompts: list[str]) -> TextConditioning:
         """Each tower on its own tokens of the prompts (CLIP-L pads with 49407, OpenCLIP with 0)."""
@@ -175,6 +186,14 @@ def zero_text(text: TextConditioning) -> TextConditioning:
 
 def returns_pooled(embedder: nn.Module) -> bool:
     return isinstance(embedder, text_encoder.SDXLOpenCLIPTextEncoder)
+
+
+def _vector_part_width(embedder: nn.Module) -> int:
+    if returns_pooled(embedder):
+        return embedder.text_projection.shape[1]
+    if isinstance(embedder, SizeEmbedder):
+        return SIZE_NUMBERS[embedder.input_key] * embedder.outdim
+    return 0
 
 
 def _embedder(index: int, entry: Mapping, state_dict: Mapping[str, Tensor]) -> nn.Module:

@@ -334,7 +334,7 @@ class OpenCLIPTextEncoder(_TextTower):
         return _is_open_clip_tower_key(name)
 
     def checkpoint_state_dict(self) -> dict[str, Tensor]:
-        """Our weights under the original keys (`<prefix>*`, SD 2.x `cond_stage_model.model.`), without the unused ones."""
+        """Our weights under the original keys (`<prefix>*`, SD 2.x `cond_stage_model.model.`), unused ones left out."""
         return {self.checkpoint_prefix + key: tensor for key, tensor in self.state_dict().items()}
 
 

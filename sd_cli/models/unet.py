@@ -326,7 +326,8 @@ class UNetModel(nn.Module):
         """emb + label_emb(y): SDXL's pooled text and size conditioning joins the timestep embedding."""
         if self.adm_in_channels is None:
             if y is not None:
-                raise ValueError("UNetModel: this UNet takes no vector conditioning y (its config has no adm_in_channels)")
+                raise ValueError("UNetModel: this UNet takes no vector conditioning y "
+                                 "(its config has no adm_in_channels)")
             return emb
         if y is None or y.shape != (emb.shape[0], self.adm_in_channels):
             got = None if y is None else tuple(y.shape)

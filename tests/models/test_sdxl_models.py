@@ -13,10 +13,20 @@ import math
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from hf_text import hf_text_model, open_clip_to_hf
 from references import hf_clip_tokenizer
-from tiny_models import BIGG_PROJECTION, BIGG_WIDTH, CLIP_L_LAYERS, TEXT_WIDTH, tiny_state_dict
+from tiny_models import (
+    BIGG_PROJECTION,
+    BIGG_WIDTH,
+    CLIP_L_LAYERS,
+    CONFIGS,
+    TEXT_WIDTH,
+    tiny_state_dict,
+    write_tiny_checkpoint,
+)
 
+from sd_cli.loading.checkpoint import read_checkpoint
 from sd_cli.models.sdxl_conditioning import (
     SDXLConditioner,
     SizeConditioning,
@@ -377,3 +387,76 @@ def test_conditioner_refuses_unknown_embedders(sdxl):
     conditioner = our_conditioner(weights, config)
     with pytest.raises(ValueError, match="conditioned on target_size_as_tuple and none was given"):
         conditioner.vector(conditioner.encode_text([""]), refiner_sizes_only)
+
+
+# ---------------------------------------------------------------- the shipped YAMLs at full size
+
+
+@pytest.mark.parametrize("yaml", ["sd_xl_base.yaml", "sd_xl_refiner.yaml", "sd_2_1.yaml"])
+def test_full_size_unet_has_the_shapes_diffusers_builds(yaml):
+    config = OmegaConf.to_container(OmegaConf.load(CONFIGS / yaml))
+    with torch.device("meta"):
+        ours = UNetModel(**config["model"]["params"]["network_config"]["params"])
+        checkpoint = {UNET + key: value for key, value in ours.state_dict().items()}
+        unet_config = create_unet_diffusers_config_from_ldm(config, checkpoint)
+        theirs = diffusers.UNet2DConditionModel(**unet_config)
+    converted = convert_ldm_unet_checkpoint(checkpoint, unet_config)
+    assert {k: v.shape for k, v in converted.items()} == {k: v.shape for k, v in theirs.state_dict().items()}
+    if yaml == "sd_xl_base.yaml":
+        assert sum(value.numel() for value in checkpoint.values()) == 2_567_463_684  # SDXL base's UNet
+
+
+def full_size_text_checkpoint(layout: list[tuple[str, int, int, int | None]]) -> dict:
+    """Meta tensors with the shapes of released text towers: (prefix, width, blocks, projection or None)."""
+    ckpt = {}
+    for prefix, width, blocks, projection in layout:
+        hf = prefix.endswith("transformer.")
+        names = (["text_model.embeddings.token_embedding.weight", "text_model.embeddings.position_embedding.weight"]
+                 if hf else ["token_embedding.weight", "positional_embedding"])
+        ckpt[prefix + names[0]] = torch.empty(49408, width, device="meta")
+        ckpt[prefix + names[1]] = torch.empty(77, width, device="meta")
+        fc1 = "text_model.encoder.layers.{}.mlp.fc1.weight" if hf else "transformer.resblocks.{}.mlp.c_fc.weight"
+        ckpt.update({prefix + fc1.format(i): torch.empty(4 * width, width, device="meta") for i in range(blocks)})
+        if projection:
+            ckpt[prefix + "text_projection"] = torch.empty(width, projection, device="meta")
+    return ckpt
+
+
+@pytest.mark.parametrize("yaml, layout", [
+    ("sd_xl_base.yaml", [("conditioner.embedders.0.transformer.", 768, 12, None),
+                         ("conditioner.embedders.1.model.", 1280, 32, 1280)]),
+    ("sd_xl_refiner.yaml", [("conditioner.embedders.0.model.", 1280, 32, 1280)]),
+    ("sd_2_1.yaml", [("conditioner.embedders.0.model.", 1024, 24, None)]),
+])
+def test_full_size_conditioner_fits_the_unet_of_its_yaml(yaml, layout):
+    config = OmegaConf.to_container(OmegaConf.load(CONFIGS / yaml))
+    unet = config["model"]["params"]["network_config"]["params"]
+    with torch.device("meta"):
+        conditioner = SDXLConditioner.from_config(emb_models(config), full_size_text_checkpoint(layout))
+    context_dim = unet["context_dim"] if isinstance(unet["context_dim"], int) else unet["context_dim"][0]
+    assert (conditioner.context_dim, conditioner.vector_dim) == (context_dim, unet.get("adm_in_channels", 0))
+    heads = [tower.transformer.resblocks[0].attn.num_heads for tower in conditioner.text_encoders]
+    assert heads == [width // 64 for _, width, _, _ in layout]
+
+
+# ---------------------------------------------------------------- the tiny files themselves
+
+
+@pytest.mark.parametrize("family, fmt, towers", [
+    ("sdxl", "safetensors", ["conditioner.embedders.0.transformer.text_model.", "conditioner.embedders.1.model."]),
+    ("sdxl-refiner", "ckpt", ["conditioner.embedders.0.model."]),
+    ("sd-turbo", "safetensors", ["conditioner.embedders.0.model."]),
+])
+def test_tiny_sgm_files_have_the_released_layout(tmp_path, family, fmt, towers):
+    path = write_tiny_checkpoint(family, tmp_path, fmt=fmt)
+    weights = read_checkpoint(path).state_dict
+    roots = {"model.diffusion_model.", "first_stage_model.", *towers}
+    found = {next(root for root in roots if key.startswith(root)) for key in weights if key != "denoiser.sigmas"}
+    assert found == roots
+    sigmas = weights["denoiser.sigmas"]
+    assert sigmas.shape == (1000,) and sigmas.dtype == torch.float32 and (sigmas.diff() > 0).all()
+    assert abs(sigmas[0].item() - 0.0292) < 1e-4 and abs(sigmas[-1].item() - 14.6146) < 1e-4  # sgm's EDM defaults
+    config = OmegaConf.to_container(OmegaConf.load(path.with_suffix(".yaml")))
+    assert config["model"]["target"] == "sgm.models.diffusion.DiffusionEngine"
+    assert config["model"]["params"]["scale_factor"] == (0.18215 if family == "sd-turbo" else 0.13025)
+    assert ("model.diffusion_model.label_emb.0.0.weight" in weights) == (family != "sd-turbo")

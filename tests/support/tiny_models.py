@@ -72,7 +72,8 @@ def tiny_sgm_config(family: str) -> dict:
     unet.update(model_channels=32, num_head_channels=16, **unet_sizes)
     context_dim = sum(_tiny_text_width(entry["target"]) for entry in embedders if entry["input_key"] == "txt")
     # the refiner's YAML lists the context width once per transformer block of a level
-    unet["context_dim"] = [context_dim] * len(unet["context_dim"]) if isinstance(unet["context_dim"], list) else context_dim
+    listed = isinstance(unet["context_dim"], list)
+    unet["context_dim"] = [context_dim] * len(unet["context_dim"]) if listed else context_dim
     if "adm_in_channels" in unet:
         unet["adm_in_channels"] = sum(_vector_width(entry) for entry in embedders)
     ddconfig = params["first_stage_config"]["params"]["ddconfig"]
