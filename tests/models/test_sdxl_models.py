@@ -21,6 +21,7 @@ from tiny_models import (
     BIGG_WIDTH,
     CLIP_L_LAYERS,
     CONFIGS,
+    SGM_CLIP,
     TEXT_WIDTH,
     tiny_state_dict,
     write_tiny_checkpoint,
@@ -219,6 +220,27 @@ def test_pooled_ignores_clip_skip_and_reads_the_first_end_token(sdxl):
         x = block(x, attn_mask=mask)
     assert torch.equal(hidden_1, x)  # layer "last" of legacy: False has no ln_final either
     assert_close(pooled_1[0], big_g.ln_final(x)[0, end] @ big_g.text_projection)
+
+
+@torch.no_grad()
+def test_clip_l_layers_count_as_transformers_hidden_states(sdxl):
+    weights, config = sdxl
+    prefix = "conditioner.embedders.0.transformer."
+    mapped = SDXLCLIPTextEncoder.module_state_dict_from_checkpoint(weights, prefix)[0]
+    towers = {}
+    for name, params in [("11", dict(layer="hidden", layer_idx=11)), ("-2", dict(layer="hidden", layer_idx=-2)),
+                         ("0", dict(layer="hidden", layer_idx=0)), ("last", dict(layer="last"))]:
+        with torch.device("meta"):
+            towers[name] = SDXLCLIPTextEncoder.from_checkpoint(weights, prefix=prefix, **params)
+        towers[name].load_state_dict(mapped, strict=True, assign=True)
+    assert [tower.own_clip_skip for tower in towers.values()] == [2, 2, 13, 1]
+    out = hf_tower(weights, 0, SGM_CLIP)(
+        input_ids=hf_tokens(PROMPTS, pad_with_zero=False), output_hidden_states=True)
+    tokens = towers["11"].tokenize(PROMPTS)
+    assert torch.equal(towers["11"].encode(tokens), towers["-2"].encode(tokens))
+    assert_close(towers["11"].encode(tokens), out.hidden_states[11])
+    assert_close(towers["0"].encode(tokens), out.hidden_states[0])
+    assert_close(towers["last"].encode(tokens), out.last_hidden_state)
 
 
 # ---------------------------------------------------------------- size embedding and the vector y
