@@ -83,9 +83,9 @@ class _TextTower(nn.Module):
         if layer not in self.layers_supported:
             raise ValueError(f"{type(self).__name__}: layer {layer!r} is not supported "
                              f"(choose from {', '.join(self.layers_supported)})")
+        _blocks_for_layer(type(self).__name__, layer, layer_idx, layers)  # refuses a layer_idx out of range
         self.layer = layer
-        self.own_blocks = _blocks_for_layer(type(self).__name__, layer, layer_idx, layers)
-        self.normalize_output = layer not in self.raw_layers
+        self.layer_idx = layer_idx
         self.clip_skip: int | None = None  # N: stop N - 1 blocks before the last unless encode is told; None: `layer`
         self.context_length = context_length
         self.token_embedding = nn.Embedding(vocab_size, width)
@@ -122,6 +122,15 @@ class _TextTower(nn.Module):
     @classmethod
     def _sizes(cls, state_dict: Mapping[str, Tensor], prefix: str) -> dict[str, int]:
         raise NotImplementedError
+
+    @property
+    def own_blocks(self) -> int:
+        """How many blocks the YAML's `layer` (and `layer_idx`) runs."""
+        return _blocks_for_layer(type(self).__name__, self.layer, self.layer_idx, len(self.transformer.resblocks))
+
+    @property
+    def normalize_output(self) -> bool:
+        return self.layer not in self.raw_layers
 
     @property
     def own_clip_skip(self) -> int:
