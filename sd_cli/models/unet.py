@@ -28,7 +28,8 @@ IGNORED_PARAMS = {
     "use_new_attention_order",  # only used by the non-transformer AttentionBlock
 }
 
-# Original UNetModel params that sd_cli accepts only at their default (no-op) value.
+# Original UNetModel params that sd_cli accepts only at their default (no-op) value: architectures
+# that no Stable Diffusion or SDXL checkpoint sd_cli runs has.
 UNSUPPORTED_UNLESS_DEFAULT = {
     "disable_self_attentions": None,  # x4 upscaler
     "disable_middle_self_attn": False,
@@ -55,10 +56,8 @@ def check_extra_params(extra: dict) -> None:
             raise ValueError(f"UNetModel: unknown unet_config param {name!r}")
         default = UNSUPPORTED_UNLESS_DEFAULT[name]
         if value != default:
-            raise ValueError(
-                f"UNetModel: {name}={value!r} is not supported (only {default!r}); "
-                "class-conditional UNets such as the x4 upscaler are out of scope"
-            )
+            raise ValueError(f"UNetModel: {name}={value!r} is not supported (only {default!r}); "
+                             "sd_cli builds the UNets of Stable Diffusion 1.x, 2.x and SDXL")
 
 
 def check_vector_conditioning(num_classes, adm_in_channels) -> None:
