@@ -24,6 +24,8 @@ def _check_run_flags(args: dict) -> None:
         raise UsageError("--C must be 4 and --f must be 8: Stable Diffusion's VAE has 4 latent channels and downsamples by 8")
 
 
+# Random base seeds stay below 2**31 so that base + image number fits MAX_SEED (2**32 - 1) in any run.
+RANDOM_SEEDS = 2**31
 # Flags that are RunRequest fields of the same name and need no check here.
 AS_GIVEN = ("config", "ema", "device", "output", "n_rows", "skip_grid", "skip_save", "skip_existing", "vae_tiling",
             "offload")
@@ -242,7 +244,7 @@ def _seed(seed: Optional[int]) -> int:
 
         if current().distributed:
             raise UsageError("several processes (torchrun) must render the same run: pass --seed")
-        seed = secrets.randbelow(2**32)
+        seed = secrets.randbelow(RANDOM_SEEDS)
         log.info(f"seed {seed} (random; pass --seed {seed} to repeat this run)")
     return seed
 

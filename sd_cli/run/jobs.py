@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from sd_cli.errors import UsageError
-from sd_cli.fields import LINE_KEYS, default, line_key, name_problem, type_name
+from sd_cli.fields import LINE_KEYS, MAX_SEED, default, line_key, name_problem, type_name
 
 NAME_FIELDS = ("index", "seed", "prompt_slug", "line", "sampler", "steps", "scale")
 
@@ -235,6 +235,7 @@ def build_jobs(requests: list[Request], defaults: Defaults) -> list[Job]:
             count = _count(request, defaults)
             for k in range(count):
                 jobs.append(_job(len(jobs), request, defaults, iteration * count + k, count * defaults.n_iter))
+    _check_seeds(jobs)
     _check_unique_names(jobs)
     return jobs
 
@@ -291,6 +292,18 @@ def slug(prompt: str, limit: int = 48) -> str:
     """A file-name-safe short form of a prompt: lower case, words joined by '-'."""
     words = re.sub(r"[^\w]+", "-", prompt.lower(), flags=re.ASCII).strip("-_")
     return words[:limit].rstrip("-_") or "empty"
+
+
+def _check_seeds(jobs: list[Job]) -> None:
+    """Refuse the run when an image's seed (its base seed + its number) passes MAX_SEED: past it, seeds
+    would repeat earlier seeds' noise or be refused when read back."""
+    over = [job for job in jobs if job.seed > MAX_SEED]
+    if not over:
+        return
+    first, highest = over[0], max(job.seed for job in over)
+    place = f"{first.where}: " if first.line is not None else ""
+    raise UsageError(f"{place}image {first.index} would get seed {first.seed}, above the largest seed {MAX_SEED} "
+                     f"(image seeds count up from the base seed); use a seed {highest - MAX_SEED} lower")
 
 
 def _check_unique_names(jobs: list[Job]) -> None:
