@@ -51,7 +51,7 @@ RowsOpt = Annotated[int, typer.Option("--n-rows", "--n_rows", help="Grid images 
 SkipGridOpt = Annotated[bool, typer.Option("--skip-grid", "--skip_grid", help="Do not write the grid.")]
 SkipSaveOpt = Annotated[bool, typer.Option("--skip-save", "--skip_save", help="Do not write the individual samples.")]
 FixedCodeOpt = Annotated[bool, typer.Option("--fixed-code", "--fixed_code", help="Every image uses the base seed's noise.")]
-FromFileOpt = Annotated[Optional[str], typer.Option("--from-file", help="Prompt file ('-' for stdin): plain lines, JSON Lines or AUTOMATIC1111 '--prompt ... --seed 5' lines.")]
+FromFileOpt = Annotated[Optional[str], typer.Option("--from-file", help="Prompt file ('-' for stdin): plain lines, JSON Lines or AUTOMATIC1111 '--prompt ... --seed 5' lines; blank lines are skipped.")]
 OnErrorOpt = Annotated[OnError, typer.Option("--on-error", help="When an image or prompt-file line fails: stop, or continue and exit 3.", case_sensitive=False)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="stdout: one JSON object per written image (path, seed, prompt, parameters, timings).")]
 NameOpt = Annotated[Optional[str], typer.Option(*flags("name"), help="File name template inside --outdir, e.g. '{index:05}-{seed}-{prompt_slug}.png'.")]

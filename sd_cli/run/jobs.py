@@ -10,7 +10,9 @@ Prompt file lines, told apart one by one:
     {"prompt": "a cat", "seed": 5, "steps": 30}       JSON object: per-line values
     --prompt "a cat" --seed 5 --steps 30              AUTOMATIC1111 "prompts from file" syntax
 
-Blank lines are skipped; line numbers count every line of the file. Values not given on a line
+Blank lines are skipped, except under the original scripts' entry points (scripts/*.py), where a
+blank line is the empty prompt as in the original (original-scripts.md §2.3; blank_lines_are_prompts).
+Line numbers count every line of the file. Values not given on a line
 come from the command line. The keys, their other spellings and their checks are the "job" and
 "line" rows of sd_cli/fields.py.
 """
@@ -21,6 +23,8 @@ import json
 import re
 import shlex
 import sys
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -106,11 +110,26 @@ def read_prompt_file(source: str | Path) -> str:
     return text
 
 
+_BLANK_LINE_PROMPTS = ContextVar("blank_line_prompts", default=False)
+
+
+@contextmanager
+def blank_lines_are_prompts():
+    """Within: a prompt file's blank line is one more image of the empty prompt (the original scripts')."""
+    token = _BLANK_LINE_PROMPTS.set(True)
+    try:
+        yield
+    finally:
+        _BLANK_LINE_PROMPTS.reset(token)
+
+
 def parse_prompt_file(text: str) -> list[Request | BadLine]:
-    """One Request per non-blank line, or a BadLine saying what is wrong with it."""
+    """One Request per non-blank line (per line in blank_lines_are_prompts), or a BadLine saying what
+    is wrong with it."""
     parsed = []
+    keep_blank = _BLANK_LINE_PROMPTS.get()
     for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
+        if not line.strip() and not keep_blank:
             continue
         try:
             parsed.append(Request(parse_line(line), line=number))
