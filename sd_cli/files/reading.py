@@ -11,7 +11,7 @@ from pathlib import Path
 
 from sd_cli.errors import SdCliError
 from sd_cli.fields import BY_NAME, FIELDS, HIRES_FIELDS, JOB_FIELDS, Field
-from sd_cli.files.images import open_image
+from sd_cli.files.images import as_mode, open_image
 
 # Fields a re-render takes from the image: every job value but the input images, which the PNG does
 # not record (the model is chosen separately).
@@ -92,7 +92,7 @@ def verify_record(path: str | Path) -> dict:
 
     from sd_cli.files.watermark import MIN_PIXELS, identify_watermark
 
-    rgb = np.asarray(open_image(Path(path)).convert("RGB"))
+    rgb = np.asarray(as_mode(open_image(Path(path)), "RGB", path))
     text, score = identify_watermark(rgb)
     record = {"path": str(path), "watermark": text, "score": round(score, 3)}
     if rgb.shape[0] * rgb.shape[1] < MIN_PIXELS:

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from sd_cli import log
-from sd_cli.errors import SdCliError, UsageError
+from sd_cli.errors import UsageError
 from sd_cli.loading.strict import compare
 from sd_cli.models.latent_diffusion import LatentDiffusion
 from sd_cli.pipelines.pipeline import (
@@ -167,21 +167,11 @@ def _load_strict(estimator: torch.nn.Module, weights: dict, source: str) -> None
 
 
 def load_depth_map(path: Path) -> torch.Tensor:
-    """A depth image (greyscale, white = near; 8 or 16 bit) as [1, 1, h, w] float32 in [0, 1]."""
-    from PIL import Image, UnidentifiedImageError
+    """A depth image (grey, white = near; any PIL mode, 16-bit at full precision) as [1, 1, h, w] float32 in [0, 1]."""
+    from sd_cli.files.images import grey_levels, open_image
 
-    try:
-        with Image.open(path) as image:
-            image.load()
-            array = np.asarray(image)
-    except FileNotFoundError:
-        raise SdCliError(f"depth map not found: {path}; check the path") from None
-    except (UnidentifiedImageError, OSError) as err:
-        raise SdCliError(f"cannot read depth map {path} ({err}); give a greyscale PNG") from None
-    if array.ndim == 3:  # colour: luma, as PIL's L conversion
-        array = array[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
-    top = 65535.0 if array.dtype in (np.uint16, np.int32) and array.max() > 255 else 255.0
-    return torch.from_numpy(array.astype(np.float32) / top)[None, None]
+    levels = grey_levels(open_image(Path(path), "depth map"), path, "depth map")
+    return torch.from_numpy(levels)[None, None]
 
 
 def depth_preview(depth: torch.Tensor) -> np.ndarray:
