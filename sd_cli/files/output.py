@@ -6,7 +6,10 @@ Two ways to name outputs (docs/reference/cli-conventions.md, docs/reference/orig
   numbered on from what is there (OutputPlan). Numbered files are never overwritten, even by
   another run writing into the same folder at the same time.
 - ``-o/--output PATH``: exactly that file, or a pattern for several images (output_paths).
-  These are replaced if they exist: the user named them.
+  These are replaced if they exist: the user named them. A symbolic link to a regular file is
+  written through (its target is replaced, the link stays); anything else that is not a regular
+  file (a device such as /dev/null, a named pipe, a socket, a link to one of those or a dangling
+  link) is refused, since an atomic write would put a new file in its place.
 
 Every file is first written to a hidden temporary file next to its final name, synced, then
 moved into place, so a run killed mid-write leaves either no file or a whole one.
@@ -18,6 +21,7 @@ import errno
 import os
 import re
 import secrets
+import stat
 import string
 from pathlib import Path
 
@@ -95,7 +99,11 @@ def output_paths(pattern: str | Path, count: int, seeds: list[int] | None = None
         base = Path(pattern)
         stem, suffix = _split_suffix(base.name)
         names = [str(base.with_name(f"{stem}-{i}{suffix}")) for i in range(count)]
+    for name in names:  # as typed too: "-o /dev/full" must not become /dev/full.png
+        _check_replaceable(Path(name), UsageError, f"-o {pattern}: ")
     paths = [_with_png_suffix(Path(name)) for name in names]
+    for path in paths:
+        _check_replaceable(path, UsageError, f"-o {pattern}: ")
     if len(set(paths)) < len(paths):
         raise UsageError(f"-o {pattern} gives the same file name to several images; "
                          "add {index} to the pattern")
@@ -105,10 +113,10 @@ def output_paths(pattern: str | Path, count: int, seeds: list[int] | None = None
 def save_png(image: np.ndarray, path: str | Path, infotext: str | None = None) -> Path:
     """Write `image` ([H, W, 3] uint8 RGB) as a PNG at `path`, replacing any file there, atomically.
 
-    The text goes into the ``parameters`` chunk. Parent folders are created. Any OS failure
+    A symbolic link is written through (replaced_file). The text goes into the ``parameters`` chunk. Parent folders are created. Any OS failure
     (disk full, no permission) leaves no temporary file behind and raises OutputError.
     """
-    path = Path(path)
+    path = replaced_file(Path(path))
     temp = _write_temp(image, path, infotext)
     try:
         os.replace(temp, path)
@@ -119,6 +127,40 @@ def save_png(image: np.ndarray, path: str | Path, infotext: str | None = None) -
         raise
     _sync_folder(path.parent)
     return path
+
+
+def replaced_file(path: Path) -> Path:
+    """The file writing `path` replaces: `path` itself, or a symbolic link's final target when that is a
+    regular file. OutputError for a path that is not (or leads to nothing that is) a regular file."""
+    _check_replaceable(path, OutputError, "")
+    return Path(os.path.realpath(path)) if path.is_symlink() else path
+
+
+def _check_replaceable(path: Path, error: type, prefix: str) -> None:
+    """Raise `error` when `path` exists as something an atomic write must not replace."""
+    kind = _special_kind(path)  # os.stat follows links, /proc/self/fd/N included
+    link = path.is_symlink()
+    what = f"{path} is a symbolic link to {os.readlink(path)}, which is" if link else f"{path} is"
+    if kind:
+        raise error(f"{prefix}{what} {kind}; sd-cli writes regular files only, so give a file name")
+    if link and not path.exists():
+        raise error(f"{prefix}{what} missing; give a file name, or create the link's target first")
+
+
+def _special_kind(path: Path) -> str | None:
+    """What `path` is when it exists and is not a regular file or a folder (folders are refused elsewhere)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    for test, kind in _SPECIAL_KINDS:
+        if test(mode):
+            return kind
+    return None
+
+
+_SPECIAL_KINDS = ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                  (stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"))
 
 
 # -- numbering ---------------------------------------------------------------------------------
