@@ -6,6 +6,7 @@ Two ways to name outputs (docs/reference/cli-conventions.md, docs/reference/orig
   numbered on from what is there (OutputPlan). Numbered files are never overwritten, even by
   another run writing into the same folder at the same time.
 - ``-o/--output PATH``: exactly that file, or a pattern for several images (output_paths).
+  Its suffix picks the format: .png (added when there is none), .jpg/.jpeg or .webp (IMAGE_FORMATS).
   These are replaced if they exist: the user named them. A symbolic link to a regular file is
   written through (its target is replaced, the link stays); anything else that is not a regular
   file (a device such as /dev/null, a named pipe, a socket, a link to one of those or a dangling
@@ -36,7 +37,10 @@ _SAMPLE_FORMAT = "{:05}.png"
 _GRID_FORMAT = "grid-{:04}.png"
 _TEMP_SUFFIX = ".tmp"
 _PLACEHOLDERS = {"index", "seed"}
-_OTHER_IMAGE_SUFFIXES = {".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
+# The formats a file name's suffix can ask for (PIL format names); the numbered layout writes PNG.
+IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
+_UNWRITABLE_SUFFIXES = {".gif", ".bmp", ".tif", ".tiff", ".avif", ".heic", ".jxl"}
+LOSSY_QUALITY = 80  # JPEG and WebP quality: AUTOMATIC1111's default (its "jpeg_quality" setting)
 
 
 class OutputPlan:
@@ -83,7 +87,8 @@ def output_paths(pattern: str | Path, count: int, seeds: list[int] | None = None
     ``{index}`` and ``{seed}`` are filled in as Python format fields (``out-{index:03}.png``).
     Without them one image goes to PATTERN itself and several to ``out-0.png``, ``out-1.png``...
     ``.png`` is appended when the name has no suffix (or one that is not an image type, as in
-    ``v1.5``); other image suffixes such as ``.jpg`` are refused, since the file is a PNG.
+    ``v1.5``); .jpg, .jpeg and .webp are written as such; other image suffixes (.gif, .tif ...) are
+    refused.
     """
     pattern = str(pattern)
     if pattern.endswith(("/", os.sep)) or Path(pattern).is_dir():
@@ -101,7 +106,7 @@ def output_paths(pattern: str | Path, count: int, seeds: list[int] | None = None
         names = [str(base.with_name(f"{stem}-{i}{suffix}")) for i in range(count)]
     for name in names:  # as typed too: "-o /dev/full" must not become /dev/full.png
         _check_replaceable(Path(name), UsageError, f"-o {pattern}: ")
-    paths = [_with_png_suffix(Path(name)) for name in names]
+    paths = [_with_image_suffix(Path(name)) for name in names]
     for path in paths:
         _check_replaceable(path, UsageError, f"-o {pattern}: ")
     if len(set(paths)) < len(paths):
@@ -110,10 +115,12 @@ def output_paths(pattern: str | Path, count: int, seeds: list[int] | None = None
     return paths
 
 
-def save_png(image: np.ndarray, path: str | Path, infotext: str | None = None) -> Path:
-    """Write `image` ([H, W, 3] uint8 RGB) as a PNG at `path`, replacing any file there, atomically.
+def save_image(image: np.ndarray, path: str | Path, infotext: str | None = None) -> Path:
+    """Write `image` ([H, W, 3] uint8 RGB) at `path` in the format its suffix names (PNG when it names
+    none), replacing any file there, atomically.
 
-    A symbolic link is written through (replaced_file). The text goes into the ``parameters`` chunk. Parent folders are created. Any OS failure
+    A symbolic link is written through (replaced_file). The text goes into the PNG's ``parameters``
+    chunk, or a JPEG's or WebP's EXIF UserComment (infotext.py). Parent folders are created. Any OS failure
     (disk full, no permission) leaves no temporary file behind and raises OutputError.
     """
     path = replaced_file(Path(path))
@@ -244,44 +251,64 @@ def _fill(pattern: str, index: int, seed: int | None) -> str:
 
 def _split_suffix(name: str) -> tuple[str, str]:
     suffix = Path(name).suffix
-    if suffix.lower() == ".png" or suffix.lower() in _OTHER_IMAGE_SUFFIXES:
+    if suffix.lower() in IMAGE_FORMATS or suffix.lower() in _UNWRITABLE_SUFFIXES:
         return name[: -len(suffix)], suffix
     return name, ""
 
 
-def _with_png_suffix(path: Path) -> Path:
+def _with_image_suffix(path: Path) -> Path:
     suffix = path.suffix.lower()
-    if suffix == ".png":
+    if suffix in IMAGE_FORMATS:
         return path
-    if suffix in _OTHER_IMAGE_SUFFIXES:
-        raise UsageError(f"-o {path}: sd-cli writes PNG files only; use a .png name")
+    if suffix in _UNWRITABLE_SUFFIXES:
+        raise UsageError(f"-o {path}: sd-cli writes PNG, JPEG and WebP files; use a .png, .jpg or .webp name")
     return path.with_name(path.name + ".png")
+
+
+def image_format(path: Path) -> str:
+    """The PIL format a file name asks for: its suffix's, PNG when it has none sd-cli writes."""
+    return IMAGE_FORMATS.get(path.suffix.lower(), "PNG")
 
 
 # -- atomic writes -----------------------------------------------------------------------------
 
 def _write_temp(image: np.ndarray, path: Path, infotext: str | None) -> Path:
-    """Encode the PNG into a new hidden file next to `path`, synced to disk; return its path."""
+    """Encode the image (format from `path`'s suffix) into a new hidden file next to `path`, synced
+    to disk; return its path."""
     from PIL import Image
-
-    from sd_cli.files.infotext import png_info
 
     folder = path.parent
     _make_folder(folder, path)
     pil = Image.fromarray(np.asarray(image))
-    pnginfo = png_info(infotext) if infotext is not None else None
+    image_format_name = image_format(path)
+    options = _encoder_options(image_format_name, infotext)
     temp, fd = _create_temp(folder, path.name)
     try:
         with os.fdopen(fd, "wb") as f:
-            pil.save(f, format="PNG", pnginfo=pnginfo)
+            pil.save(f, format=image_format_name, **options)
             f.flush()
             os.fsync(f.fileno())
     except BaseException as e:
         _remove(temp)
         if isinstance(e, OSError):
             raise _write_error(path, e) from None
+        if isinstance(e, ValueError) and image_format_name == "JPEG" and "EXIF" in str(e):
+            raise OutputError(f"cannot write {path}: its parameters do not fit a JPEG's 64 KiB EXIF block; "
+                              "use a .png or .webp name") from None
         raise
     return temp
+
+
+def _encoder_options(image_format_name: str, infotext: str | None) -> dict:
+    """PIL save() options: the parameters where each format keeps them, AUTOMATIC1111's lossy quality."""
+    from sd_cli.files.infotext import exif_with_infotext, png_info
+
+    if image_format_name == "PNG":
+        return {"pnginfo": png_info(infotext)} if infotext is not None else {}
+    options = {"quality": LOSSY_QUALITY}
+    if infotext is not None:
+        options["exif"] = exif_with_infotext(infotext)
+    return options
 
 
 def _create_temp(folder: Path, name: str) -> tuple[Path, int]:

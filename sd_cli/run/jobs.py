@@ -282,12 +282,21 @@ def _name(job: Job, own_name: str | None, template: str | None, own: int, own_to
         name = fill_name(template, job)
     else:
         return None
-    return name if name.lower().endswith(".png") else name + ".png"
+    return name if _image_suffix(name) else name + ".png"
 
 
 def _numbered(name: str, k: int) -> str:
-    stem = name[:-4] if name.lower().endswith(".png") else name
-    return f"{stem}-{k}.png"
+    suffix = _image_suffix(name) or ".png"
+    stem = name[: -len(suffix)] if _image_suffix(name) else name
+    return f"{stem}-{k}{suffix}"
+
+
+def _image_suffix(name: str) -> str:
+    """The name's suffix when it is a format the writer picks by suffix (.png, .jpg, .webp ...), else ""."""
+    from sd_cli.files.output import IMAGE_FORMATS
+
+    suffix = Path(name).suffix
+    return suffix if suffix.lower() in IMAGE_FORMATS else ""
 
 
 def fill_name(template: str, job: Job) -> str:

@@ -37,7 +37,7 @@ def test_a_symlink_to_a_device_is_refused_and_kept(tmp_path):
     with pytest.raises(UsageError, match=f"out.png is a symbolic link to /dev/null, which is a character device; {REFUSAL}$"):
         output.output_paths(str(link), 1)
     with pytest.raises(OutputError, match="which is a character device"):
-        output.save_png(IMAGE, link)
+        output.save_image(IMAGE, link)
     assert link.is_symlink() and os.readlink(link) == "/dev/null"
 
 
@@ -77,17 +77,17 @@ def test_a_symlink_to_a_regular_file_is_written_through(tmp_path):
     link = tmp_path / "link.png"
     link.symlink_to(target)
     assert output.output_paths(str(link), 1) == [link]
-    assert output.save_png(IMAGE, link, "a cat\nSteps: 1") == target
+    assert output.save_image(IMAGE, link, "a cat\nSteps: 1") == target
     assert link.is_symlink() and os.readlink(link) == str(target)
     assert np.array_equal(np.asarray(Image.open(target)), IMAGE)
     assert sorted(p.name for p in target.parent.iterdir()) == ["target.png"]  # temp file went next to the target
 
 
-def test_save_png_refuses_a_fifo_that_appeared_after_planning(tmp_path):
+def test_save_image_refuses_a_fifo_that_appeared_after_planning(tmp_path):
     fifo = tmp_path / "late.png"
     os.mkfifo(fifo)
     with pytest.raises(OutputError, match=f"late.png is a named pipe"):
-        output.save_png(IMAGE, fifo)
+        output.save_image(IMAGE, fifo)
     assert stat.S_ISFIFO(os.stat(fifo).st_mode) and sorted(p.name for p in tmp_path.iterdir()) == ["late.png"]
 
 
