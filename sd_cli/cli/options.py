@@ -66,7 +66,7 @@ EmaOpt = Annotated[bool, typer.Option("--ema", help="Use the checkpoint's EMA we
 OutdirOpt = Annotated[Optional[Path], typer.Option("--outdir", help="Output folder: samples/NNNNN.png and grid-NNNN.png inside.")]
 OutputOpt = Annotated[Optional[str], typer.Option("--output", "-o", help="Write exactly this file (a pattern like out-{index}.png for several): .png, or .jpg/.webp with the parameters in EXIF as AUTOMATIC1111 writes them; a symlink is written through to its file; devices, pipes and links to them are refused.")]
 CompileOpt = Annotated[bool, typer.Option("--compile", help="torch.compile the UNet (CUDA graphs on CUDA): a slow first step, then much faster steps; for long runs.")]
-VaeTilingOpt = Annotated[bool, typer.Option("--vae-tiling", help="Decode large images in overlapping tiles to bound memory (slightly different pixels).")]
+VaeTilingOpt = Annotated[bool, typer.Option("--vae-tiling", help="Encode and decode large images in overlapping tiles to bound memory (slightly different pixels).")]
 OffloadOpt = Annotated[bool, typer.Option("--offload", help="Low GPU memory: keep the model in host memory and put only the part at work (text encoder, UNet, VAE) on the GPU; costs one copy of each part in and back per batch.")]
 EmphasisOpt = Annotated[Emphasis, typer.Option(*flags("emphasis"), help="original: AUTOMATIC1111's (word), ((word)), [word], (word:1.3) weights (\\( for a literal bracket); none: brackets are plain text.", case_sensitive=False)]
 ClipSkipOpt = Annotated[Optional[int], typer.Option(*flags("clip_skip"), help="Use the text encoder's output N blocks from the end (AUTOMATIC1111's Clip skip; 2 = penultimate). Default: the model's own (SD 1.x 1, SD 2.x 2).", show_default=False)]

@@ -248,7 +248,8 @@ def _render_batch(session, request: RunRequest, batch: list[Job], label: str):
     init = _inpaint_canvas(request, job) if request.mode == "inpaint" else _init_image(request.mode, job)
     if init is not None:  # the input decides the size
         height, width = init.padded_size if request.mode == "inpaint" else tuple(init.shape[-2:])
-    memory.check_fits(model, len(batch), height, width, guided=job.scale != 1.0, vae_tiling=session.vae_tiling)
+    memory.check_fits(model, len(batch), height, width, guided=job.scale != 1.0, vae_tiling=session.vae_tiling,
+                      encodes_input=init is not None)
     prompts, negatives, seeds = _apply_loras(session, request, batch), [j.negative_prompt for j in batch], [j.seed for j in batch]
     params = pipeline.SamplingParams(sampler=job.sampler, steps=job.steps, scale=job.scale, eta=job.eta)
     progress = log.Progress(f"images {label}")
