@@ -86,7 +86,7 @@ def test_a_symlink_to_a_regular_file_is_written_through(tmp_path):
 def test_save_image_refuses_a_fifo_that_appeared_after_planning(tmp_path):
     fifo = tmp_path / "late.png"
     os.mkfifo(fifo)
-    with pytest.raises(OutputError, match=f"late.png is a named pipe"):
+    with pytest.raises(OutputError, match="late.png is a named pipe"):
         output.save_image(IMAGE, fifo)
     assert stat.S_ISFIFO(os.stat(fifo).st_mode) and sorted(p.name for p in tmp_path.iterdir()) == ["late.png"]
 
