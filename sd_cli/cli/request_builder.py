@@ -99,11 +99,20 @@ def _default_values(args: dict, png_values: dict) -> dict:
 
     flags = _job_flags(args)
     values = {k: v for k, v in png_values.items() if k != "prompt"}
-    values.update({k: v for k, v in flags.items() if v is not None and (k not in values or _explicit(args, k))})
+    given = {k: v for k, v in flags.items() if v is not None and (k not in values or _explicit(args, k))}
+    values.update(given)
     for key in ("init_img", "mask"):
         values[key] = str(values[key]) if values.get(key) is not None else None
+    recorded = set(values) - set(given)  # a bad recorded value is the image's, not a flag's
+
+    def label(key: str) -> str:
+        if key not in recorded:
+            return fields.flag(key)
+        field = fields.BY_NAME.get(key)
+        return f"{args['from_png']}: recorded {field.label if field and field.label else key}"
+
     try:
-        values = jobs.check_values({k: v for k, v in values.items() if v is not None}, fields.flag)
+        values = jobs.check_values({k: v for k, v in values.items() if v is not None}, label)
     except ValueError as err:
         raise UsageError(str(err)) from None
     values["seed"] = _seed(values.get("seed"))

@@ -63,3 +63,18 @@ def test_random_seeds_leave_room_for_the_run(monkeypatch):
     monkeypatch.setattr(request_builder.secrets, "randbelow", lambda n: drawn.append(n) or n - 1)
     assert request_builder._seed(None) == 2**31 - 1
     assert drawn == [2**31] and 2**31 - 1 + 2**31 <= MAX_SEED
+
+
+def test_from_png_with_a_seed_past_the_range_blames_the_image(run_cli, tmp_path):
+    import numpy as np
+
+    from sd_cli.files.output import save_image
+
+    png = save_image(np.zeros((64, 64, 3), np.uint8), tmp_path / "old.png",
+                     "a cat\nSteps: 2, Sampler: DDIM, CFG scale: 7.5, Seed: 9223372036854775808, Size: 64x64")
+    result = run_cli("txt2img", "--from-png", png, "--ckpt", tmp_path / "missing.ckpt", "-o", tmp_path / "again.png")
+    assert result.code == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: {png}: recorded Seed 9223372036854775808 is out of range; use 0 to {MAX_SEED} (or -1 for the run's seed)")
+    given = run_cli("txt2img", "--from-png", png, "--seed", 5, "--ckpt", tmp_path / "missing.ckpt", "-o", tmp_path / "again.png")
+    assert "out of range" not in given.stderr and "checkpoint not found" in given.stderr
