@@ -116,7 +116,7 @@ def output_paths(pattern: str | Path, count: int, seeds: list[int] | None = None
 
 
 def save_image(image: np.ndarray, path: str | Path, infotext: str | None = None) -> Path:
-    """Write `image` ([H, W, 3] uint8 RGB) at `path` in the format its suffix names (PNG when it names
+    """Write `image` ([H, W, 3] uint8 RGB, or [H, W] grey) at `path` in the format its suffix names (PNG when it names
     none), replacing any file there, atomically.
 
     A symbolic link is written through (replaced_file). The text goes into the PNG's ``parameters``

@@ -205,14 +205,13 @@ class DepthSource:
         """The depth map at the image's size (bicubic), min-max to 0..255; usable again as --depth-map."""
         if self.options.save_depth is None:
             return
-        from PIL import Image
+        from sd_cli.files.output import save_image
 
         depth = F.interpolate(depth, size=tuple(size), mode="bicubic", align_corners=False)
 
         path = Path(self.options.save_depth)
         if self._saved:  # another input image: depth.png, depth-1.png, ...
             path = path.with_name(f"{path.stem}-{self._saved}{path.suffix}")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(depth_preview(depth)).save(path)
+        save_image(depth_preview(depth), path)  # atomic, and never onto a device or pipe, as every output
         self._saved += 1
         log.info(f"depth map written to {path}")

@@ -99,3 +99,22 @@ def test_cli_refuses_a_fifo_before_loading(run_cli, tmp_path):
     assert result.code == 2
     assert result.stderr.strip().splitlines() == [f"error: -o {fifo}: {fifo} is a named pipe (FIFO); {REFUSAL}"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["full"]
+
+
+def test_save_depth_is_written_like_every_output(tmp_path):
+    """--save-depth: atomic, refused onto a pipe, a PNG even without a suffix."""
+    import torch
+
+    from sd_cli.pipelines.depth2img import DepthOptions, DepthSource
+
+    given = tmp_path / "given.png"
+    Image.fromarray(np.tile(np.arange(64, dtype=np.uint8) * 4, (64, 1))).save(given)
+    fifo = tmp_path / "depth-pipe"
+    os.mkfifo(fifo)
+    with pytest.raises(OutputError, match="depth-pipe is a named pipe"):
+        DepthSource(DepthOptions(depth_map=given, save_depth=fifo)).for_image(None, "a", torch.zeros(1, 3, 64, 64))
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+    DepthSource(DepthOptions(depth_map=given, save_depth=tmp_path / "out" / "depth")).for_image(None, "a", torch.zeros(1, 3, 64, 64))
+    with Image.open(tmp_path / "out" / "depth") as saved:
+        assert (saved.format, saved.mode, saved.size) == ("PNG", "L", (64, 64))
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["depth"]
