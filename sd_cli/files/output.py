@@ -41,6 +41,7 @@ _PLACEHOLDERS = {"index", "seed"}
 IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
 _UNWRITABLE_SUFFIXES = {".gif", ".bmp", ".tif", ".tiff", ".avif", ".heic", ".jxl"}
 LOSSY_QUALITY = 80  # JPEG and WebP quality: AUTOMATIC1111's default (its "jpeg_quality" setting)
+JPEG_MAX_EXIF = 65533  # bytes in one APP1 segment, whose 2-byte length counts itself
 
 
 class OutputPlan:
@@ -116,12 +117,12 @@ def output_paths(pattern: str | Path, count: int, seeds: list[int] | None = None
 
 
 def save_image(image: np.ndarray, path: str | Path, infotext: str | None = None) -> Path:
-    """Write `image` ([H, W, 3] uint8 RGB, or [H, W] grey) at `path` in the format its suffix names (PNG when it names
-    none), replacing any file there, atomically.
+    """Write `image` ([H, W, 3] uint8 RGB, or [H, W] grey) at `path` in the format its suffix names
+    (PNG when it names none), replacing any file there, atomically.
 
     A symbolic link is written through (replaced_file). The text goes into the PNG's ``parameters``
-    chunk, or a JPEG's or WebP's EXIF UserComment (infotext.py). Parent folders are created. Any OS failure
-    (disk full, no permission) leaves no temporary file behind and raises OutputError.
+    chunk, or a JPEG's or WebP's EXIF UserComment (infotext.py). Parent folders are created. Any OS
+    failure (disk full, no permission) leaves no temporary file behind and raises OutputError.
     """
     path = replaced_file(Path(path))
     temp = _write_temp(image, path, infotext)
@@ -282,6 +283,9 @@ def _write_temp(image: np.ndarray, path: Path, infotext: str | None) -> Path:
     pil = Image.fromarray(np.asarray(image))
     image_format_name = image_format(path)
     options = _encoder_options(image_format_name, infotext)
+    if image_format_name == "JPEG" and len(options.get("exif", b"")) > JPEG_MAX_EXIF:
+        raise OutputError(f"cannot write {path}: its parameters do not fit a JPEG's 64 KiB EXIF block; "
+                          "use a .png or .webp name")
     temp, fd = _create_temp(folder, path.name)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -292,9 +296,6 @@ def _write_temp(image: np.ndarray, path: Path, infotext: str | None) -> Path:
         _remove(temp)
         if isinstance(e, OSError):
             raise _write_error(path, e) from None
-        if isinstance(e, ValueError) and image_format_name == "JPEG" and "EXIF" in str(e):
-            raise OutputError(f"cannot write {path}: its parameters do not fit a JPEG's 64 KiB EXIF block; "
-                              "use a .png or .webp name") from None
         raise
     return temp
 

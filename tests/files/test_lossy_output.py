@@ -85,6 +85,8 @@ def test_parameters_too_long_for_a_jpeg_leave_nothing(tmp_path):
     assert str(err.value) == (f"cannot write {target}: its parameters do not fit a JPEG's 64 KiB EXIF block; "
                               "use a .png or .webp name")
     assert list(tmp_path.iterdir()) == []
+    longest = "x" * ((output.JPEG_MAX_EXIF - len(infotext.exif_with_infotext(""))) // 2)  # UTF-16: 2 bytes a character
+    assert output.save_image(IMAGE, target, longest) == target and reading.read_infotext(target) == longest
 
 
 @pytest.mark.usefixtures("one_thread")
