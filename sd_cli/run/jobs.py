@@ -94,22 +94,6 @@ class Defaults:
 
 # -- reading prompt files ------------------------------------------------------------------------
 
-def read_prompt_file(source: str | Path) -> str:
-    """The text of a prompt file, or of stdin for "-"; empty and non-UTF-8 files are usage errors."""
-    name = "stdin" if str(source) == "-" else str(source)
-    try:
-        data = sys.stdin.buffer.read() if str(source) == "-" else Path(source).read_bytes()
-    except OSError as err:
-        raise UsageError(f"cannot read prompt file {name}: {err.strerror or err}") from None
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        raise UsageError(f"prompt file {name} is not UTF-8 text (byte {err.start}); re-save it as UTF-8") from None
-    if not text.strip():
-        raise UsageError(f"prompt file {name} is empty; put one prompt per line")
-    return text
-
-
 _BLANK_LINE_PROMPTS = ContextVar("blank_line_prompts", default=False)
 
 
@@ -121,6 +105,22 @@ def blank_lines_are_prompts():
         yield
     finally:
         _BLANK_LINE_PROMPTS.reset(token)
+
+
+def read_prompt_file(source: str | Path) -> str:
+    """The text of a prompt file, or of stdin for "-"; empty and non-UTF-8 files are usage errors."""
+    name = "stdin" if str(source) == "-" else str(source)
+    try:
+        data = sys.stdin.buffer.read() if str(source) == "-" else Path(source).read_bytes()
+    except OSError as err:
+        raise UsageError(f"cannot read prompt file {name}: {err.strerror or err}") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise UsageError(f"prompt file {name} is not UTF-8 text (byte {err.start}); re-save it as UTF-8") from None
+    if not (text.strip() or (text and _BLANK_LINE_PROMPTS.get())):  # the original renders blank lines
+        raise UsageError(f"prompt file {name} is empty; put one prompt per line")
+    return text
 
 
 def parse_prompt_file(text: str) -> list[Request | BadLine]:

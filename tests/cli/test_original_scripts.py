@@ -40,3 +40,17 @@ def test_txt2img_script_renders_the_blank_line(sd1_ckpt, tmp_path, capsys):
         assert not done.code, capsys.readouterr().err
     assert rendered_prompts(capsys.readouterr().out) == ["a red circle", "", "a blue square"]
     assert len(list((tmp_path / "out" / "samples").iterdir())) == 3
+
+
+def test_a_file_of_blank_lines_is_empty_prompts_for_the_original_only(tmp_path):
+    from sd_cli.errors import UsageError
+
+    blank = tmp_path / "blank.txt"
+    blank.write_text("\n\n", encoding="utf-8")
+    with pytest.raises(UsageError, match="is empty; put one prompt per line"):
+        jobs.read_prompt_file(blank)
+    with jobs.blank_lines_are_prompts():
+        assert [r.values for r in jobs.parse_prompt_file(jobs.read_prompt_file(blank))] == [{"prompt": ""}, {"prompt": ""}]
+        (tmp_path / "zero.txt").write_bytes(b"")
+        with pytest.raises(UsageError, match="is empty"):
+            jobs.read_prompt_file(tmp_path / "zero.txt")
