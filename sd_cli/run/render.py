@@ -110,12 +110,16 @@ def _todo(request: RunRequest, targets: dict, rank) -> tuple[list[Job], int]:
 
 
 def _check_outputs_writable(request: RunRequest, targets: dict, jobs: list[Job]) -> None:
-    """Fail before loading the model when an output folder cannot be written."""
-    from sd_cli.files.output import SAMPLES_DIR, check_writable
+    """Fail before loading the model when an output folder cannot be written, or a named file is a
+    device, a pipe or a link to nothing."""
+    from sd_cli.files.output import SAMPLES_DIR, check_writable, replaced_file
 
     folders = {targets[job.index].parent if targets[job.index] else request.outdir / SAMPLES_DIR for job in jobs}
     for folder in sorted(folders):
         check_writable(folder)
+    for job in jobs:
+        if targets[job.index] is not None:
+            replaced_file(targets[job.index])
 
 
 def _render_jobs(request: RunRequest, jobs: list[Job], targets: dict, rank, report: RunReport) -> None:

@@ -118,3 +118,12 @@ def test_save_depth_is_written_like_every_output(tmp_path):
     with Image.open(tmp_path / "out" / "depth") as saved:
         assert (saved.format, saved.mode, saved.size) == ("PNG", "L", (64, 64))
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["depth"]
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_cli_refuses_a_named_file_that_is_a_pipe_before_loading(run_cli, tmp_path):
+    os.mkfifo(tmp_path / "cat.png")
+    result = run_cli("txt2img", "a cat", "--seed", "1", "--ckpt", tmp_path / "missing.ckpt", "--outdir", tmp_path,
+                     "--name", "cat")
+    assert result.code == 1
+    assert result.stderr.strip().splitlines() == [f"error: {tmp_path / 'cat.png'} is a named pipe (FIFO); {REFUSAL}"]
