@@ -64,7 +64,7 @@ CkptOpt = Annotated[Optional[Path], typer.Option("--ckpt", help="Checkpoint (.ck
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="Original model YAML; default: beside the checkpoint, or detected.")]
 EmaOpt = Annotated[bool, typer.Option("--ema", help="Use the checkpoint's EMA weights (model_ema.*).")]
 OutdirOpt = Annotated[Optional[Path], typer.Option("--outdir", help="Output folder: samples/NNNNN.png and grid-NNNN.png inside.")]
-OutputOpt = Annotated[Optional[str], typer.Option("--output", "-o", help="Write exactly this file (a pattern like out-{index}.png for several): .png, or .jpg/.webp with the parameters in EXIF as AUTOMATIC1111 writes them; a symlink is written through to its file; devices, pipes and links to them are refused.")]
+OutputOpt = Annotated[Optional[str], typer.Option("--output", "-o", help="Write exactly this file (a pattern like out-{index}.png for several); .png, or .jpg/.webp with the parameters in EXIF as AUTOMATIC1111's; a symlink is written through to its file, devices and pipes are refused.")]
 CompileOpt = Annotated[bool, typer.Option("--compile", help="torch.compile the UNet (CUDA graphs on CUDA): a slow first step, then much faster steps; for long runs.")]
 VaeTilingOpt = Annotated[bool, typer.Option("--vae-tiling", help="Encode and decode large images in overlapping tiles to bound memory (slightly different pixels).")]
 OffloadOpt = Annotated[bool, typer.Option("--offload", help="Low GPU memory: keep the model in host memory and put only the part at work (text encoder, UNet, VAE) on the GPU; costs one copy of each part in and back per batch.")]

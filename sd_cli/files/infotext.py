@@ -7,8 +7,9 @@
 
 The text goes into a PNG text chunk named ``parameters``, where A1111, ComfyUI, civitai and
 ``sd-cli info`` read it. JPEG and WebP files carry it as AUTOMATIC1111 writes it there (through
-piexif): the EXIF UserComment tag, ``UNICODE\0`` then UTF-16 big-endian, in a big-endian EXIF block. A value holding a comma, colon, quote or newline is written as a JSON
-string, as A1111 does, so that the parameter line splits unambiguously.
+piexif): the EXIF UserComment tag, ``UNICODE\0`` then UTF-16 big-endian, in a big-endian EXIF
+block. A value holding a comma, colon, quote or newline is written as a JSON string, as A1111
+does, so that the parameter line splits unambiguously.
 """
 
 from __future__ import annotations
