@@ -92,6 +92,9 @@ def output_paths(pattern: str | Path, count: int, seeds: list[int] | None = None
     refused.
     """
     pattern = str(pattern)
+    if pattern == "-":  # stdout carries the written paths (or --json records), never image bytes
+        raise UsageError("-o -: sd-cli does not write images to stdout (it prints the written paths there); "
+                         "give a file name")
     if pattern.endswith(("/", os.sep)) or Path(pattern).is_dir():
         raise UsageError(f"-o {pattern} is a folder; give a file name, or use --outdir for a folder")
     fields = _format_fields(pattern)

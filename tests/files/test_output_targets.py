@@ -127,3 +127,9 @@ def test_cli_refuses_a_named_file_that_is_a_pipe_before_loading(run_cli, tmp_pat
                      "--name", "cat")
     assert result.code == 1
     assert result.stderr.strip().splitlines() == [f"error: {tmp_path / 'cat.png'} is a named pipe (FIFO); {REFUSAL}"]
+
+
+def test_dash_is_not_stdout_nor_a_file_named_dash():
+    with pytest.raises(UsageError, match=r"^-o -: sd-cli does not write images to stdout \(it prints the written paths there\); "
+                                         "give a file name$"):
+        output.output_paths("-", 1)
