@@ -33,7 +33,9 @@ LORA_DIR = Path("checkpoints/lora")  # --lora-dir: where <lora:name:w> and --lor
 EMBEDDINGS_DIR = Path("checkpoints/embeddings")  # --embeddings when not given, used if it exists
 
 SIZE_MULTIPLE = 64  # the SD UNet downsamples the 1/8 latent three times
-MAX_SEED = 2**63 - 1
+# torch's CPU generator (mt19937) keeps only a seed's low 32 bits, so seed S and S + 2**32 draw the
+# same noise: 32-bit seeds are every distinct image there is (AUTOMATIC1111's UI uses them too).
+MAX_SEED = 2**32 - 1
 MAX_STEPS = 1000
 
 
@@ -90,7 +92,7 @@ def _steps_problem(value: int) -> Optional[str]:
 def _seed_problem(value: int) -> Optional[str]:
     if 0 <= value <= MAX_SEED or value == -1:
         return None
-    return "is out of range; use 0 to 2**63-1 (or -1 for the run's seed)"
+    return f"is out of range; use 0 to {MAX_SEED} (or -1 for the run's seed)"
 
 
 def _count_problem(value: int) -> Optional[str]:

@@ -26,6 +26,8 @@ def _check_run_flags(args: dict) -> None:
         raise UsageError("--C must be 4 and --f must be 8: Stable Diffusion's VAE has 4 latent channels and downsamples by 8")
 
 
+# Random base seeds stay below 2**31 so that base + image number fits MAX_SEED (2**32 - 1) in any run.
+RANDOM_SEEDS = 2**31
 # Flags that are RunRequest fields of the same name and need no check here.
 AS_GIVEN = ("config", "ema", "device", "output", "n_rows", "skip_grid", "skip_save", "skip_existing", "vae_tiling",
             "offload")
@@ -107,11 +109,20 @@ def _default_values(args: dict, png_values: dict) -> dict:
 
     flags = _job_flags(args)
     values = {k: v for k, v in png_values.items() if k != "prompt"}
-    values.update({k: v for k, v in flags.items() if v is not None and (k not in values or _explicit(args, k))})
+    given = {k: v for k, v in flags.items() if v is not None and (k not in values or _explicit(args, k))}
+    values.update(given)
     for key in ("init_img", "mask"):
         values[key] = str(values[key]) if values.get(key) is not None else None
+    recorded = set(values) - set(given)  # a bad recorded value is the image's, not a flag's
+
+    def label(key: str) -> str:
+        if key not in recorded:
+            return fields.flag(key)
+        field = fields.BY_NAME.get(key)
+        return f"{args['from_png']}: recorded {field.label if field and field.label else key}"
+
     try:
-        values = jobs.check_values({k: v for k, v in values.items() if v is not None}, fields.flag)
+        values = jobs.check_values({k: v for k, v in values.items() if v is not None}, label)
     except ValueError as err:
         raise UsageError(str(err)) from None
     return values
@@ -251,7 +262,7 @@ def _random_seed() -> int:
 
     if current().distributed:
         raise UsageError("several processes (torchrun) must render the same run: pass --seed")
-    return secrets.randbelow(2**32)
+    return secrets.randbelow(RANDOM_SEEDS)
 
 
 def _clip_skip(value: Optional[int]) -> Optional[int]:

@@ -111,12 +111,16 @@ def _todo(request: RunRequest, targets: dict, rank) -> tuple[list[Job], int]:
 
 
 def _check_outputs_writable(request: RunRequest, targets: dict, jobs: list[Job]) -> None:
-    """Fail before loading the model when an output folder cannot be written."""
-    from sd_cli.files.output import SAMPLES_DIR, check_writable
+    """Fail before loading the model when an output folder cannot be written, or a named file is a
+    device, a pipe or a link to nothing."""
+    from sd_cli.files.output import SAMPLES_DIR, check_writable, replaced_file
 
     folders = {targets[job.index].parent if targets[job.index] else request.outdir / SAMPLES_DIR for job in jobs}
     for folder in sorted(folders):
         check_writable(folder)
+    for job in jobs:
+        if targets[job.index] is not None:
+            replaced_file(targets[job.index])
 
 
 def _render_jobs(request: RunRequest, jobs: list[Job], targets: dict, rank, report: RunReport) -> None:
@@ -267,7 +271,8 @@ def _render_batch(session, request: RunRequest, batch: list[Job], label: str):
     init = _inpaint_canvas(request, job) if request.mode == "inpaint" else _init_image(request.mode, job)
     if init is not None:  # the input decides the size
         height, width = init.padded_size if request.mode == "inpaint" else tuple(init.shape[-2:])
-    memory.check_fits(model, len(batch), height, width, guided=job.scale != 1.0, vae_tiling=session.vae_tiling)
+    memory.check_fits(model, len(batch), height, width, guided=job.scale != 1.0, vae_tiling=session.vae_tiling,
+                      encodes_input=init is not None)
     prompts, negatives, seeds = _apply_loras(session, request, batch), [j.negative_prompt for j in batch], [j.seed for j in batch]
     params = SamplingParams(sampler=job.sampler, steps=job.steps, scale=job.scale, eta=job.eta)
     progress = log.Progress(f"images {label}")
