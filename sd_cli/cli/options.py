@@ -49,7 +49,7 @@ SamplerOpt = Annotated[str, typer.Option(*flags("sampler"), help="euler_a, dpmpp
 HeightOpt = Annotated[Optional[int], typer.Option(*flags("height"), help="Height in pixels, a multiple of 64 (default: the model's own).", metavar="N", rich_help_panel=ESSENTIALS)]
 WidthOpt = Annotated[Optional[int], typer.Option(*flags("width"), help="Width in pixels, a multiple of 64 (default: the model's own).", metavar="N", rich_help_panel=ESSENTIALS)]
 OutdirOpt = Annotated[Optional[Path], typer.Option("--outdir", help="Folder for samples/NNNNN.png and grid-NNNN.png.", metavar="DIR", rich_help_panel=ESSENTIALS)]
-OutputOpt = Annotated[Optional[str], typer.Option("--output", "-o", help="Write exactly this .png/.jpg/.webp (out-{index}.png for several).", metavar="PATH", rich_help_panel=ESSENTIALS)]
+OutputOpt = Annotated[Optional[str], typer.Option("--output", "-o", help="Exact file: .png, .jpg or .webp (several: out-{index}.png).", metavar="PATH", rich_help_panel=ESSENTIALS)]
 ScheduleOpt = Annotated[Optional[str], typer.Option("--schedule", help="σ schedule: karras, exponential, ... (SDXL: edm, turbo).", metavar="NAME", show_default=False, rich_help_panel=QUALITY)]
 PlmsOpt = Annotated[bool, typer.Option("--plms", help="Same as --sampler plms.", rich_help_panel=ORIGINAL)]
 DpmOpt = Annotated[bool, typer.Option("--dpm", help="Same as --sampler dpm (v2; --plms wins over it, as in v2).", rich_help_panel=ORIGINAL)]
