@@ -23,13 +23,16 @@ from sd_cli.errors import CheckpointError, UsageError
 from sd_cli.loading.mapped_pages import MappedFile
 from sd_cli.models.empty import empty_modules
 from sd_cli.models.families import family_of
+from sd_cli.models.diffusion_engine import DiffusionEngine
 from sd_cli.models.latent_diffusion import SCHEDULE_KEYS, LatentDiffusion, text_encoder_class
+from sd_cli.models.sdxl_conditioning import SDXLConditioner
 
 EMA_PREFIX = "model_ema."
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
 TEXT_PREFIX = "cond_stage_model."
 DEPTH_PREFIX = "depth_model.model."  # MiDaS, built on first use by depth.py
+SGM_SIGMAS_KEY = "denoiser.sigmas"  # generative-models: the DiscreteDenoiser's table, computed from the config
 
 
 @dataclass
@@ -123,8 +126,7 @@ def build_and_load(config: ModelConfig, weights: dict, name: str, device="cpu", 
                    mapped_file: MappedFile | None = None, channels_last_convs: bool = False,
                    use_ema: bool = False) -> LatentDiffusion:
     if config.engine == "sgm":
-        raise UsageError(f"{name}: {family_of(config).description} models (generative-models' DiffusionEngine, "
-                         f"{config.source}) do not run in sd_cli yet; use an SD 1.x or 2.x checkpoint")
+        return _build_engine(config, weights, name, device, dtype, mapped_file, channels_last_convs, use_ema)
     encoder_class = text_encoder_class(config.text_encoder)
     with empty_modules():  # no random initialisation: every tensor comes from the file
         text_encoder = encoder_class.from_checkpoint(weights, **config.text_params)
@@ -142,6 +144,47 @@ def build_and_load(config: ModelConfig, weights: dict, name: str, device="cpu", 
         model.depth_weights = {key[len(DEPTH_PREFIX):]: value for key, value in weights.items()
                                if key.startswith(DEPTH_PREFIX)}
     return model
+
+
+def _build_engine(config: ModelConfig, weights: dict, name: str, device, dtype, mapped_file, channels_last_convs,
+                  use_ema: bool) -> DiffusionEngine:
+    """generative-models' DiffusionEngine (SDXL, refiner, SD-Turbo), as strictly as LatentDiffusion.
+
+    The VAE stays in float32 whatever the run's dtype, as the original's disable_first_stage_autocast."""
+    if use_ema:
+        raise UsageError(f"{name}: generative-models' released files carry no EMA weights; run without --ema")
+    try:
+        with empty_modules():
+            conditioner = SDXLConditioner.from_config(config.text_params["emb_models"], weights)
+            model = DiffusionEngine(config, conditioner)
+    except ValueError as err:
+        raise UsageError(f"{config.source}: {err}") from None
+    text_weights, _ignored, unexpected = conditioner.module_state_dict_from_checkpoint(weights)
+    module_weights = {"conditioner." + key: value for key, value in text_weights.items()}
+    for key, value in weights.items():
+        if key.startswith((UNET_PREFIX, VAE_PREFIX)):
+            module_weights[key] = value
+        elif not (key.startswith("conditioner.") or key == SGM_SIGMAS_KEY or key in SCHEDULE_KEYS):
+            unexpected.append(key)
+    compare(model.state_dict(), module_weights, unexpected).raise_if_any(
+        f"{name} does not match config {config.source}", sides="checkpoint vs config",
+        hint=". Pass the config this checkpoint was made for with --config")
+    vae = {key: module_weights.pop(key) for key in list(module_weights) if key.startswith(VAE_PREFIX)}
+    _cast_in_place(module_weights, device, dtype, mapped_file, channels_last_convs)
+    _cast_in_place(vae, device, torch.float32, mapped_file, channels_last_convs)
+    model.load_state_dict({**module_weights, **vae}, strict=True, assign=True)
+    model.alphas_cumprod = _schedule(weights, config, name)
+    _check_sigma_table(weights.get(SGM_SIGMAS_KEY), model.sigma_table, config, name)
+    return model
+
+
+def _check_sigma_table(stored, computed: torch.Tensor, config: ModelConfig, name: str) -> None:
+    """The file's denoiser.sigmas against the config's discretization; a disagreement is said, the config's used."""
+    if stored is None:
+        return
+    if stored.shape != computed.shape or not torch.allclose(stored.float().cpu(), computed, rtol=1e-3):
+        log.warn(f"{name}: its denoiser.sigmas are not the ones config {config.source} defines "
+                 f"(linear_start {config.linear_start}, linear_end {config.linear_end}); using the config's")
 
 
 def _module_state_dict(weights: dict, encoder_class, depth: bool) -> tuple[dict, list[str]]:

@@ -6,7 +6,8 @@ training-only params are ignored by name. What the engine's sections become:
 - denoiser_config: the DiscreteDenoiser's discretization (linear_start, linear_end, num_idx) and
   its scaling (EpsScaling: eps, VScaling: v);
 - network_config: the UNet's params, as an ldm unet_config's;
-- conditioner_config: the embedders in order, each as (role, input_key, params);
+- conditioner_config: the embedders in order, as the YAML gives them (text_params["emb_models"]),
+  checked against the allow-list;
 - first_stage_config: the VAE's params.
 """
 
@@ -31,8 +32,8 @@ def parse_engine(model: dict, source: str, role_of) -> dict:
     """The ModelConfig fields of a DiffusionEngine section; role_of(section, where, allowed) -> role."""
     params = dict(model.get("params") or {})
     discretization, parameterization = _denoiser(params.pop("denoiser_config", None), source, role_of)
-    embedders = _embedders(params.pop("conditioner_config", None), source, role_of)
-    text_roles = tuple(role for role, key, _ in embedders if key == "txt")
+    emb_models, roles = _embedders(params.pop("conditioner_config", None), source, role_of)
+    text_roles = tuple(role for role, key in roles if key == "txt")
     setup = TEXT_SETUPS.get(text_roles)
     if setup is None:
         raise UsageError(f"{source}: text embedders {', '.join(text_roles) or 'none'} are not SDXL's, its refiner's "
@@ -51,7 +52,7 @@ def parse_engine(model: dict, source: str, role_of) -> dict:
         vae_params=_vae(params.pop("first_stage_config", None), source, role_of),
         text_encoder=text_encoder,
         image_size=image_size,
-        text_params={"embedders": embedders},
+        text_params={"emb_models": emb_models},
     )
     unknown = sorted(set(params) - _ENGINE_TRAINING_ONLY)
     if unknown:
@@ -70,16 +71,18 @@ def _denoiser(section, source: str, role_of) -> tuple[dict, str]:
     return discretization, _SCALINGS[scaling]
 
 
-def _embedders(section, source: str, role_of) -> list[tuple[str, str, dict]]:
+def _embedders(section, source: str, role_of) -> tuple[list[dict], list[tuple[str, str]]]:
+    """The emb_models entries, and each one's (role, input_key)."""
     conditioner = _component(section, source, "conditioner_config", ("conditioner",), role_of)
-    found = []
-    for i, embedder in enumerate(conditioner.get("emb_models") or []):
-        where = f"conditioner embedder {i}"
-        role = _section_role(embedder, source, where, ("clip", "openclip", "openclip-pooled", "size-embedding"), role_of)
-        found.append((role, str(embedder.get("input_key", "")), dict(embedder.get("params") or {})))
-    if not found:
+    emb_models = list(conditioner.get("emb_models") or [])
+    if not emb_models:
         raise UsageError(f"{source}: conditioner_config has no emb_models")
-    return found
+    roles = []
+    for i, embedder in enumerate(emb_models):
+        role = _section_role(embedder, source, f"conditioner embedder {i}",
+                             ("clip", "openclip", "openclip-pooled", "size-embedding"), role_of)
+        roles.append((role, str(embedder.get("input_key", ""))))
+    return emb_models, roles
 
 
 def _vae(section, source: str, role_of) -> dict:

@@ -61,12 +61,27 @@ class LatentDiffusion(nn.Module):
         return family_of(self.config)
 
     @property
+    def text_module(self) -> nn.Module:
+        """The part that turns prompts into conditioning (what --offload moves in as "text encoder")."""
+        return self.cond_stage_model
+
+    @property
+    def text_towers(self) -> list[nn.Module]:
+        """The text encoders, the first deciding --clip-skip's range and the embeddings' tokenizer."""
+        return [self.cond_stage_model]
+
+    @property
     def watermark_text(self) -> str:
         return self.family.watermark_text
 
     @property
     def dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
+
+    @property
+    def vae_dtype(self) -> torch.dtype:
+        """The VAE's dtype: the model's, except where the loader keeps it in float32 (generative-models')."""
+        return next(self.first_stage_model.parameters()).dtype
 
     @property
     def device(self) -> torch.device:
@@ -99,14 +114,14 @@ class LatentDiffusion(nn.Module):
         With `tiled` (--vae-tiling) the VAE encodes overlapping tiles: bounded memory for large inputs.
         """
         self._ready("VAE")
-        image = image.to(self.device, self.dtype)
+        image = image.to(self.device, self.vae_dtype)
         if not tiled:
             mean, _ = self.first_stage_model.encode_moments(image)
         else:
             from sd_cli.runtime.tiling import encode_tiled
 
             mean = encode_tiled(lambda part: self.first_stage_model.encode_moments(part)[0], image,
-                                factor=self._vae_factor()).to(self.dtype)
+                                factor=self._vae_factor()).to(self.vae_dtype)
         return mean * self.config.scale_factor
 
     def decode_latents(self, latents: torch.Tensor, tiled: bool = False) -> torch.Tensor:
@@ -121,12 +136,12 @@ class LatentDiffusion(nn.Module):
             raise NumericsError(f"the UNet produced NaN or inf values in {self.dtype}; no image was saved. "
                                 + _nan_advice(self.dtype))
         self._ready("VAE")
-        z = latents.to(self.device, self.dtype) / self.config.scale_factor
+        z = latents.to(self.device, self.vae_dtype) / self.config.scale_factor
         images = self._vae_decode(self.first_stage_model, z, tiled)
         if torch.isfinite(images).all():
             return images
-        if self.dtype != torch.float32:
-            log.warn(f"the VAE produced NaN or inf in {self.dtype}; decoding again in float32")
+        if self.vae_dtype != torch.float32:
+            log.warn(f"the VAE produced NaN or inf in {self.vae_dtype}; decoding again in float32")
             images = self._decode_fp32(latents, tiled)
             if torch.isfinite(images).all():
                 return images
@@ -134,7 +149,7 @@ class LatentDiffusion(nn.Module):
                             "The checkpoint's VAE weights may be broken")
 
     def _decode_fp32(self, latents: torch.Tensor, tiled: bool) -> torch.Tensor:
-        vae, dtype = self.first_stage_model, self.dtype
+        vae, dtype = self.first_stage_model, self.vae_dtype
         vae.float()  # fp16/bf16 -> fp32 -> fp16/bf16 is exact, so the weights come back unchanged
         try:
             return self._vae_decode(vae, latents.to(self.device, torch.float32) / self.config.scale_factor, tiled)

@@ -1,13 +1,46 @@
-"""The guided model every mode samples: prompt and negative-prompt embeddings bound to the UNet."""
+"""The guided model every mode samples: prompt and negative-prompt conditioning bound to the UNet."""
 
 from sd_cli.prompting.prompts import match_lengths
 from sd_cli.sampling.guidance import GuidedModel
 
+# The SDXL demo's defaults for the refiner's aesthetic-score conditioning (conditional, unconditional).
+AESTHETIC_SCORES = (6.0, 2.5)
 
-def guided_model(model, prompts: list[str], negative_prompts: list[str], scale: float) -> GuidedModel:
-    """The classifier-free-guided prediction the samplers call; the unconditional branch encodes the
-    negative prompt, and is skipped at scale 1."""
+
+def guided_model(model, prompts: list[str], negative_prompts: list[str], scale: float,
+                 size: tuple[int, int]) -> GuidedModel:
+    """The classifier-free-guided prediction the samplers call for images of size (height, width); the
+    unconditional branch encodes the negative prompt, and is skipped at scale 1."""
+    if model.family.engine == "sgm":
+        return _engine_guided_model(model, prompts, negative_prompts, scale, size)
     cond = model.encode_text(prompts)
     uncond = model.encode_text(negative_prompts) if scale != 1.0 else None
-    cond, uncond = match_lengths(model, cond, uncond)  # a long prompt or negative: pad the other
+    # a long prompt or negative: pad the other
+    cond, uncond = match_lengths(lambda batch: model.encode_text([""] * batch), cond, uncond)
     return GuidedModel(model.unet, cond, uncond, scale, model.parameterization)
+
+
+def _engine_guided_model(model, prompts, negative_prompts, scale, size) -> GuidedModel:
+    """generative-models' conditioning: crossattn and the vector y (pooled text, size, crop, target or
+    aesthetic score). An SDXL base's empty negative prompt is zeros (the demo's force_uc_zero_embeddings,
+    AUTOMATIC1111's rule when every negative is empty); the refiner encodes even an empty one."""
+    from sd_cli.models.sdxl_conditioning import SizeConditioning, zero_text
+
+    text = model.encode_text(prompts)
+    refiner = model.family.name == "sdxl-refiner"
+    sizes = SizeConditioning(original_size=size, target_size=None if refiner else size,
+                             aesthetic_score=AESTHETIC_SCORES[0] if refiner else None)
+    if scale == 1.0:
+        return GuidedModel(model.unet, text.crossattn, None, scale, model.parameterization,
+                           vector=model.vector(text, sizes))
+    if model.family.zero_empty_negative and not any(negative_prompts):
+        uncond = zero_text(text)
+    else:
+        uncond = model.encode_text(negative_prompts)
+    uncond_sizes = SizeConditioning(size, target_size=sizes.target_size,
+                                    aesthetic_score=AESTHETIC_SCORES[1] if refiner else None)
+    cond_x, uncond_x = match_lengths(lambda batch: model.encode_text([""] * batch).crossattn, text.crossattn,
+                                     uncond.crossattn)
+    return GuidedModel(model.unet, cond_x, uncond_x, scale, model.parameterization,
+                       vector=model.vector(text, sizes), uncond_vector=model.vector(uncond, uncond_sizes))
+

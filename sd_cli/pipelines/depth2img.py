@@ -59,7 +59,7 @@ def depth2img(model: LatentDiffusion, init_image: torch.Tensor, depth: torch.Ten
     batch, device = len(prompts), model.device
     latent_shape = model.family.latent_shape(*init_image.shape[-2:])
     # 1. Text conditioning, and the depth channel (the same in both guidance branches).
-    guided = guided_model(model, prompts, negative_prompts, params.scale)
+    guided = guided_model(model, prompts, negative_prompts, params.scale, tuple(init_image.shape[-2:]))
     guided.concat = depth_conditioning(depth.to(device, torch.float32), latent_shape[1:]).expand(batch, -1, -1, -1)
     # 2. The image latent: the VAE posterior mean times scale_factor.
     x0 = model.encode_image(init_image).float().expand(batch, -1, -1, -1)

@@ -63,5 +63,5 @@ def txt2img_hires(model, prompts: list[str], negative_prompts: list[str], seeds:
                        mode=mode, **({"align_corners": False} if mode == "bilinear" else {}))
     # 3. img2img on the upscaled latent.
     second = SamplingParams(params.sampler, hires.steps or params.steps, params.scale, params.eta)
-    guided = guided_model(model, prompts, negative_prompts, params.scale)
+    guided = guided_model(model, prompts, negative_prompts, params.scale, (big_h, big_w))
     return model.decode_latents(img2img_latents(model, guided, x0, seeds, second, hires.strength, progress))

@@ -20,7 +20,7 @@ def img2img(model, init_image: torch.Tensor, prompts: list[str], negative_prompt
             progress: Progress | None = None) -> torch.Tensor:
     """init_image [1, 3, H, W] in [-1, 1]; strength in [0, 1] (1.0 starts from pure noise)."""
     # 1. Conditioning, and the init latent: the VAE posterior mean times scale_factor (no sampling).
-    guided = guided_model(model, prompts, negative_prompts, params.scale)
+    guided = guided_model(model, prompts, negative_prompts, params.scale, tuple(init_image.shape[-2:]))
     x0 = model.encode_image(init_image).float().expand(len(prompts), -1, -1, -1)
     # 2-3. Noise it to where strength puts it and denoise from there.
     return model.decode_latents(img2img_latents(model, guided, x0, seeds, params, strength, progress))

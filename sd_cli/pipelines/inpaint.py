@@ -45,7 +45,7 @@ def inpaint(model: LatentDiffusion, image: torch.Tensor, mask: torch.Tensor, pro
     method = inpaint_method(model)
     batch, device = len(prompts), model.device
     # 1. Text conditioning; the mask at latent size, nearest as the original's interpolate default.
-    guided = guided_model(model, prompts, negative_prompts, params.scale)
+    guided = guided_model(model, prompts, negative_prompts, params.scale, tuple(image.shape[-2:]))
     latent_shape = model.family.latent_shape(*image.shape[-2:])
     latent_mask = F.interpolate(mask.float(), size=latent_shape[1:]).to(device)  # [1, 1, h, w]
     # 2. The image latent (a start with strength < 1, the known region for "blend").

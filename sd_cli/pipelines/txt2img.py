@@ -20,7 +20,7 @@ def txt2img_latents(model, prompts: list[str], negative_prompts: list[str], seed
                     params: SamplingParams, height: int, width: int, progress: Progress | None = None) -> torch.Tensor:
     """The denoised latents [B, 4, H/8, W/8] of txt2img, before the VAE."""
     # 1. Text conditioning.
-    guided = guided_model(model, prompts, negative_prompts, params.scale)
+    guided = guided_model(model, prompts, negative_prompts, params.scale, (height, width))
     # 2. Start noise: each image's own generator, drawn on the CPU in float32.
     noise = NoiseSource(seeds)
     draw = noise.draw(model.family.latent_shape(height, width), model.device)

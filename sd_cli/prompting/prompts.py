@@ -220,6 +220,12 @@ def encode_prompts(encoder, prompts: list[str], options: TextOptions) -> torch.T
     return torch.cat(parts, dim=1)
 
 
+def first_chunk_tokens(encoder, prompts: list[str], options: TextOptions) -> torch.Tensor:
+    """[B, 77] token ids of each prompt's first chunk (SDXL's pooled vector comes from it)."""
+    device = encoder.token_embedding.weight.device
+    return torch.tensor([build_chunks(prompt, encoder, options)[0].tokens for prompt in prompts], device=device)
+
+
 def _encode_chunks(encoder, chunks: list[Chunk], options: TextOptions) -> torch.Tensor:
     """[B, 77, D] for one chunk of each prompt."""
     device = encoder.token_embedding.weight.device
@@ -258,11 +264,12 @@ def _apply_weights(z: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     return z * torch.where(noise, torch.ones_like(after), before / after)
 
 
-def match_lengths(model, cond: torch.Tensor, uncond: torch.Tensor | None):
-    """Pad the shorter of cond/uncond [B, 77·k, D] with empty-prompt chunks to the same length."""
+def match_lengths(encode_empty, cond: torch.Tensor, uncond: torch.Tensor | None):
+    """Pad the shorter of cond/uncond [B, 77·k, D] with empty-prompt chunks to the same length;
+    encode_empty(batch) -> [B, 77, D] is the empty prompt's conditioning."""
     if uncond is None or cond.shape[1] == uncond.shape[1]:
         return cond, uncond
-    empty = model.encode_text([""] * cond.shape[0])
+    empty = encode_empty(cond.shape[0])
     pad = lambda z, n: torch.cat([z] + [empty.to(z.dtype)] * ((n - z.shape[1]) // empty.shape[1]), dim=1)  # noqa: E731
     longest = max(cond.shape[1], uncond.shape[1])
     return pad(cond, longest), pad(uncond, longest)
@@ -289,7 +296,7 @@ def default_clip_skip(encoder) -> int:
 def infotext_values(session, prompt: str, negative_prompt: str) -> dict:
     """The recorded clip_skip, ti_hashes and emphasis of a run (run.session.Session; AUTOMATIC1111's
     "Clip skip", "TI hashes", "Emphasis"; sd_cli/fields.py), each only when it says something."""
-    encoder, options = session.model.cond_stage_model, session.text
+    encoder, options = session.model.text_towers[0], session.text
     values: dict = {}
     if options.clip_skip is not None and options.clip_skip != default_clip_skip(encoder):
         values["clip_skip"] = options.clip_skip

@@ -127,7 +127,7 @@ def _render_jobs(request: RunRequest, jobs: list[Job], targets: dict, rank, repo
     if request.on_error == "stop" and request.mode != "txt2img":  # a bad input fails before the model loads
         _inpaint_canvas(request, jobs[0]) if request.mode == "inpaint" else _init_image(request.mode, jobs[0])
     session = _load(request, rank)
-    _check_model_fits(request.mode, session.family)
+    _check_model_fits(request, session.family)
     if request.random_seed is not None:  # announced once the inputs and the model are known to be good
         log.info(f"seed {request.random_seed} (random; pass --seed {request.random_seed} to repeat this run)")
     writer = ImageWriter(request, session, targets, report.written, grid=_grid_wanted(request, rank))
@@ -206,7 +206,7 @@ def _load(request: RunRequest, rank):
     loaded = load_model(checkpoint, request.config, device=device, dtype=dtype, use_ema=request.ema, offload=offload,
                         mode=request.mode)
     log.info(f"loaded {checkpoint} in {time.perf_counter() - started:.1f}s")
-    text = text_options(loaded.model.cond_stage_model, request.emphasis, request.clip_skip, request.embeddings)
+    text = text_options(loaded.model.text_towers[0], request.emphasis, request.clip_skip, request.embeddings)
     if request.vae is not None:
         from sd_cli.loading.vae_file import load_vae
 
@@ -309,9 +309,14 @@ def _apply_loras(session, request: RunRequest, batch: list[Job]) -> list[str]:
     return [strip_tags(job.prompt) for job in batch]
 
 
-def _check_model_fits(mode: str, family) -> None:
+def _check_model_fits(request: RunRequest, family) -> None:
     """Before any rendering: the model must serve the subcommand; inpaint says how it will work."""
+    mode = request.mode
     family.check_serves(mode)
+    if family.engine == "sgm" and request.watermark:
+        raise UsageError(f"{family.description} images carry generative-models' own watermark (a 48-bit "
+                         "message embedded in the float image), which sd_cli does not write yet; pass "
+                         "--no-watermark to render without one")
     if mode == "inpaint":
         log.info("inpaint method: " + ("mask and masked-image latent as extra UNet input (inpainting checkpoint)"
                                        if family.inpaint_method == "concat" else "known region blended back after "

@@ -50,6 +50,11 @@ class Session:
         return self.model.alphas_cumprod
 
     @property
+    def sigma_table(self) -> torch.Tensor:
+        """generative-models' models: the DiscreteDenoiser's σ table (models/diffusion_engine.py)."""
+        return self.model.sigma_table
+
+    @property
     def parameterization(self) -> str:
         return self.model.parameterization
 
@@ -64,8 +69,13 @@ class Session:
     def encode_text(self, prompts: list[str]) -> torch.Tensor:
         return self.model.encode_text(prompts, self.text)
 
-    def unet(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        return self.model.unet(x, t, context)
+    def unet(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, *vector) -> torch.Tensor:
+        """SDXL's UNet takes its vector y after the context."""
+        return self.model.unet(x, t, context, *vector)
+
+    def vector(self, text, sizes):
+        """SDXL's vector y from its text conditioning and size conditioning (models/diffusion_engine.py)."""
+        return self.model.vector(text, sizes)
 
     def encode_image(self, image: torch.Tensor) -> torch.Tensor:
         return self.model.encode_image(image, tiled=self.vae_tiling)

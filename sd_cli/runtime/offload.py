@@ -94,7 +94,7 @@ class ModelOffload:
 def enable_offload(model, device) -> None:
     """Keep `model` (loaded on the CPU) there, running each part on `device` in turn."""
     model.offload = ModelOffload(
-        {"text encoder": model.cond_stage_model, "UNet": model.model.diffusion_model, "VAE": model.first_stage_model},
+        {"text encoder": model.text_module, "UNet": model.model.diffusion_model, "VAE": model.first_stage_model},
         device)
 
 

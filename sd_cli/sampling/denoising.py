@@ -71,7 +71,7 @@ def is_k_sampler(params: SamplingParams) -> bool:
 def start(model, params: SamplingParams, draw: torch.Tensor, x0: torch.Tensor | None = None,
           strength: float = 1.0, rule: StartRule = IMG2IMG) -> Start:
     """The start of a run: draw [B, 4, h, w] is each image's first draw; x0 the image latent (None: txt2img)."""
-    if model.family.sampling == "sgm":
+    if model.family.engine == "sgm":
         return _sgm_start(model, params, draw, x0, strength)
     if is_k_sampler(params):
         return _k_start(model, params, draw, x0, strength, rule)
@@ -158,7 +158,7 @@ def _run_k(model, guided, begin: Start, noise, params, hooks) -> torch.Tensor:
     if params.eta:
         raise UsageError(f"--eta is DDIM's η; {spec.id} runs with AUTOMATIC1111's defaults (η = 1 for the "
                          "ancestral and SDE samplers)")
-    if model.family.sampling == "sgm":
+    if model.family.engine == "sgm":
         denoiser = sgm.QuantizedDenoiser(guided, model.sigma_table)
     else:
         denoiser = (LCMDenoiser if spec.denoiser == "lcm" else KDenoiser)(guided, model.alphas_cumprod)

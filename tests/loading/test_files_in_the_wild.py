@@ -248,8 +248,6 @@ def test_inpainting_weights_with_an_ordinary_yaml(tmp_path):
 
 
 @pytest.mark.parametrize("keys, expected", [
-    ({"conditioner.embedders.0.transformer.text_model.embeddings.token_embedding.weight": (8, 4),
-      "model.diffusion_model.input_blocks.0.0.weight": (8, 4, 3, 3)}, "is an SDXL checkpoint"),
     ({"model.diffusion_model.joint_blocks.0.x_block.attn.qkv.weight": (6, 2)}, "is a Stable Diffusion 3 checkpoint"),
     ({"double_blocks.0.img_attn.qkv.weight": (6, 2)}, "is a Flux checkpoint"),
     ({"low_scale_model.betas": (4,), "model.diffusion_model.input_blocks.0.0.weight": (8, 7, 3, 3)},
@@ -271,7 +269,8 @@ def test_a_unet_only_file_is_not_sent_to_look_for_a_yaml(tmp_path, sd1):
     weights, config = sd1
     unet = {key: value for key, value in weights.items() if key.startswith("model.diffusion_model.")}
     assert error_of(load_model, save(tmp_path, "unet", unet)) == (
-        "unet.safetensors: holds a UNet but no text encoder (no cond_stage_model.* token embedding), so it is not "
+        "unet.safetensors: holds a UNet but no text encoder (no cond_stage_model.* or conditioner.embedders.* token "
+        "embedding), so it is not "
         "a whole Stable Diffusion checkpoint; pass the full checkpoint")
     OmegaConf.save(OmegaConf.create(config), tmp_path / "v1.yaml")
     assert "has no text encoder weights" in error_of(load_model, tmp_path / "unet.safetensors", tmp_path / "v1.yaml")

@@ -44,8 +44,15 @@ def _fingerprint_dict(text: str, unet_in: int, depth: bool = False) -> dict:
     sd = {"model.diffusion_model.input_blocks.0.0.weight": torch.empty(320, unet_in, 3, 3)}
     if text == "clip":
         sd["cond_stage_model.transformer.text_model.embeddings.token_embedding.weight"] = torch.empty(49408, 768)
-    else:
+    elif text == "openclip":
         sd["cond_stage_model.model.token_embedding.weight"] = torch.empty(49408, 1024)
+    elif text == "sdxl":
+        sd["conditioner.embedders.0.transformer.text_model.embeddings.token_embedding.weight"] = torch.empty(49408, 768)
+        sd["conditioner.embedders.1.model.token_embedding.weight"] = torch.empty(49408, 1280)
+    else:  # the refiner (bigG, a vector input) or SD-Turbo (OpenCLIP-H, none)
+        sd["conditioner.embedders.0.model.token_embedding.weight"] = torch.empty(49408, 1280)
+        if text == "sdxl-refiner":
+            sd["model.diffusion_model.label_emb.0.0.weight"] = torch.empty(1536, 2560)
     if depth:
         sd["depth_model.model.pretrained.act_postprocess3.0.project.0.bias"] = torch.empty(256)
     return sd

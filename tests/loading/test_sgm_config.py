@@ -24,16 +24,19 @@ def test_the_original_sgm_yamls_parse(name, text, context, adm, native, descript
     assert config.native_size == native
     assert "attn_type" not in config.vae_params["ddconfig"]
     family = family_of(config)
-    assert (family.description, family.sampling, family.subcommands) == (description, "sgm", ("txt2img", "img2img"))
+    assert (family.description, family.engine, family.subcommands) == (description, "sgm", ("txt2img", "img2img"))
 
 
 def test_sdxl_embedders_in_order():
-    embedders = load_config(CONFIGS / "sd_xl_base.yaml").text_params["embedders"]
-    assert [(role, key) for role, key, _ in embedders] == [
-        ("clip", "txt"), ("openclip-pooled", "txt"), ("size-embedding", "original_size_as_tuple"),
-        ("size-embedding", "crop_coords_top_left"), ("size-embedding", "target_size_as_tuple")]
-    assert embedders[0][2] == {"layer": "hidden", "layer_idx": 11}
-    assert embedders[2][2] == {"outdim": 256}
+    embedders = load_config(CONFIGS / "sd_xl_base.yaml").text_params["emb_models"]
+    module = "sgm.modules.encoders.modules."
+    assert [(e["target"], e["input_key"]) for e in embedders] == [
+        (module + "FrozenCLIPEmbedder", "txt"), (module + "FrozenOpenCLIPEmbedder2", "txt"),
+        (module + "ConcatTimestepEmbedderND", "original_size_as_tuple"),
+        (module + "ConcatTimestepEmbedderND", "crop_coords_top_left"),
+        (module + "ConcatTimestepEmbedderND", "target_size_as_tuple")]
+    assert embedders[0]["params"] == {"layer": "hidden", "layer_idx": 11}
+    assert embedders[2]["params"] == {"outdim": 256}
 
 
 def _engine(**changes) -> dict:
@@ -64,10 +67,3 @@ def test_sgm_yamls_outside_the_allow_list_are_refused(changes, message):
     with pytest.raises(UsageError, match=message.replace("(", r"\(").replace(")", r"\)")):
         parse_config(_engine(**changes), "x.yaml")
 
-
-def test_an_sgm_model_is_named_and_refused_before_any_weight_is_read():
-    from sd_cli.loading.loader import build_and_load
-
-    with pytest.raises(UsageError, match=r"^x.safetensors: SDXL refiner models \(generative-models' DiffusionEngine, "
-                                         r".*sd_xl_refiner.yaml\) do not run in sd_cli yet"):
-        build_and_load(load_config(CONFIGS / "sd_xl_refiner.yaml"), {}, "x.safetensors")

@@ -134,7 +134,7 @@ def test_negative_prompt_padded_to_the_prompts_chunks(sd1):
 
     with torch.inference_mode():
         cond, uncond = Model().encode_text(["cat " * 80]), Model().encode_text(["blurry"])
-        cond, uncond = match_lengths(Model(), cond, uncond)
+        cond, uncond = match_lengths(lambda n: Model().encode_text([""] * n), cond, uncond)
         assert cond.shape == uncond.shape == (1, 154, TEXT_WIDTH)
         assert torch.equal(uncond[:, :77], sd1(["blurry"])) and torch.equal(uncond[:, 77:], sd1([""]))
 

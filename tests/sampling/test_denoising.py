@@ -10,7 +10,7 @@ from sd_cli.sampling.denoising import DEPTH2IMG, IMG2IMG, INPAINT, SamplingParam
 from sd_cli.sampling.schedule import alphas_cumprod, make_ddim_schedule
 from sd_cli.sampling.steps import CLEAN, NoiseLevel, StepHooks
 
-MODEL = SimpleNamespace(alphas_cumprod=alphas_cumprod(0.00085, 0.0120), family=SimpleNamespace(sampling="ldm"))
+MODEL = SimpleNamespace(alphas_cumprod=alphas_cumprod(0.00085, 0.0120), family=SimpleNamespace(engine="ldm"))
 X0 = torch.full((1, 4, 2, 2), 0.5)
 DRAW = torch.linspace(-1, 1, 16).reshape(1, 4, 2, 2)
 DDIM = SamplingParams(sampler="ddim", steps=10)

@@ -245,7 +245,7 @@ def test_txt2img_dpmpp_sde_against_diffusers(model, name, monkeypatch):
 
 @torch.inference_mode()
 def ours_on_grid(model: Model, function, sigmas, seeds, **options):
-    guided = guided_model(model.ours, PROMPTS[:len(seeds)], [""] * len(seeds), 5.0)
+    guided = guided_model(model.ours, PROMPTS[:len(seeds)], [""] * len(seeds), 5.0, (SIZE, SIZE))
     noise = NoiseSource(seeds)
     x = noise.draw(LATENT, model.ours.device) * float(sigmas[0])
     denoiser = KDenoiser(guided, model.ours.alphas_cumprod)

@@ -101,7 +101,7 @@ def test_after_step_hook_runs_once_per_step_with_the_next_sigma(sd1_ckpt):
             calls.append(("hook", level.sigma))
             return x
 
-        guided = guided_model(model, ["x"], [""], 3.0)
+        guided = guided_model(model, ["x"], [""], 3.0, (64, 64))
         x = NoiseSource([1]).draw((4, 8, 8), model.device) * float(sigmas[0])
         begin = Start(x, sigmas=sigmas)
         plain = denoise(model, guided, begin, NoiseSource([2]), params)

@@ -12,7 +12,7 @@ from sd_cli.sampling.denoising import SamplingParams, start
 from sd_cli.sampling.schedule import alphas_cumprod
 
 TABLE = sgm.sigma_table(0.00085, 0.012, 1000)
-SGM_MODEL = SimpleNamespace(family=SimpleNamespace(sampling="sgm", description="SDXL"), sigma_table=TABLE,
+SGM_MODEL = SimpleNamespace(family=SimpleNamespace(engine="sgm", description="SDXL"), sigma_table=TABLE,
                             alphas_cumprod=alphas_cumprod(0.00085, 0.012))
 DRAW = torch.linspace(-1, 1, 16).reshape(1, 4, 2, 2)
 X0 = torch.full((1, 4, 2, 2), 0.25)
@@ -106,7 +106,7 @@ def test_sgm_start_scales_txt2img_noise_and_follows_img2img_rule():
 def test_sgm_models_refuse_the_original_samplers_and_ldm_models_refuse_sgm_schedules():
     with pytest.raises(UsageError, match="use one of its samplers"):
         start(SGM_MODEL, SamplingParams(sampler="ddim", steps=4), DRAW)
-    ldm = SimpleNamespace(family=SimpleNamespace(sampling="ldm", description="SD 1.x"),
+    ldm = SimpleNamespace(family=SimpleNamespace(engine="ldm", description="SD 1.x"),
                           alphas_cumprod=SGM_MODEL.alphas_cumprod)
     with pytest.raises(UsageError, match="schedule turbo is generative-models'"):
         start(ldm, SamplingParams(sampler="euler_a_turbo", steps=4), DRAW)

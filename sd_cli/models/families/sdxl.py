@@ -1,6 +1,6 @@
 """generative-models' DiffusionEngine models: SDXL (and SDXL-Turbo, the same layout), the SDXL
 refiner, and SD-Turbo (SD 2.1 in sgm's layout). They sample as generative-models does
-(sampling/sgm.py), so their family says sampling="sgm"."""
+(sampling/sgm.py) and are conditioned as it does, so their family says engine="sgm"."""
 
 from sd_cli.models.families.family import ModelFamily
 
@@ -27,5 +27,6 @@ def decide(config) -> ModelFamily | None:
         needs_depth=False,
         native_size=native_size,
         watermark_text=SDXL_WATERMARK,
-        sampling="sgm",
+        zero_empty_negative=name == "sdxl",  # the demo's force_uc_zero_embeddings; refiner and SD-Turbo encode
+        engine="sgm",
     )

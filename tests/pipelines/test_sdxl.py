@@ -1,0 +1,150 @@
+"""SDXL, its refiner and SD-Turbo from tiny sgm files: sd_cli's latents against an independent loop.
+
+The reference is diffusers' UNet (through diffusers' LDM converter, "text_time" embedding),
+transformers' text towers and diffusers' EulerDiscreteScheduler with "trailing" spacing, which
+is generative-models' legacy DDPM discretization wherever the step count divides 1000: the same
+timesteps, c_in and x̂₀ = x - σ·ε (tests/sampling/test_sgm.py). The start noise is generative-models'
+n·sqrt(1 + σ₀²), set here: diffusers starts this spacing from n·σ₀.
+"""
+
+import pytest
+import torch
+from sdxl_reference import diffusers_unet, reference_text, time_ids
+from tiny_models import tiny_state_dict, write_tiny_checkpoint
+
+from sd_cli.loading.loader import load_model
+from sd_cli.models.sdxl_conditioning import SizeConditioning
+from sd_cli.pipelines.img2img import img2img_latents
+from sd_cli.pipelines.conditioning import guided_model
+from sd_cli.pipelines.txt2img import txt2img_latents
+from sd_cli.sampling.denoising import SamplingParams
+from sd_cli.sampling.noise import NoiseSource
+
+diffusers = pytest.importorskip("diffusers")
+
+SIZE = 128  # 16x16 latents
+SEEDS = [3, 4]
+PROMPTS = ["a red circle on a blue square", "two green triangles"]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("sgm")
+    return {family: (write_tiny_checkpoint(family, folder / family, fmt="safetensors"), *tiny_state_dict(family))
+            for family in ("sdxl", "sdxl-refiner", "sd-turbo")}
+
+
+@torch.no_grad()
+def reference_latents(weights, config, prompts, negatives, seeds, steps, scale, sizes, start=None, strength=1.0):
+    unet = diffusers_unet(weights, config)
+    scheduler = diffusers.EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                                 timestep_spacing="trailing")
+    scheduler.set_timesteps(steps)
+    timesteps, sigmas = scheduler.timesteps, scheduler.sigmas
+    noise = NoiseSource(seeds).draw((4, SIZE // 8, SIZE // 8), "cpu")
+    if start is None:  # generative-models' start; diffusers' init_noise_sigma is σ_max alone for this spacing
+        x = noise * (sigmas[0] ** 2 + 1) ** 0.5
+    else:  # img2img: the max(int(strength·(S+1)), 1) smallest σ, from z + n·σ_first
+        keep = max(int(strength * (steps + 1)), 1)
+        timesteps, sigmas = timesteps[steps + 1 - keep:], sigmas[steps + 1 - keep:]
+        x = start + noise * sigmas[0]
+    cond = reference_text(weights, config, prompts)
+    if negatives is None:  # an empty negative prompt: zeros (diffusers' force_zeros_for_empty_prompt)
+        uncond = type(cond)(torch.zeros_like(cond.crossattn), torch.zeros_like(cond.pooled))
+    else:
+        uncond = reference_text(weights, config, negatives)
+    added = {"text_embeds": torch.cat([uncond.pooled, cond.pooled]),
+             "time_ids": torch.cat([time_ids(sizes[1], len(prompts)), time_ids(sizes[0], len(prompts))])}
+    for t, sigma, sigma_next in zip(timesteps, sigmas, sigmas[1:]):
+        x_in = torch.cat([x, x]) / (sigma**2 + 1) ** 0.5
+        eps = unet(x_in, t, encoder_hidden_states=torch.cat([uncond.crossattn, cond.crossattn]),
+                   added_cond_kwargs=added).sample
+        eps_u, eps_c = eps.chunk(2)
+        eps = eps_u + scale * (eps_c - eps_u)
+        x = x + eps * (sigma_next - sigma)  # Euler: d = (x - x̂₀)/σ = ε
+    return x
+
+
+def assert_close(ours, theirs, tolerance=2e-4):
+    assert ours.shape == theirs.shape and ours.abs().max() > 0.1
+    difference = (ours - theirs).abs().max().item()
+    assert difference <= tolerance * max(1.0, theirs.abs().max().item()), difference
+
+
+@pytest.mark.parametrize("negatives", [None, ["blurry", "a cat"]])
+def test_sdxl_txt2img_euler_matches_the_reference(files, negatives):
+    path, weights, config = files["sdxl"]
+    model = load_model(path).model
+    params = SamplingParams(sampler="euler", steps=4, scale=5.0)
+    ours = txt2img_latents(model, PROMPTS, negatives or ["", ""], SEEDS, params, SIZE, SIZE)
+    sizes = SizeConditioning((SIZE, SIZE), target_size=(SIZE, SIZE))
+    theirs = reference_latents(weights, config, PROMPTS, negatives, SEEDS, 4, 5.0, (sizes, sizes))
+    assert_close(ours, theirs)
+
+
+def test_sdxl_img2img_keeps_the_strength_share_of_sigmas(files):
+    path, weights, config = files["sdxl"]
+    model = load_model(path).model
+    params = SamplingParams(sampler="euler", steps=10, scale=3.0)
+    x0 = torch.linspace(-1, 1, 2 * 4 * 16 * 16).reshape(2, 4, 16, 16)
+    guided = guided_model(model, PROMPTS, ["", ""], 3.0, (SIZE, SIZE))
+    ours = img2img_latents(model, guided, x0, SEEDS, params, 0.6)
+    sizes = SizeConditioning((SIZE, SIZE), target_size=(SIZE, SIZE))
+    theirs = reference_latents(weights, config, PROMPTS, None, SEEDS, 10, 3.0, (sizes, sizes), start=x0, strength=0.6)
+    assert_close(ours, theirs)
+
+
+def test_the_refiner_encodes_its_empty_negative_with_the_negative_aesthetic_score(files):
+    path, weights, config = files["sdxl-refiner"]
+    model = load_model(path).model
+    params = SamplingParams(sampler="euler", steps=4, scale=5.0)
+    ours = txt2img_latents(model, PROMPTS, ["", ""], SEEDS, params, SIZE, SIZE)
+    cond = SizeConditioning((SIZE, SIZE), aesthetic_score=6.0)
+    uncond = SizeConditioning((SIZE, SIZE), aesthetic_score=2.5)
+    theirs = reference_latents(weights, config, PROMPTS, ["", ""], SEEDS, 4, 5.0, (cond, uncond))
+    assert_close(ours, theirs)
+
+
+def test_sd_turbo_one_step_without_guidance(files):
+    """One Turbo step from t = 999 at scale 1: x̂₀ itself (Euler to σ = 0), no unconditional pass."""
+    path, weights, config = files["sd-turbo"]
+    model = load_model(path).model
+    params = SamplingParams(sampler="euler_a_turbo", steps=1, scale=1.0)
+    ours = txt2img_latents(model, PROMPTS[:1], [""], SEEDS[:1], params, SIZE, SIZE)
+    unet = diffusers_unet(weights, config)
+    sigma = float(model.sigma_table[999])
+    x = NoiseSource(SEEDS[:1]).draw((4, 16, 16), "cpu") * (1 + sigma**2) ** 0.5
+    context = reference_text(weights, config, PROMPTS[:1]).crossattn
+    with torch.no_grad():
+        eps = unet(x / (sigma**2 + 1) ** 0.5, torch.tensor([999]), encoder_hidden_states=context).sample
+    assert_close(ours, x - sigma * eps)
+
+
+def test_the_vae_stays_in_float32_under_bf16(files):
+    path, _, _ = files["sdxl"]
+    model = load_model(path, dtype=torch.bfloat16).model
+    assert model.dtype == torch.bfloat16 and model.vae_dtype == torch.float32
+    latents = torch.zeros(1, 4, 16, 16)
+    image = model.decode_latents(latents)
+    assert image.dtype == torch.float32 and image.shape == (1, 3, SIZE, SIZE)
+
+
+def test_the_cli_renders_sdxl_as_the_pipeline_does_and_names_what_it_cannot_write_yet(files, run_cli, tmp_path):
+    from PIL import Image
+
+    from sd_cli.files.images import to_uint8
+
+    path, _, _ = files["sdxl"]
+    common = ["a red circle", "--ckpt", path, "--sampler", "euler", "--steps", "2", "--scale", "4",
+              "--height", str(SIZE), "--width", str(SIZE), "--seed", "7"]
+    refused = run_cli("txt2img", *common, "-o", tmp_path / "marked.png")
+    assert refused.code == 2 and "pass --no-watermark to render without one" in refused.stderr
+    assert not (tmp_path / "marked.png").exists()
+    assert run_cli("txt2img", *common, "--no-watermark", "-o", tmp_path / "x.png").code == 0
+    model = load_model(path).model
+    latents = txt2img_latents(model, ["a red circle"], [""], [7], SamplingParams("euler", 2, 4.0), SIZE, SIZE)
+    expected = to_uint8(model.decode_latents(latents))[0]
+    written = torch.from_numpy(__import__("numpy").asarray(Image.open(tmp_path / "x.png").convert("RGB")).copy())
+    assert torch.equal(written, torch.from_numpy(expected))
+    ddim = run_cli("txt2img", "a red circle", "--ckpt", path, "--steps", "2", "--no-watermark", "-o", tmp_path / "d.png")
+    assert ddim.code == 2 and "samples as generative-models does: use one of its samplers" in ddim.stderr
