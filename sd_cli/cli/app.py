@@ -38,6 +38,7 @@ def _render_command(mode: str, own_options, after_sampling=None):
         from sd_cli.run.render import run
 
         log.set_quiet(args["quiet"])  # before anything is logged, flag checks included
+        log.set_progress(args["progress"].value)
         run(build_request(mode, args))
 
     command.__signature__ = inspect.Signature(params)

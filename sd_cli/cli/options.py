@@ -23,6 +23,13 @@ class OnError(str, Enum):
     continue_ = "continue"
 
 
+class ProgressMode(str, Enum):
+    auto = "auto"
+    bar = "bar"
+    plain = "plain"
+    none = "none"
+
+
 class Emphasis(str, Enum):
     original = "original"
     none = "none"
@@ -80,6 +87,7 @@ HiresStrengthOpt = Annotated[float, typer.Option(*flags("hires_strength"), help=
 HiresUpscalerOpt = Annotated[str, typer.Option(*flags("hires_upscaler"), help="Hires fix: latent (bilinear, AUTOMATIC1111's \"Latent\") or latent-nearest.")]
 NoWatermarkOpt = Annotated[bool, typer.Option("--no-watermark", help="Do not embed the invisible watermark.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors on stderr.")]
+ProgressOpt = Annotated[ProgressMode, typer.Option("--progress", help="auto: a bar with ETA on a terminal, timestamped lines every 10 s elsewhere (cron, CI, 2>log), none with -q; or bar, plain, none.", case_sensitive=False)]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks.")]
 StrengthOpt = Annotated[float, typer.Option(*flags("strength"), help="img2img: how much to change the input, 0..1 (1 = start from noise).")]
 InitImgOpt = Annotated[Optional[Path], typer.Option(*flags("init_img"), help="img2img: the input image.")]
@@ -139,7 +147,7 @@ def run_options(
     offload: OffloadOpt = False,
     emphasis: EmphasisOpt = Emphasis(default("emphasis")), clip_skip: ClipSkipOpt = default("clip_skip"),
     embeddings: EmbeddingsOpt = None, vae: VaeOpt = default("vae"), lora: LoraOpt = None, lora_dir: LoraDirOpt = LORA_DIR,
-    quiet: QuietOpt = False, debug: DebugOpt = False,
+    quiet: QuietOpt = False, progress: ProgressOpt = ProgressMode.auto, debug: DebugOpt = False,
     laion400m: Laion400mOpt = False, torchscript: TorchscriptOpt = False, ipex: IpexOpt = False, bf16: Bf16FlagOpt = False,
 ): ...
 

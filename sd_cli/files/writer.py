@@ -6,20 +6,14 @@ order and their text, and which names the --json record has.
 """
 
 import json
-import sys
 import time
 from pathlib import Path
 
 from sd_cli import __version__
+from sd_cli.log import output as _emit
 from sd_cli.fields import FIELDS, infotext_fields
 from sd_cli.run.jobs import Job, sampler_id
 from sd_cli.sampling.samplers import label as sampler_label
-
-
-def _emit(line: str) -> None:
-    """One line on stdout in one write, so lines of parallel ranks sharing a pipe do not interleave."""
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
 
 
 class ImageWriter:

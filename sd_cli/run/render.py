@@ -68,6 +68,7 @@ def run(request: RunRequest) -> RunReport:
     _init_cache.clear()  # a file may have changed since an earlier run in this process
     if not rank.is_main:
         log.set_quiet(True)
+        log.set_progress("none")
     if request.skip_save and not _grid_wanted(request, rank):
         raise UsageError("--skip-save writes only the grid, and runs with -o, --name or several processes make none; "
                          "drop --skip-save")
@@ -128,12 +129,15 @@ def _render_jobs(request: RunRequest, jobs: list[Job], targets: dict, rank, repo
              f"on {session.device}" + (f" (rank {rank.rank} of {rank.world})" if rank.distributed else ""))
     done = 0
     try:
-        for batch in batches(jobs, request.batch_size):
-            done += len(batch)
-            images, seconds = _try_batch(session, request, batch, report, f"{done - len(batch) + 1}-{done} of {len(jobs)}")
-            if images is not None:
-                writer.add(batch, _finished(request, batch, images), seconds)
-            del images
+        with log.run_progress(len(jobs)) as progress:
+            for batch in batches(jobs, request.batch_size):
+                step = progress.batch(done, len(batch), passes=_passes(request, batch[0]))
+                done += len(batch)
+                images, seconds = _try_batch(session, request, batch, report, step)
+                if images is not None:
+                    progress.end()
+                    writer.add(batch, _finished(request, batch, images), seconds)
+                del images
         writer.finish()
     except KeyboardInterrupt:
         log.warn(f"interrupted: {len(report.written)} of {len(jobs)} image(s) written; "
@@ -150,6 +154,11 @@ def _render_jobs(request: RunRequest, jobs: list[Job], targets: dict, rank, repo
 def _describe(job: Job) -> str:
     size = f"{job.width}x{job.height}" if job.width and job.height else "native size"
     return f"{job.sampler} {job.steps} steps, scale {job.scale}, {size}"
+
+
+def _passes(request: RunRequest, job: Job) -> int:
+    """Sampling passes of the job's batch: the hires fix samples twice."""
+    return 2 if request.mode == "txt2img" and request.hires is not None and job.init_img is None else 1
 
 
 def _grid_wanted(request: RunRequest, rank) -> bool:
@@ -208,13 +217,14 @@ def _wants_offload(request: RunRequest, device) -> bool:
     return True
 
 
-def _try_batch(session, request: RunRequest, batch: list[Job], report: RunReport, label: str):
-    """(images, seconds) of one batch, or (None, 0) when it failed under --on-error continue."""
+def _try_batch(session, request: RunRequest, batch: list[Job], report: RunReport, progress):
+    """(images, seconds) of one batch, or (None, 0) when it failed under --on-error continue;
+    progress(done, total) is called after every sampling step."""
     import torch
 
     started = time.perf_counter()
     try:
-        images = _render_batch(session, request, batch, label)
+        images = _render_batch(session, request, batch, progress)
     except (SdCliError, torch.OutOfMemoryError) as err:
         message = _with_place(err, batch[0])
         if isinstance(err, OutputError) or request.on_error == "stop":
@@ -236,7 +246,7 @@ def _as_error(err: Exception, message: str) -> SdCliError:
     return SdCliError(f"{message}; use a smaller size or --n-samples")
 
 
-def _render_batch(session, request: RunRequest, batch: list[Job], label: str):
+def _render_batch(session, request: RunRequest, batch: list[Job], progress):
     """Decoded images [B, 3, H, W] in [-1, 1] for one batch of jobs with equal settings.
 
     The pipelines get the session as their model: it encodes and decodes with the run's options."""
@@ -251,7 +261,6 @@ def _render_batch(session, request: RunRequest, batch: list[Job], label: str):
     memory.check_fits(model, len(batch), height, width, guided=job.scale != 1.0, vae_tiling=session.vae_tiling)
     prompts, negatives, seeds = _apply_loras(session, request, batch), [j.negative_prompt for j in batch], [j.seed for j in batch]
     params = pipeline.SamplingParams(sampler=job.sampler, steps=job.steps, scale=job.scale, eta=job.eta)
-    progress = log.Progress(f"images {label}")
     if request.mode == "inpaint":
         from sd_cli.pipelines.inpaint import inpaint
 
@@ -269,7 +278,6 @@ def _render_batch(session, request: RunRequest, batch: list[Job], label: str):
         decoded = pipeline.txt2img(model, prompts, negatives, seeds, params, height, width, progress)
     else:
         decoded = pipeline.img2img(model, init, prompts, negatives, seeds, params, job.strength, progress)
-    progress.close()
     return decoded
 
 
