@@ -60,16 +60,16 @@ class OutputPlan:
         """The name the next save_grid tries first (not reserved: another run may take it)."""
         return self.outdir / _GRID_FORMAT.format(self._next_grid)
 
-    def save_sample(self, image: np.ndarray, infotext: str | None = None) -> Path:
+    def save_sample(self, image: np.ndarray, infotext: str | None = None, notes: dict | None = None) -> Path:
         """Write the next free ``samples/NNNNN.png`` and return its path."""
         path, self._next_sample = _save_numbered(image, infotext, self.samples_dir,
-                                                 _SAMPLE_FORMAT, self._next_sample)
+                                                 _SAMPLE_FORMAT, self._next_sample, notes)
         return path
 
-    def save_grid(self, image: np.ndarray, infotext: str | None = None) -> Path:
+    def save_grid(self, image: np.ndarray, infotext: str | None = None, notes: dict | None = None) -> Path:
         """Write the next free ``grid-NNNN.png`` and return its path."""
         path, self._next_grid = _save_numbered(image, infotext, self.outdir, _GRID_FORMAT,
-                                               self._next_grid)
+                                               self._next_grid, notes)
         return path
 
 
@@ -102,14 +102,15 @@ def output_paths(pattern: str | Path, count: int, seeds: list[int] | None = None
     return paths
 
 
-def save_png(image: np.ndarray, path: str | Path, infotext: str | None = None) -> Path:
+def save_png(image: np.ndarray, path: str | Path, infotext: str | None = None, notes: dict | None = None) -> Path:
     """Write `image` ([H, W, 3] uint8 RGB) as a PNG at `path`, replacing any file there, atomically.
 
-    The text goes into the ``parameters`` chunk. Parent folders are created. Any OS failure
+    The text goes into the ``parameters`` chunk, each of `notes` ({key: text}) into a text chunk
+    of its own (the watermark's note, files/watermark.py). Parent folders are created. Any OS failure
     (disk full, no permission) leaves no temporary file behind and raises OutputError.
     """
     path = Path(path)
-    temp = _write_temp(image, path, infotext)
+    temp = _write_temp(image, path, infotext, notes)
     try:
         os.replace(temp, path)
     except BaseException as e:
@@ -135,12 +136,12 @@ def _first_number(folder: Path, name: re.Pattern, exclude: str | None) -> int:
     return max(len(entries), max(numbers, default=-1) + 1)
 
 
-def _save_numbered(image, infotext, folder: Path, name_format: str, number: int) -> tuple[Path, int]:
+def _save_numbered(image, infotext, folder: Path, name_format: str, number: int, notes=None) -> tuple[Path, int]:
     """Write once to a temporary file, then claim the first free name from `number` on.
 
     Returns the path and the number to try next.
     """
-    temp = _write_temp(image, folder / name_format.format(number), infotext)
+    temp = _write_temp(image, folder / name_format.format(number), infotext, notes)
     try:
         while True:
             path = folder / name_format.format(number)
@@ -218,16 +219,14 @@ def _with_png_suffix(path: Path) -> Path:
 
 # -- atomic writes -----------------------------------------------------------------------------
 
-def _write_temp(image: np.ndarray, path: Path, infotext: str | None) -> Path:
+def _write_temp(image: np.ndarray, path: Path, infotext: str | None, notes: dict | None = None) -> Path:
     """Encode the PNG into a new hidden file next to `path`, synced to disk; return its path."""
     from PIL import Image
-
-    from sd_cli.files.infotext import png_info
 
     folder = path.parent
     _make_folder(folder, path)
     pil = Image.fromarray(np.asarray(image))
-    pnginfo = png_info(infotext) if infotext is not None else None
+    pnginfo = _text_chunks(infotext, notes or {})
     temp, fd = _create_temp(folder, path.name)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -240,6 +239,20 @@ def _write_temp(image: np.ndarray, path: Path, infotext: str | None) -> Path:
             raise _write_error(path, e) from None
         raise
     return temp
+
+
+def _text_chunks(infotext: str | None, notes: dict):
+    """The PNG's text chunks: the infotext as ``parameters``, then each note; None when there are none."""
+    from PIL.PngImagePlugin import PngInfo
+
+    from sd_cli.files.infotext import png_info
+
+    if infotext is None and not notes:
+        return None
+    chunks = png_info(infotext) if infotext is not None else PngInfo()
+    for key, text in notes.items():
+        chunks.add_text(key, text)
+    return chunks
 
 
 def _create_temp(folder: Path, name: str) -> tuple[Path, int]:

@@ -36,12 +36,12 @@ class ImageWriter:
         for job, image in zip(batch, images):
             self.first = self.first or (job, image.shape)
             started = time.perf_counter()
-            image = self._watermarked(image)
+            image, notes = self._watermarked(image)
             if self.grid_images is not None:
                 self.grid_images.append(image)
             if not self.request.skip_save:
                 infotext = self._infotext(job, image.shape)  # once: the PNG and the --json record share it
-                path = self._save(job, image, infotext)
+                path = self._save(job, image, infotext, notes)
                 timings = {"sample_s": round(seconds / len(batch), 4), "write_s": round(time.perf_counter() - started, 4)}
                 self._announce(path, job, image.shape, infotext, timings)
 
@@ -50,15 +50,17 @@ class ImageWriter:
             return
         from sd_cli.files.images import make_grid
 
-        grid = self._watermarked(make_grid(self.grid_images, self.request.n_rows or self.request.batch_size))
-        path = self.plan.save_grid(grid, self._infotext(*self.first))  # not counted: the samples are the images
+        grid, notes = self._watermarked(make_grid(self.grid_images, self.request.n_rows or self.request.batch_size))
+        path = self.plan.save_grid(grid, self._infotext(*self.first), notes)  # not counted: the samples are the images
         _emit(json.dumps({"path": str(path), "grid": True}) if self.request.json else str(path))
 
-    def _save(self, job: Job, image, infotext: str) -> Path:
+    def _save(self, job: Job, image, infotext: str, notes: dict) -> Path:
         from sd_cli.files.output import save_png
 
         target = self.targets[job.index]
-        return self.plan.save_sample(image, infotext) if target is None else save_png(image, target, infotext)
+        if target is None:
+            return self.plan.save_sample(image, infotext, notes)
+        return save_png(image, target, infotext, notes)
 
     def _announce(self, path: Path, job: Job, shape, infotext: str, timings: dict) -> None:
         self.written.append(path)
@@ -67,12 +69,19 @@ class ImageWriter:
         else:
             _emit(str(path))
 
-    def _watermarked(self, image):
-        if not self.request.watermark:
-            return image
-        from sd_cli.files.watermark import add_watermark
+    def _watermarked(self, image) -> tuple:
+        """The image as it is written, and its PNG notes: why it carries no readable mark, where it does not.
 
-        return add_watermark(image, self.loaded.model.watermark_text)
+        What was just embedded is read back, so the file itself says when the original algorithm
+        could not carry the mark (or the image is too small for it) and `verify` can tell."""
+        if not self.request.watermark:
+            return image, {}
+        from sd_cli.files.watermark import NOTE_KEY, add_watermark, unreadable_reason
+
+        text = self.loaded.model.watermark_text
+        marked = add_watermark(image, text)
+        reason = unreadable_reason(marked, text)
+        return marked, ({NOTE_KEY: reason} if reason else {})
 
     def _record(self, path: Path, job: Job, shape, infotext: str, timings: dict) -> dict:
         """The --json object of a written image (the same fields `sd-cli info --json` reads back)."""
