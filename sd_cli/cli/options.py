@@ -88,6 +88,7 @@ HiresUpscalerOpt = Annotated[str, typer.Option(*flags("hires_upscaler"), help="H
 NoWatermarkOpt = Annotated[bool, typer.Option("--no-watermark", help="Do not embed the invisible watermark.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors on stderr.")]
 ProgressOpt = Annotated[ProgressMode, typer.Option("--progress", help="auto: a bar with ETA on a terminal, timestamped lines every 10 s elsewhere (cron, CI, 2>log), none with -q; or bar, plain, none.", case_sensitive=False)]
+PreviewOpt = Annotated[Optional[Path], typer.Option("--preview", help="Rewrite this small PNG (1/8 of the size) with the image being sampled every 5 steps, to watch a long render.", show_default=False)]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks.")]
 StrengthOpt = Annotated[float, typer.Option(*flags("strength"), help="img2img: how much to change the input, 0..1 (1 = start from noise).")]
 InitImgOpt = Annotated[Optional[Path], typer.Option(*flags("init_img"), help="img2img: the input image.")]
@@ -147,7 +148,7 @@ def run_options(
     offload: OffloadOpt = False,
     emphasis: EmphasisOpt = Emphasis(default("emphasis")), clip_skip: ClipSkipOpt = default("clip_skip"),
     embeddings: EmbeddingsOpt = None, vae: VaeOpt = default("vae"), lora: LoraOpt = None, lora_dir: LoraDirOpt = LORA_DIR,
-    quiet: QuietOpt = False, progress: ProgressOpt = ProgressMode.auto, debug: DebugOpt = False,
+    quiet: QuietOpt = False, progress: ProgressOpt = ProgressMode.auto, preview: PreviewOpt = None, debug: DebugOpt = False,
     laion400m: Laion400mOpt = False, torchscript: TorchscriptOpt = False, ipex: IpexOpt = False, bf16: Bf16FlagOpt = False,
 ): ...
 

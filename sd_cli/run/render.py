@@ -53,6 +53,7 @@ class RunRequest:
     loras: tuple = ()  # --lora PATH[:weight], as (name or path, weight) pairs (lora.py)
     lora_dir: Path = LORA_DIR  # where <lora:name:w> and --lora names are looked up
     hires: "HiresOptions | None" = None  # txt2img --hires-scale/--hires-steps/--hires-strength (hires.py)
+    preview: Path | None = None  # --preview: a small PNG of the batch being sampled, rewritten every few steps (preview.py)
 
 
 @dataclass
@@ -254,6 +255,10 @@ def _render_batch(session, request: RunRequest, batch: list[Job], progress):
     from sd_cli.pipelines import pipeline
 
     model, job = session, batch[0]
+    if request.preview is not None:
+        from sd_cli.run.preview import Preview
+
+        model, progress = Preview(request.preview, job.scale).watching(session, progress)
     height, width = job.height or session.family.native_size, job.width or session.family.native_size
     init = _inpaint_canvas(request, job) if request.mode == "inpaint" else _init_image(request.mode, job)
     if init is not None:  # the input decides the size
