@@ -43,7 +43,7 @@ MARGIN = 9.0
 # because flat areas read as one value and ASCII texts have more 0 bits than 1 bits. The threshold
 # sits between the measured ranges (docs/watermark.md): unmarked renders at most 0.56, renders as
 # sd_cli writes them at least 0.83 (the library's reading: down to 0.52).
-MATCH_THRESHOLD = 0.65
+MATCH_THRESHOLD = 0.70
 # Each share counts this many blocks at chance (half matching) besides the decided ones, so that a
 # bit value with few decided blocks stays near 0.5 and cannot lift an unmarked image's score.
 CHANCE_BLOCKS = 16
