@@ -151,6 +151,9 @@ class RunProgress:
         passes_done = self.pass_index + (self.done / self.total if self.total else 0.0)
         return (self.first + self.count * min(passes_done / self.passes, 1.0)) / self.images
 
+    def batch_sampled(self) -> bool:
+        return self.pass_index == self.passes - 1 and self.done == self.total > 0
+
     def run_remaining(self) -> float | None:
         fraction = self.run_fraction()
         if self.run_started is None or fraction <= 0:
@@ -245,9 +248,8 @@ class BarProgress(RunProgress):
 
     def _advance_run(self) -> None:
         self.run_bar.n = self.run_fraction() * self.images
-        self.run_bar.set_description_str(self._run_label(self.first + (self.count if self.done == self.total and
-                                                                    self.pass_index == self.passes - 1 else 0)),
-                                     refresh=False)
+        finished = self.first + (self.count if self.batch_sampled() else 0)
+        self.run_bar.set_description_str(self._run_label(finished), refresh=False)
         self.run_bar.refresh()
 
     def _run_label(self, finished: int) -> str:

@@ -9,8 +9,7 @@ import json
 import time
 from pathlib import Path
 
-from sd_cli import __version__
-from sd_cli.log import output as _emit
+from sd_cli import __version__, log
 from sd_cli.fields import FIELDS, infotext_fields
 from sd_cli.run.jobs import Job, sampler_id
 from sd_cli.sampling.samplers import label as sampler_label
@@ -52,7 +51,7 @@ class ImageWriter:
 
         grid, notes = self._watermarked(make_grid(self.grid_images, self.request.n_rows or self.request.batch_size))
         path = self.plan.save_grid(grid, self._infotext(*self.first), notes)  # not counted: the samples are the images
-        _emit(json.dumps({"path": str(path), "grid": True}) if self.request.json else str(path))
+        log.output(json.dumps({"path": str(path), "grid": True}) if self.request.json else str(path))
 
     def _save(self, job: Job, image, infotext: str, notes: dict) -> Path:
         from sd_cli.files.output import save_png
@@ -65,9 +64,9 @@ class ImageWriter:
     def _announce(self, path: Path, job: Job, shape, infotext: str, timings: dict) -> None:
         self.written.append(path)
         if self.request.json:
-            _emit(json.dumps(self._record(path, job, shape, infotext, timings), ensure_ascii=False))
+            log.output(json.dumps(self._record(path, job, shape, infotext, timings), ensure_ascii=False))
         else:
-            _emit(str(path))
+            log.output(str(path))
 
     def _watermarked(self, image) -> tuple:
         """The image as it is written, and its PNG notes: why it carries no readable mark, where it does not.
