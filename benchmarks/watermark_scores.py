@@ -82,6 +82,32 @@ def consistent_score(rgb: np.ndarray, text: str) -> float:
     return text_score(rgb, text)
 
 
+def embedded_u_range(rgb: np.ndarray, text: str) -> tuple[float, float]:
+    """The U channel's range as the encoder computes it in floats, before storing it in uint8 (§3.2):
+    a value below 0 or from 256 up would wrap around there."""
+    import cv2
+    import pywt
+
+    from sd_cli.files.watermark import BLOCK, SCALE, text_bits
+
+    bgr = np.ascontiguousarray(rgb[..., ::-1])
+    rows, cols = bgr.shape[0] // 4 * 4, bgr.shape[1] // 4 * 4
+    u = cv2.cvtColor(bgr, cv2.COLOR_BGR2YUV)[:rows, :cols, 1].astype(np.float64)
+    approximation, (horizontal, vertical, diagonal) = pywt.dwt2(u, "haar")
+    high, wide = approximation.shape[0] // BLOCK, approximation.shape[1] // BLOCK
+    blocks = approximation[:high * BLOCK, :wide * BLOCK].reshape(high, BLOCK, wide, BLOCK).swapaxes(1, 2)
+    blocks = blocks.reshape(high * wide, BLOCK * BLOCK)
+    index = np.arange(len(blocks))
+    largest = np.abs(blocks[:, 1:]).argmax(axis=1) + 1
+    value = blocks[index, largest]
+    bits = text_bits(text)[index % len(text_bits(text))]
+    blocks[index, largest] = np.sign(value) * (np.floor(np.abs(value) / SCALE) + 0.25 + 0.5 * bits) * SCALE
+    approximation[:high * BLOCK, :wide * BLOCK] = (
+        blocks.reshape(high, wide, BLOCK, BLOCK).swapaxes(1, 2).reshape(high * BLOCK, wide * BLOCK))
+    embedded = pywt.idwt2((approximation, (vertical, horizontal, diagonal)), "haar")  # the library's band order
+    return float(embedded.min()), float(embedded.max())
+
+
 READINGS = {"max-position": max_position_score, "consistent": consistent_score}
 
 
@@ -98,7 +124,8 @@ def score(texts: list[str]) -> list[dict]:
     rows = []
     for path in sorted(CACHE.glob("*.png")):
         rgb = np.asarray(Image.open(path).convert("RGB"))
-        row = {"file": path.name, "size": f"{rgb.shape[1]}x{rgb.shape[0]}", "saturated": round(saturation(rgb), 3)}
+        row = {"file": path.name, "size": f"{rgb.shape[1]}x{rgb.shape[0]}", "saturated": round(saturation(rgb), 3),
+               "embedded U": embedded_u_range(rgb, texts[0])}
         for text in texts:
             marked = add_watermark(rgb, text)
             for name, reading in READINGS.items():
@@ -129,6 +156,9 @@ def summary(rows: list[dict], texts: list[str]) -> None:
                       f"{row['saturated']:.0%} saturated pixels")
             if len(missed) > 10:
                 print(f"  ... {len(missed) - 10} more")
+    low, high = min(row["embedded U"][0] for row in rows), max(row["embedded U"][1] for row in rows)
+    wrapped = sum(row["embedded U"][0] < 0 or row["embedded U"][1] >= 256 for row in rows)
+    print(f"encoder's float U ({texts[0]}) from {low:.2f} to {high:.2f}: {wrapped} render(s) would wrap in uint8")
     for row in sorted(rows, key=lambda row: -max(row[f"consistent {text} unmarked"] for text in texts))[:3]:
         print(f"  highest unmarked (consistent): {row['file']} {row['size']} "
               + ", ".join(f"{text} {row[f'consistent {text} unmarked']:.3f}" for text in texts))
