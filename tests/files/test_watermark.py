@@ -8,7 +8,7 @@ from PIL import Image
 
 from sd_cli.files import watermark
 
-TEXTS = [watermark.WATERMARK_V1, watermark.WATERMARK_V2]
+TEXTS = list(watermark.WATERMARK_TEXTS)  # V1 is a prefix of V1-Inpainting: each must still win over the other
 
 
 def soft_disc(size: int, background=(120, 40, 140), disc=(230, 210, 40), edge=0.1) -> np.ndarray:
