@@ -115,8 +115,8 @@ class RunProgress:
 
     def __init__(self, images: int):
         self.images = images
-        self.first = self.count = 0
-        self.passes = 1  # the batch being sampled: images first+1 .. first+count
+        self.first = self.count = 0  # the batch being sampled: images first+1 .. first+count
+        self.passes = 1  # its sampling passes
         self.done = self.total = self.pass_index = 0  # steps of the current pass
         self.clock = time.monotonic
         self.run_started = self.batch_started = None
