@@ -12,6 +12,9 @@ writes it, then scores the marked and the unmarked image with two readings of th
 - max-position: imwatermark's own per-block decoder (the largest coefficient of each block);
 - consistent: sd_cli's reading (files/watermark.py), which asks which bit the block is consistent with.
 
+The threshold counts of the table are the score alone; `sd-cli verify` also asks that the text's own
+alignment beat its others (identify_reading), and the lines after the table count what it names.
+
 It prints the score distribution per reading and text, and the images whose marked score falls
 below the threshold, with how saturated they are; `--json PATH` keeps every score. docs/watermark.md
 has the figures.
@@ -119,15 +122,17 @@ def saturation(rgb: np.ndarray) -> float:
 def score(texts: list[str]) -> list[dict]:
     from PIL import Image
 
-    from sd_cli.files.watermark import add_watermark
+    from sd_cli.files.watermark import add_watermark, identify_watermark
 
     rows = []
     for path in sorted(CACHE.glob("*.png")):
         rgb = np.asarray(Image.open(path).convert("RGB"))
         row = {"file": path.name, "size": f"{rgb.shape[1]}x{rgb.shape[0]}", "saturated": round(saturation(rgb), 3),
                "embedded U": embedded_u_range(rgb, texts[0])}
+        row["unmarked named"] = identify_watermark(rgb)[0]
         for text in texts:
             marked = add_watermark(rgb, text)
+            row[f"{text} named"] = identify_watermark(marked)[0]
             for name, reading in READINGS.items():
                 row[f"{name} {text}"] = round(reading(marked, text), 4)
                 row[f"{name} {text} unmarked"] = round(reading(rgb, text), 4)
@@ -156,6 +161,12 @@ def summary(rows: list[dict], texts: list[str]) -> None:
                       f"{row['saturated']:.0%} saturated pixels")
             if len(missed) > 10:
                 print(f"  ... {len(missed) - 10} more")
+    for text in texts:
+        named = sum(row[f"{text} named"] == text for row in rows)
+        print(f"sd-cli verify names {text} on {named} of {len(rows)} renders marked with it")
+    false = [row for row in rows if row["unmarked named"] is not None]
+    print(f"sd-cli verify names a watermark on {len(false)} of {len(rows)} unmarked renders"
+          + "".join(f"\n  {row['file']}: {row['unmarked named']}" for row in false))
     low, high = min(row["embedded U"][0] for row in rows), max(row["embedded U"][1] for row in rows)
     wrapped = sum(row["embedded U"][0] < 0 or row["embedded U"][1] >= 256 for row in rows)
     print(f"encoder's float U ({texts[0]}) from {low:.2f} to {high:.2f}: {wrapped} render(s) would wrap in uint8")

@@ -88,19 +88,31 @@ def identify_watermark(rgb: np.ndarray) -> tuple[str | None, float]:
 
     The score is the balanced fraction of decided blocks that read as the text's bits (see
     MATCH_THRESHOLD): about 0.5 by chance, 1.0 for a perfect read. Returns the best text and its
-    score, or None with the best score when no text reaches MATCH_THRESHOLD. Images too small to
-    carry a mark give (None, 0.0).
+    score, or None with the best score when no text matches (identify_reading). Images too small
+    to carry a mark give (None, 0.0).
     """
     _check_rgb(rgb)
     height, width = rgb.shape[:2]
     if height * width < MIN_PIXELS:
         return None, 0.0
-    reading = read_blocks(rgb)
-    scores = {text: match_score(reading, text_bits(text)) for text in WATERMARK_TEXTS}
-    best = max(scores, key=scores.get)
-    if scores[best] < MATCH_THRESHOLD:
-        return None, scores[best]
-    return best, scores[best]
+    return identify_reading(read_blocks(rgb))
+
+
+def identify_reading(reading: np.ndarray) -> tuple[str | None, float]:
+    """The known text that block readings match, with its score; (None, best score) when none does.
+
+    A text matches when its score at its own alignment reaches MATCH_THRESHOLD and beats its score
+    at every other alignment (block k read against bit (k + s) mod n). Unmarked content can
+    correlate with one alignment by chance, most where the text's period divides a row of blocks
+    (SDV2's 32 bits on an image 256 pixels wide: every column of blocks carries one bit, so only 32
+    columns count), but then it correlates as much with other alignments; a mark does not.
+    """
+    scores = {text: alignment_scores(reading, text_bits(text)) for text in WATERMARK_TEXTS}
+    matching = {text: s[0] for text, s in scores.items() if s[0] >= MATCH_THRESHOLD and s[0] > s[1:].max()}
+    if not matching:
+        return None, float(max(s[0] for s in scores.values()))
+    best = max(matching, key=matching.get)
+    return best, float(matching[best])
 
 
 def text_score(rgb: np.ndarray, text: str) -> float:
@@ -156,12 +168,22 @@ def _consistent_with(magnitudes: np.ndarray, ordered: np.ndarray, bit: int) -> n
 def match_score(reading: np.ndarray, bits: np.ndarray) -> float:
     """Balanced fraction of decided blocks that read as the bit they carry (block k carries k mod n),
     each share counting CHANCE_BLOCKS more blocks at chance."""
-    expected = bits[np.arange(reading.size) % bits.size]
-    shares = []
-    for value in (True, False):
-        decided = reading[(expected == value) & (reading >= 0)]
-        shares.append((np.sum(decided == value) + CHANCE_BLOCKS / 2) / (decided.size + CHANCE_BLOCKS))
-    return float(np.mean(shares))
+    return float(alignment_scores(reading, bits)[0])
+
+
+def alignment_scores(reading: np.ndarray, bits: np.ndarray) -> np.ndarray:
+    """match_score with block k read against bit (k + s) mod n, for every shift s (s = 0 first): [n]."""
+    n = bits.size
+    residue = np.arange(reading.size) % n
+    ones = np.bincount(residue[reading == 1], minlength=n)
+    zeros = np.bincount(residue[reading == 0], minlength=n)
+    expected = np.stack([np.roll(bits, -shift) for shift in range(n)]).astype(np.int64)  # [shift, residue]
+    decided = ones + zeros
+
+    def share(hits, total):
+        return (hits + CHANCE_BLOCKS / 2) / (total + CHANCE_BLOCKS)
+
+    return (share(expected @ ones, expected @ decided) + share((1 - expected) @ zeros, (1 - expected) @ decided)) / 2
 
 
 def _encoder(text: str):

@@ -99,3 +99,23 @@ def test_reported_builtin_model_renders_are_recognised(run_cli, tmp_path, size, 
                    "--width", size, "--steps", steps, "-o", out).code == 0
     result = run_cli("verify", out)
     assert result.code == 0 and result.stdout.startswith(f"{out}: StableDiffusionV1 (match 0.9")
+
+
+def test_misaligned_reading_is_not_named():
+    """Readings of StableDiffusionV1-Inpainting shifted by 40 blocks agree with its own alignment at
+    0.71, above the threshold by score alone; its alignment 40 agrees at 1.0, so it is chance."""
+    bits = watermark.text_bits(watermark.WATERMARK_V1_INPAINTING)
+    blocks = np.arange(64 * 64)
+    shifted = bits[(blocks + 40) % bits.size].astype(int)
+    assert watermark.match_score(shifted, bits) == pytest.approx(0.713, abs=0.002)
+    assert watermark.identify_reading(shifted)[0] is None
+    aligned = bits[blocks % bits.size].astype(int)
+    assert watermark.identify_reading(aligned) == (watermark.WATERMARK_V1_INPAINTING, pytest.approx(0.998, abs=0.002))
+
+
+def test_alignment_scores_count_every_shift():
+    bits = watermark.text_bits(watermark.WATERMARK_V2)
+    reading = np.where(np.arange(2048) % 3 == 0, -1, bits[(np.arange(2048) + 7) % 32].astype(int))
+    scores = watermark.alignment_scores(reading, bits)
+    assert scores.shape == (32,) and scores.argmax() == 7
+    assert scores[0] == pytest.approx(watermark.match_score(reading, bits))
