@@ -41,8 +41,9 @@ MARGIN = 9.0
 # Block k carries bit (k mod nbits); the score is the balanced fraction of decided blocks that read
 # as the bit they carry: the mean, over bit values 0 and 1, of the share that match. Balanced,
 # because flat areas read as one value and ASCII texts have more 0 bits than 1 bits. The threshold
-# sits between the measured ranges (docs/watermark.md): unmarked renders at most 0.56, renders as
-# sd_cli writes them at least 0.83 (the library's reading: down to 0.52).
+# sits between the measured ranges (docs/watermark.md): renders as sd_cli writes them at least 0.82
+# (the library's reading: down to 0.50), unmarked renders at most 0.62, but for one whose content
+# lines up with SDV2's period, which identify_reading's alignment test rejects.
 MATCH_THRESHOLD = 0.70
 # Each share counts this many blocks at chance (half matching) besides the decided ones, so that a
 # bit value with few decided blocks stays near 0.5 and cannot lift an unmarked image's score.
