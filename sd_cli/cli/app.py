@@ -56,6 +56,7 @@ def _render_command(mode: str, own_options, size_options=None):
         from sd_cli.run.render import run
 
         with log.run_scope(quiet=args["quiet"]):  # before anything is logged, flag checks included
+            log.set_progress(args["progress"].value)
             request = build_request(mode, args)
             set_threads(args["threads"])
             run(request)

@@ -22,6 +22,13 @@ class OnError(str, Enum):
     continue_ = "continue"
 
 
+class ProgressMode(str, Enum):
+    auto = "auto"
+    bar = "bar"
+    plain = "plain"
+    none = "none"
+
+
 class Emphasis(str, Enum):
     original = "original"
     none = "none"
@@ -90,6 +97,8 @@ HiresStrengthOpt = Annotated[float, typer.Option(*flags("hires_strength"), help=
 HiresUpscalerOpt = Annotated[str, typer.Option(*flags("hires_upscaler"), help="Hires fix: latent or latent-nearest.", metavar="NAME", rich_help_panel=QUALITY)]
 NoWatermarkOpt = Annotated[bool, typer.Option("--no-watermark", help="Do not embed the invisible watermark.", rich_help_panel=AUTOMATION)]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print errors only.", rich_help_panel=AUTOMATION)]
+ProgressOpt = Annotated[ProgressMode, typer.Option("--progress", help="auto (a bar on a terminal, lines every 10 s), bar, plain, none.", metavar="MODE", case_sensitive=False, rich_help_panel=AUTOMATION)]
+PreviewOpt = Annotated[Optional[Path], typer.Option("--preview", help="Rewrite this small PNG of the image every 5 steps.", metavar="PNG", show_default=False, rich_help_panel=AUTOMATION)]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks.", rich_help_panel=AUTOMATION)]
 StrengthOpt = Annotated[float, typer.Option(*flags("strength"), help="How much to change the input, 0..1 (1 = from noise).", metavar="X", rich_help_panel=ESSENTIALS)]
 InitImgOpt = Annotated[Optional[Path], typer.Option(*flags("init_img"), help="The input image.", metavar="PATH", rich_help_panel=ESSENTIALS)]
@@ -150,7 +159,7 @@ def run_options(
     compile_unet: CompileOpt = False, vae_tiling: VaeTilingOpt = False, offload: OffloadOpt = False,
     name: NameOpt = default("name"), skip_existing: SkipExistingOpt = False, json_out: JsonOpt = False,
     on_error: OnErrorOpt = OnError.stop, from_png: FromPngOpt = None, no_watermark: NoWatermarkOpt = False,
-    quiet: QuietOpt = False, debug: DebugOpt = False,
+    quiet: QuietOpt = False, progress: ProgressOpt = ProgressMode.auto, preview: PreviewOpt = None, debug: DebugOpt = False,
     C: ChannelsOpt = 4, f: FactorOpt = 8,
     laion400m: Laion400mOpt = False, torchscript: TorchscriptOpt = False, ipex: IpexOpt = False, bf16: Bf16FlagOpt = False,
 ): ...

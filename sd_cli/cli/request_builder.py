@@ -59,6 +59,7 @@ def _request(mode: str, args: dict):
         depth=_depth_options(args) if mode == "depth2img" else None, **_addon_options(args),
         emphasis=args["emphasis"].value, clip_skip=_clip_skip(args["clip_skip"]), embeddings=_embeddings_dir(args["embeddings"]),
         random_seed=random_seed,
+        preview=_preview(args["preview"]),
         **{name: args[name] for name in AS_GIVEN},
     )
     if request.offload and request.compile:
@@ -274,6 +275,12 @@ def _embeddings_dir(folder: Optional[Path]) -> Optional[Path]:
     if folder is not None and not folder.is_dir():
         raise UsageError(f"--embeddings {folder}: no such folder")
     return folder
+
+
+def _preview(path: Optional[Path]) -> Optional[Path]:
+    if path is not None and path.suffix.lower() != ".png":
+        raise UsageError(f"--preview {path}: the preview is a PNG; give a name ending in .png")
+    return path
 
 
 def _positive(flag: str, value: int) -> int:

@@ -69,16 +69,16 @@ class OutputPlan:
         """The name the next save_grid tries first (not reserved: another run may take it)."""
         return self.outdir / _GRID_FORMAT.format(self._next_grid)
 
-    def save_sample(self, image: np.ndarray, infotext: str | None = None) -> Path:
+    def save_sample(self, image: np.ndarray, infotext: str | None = None, notes: dict | None = None) -> Path:
         """Write the next free ``samples/NNNNN.png`` and return its path."""
         path, self._next_sample = _save_numbered(image, infotext, self.samples_dir,
-                                                 _SAMPLE_FORMAT, self._next_sample)
+                                                 _SAMPLE_FORMAT, self._next_sample, notes)
         return path
 
-    def save_grid(self, image: np.ndarray, infotext: str | None = None) -> Path:
+    def save_grid(self, image: np.ndarray, infotext: str | None = None, notes: dict | None = None) -> Path:
         """Write the next free ``grid-NNNN.png`` and return its path."""
         path, self._next_grid = _save_numbered(image, infotext, self.outdir, _GRID_FORMAT,
-                                               self._next_grid)
+                                               self._next_grid, notes)
         return path
 
 
@@ -119,16 +119,18 @@ def output_paths(pattern: str | Path, count: int, seeds: list[int] | None = None
     return paths
 
 
-def save_image(image: np.ndarray, path: str | Path, infotext: str | None = None) -> Path:
+def save_image(image: np.ndarray, path: str | Path, infotext: str | None = None, notes: dict | None = None) -> Path:
     """Write `image` ([H, W, 3] uint8 RGB, or [H, W] grey) at `path` in the format its suffix names
     (PNG when it names none), replacing any file there, atomically.
 
     A symbolic link is written through (replaced_file). The text goes into the PNG's ``parameters``
-    chunk, or a JPEG's or WebP's EXIF UserComment (infotext.py). Parent folders are created. Any OS
-    failure (disk full, no permission) leaves no temporary file behind and raises OutputError.
+    chunk, or a JPEG's or WebP's EXIF UserComment (infotext.py); each of `notes` ({key: text}, the
+    watermark's note, files/watermark.py) into a PNG text chunk of its own. Parent folders are
+    created. Any OS failure (disk full, no permission) leaves no temporary file behind and raises
+    OutputError.
     """
     path = replaced_file(Path(path))
-    temp = _write_temp(image, path, infotext)
+    temp = _write_temp(image, path, infotext, notes)
     try:
         os.replace(temp, path)
     except BaseException as e:
@@ -188,12 +190,12 @@ def _first_number(folder: Path, name: re.Pattern, exclude: str | None) -> int:
     return max(len(entries), max(numbers, default=-1) + 1)
 
 
-def _save_numbered(image, infotext, folder: Path, name_format: str, number: int) -> tuple[Path, int]:
+def _save_numbered(image, infotext, folder: Path, name_format: str, number: int, notes=None) -> tuple[Path, int]:
     """Write once to a temporary file, then claim the first free name from `number` on.
 
     Returns the path and the number to try next.
     """
-    temp = _write_temp(image, folder / name_format.format(number), infotext)
+    temp = _write_temp(image, folder / name_format.format(number), infotext, notes)
     try:
         while True:
             path = folder / name_format.format(number)
@@ -276,7 +278,7 @@ def image_format(path: Path) -> str:
 
 # -- atomic writes -----------------------------------------------------------------------------
 
-def _write_temp(image: np.ndarray, path: Path, infotext: str | None) -> Path:
+def _write_temp(image: np.ndarray, path: Path, infotext: str | None, notes: dict | None = None) -> Path:
     """Encode the image (format from `path`'s suffix) into a new hidden file next to `path`, synced
     to disk; return its path."""
     from PIL import Image
@@ -285,7 +287,7 @@ def _write_temp(image: np.ndarray, path: Path, infotext: str | None) -> Path:
     _make_folder(folder, path)
     pil = Image.fromarray(np.asarray(image))
     image_format_name = image_format(path)
-    options = _encoder_options(image_format_name, infotext)
+    options = _encoder_options(image_format_name, infotext, notes or {})
     if image_format_name == "JPEG" and len(options.get("exif", b"")) > JPEG_MAX_EXIF:
         raise OutputError(f"cannot write {path}: its parameters do not fit a JPEG's 64 KiB EXIF block; "
                           "use a .png or .webp name")
@@ -303,16 +305,32 @@ def _write_temp(image: np.ndarray, path: Path, infotext: str | None) -> Path:
     return temp
 
 
-def _encoder_options(image_format_name: str, infotext: str | None) -> dict:
-    """PIL save() options: the parameters where each format keeps them, AUTOMATIC1111's lossy quality."""
-    from sd_cli.files.infotext import exif_with_infotext, png_info
+def _encoder_options(image_format_name: str, infotext: str | None, notes: dict) -> dict:
+    """PIL save() options: the parameters where each format keeps them, AUTOMATIC1111's lossy quality;
+    the notes go into PNG text chunks (lossy formats carry none)."""
+    from sd_cli.files.infotext import exif_with_infotext
 
     if image_format_name == "PNG":
-        return {"pnginfo": png_info(infotext)} if infotext is not None else {}
+        chunks = _text_chunks(infotext, notes)
+        return {"pnginfo": chunks} if chunks is not None else {}
     options = {"quality": LOSSY_QUALITY}
     if infotext is not None:
         options["exif"] = exif_with_infotext(infotext)
     return options
+
+
+def _text_chunks(infotext: str | None, notes: dict):
+    """The PNG's text chunks: the infotext as ``parameters``, then each note; None when there are none."""
+    from PIL.PngImagePlugin import PngInfo
+
+    from sd_cli.files.infotext import png_info
+
+    if infotext is None and not notes:
+        return None
+    chunks = png_info(infotext) if infotext is not None else PngInfo()
+    for key, text in notes.items():
+        chunks.add_text(key, text)
+    return chunks
 
 
 def _create_temp(folder: Path, name: str) -> tuple[Path, int]:

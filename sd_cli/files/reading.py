@@ -98,12 +98,16 @@ def verify_record(path: str | Path) -> dict:
     """Which known watermark text the image carries (None if none), with the match score."""
     import numpy as np
 
-    from sd_cli.files.watermark import MIN_PIXELS, identify_watermark
+    from sd_cli.files.watermark import MIN_PIXELS, NOTE_KEY, identify_watermark
 
-    rgb = np.asarray(as_mode(open_image(Path(path)), "RGB", path))
+    image = open_image(Path(path))
+    rgb = np.asarray(as_mode(image, "RGB", path))
     text, score = identify_watermark(rgb)
     record = {"path": str(path), "watermark": text, "score": round(score, 3)}
-    if rgb.shape[0] * rgb.shape[1] < MIN_PIXELS:
+    written_without = image.info.get(NOTE_KEY)
+    if text is None and isinstance(written_without, str):
+        record["written_without_watermark"] = written_without  # sd_cli read it back when writing
+    elif rgb.shape[0] * rgb.shape[1] < MIN_PIXELS:
         record["note"] = "smaller than 256x256 pixels: too small to carry a watermark"
     return record
 
@@ -111,5 +115,7 @@ def verify_record(path: str | Path) -> dict:
 def describe_verify(record: dict) -> str:
     if record["watermark"]:
         return f"{record['path']}: {record['watermark']} (match {record['score']:.2f})"
+    if "written_without_watermark" in record:
+        return f"{record['path']}: written without a readable watermark ({record['written_without_watermark']})"
     reason = record.get("note") or f"best match {record['score']:.2f}, chance is 0.50"
     return f"{record['path']}: no known watermark ({reason})"

@@ -6,20 +6,13 @@ order and their text, and which names the --json record has.
 """
 
 import json
-import sys
 import time
 from pathlib import Path
 
-from sd_cli import __version__
+from sd_cli import __version__, log
 from sd_cli.fields import FIELDS, infotext_fields
 from sd_cli.run.jobs import Job, sampler_id
 from sd_cli.sampling.samplers import label as sampler_label
-
-
-def _emit(line: str) -> None:
-    """One line on stdout in one write, so lines of parallel ranks sharing a pipe do not interleave."""
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
 
 
 class ImageWriter:
@@ -42,12 +35,12 @@ class ImageWriter:
         for job, image in zip(batch, images):
             self.first = self.first or (job, image.shape)
             started = time.perf_counter()
-            image = self._watermarked(image)
+            image, notes = self._watermarked(image)
             if self.grid_images is not None:
                 self.grid_images.append(image)
             if not self.request.skip_save:
                 infotext = self._infotext(job, image.shape)  # once: the PNG and the --json record share it
-                path = self._save(job, image, infotext)
+                path = self._save(job, image, infotext, notes)
                 timings = {"sample_s": round(seconds / len(batch), 4), "write_s": round(time.perf_counter() - started, 4)}
                 self._announce(path, job, image.shape, infotext, timings)
 
@@ -56,29 +49,38 @@ class ImageWriter:
             return
         from sd_cli.files.images import make_grid
 
-        grid = self._watermarked(make_grid(self.grid_images, self.request.n_rows or self.request.batch_size))
-        path = self.plan.save_grid(grid, self._infotext(*self.first))  # not counted: the samples are the images
-        _emit(json.dumps({"path": str(path), "grid": True}) if self.request.json else str(path))
+        grid, notes = self._watermarked(make_grid(self.grid_images, self.request.n_rows or self.request.batch_size))
+        path = self.plan.save_grid(grid, self._infotext(*self.first), notes)  # not counted: the samples are the images
+        log.output(json.dumps({"path": str(path), "grid": True}) if self.request.json else str(path))
 
-    def _save(self, job: Job, image, infotext: str) -> Path:
+    def _save(self, job: Job, image, infotext: str, notes: dict) -> Path:
         from sd_cli.files.output import save_image
 
         target = self.targets[job.index]
-        return self.plan.save_sample(image, infotext) if target is None else save_image(image, target, infotext)
+        if target is None:
+            return self.plan.save_sample(image, infotext, notes)
+        return save_image(image, target, infotext, notes)
 
     def _announce(self, path: Path, job: Job, shape, infotext: str, timings: dict) -> None:
         self.written.append(path)
         if self.request.json:
-            _emit(json.dumps(self._record(path, job, shape, infotext, timings), ensure_ascii=False))
+            log.output(json.dumps(self._record(path, job, shape, infotext, timings), ensure_ascii=False))
         else:
-            _emit(str(path))
+            log.output(str(path))
 
-    def _watermarked(self, image):
+    def _watermarked(self, image) -> tuple:
+        """The image as it is written, and its PNG notes: why it carries no readable mark, where it does not.
+
+        What was just embedded is read back, so the file itself says when the original algorithm
+        could not carry the mark (or the image is too small for it) and `verify` can tell."""
         if not self.request.watermark:
-            return image
-        from sd_cli.files.watermark import add_watermark
+            return image, {}
+        from sd_cli.files.watermark import NOTE_KEY, add_watermark, unreadable_reason
 
-        return add_watermark(image, self.loaded.model.watermark_text)
+        text = self.loaded.model.watermark_text
+        marked = add_watermark(image, text)
+        reason = unreadable_reason(marked, text)
+        return marked, ({NOTE_KEY: reason} if reason else {})
 
     def _record(self, path: Path, job: Job, shape, infotext: str, timings: dict) -> dict:
         """The --json object of a written image (the same fields `sd-cli info --json` reads back)."""

@@ -54,6 +54,7 @@ class RunRequest:
     lora_dir: Path = LORA_DIR  # where <lora:name:w> and --lora names are looked up
     hires: "HiresOptions | None" = None  # txt2img --hires-scale/--hires-steps/--hires-strength (hires.py)
     random_seed: int | None = None  # the seed drawn when none was given, announced when the run starts
+    preview: Path | None = None  # --preview: a small PNG of the batch being sampled, rewritten every few steps (preview.py)
 
 
 @dataclass
@@ -69,6 +70,7 @@ def run(request: RunRequest) -> RunReport:
     _init_cache.clear()  # a file may have changed since an earlier run in this process
     if not rank.is_main:
         log.set_quiet(True)
+        log.set_progress("none")
     if request.skip_save and not _grid_wanted(request, rank):
         raise UsageError("--skip-save writes only the grid, and runs with -o, --name or several processes make none; "
                          "drop --skip-save")
@@ -135,12 +137,15 @@ def _render_jobs(request: RunRequest, jobs: list[Job], targets: dict, rank, repo
              f"on {session.device}" + (f" (rank {rank.rank} of {rank.world})" if rank.distributed else ""))
     done = 0
     try:
-        for batch in batches(jobs, request.batch_size):
-            done += len(batch)
-            images, seconds = _try_batch(session, request, batch, report, f"{done - len(batch) + 1}-{done} of {len(jobs)}")
-            if images is not None:
-                writer.add(batch, _finished(request, batch, images), seconds)
-            del images
+        with log.run_progress(len(jobs)) as progress:
+            for batch in batches(jobs, request.batch_size):
+                step = progress.batch(done, len(batch), passes=_passes(request, batch[0]))
+                done += len(batch)
+                images, seconds = _try_batch(session, request, batch, report, step)
+                if images is not None:
+                    progress.end()
+                    writer.add(batch, _finished(request, batch, images), seconds)
+                del images
         writer.finish()
     except KeyboardInterrupt:
         log.warn(f"interrupted: {len(report.written)} of {len(jobs)} image(s) written; nothing half-written "
@@ -170,6 +175,11 @@ def _describe(jobs: list[Job]) -> str:
     shared = [value(jobs[0]) for value in settings.values() if len({value(j) for j in jobs}) == 1]
     varying = [name for name, value in settings.items() if len({value(j) for j in jobs}) > 1]
     return ", ".join(shared + ([f"{', '.join(varying)} per line"] if varying else []))
+
+
+def _passes(request: RunRequest, job: Job) -> int:
+    """Sampling passes of the job's batch: the hires fix samples twice."""
+    return 2 if request.mode == "txt2img" and request.hires is not None and job.init_img is None else 1
 
 
 def _grid_wanted(request: RunRequest, rank) -> bool:
@@ -229,13 +239,14 @@ def _wants_offload(request: RunRequest, device) -> bool:
     return True
 
 
-def _try_batch(session, request: RunRequest, batch: list[Job], report: RunReport, label: str):
-    """(images, seconds) of one batch, or (None, 0) when it failed under --on-error continue."""
+def _try_batch(session, request: RunRequest, batch: list[Job], report: RunReport, progress):
+    """(images, seconds) of one batch, or (None, 0) when it failed under --on-error continue;
+    progress(done, total) is called after every sampling step."""
     import torch
 
     started = time.perf_counter()
     try:
-        images = _render_batch(session, request, batch, label)
+        images = _render_batch(session, request, batch, progress)
     except (SdCliError, torch.OutOfMemoryError) as err:
         message = _with_place(err, batch[0])
         if isinstance(err, OutputError) or request.on_error == "stop":
@@ -257,7 +268,7 @@ def _as_error(err: Exception, message: str) -> SdCliError:
     return SdCliError(f"{message}; use a smaller size or --n-samples")
 
 
-def _render_batch(session, request: RunRequest, batch: list[Job], label: str):
+def _render_batch(session, request: RunRequest, batch: list[Job], progress):
     """Decoded images [B, 3, H, W] in [-1, 1] for one batch of jobs with equal settings.
 
     The pipelines get the session as their model: it encodes and decodes with the run's options."""
@@ -267,6 +278,10 @@ def _render_batch(session, request: RunRequest, batch: list[Job], label: str):
     from sd_cli.pipelines.txt2img import txt2img
 
     model, job = session, batch[0]
+    if request.preview is not None:
+        from sd_cli.run.preview import Preview
+
+        model, progress = Preview(request.preview, job.scale).watching(session, progress)
     height, width = job.height or session.family.native_size, job.width or session.family.native_size
     init = _inpaint_canvas(request, job) if request.mode == "inpaint" else _init_image(request.mode, job)
     if init is not None:  # the input decides the size
@@ -275,7 +290,6 @@ def _render_batch(session, request: RunRequest, batch: list[Job], label: str):
                       encodes_input=init is not None)
     prompts, negatives, seeds = _apply_loras(session, request, batch), [j.negative_prompt for j in batch], [j.seed for j in batch]
     params = SamplingParams(sampler=job.sampler, steps=job.steps, scale=job.scale, eta=job.eta)
-    progress = log.Progress(f"images {label}")
     if request.mode == "inpaint":
         from sd_cli.pipelines.inpaint import inpaint
 
@@ -293,7 +307,6 @@ def _render_batch(session, request: RunRequest, batch: list[Job], label: str):
         decoded = txt2img(model, prompts, negatives, seeds, params, height, width, progress)
     else:
         decoded = img2img(model, init, prompts, negatives, seeds, params, job.strength, progress)
-    progress.close()
     return decoded
 
 

@@ -359,12 +359,12 @@ def test_interrupt_while_writing_leaves_whole_files(run_cli, sd1_ckpt, tmp_path,
 
     original, calls = output._write_temp, []
 
-    def interrupted(image, path, infotext):
+    def interrupted(image, path, *chunks):
         calls.append(path)
         if len(calls) == 2:  # Ctrl-C in the middle of the second image's write
-            original(image, path, infotext)  # the temporary file exists when Ctrl-C arrives
+            original(image, path, *chunks)  # the temporary file exists when Ctrl-C arrives
             raise KeyboardInterrupt
-        return original(image, path, infotext)
+        return original(image, path, *chunks)
 
     monkeypatch.setattr(output, "_write_temp", interrupted)
     result = run_cli("txt2img", "--from-file", write(tmp_path / "p.txt", "a\nb\nc\n"), "--ckpt", sd1_ckpt, *FAST,
