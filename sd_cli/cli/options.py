@@ -97,7 +97,7 @@ HiresStrengthOpt = Annotated[float, typer.Option(*flags("hires_strength"), help=
 HiresUpscalerOpt = Annotated[str, typer.Option(*flags("hires_upscaler"), help="Hires fix: latent or latent-nearest.", metavar="NAME", rich_help_panel=QUALITY)]
 NoWatermarkOpt = Annotated[bool, typer.Option("--no-watermark", help="Do not embed the invisible watermark.", rich_help_panel=AUTOMATION)]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print errors only.", rich_help_panel=AUTOMATION)]
-ProgressOpt = Annotated[ProgressMode, typer.Option("--progress", help="auto (a bar on a terminal, lines every 10 s), bar, plain, none.", metavar="MODE", case_sensitive=False, rich_help_panel=AUTOMATION)]
+ProgressOpt = Annotated[ProgressMode, typer.Option("--progress", help="auto (bar on a terminal, else lines), bar, plain, none.", metavar="MODE", show_default=False, case_sensitive=False, rich_help_panel=AUTOMATION)]
 PreviewOpt = Annotated[Optional[Path], typer.Option("--preview", help="Rewrite this small PNG of the image every 5 steps.", metavar="PNG", show_default=False, rich_help_panel=AUTOMATION)]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks.", rich_help_panel=AUTOMATION)]
 StrengthOpt = Annotated[float, typer.Option(*flags("strength"), help="How much to change the input, 0..1 (1 = from noise).", metavar="X", rich_help_panel=ESSENTIALS)]
