@@ -93,6 +93,15 @@ def verify(images: opt.ImagesArg, json_out: opt.InfoJsonOpt = False):
         raise typer.Exit(1)
 
 
+def _register_serve() -> None:
+    from sd_cli.serve.command import serve_command
+
+    app.command("serve")(serve_command)
+
+
+_register_serve()
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     """Entry point: one line per error, exit codes 0 / 1 failure / 2 usage / 130 interrupted."""
     argv = sys.argv[1:] if argv is None else list(argv)
