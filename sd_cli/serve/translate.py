@@ -124,6 +124,7 @@ def _job_values(request: GenerationRequest) -> dict:
 
     values = {sd_name: getattr(request, api_name) for api_name, sd_name in JOB_VALUES.items()}
     values["sampler"] = _sampler(request)
+    values["eta"] = _eta(request.eta, values["sampler"])
     if isinstance(request, Img2ImgRequest):
         values["strength"] = 0.75 if request.denoising_strength is None else request.denoising_strength
     try:
@@ -147,6 +148,21 @@ def _sampler(request: GenerationRequest) -> str:
     except samplers.UnknownSampler as err:
         field = "scheduler" if scheduler is not None and "schedule" in str(err) else "sampler_name"
         raise Refused(f"{field} {err}") from None
+
+
+def _eta(eta: float | None, sampler: str) -> float | None:
+    """AUTOMATIC1111's eta is DDIM's η, or the ancestral noise of the k-diffusion samplers, which
+    sd_cli runs at 1 (AUTOMATIC1111's default); the other samplers do not use it."""
+    from sd_cli.sampling import samplers
+
+    spec = samplers.choose(sampler).sampler
+    if eta is None or (spec.original and spec.id != "ddim") or (not spec.original and not spec.stochastic):
+        return None
+    if spec.original:
+        return eta
+    if eta != 1:
+        raise Refused(f"eta {eta}: sd_cli runs {spec.label} with η = 1, AUTOMATIC1111's default; leave eta out or send 1")
+    return None
 
 
 def _clip_skip(settings: dict) -> int | None:

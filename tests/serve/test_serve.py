@@ -1,0 +1,205 @@
+"""`sd-cli serve` driven over HTTP as its real clients drive it: SillyTavern's and Open WebUI's
+request shapes, the webuiapi package, and bad input; pixels checked against a CLI run."""
+
+import base64
+import io
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sd_cli.files.infotext import parse_infotext
+
+REPO = Path(__file__).resolve().parents[2]
+SMALL = {"width": 128, "height": 128, "steps": 3}
+
+
+def png_of(b64: str) -> Image.Image:
+    image = Image.open(io.BytesIO(base64.b64decode(b64)))
+    image.load()
+    return image
+
+
+def txt2img(client, **body):
+    answer = client.post("/sdapi/v1/txt2img", json={**SMALL, **body})
+    assert answer.status_code == 200, answer.text
+    data = answer.json()
+    return data, json.loads(data["info"])
+
+
+def cli_txt2img(tmp_path, *args) -> Image.Image:
+    out = tmp_path / "cli.png"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-m", "sd_cli", "txt2img", *map(str, args), "-o", str(out), "-q"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    image = Image.open(out)
+    image.load()
+    return image
+
+
+def test_txt2img_gives_the_cli_image_and_parameters(server, tmp_path):
+    with server.client() as client:
+        data, info = txt2img(client, prompt="a red circle", negative_prompt="blurry", seed=7,
+                             sampler_name="Euler a", cfg_scale=6.5)
+    served = png_of(data["images"][0])
+    local = cli_txt2img(tmp_path, "a red circle", "-n", "blurry", "--seed", 7, "--sampler", "Euler a", "--scale", 6.5,
+                        "--steps", 3, "--W", 128, "--H", 128)
+    assert np.array_equal(np.asarray(served), np.asarray(local))
+    assert served.info["parameters"] == local.info["parameters"]
+    assert info["infotexts"] == [served.info["parameters"]]
+    assert (info["seed"], info["all_seeds"], info["sampler_name"], info["steps"]) == (7, [7], "Euler a", 3)
+    assert (info["width"], info["height"], info["cfg_scale"]) == (128, 128, 6.5)
+    assert data["parameters"]["prompt"] == "a red circle"
+
+
+def test_sillytavern_flow(server):
+    """Set the model by POST options, read the lists, render with SillyTavern's body, poll progress."""
+    with server.client() as client:
+        titles = [m["title"] for m in client.get("/sdapi/v1/sd-models").json()]
+        assert titles == ["sd-cli-tiny.safetensors", "other.safetensors"]
+        assert client.post("/sdapi/v1/options", json={"sd_model_checkpoint": "other.safetensors"}).status_code == 200
+        assert client.get("/sdapi/v1/options").json()["sd_model_checkpoint"] == "other.safetensors"
+        assert "Euler a" in [s["name"] for s in client.get("/sdapi/v1/samplers").json()]
+        body = {"prompt": "a cat", "negative_prompt": "", "sampler_name": "DPM++ 2M", "scheduler": "Karras",
+                "steps": 3, "cfg_scale": 7, "width": 128, "height": 128, "restore_faces": False, "enable_hr": False,
+                "hr_upscaler": "Latent", "hr_scale": 2, "denoising_strength": 0.7, "hr_second_pass_steps": 0,
+                "seed": -1, "override_settings": {"CLIP_stop_at_last_layers": 1},
+                "override_settings_restore_afterwards": True, "save_images": False, "send_images": True,
+                "do_not_save_grid": False, "do_not_save_samples": False}
+        data, info = txt2img(client, **body)
+        assert client.get("/sdapi/v1/progress").json()["state"]["job_count"] == 0
+        client.post("/sdapi/v1/options", json={"sd_model_checkpoint": "sd-cli-tiny.safetensors"})
+    fields = parse_infotext(png_of(data["images"][0]).info["parameters"])[2]
+    assert (fields["Model"], fields["Sampler"], fields["Seed"]) == ("other", "DPM++ 2M Karras", str(info["seed"]))
+    assert info["sd_model_name"] == "other"
+
+
+def test_open_webui_body_and_batches(server):
+    with server.client() as client:
+        data, info = txt2img(client, prompt="a dog", batch_size=2, n_iter=2, seed=100)
+    assert len(data["images"]) == 4
+    assert info["all_seeds"] == [100, 101, 102, 103]
+    seeds = [parse_infotext(png_of(b).info["parameters"])[2]["Seed"] for b in data["images"]]
+    assert seeds == ["100", "101", "102", "103"]
+
+
+def test_interrupt_returns_the_finished_images(server):
+    with server.client() as client, server.client() as poller:
+        answer = {}
+        request = threading.Thread(target=lambda: answer.update(r=client.post(
+            "/sdapi/v1/txt2img", json={**SMALL, "prompt": "x", "steps": 40, "n_iter": 3, "seed": 1})))
+        request.start()
+        for _ in range(600):
+            state = poller.get("/sdapi/v1/progress").json()["state"]
+            if state["job_no"] >= 1 and state["sampling_step"] >= 1:
+                break
+            time.sleep(0.05)
+        assert poller.post("/sdapi/v1/interrupt").status_code == 200
+        request.join(timeout=300)
+        assert poller.get("/sdapi/v1/progress").json()["state"]["job_count"] == 0
+    info = json.loads(answer["r"].json()["info"])
+    assert answer["r"].status_code == 200 and info["interrupted"] is True
+    assert len(answer["r"].json()["images"]) == 1 and info["all_seeds"] == [1]
+
+
+def test_webuiapi_client(server):
+    webuiapi = pytest.importorskip("webuiapi")
+    api = webuiapi.WebUIApi(host="127.0.0.1", port=server.settings.port, sampler="Euler a", steps=3)
+    result = api.txt2img(prompt="a red circle", seed=11, width=128, height=128, cfg_scale=7)
+    with server.client() as client:
+        data, _ = txt2img(client, prompt="a red circle", seed=11, sampler_name="Euler a", cfg_scale=7)
+    assert np.array_equal(np.asarray(result.image.convert("RGB")), np.asarray(png_of(data["images"][0]).convert("RGB")))
+    assert result.info["all_seeds"] == [11]
+    assert "DDIM" in [s["name"] for s in api.get_samplers()]
+    assert api.png_info(result.image).info.startswith("a red circle\n")
+
+
+def test_img2img_gives_the_cli_image(server, tmp_path):
+    with server.client() as client:
+        data, _ = txt2img(client, prompt="start", seed=3)
+        init = tmp_path / "init.png"
+        init.write_bytes(base64.b64decode(data["images"][0]))
+        answer = client.post("/sdapi/v1/img2img", json={"prompt": "changed", "init_images": [data["images"][0]],
+                                                         "denoising_strength": 0.5, "seed": 4, "steps": 4,
+                                                         "sampler_name": "DDIM", "cfg_scale": 7.5})
+    assert answer.status_code == 200, answer.text
+    served = png_of(answer.json()["images"][0])
+    out = tmp_path / "cli.png"
+    done = subprocess.run([sys.executable, "-m", "sd_cli", "img2img", "changed", "--init-img", init, "--strength", "0.5",
+                           "--seed", "4", "--steps", "4", "--sampler", "ddim", "-o", out, "-q"], cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert np.array_equal(np.asarray(served), np.asarray(Image.open(out)))
+
+
+def _b64_png(size) -> str:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, (10, 20, 30)).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+BAD_REQUESTS = [
+    ("malformed JSON", "/sdapi/v1/txt2img", b'{"prompt": "x",', 422),
+    ("wrong type", "/sdapi/v1/txt2img", {"prompt": "x", "steps": "many"}, 422),
+    ("negative size", "/sdapi/v1/txt2img", {"prompt": "x", "width": -128, "height": 128}, 422),
+    ("past the pixel limit", "/sdapi/v1/txt2img", {"prompt": "x", "width": 19968, "height": 19968}, 422),
+    ("20000x20000", "/sdapi/v1/txt2img", {"prompt": "x", "width": 20000, "height": 20000}, 422),
+    ("too many steps", "/sdapi/v1/txt2img", {"prompt": "x", "steps": 100000}, 422),
+    ("unknown sampler", "/sdapi/v1/txt2img", {"prompt": "x", "sampler_name": "Warp 9"}, 422),
+    ("unhonoured field", "/sdapi/v1/txt2img", {"prompt": "x", "restore_faces": True}, 422),
+    ("checkpoint path", "/sdapi/v1/options", {"sd_model_checkpoint": "../other.safetensors"}, 404),
+    ("absolute checkpoint", "/sdapi/v1/options", {"sd_model_checkpoint": "/etc/passwd"}, 404),
+    ("checkpoint in override", "/sdapi/v1/txt2img", {"prompt": "x", "override_settings": {"sd_model_checkpoint": "../../x"}}, 404),
+    ("lora path", "/sdapi/v1/txt2img", {"prompt": "x <lora:../../secret:1>"}, 422),
+    ("oversized body", "/sdapi/v1/img2img", {"prompt": "x", "init_images": ["A" * (3 * 1024 * 1024)]}, 413),
+    ("image past the pixel limit", "/sdapi/v1/img2img", {"prompt": "x", "init_images": [_b64_png((2048, 1024))]}, 413),
+    ("not an image", "/sdapi/v1/img2img", {"prompt": "x", "init_images": [base64.b64encode(b"hello").decode()]}, 422),
+    ("no init image", "/sdapi/v1/img2img", {"prompt": "x"}, 422),
+]
+
+
+@pytest.mark.parametrize("path, body, status", [b[1:] for b in BAD_REQUESTS], ids=[b[0] for b in BAD_REQUESTS])
+def test_bad_input_is_a_json_4xx_and_the_server_keeps_serving(server, path, body, status):
+    with server.client() as client:
+        if isinstance(body, bytes):
+            answer = client.post(path, content=body, headers={"content-type": "application/json"})
+        else:
+            answer = client.post(path, json=body)
+        assert answer.status_code == status, answer.text
+        error = answer.json()
+        assert set(error) == {"error", "detail"} and "Traceback" not in answer.text
+        assert client.get("/").status_code == 200
+
+
+def test_concurrent_clients_lose_and_duplicate_nothing(server):
+    def client_requests(number: int) -> list[tuple[int, str]]:
+        with server.client() as client:
+            got = []
+            for k in range(3):
+                seed = 1000 + 10 * number + k
+                data, info = txt2img(client, prompt=f"client {number}", seed=seed, steps=2)
+                got.append((seed, parse_infotext(png_of(data["images"][0]).info["parameters"])[2]["Seed"]))
+            return got
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(client_requests, range(4)))
+    pairs = [pair for result in results for pair in result]
+    assert len(pairs) == 12 and all(str(asked) == got for asked, got in pairs)
+    assert len({got for _, got in pairs}) == 12
+
+
+def test_save_images_writes_inside_the_outdir_only(server):
+    with server.client() as client:
+        txt2img(client, prompt="kept", seed=5, save_images=True)
+    written = sorted(p.relative_to(server.settings.outdir).as_posix() for p in server.settings.outdir.rglob("*.png"))
+    assert written == ["txt2img-images/samples/00000.png"]
+    assert [p.name for p in server.settings.outdir.iterdir() if p.name.startswith(".")] == []
