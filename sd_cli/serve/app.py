@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from starlette.exceptions import HTTPException
 
@@ -25,7 +25,8 @@ from sd_cli.serve.limits import BodyLimit, BodyTooLarge
 from sd_cli.serve.models import ModelCatalogue, SessionCache, UnknownModel
 from sd_cli.serve.schemas import GenerationRequest, Img2ImgRequest, Txt2ImgRequest
 from sd_cli.serve.settings import Settings
-from sd_cli.serve.translate import Plan, Refused, TooLarge, lora_names_problem, plan
+from sd_cli.serve.refusal import Refused, TooLarge
+from sd_cli.serve.translate import Plan, lora_names_problem, plan
 from sd_cli.serve.worker import QueueFull, Worker
 
 DISCONNECT_POLL_S = 0.5  # how often a waiting request checks that its client is still there

@@ -6,6 +6,7 @@ import base64
 import binascii
 import io
 
+from sd_cli.serve.refusal import Refused, TooLarge
 from sd_cli.serve.settings import Limits
 
 
@@ -13,8 +14,6 @@ def decode_image(text: str, what: str, limits: Limits) -> tuple[bytes, tuple[int
     """The file bytes of a base64 image (a data: URL prefix allowed) and its size; Refused when it is
     not an image PIL reads, or has more pixels than the limit (checked from the header, before decoding)."""
     from PIL import Image, UnidentifiedImageError
-
-    from sd_cli.serve.translate import Refused, TooLarge
 
     if text.startswith("data:"):
         text = text.partition(",")[2]

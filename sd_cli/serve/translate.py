@@ -14,6 +14,7 @@ from pathlib import Path
 
 from sd_cli import fields
 from sd_cli.errors import UsageError
+from sd_cli.serve.refusal import Refused
 from sd_cli.serve.schemas import DEFAULT_HIRES_STRENGTH, GenerationRequest, Img2ImgRequest, Txt2ImgRequest
 from sd_cli.serve.settings import Limits
 
@@ -25,14 +26,6 @@ HONOURED_SETTINGS = {"CLIP_stop_at_last_layers", "sd_model_checkpoint", "sd_vae"
 VAE_DEFAULTS = {None, "", "Automatic", "None"}
 HIRES_UPSCALERS = {None: "latent", "Latent": "latent", "Latent (nearest)": "latent-nearest"}
 RESIZE_JUST_RESIZE = 0
-
-
-class Refused(UsageError):
-    """The request asks for something sd_cli does not do, or past a limit (422)."""
-
-
-class TooLarge(Refused):
-    """A size past a limit of the server (413)."""
 
 
 @dataclass

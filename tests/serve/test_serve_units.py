@@ -146,7 +146,8 @@ def test_a_chunked_body_past_the_limit_is_413():
 
 def test_unhonoured_fields_are_named():
     from sd_cli.serve.schemas import Img2ImgRequest, Txt2ImgRequest
-    from sd_cli.serve.translate import Refused, plan
+    from sd_cli.serve.refusal import Refused
+    from sd_cli.serve.translate import plan
 
     with pytest.raises(Refused, match="cannot honour tiling, styles, override_settings.sd_vae_overrides"):
         plan(Txt2ImgRequest(tiling=True, styles=["s"], override_settings={"sd_vae_overrides": 1}), Limits())
