@@ -39,13 +39,19 @@ class RenderState:
     skipped: bool = False
     job_timestamp: str = "0"
     time_start: float = 0.0
+    working: bool = False  # the worker is on a request (loading its model or rendering)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
+    def start_work(self) -> None:
+        """A new request: earlier interrupts and skips do not carry over to it."""
+        with self._lock:
+            self.working, self.interrupted, self.skipped = True, False, False
+
     def begin(self, job: str, batches: int) -> None:
+        """The render starts (after its model is loaded); an interrupt that came during the load holds."""
         with self._lock:
             self.job, self.job_count, self.job_no = job, batches, 0
             self.sampling_step = self.sampling_steps = 0
-            self.interrupted = self.skipped = False
             self.job_timestamp = datetime.datetime.now().strftime("%Y%m%d%H%M%S")
             self.time_start = time.time()
 
@@ -55,6 +61,7 @@ class RenderState:
 
     def end(self) -> None:
         with self._lock:
+            self.working = False
             self.job, self.job_count, self.job_no, self.sampling_step, self.sampling_steps = "", 0, 0, 0, 0
 
     def step(self, done: int, total: int) -> None:
@@ -69,12 +76,12 @@ class RenderState:
 
     def interrupt(self) -> None:
         with self._lock:
-            if self.job_count:
+            if self.working:
                 self.interrupted = True
 
     def skip(self) -> None:
         with self._lock:
-            if self.job_count:
+            if self.working:
                 self.skipped = True
 
     def progress(self) -> dict:
@@ -133,6 +140,7 @@ class Worker:
                 continue
             with self._lock:
                 self._running = future
+            self.state.start_work()
             try:
                 future.set_result(work(self.state))
             except BaseException as err:  # the waiting request turns it into its answer

@@ -198,8 +198,25 @@ def test_concurrent_clients_lose_and_duplicate_nothing(server):
 
 
 def test_save_images_writes_inside_the_outdir_only(server):
+    before = set(server.settings.outdir.rglob("*"))
     with server.client() as client:
         txt2img(client, prompt="kept", seed=5, save_images=True)
-    written = sorted(p.relative_to(server.settings.outdir).as_posix() for p in server.settings.outdir.rglob("*.png"))
-    assert written == ["txt2img-images/samples/00000.png"]
+    written = [p for p in server.settings.outdir.rglob("*") if p not in before and p.is_file()]
+    assert len(written) == 1 and written[0].parent == server.settings.outdir / "txt2img-images" / "samples"
+    assert parse_infotext(Image.open(written[0]).info["parameters"])[2]["Seed"] == "5"
     assert [p.name for p in server.settings.outdir.iterdir() if p.name.startswith(".")] == []
+
+
+def test_a_client_that_goes_away_cancels_its_render(server):
+    import httpx
+
+    samples = server.settings.outdir / "txt2img-images" / "samples"
+    before = set(samples.glob("*.png"))
+    with pytest.raises(httpx.ReadTimeout):
+        with httpx.Client(base_url=server.url, timeout=httpx.Timeout(5.0, read=1.0)) as leaving:
+            leaving.post("/sdapi/v1/txt2img", json={**SMALL, "prompt": "x", "steps": 150, "n_iter": 16,
+                                                    "save_images": True})
+    with server.client() as client:
+        data, info = txt2img(client, prompt="after", seed=2)  # queued behind the cancelled render
+    assert info["all_seeds"] == [2]
+    assert len(set(samples.glob("*.png")) - before) < 16
