@@ -38,7 +38,13 @@ def _render_command(mode: str, own_options, after_sampling=None):
         from sd_cli.run.render import run
 
         log.set_quiet(args["quiet"])  # before anything is logged, flag checks included
-        run(build_request(mode, args))
+        request = build_request(mode, args)
+        if args["server"]:
+            from sd_cli.serve.client import run_remote
+
+            run_remote(request, args["server"])
+        else:
+            run(request)
 
     command.__signature__ = inspect.Signature(params)
     command.__annotations__ = {p.name: p.annotation for p in params}

@@ -37,6 +37,7 @@ class Result:
     checkpoint: Checkpoint | None = None
     clip_skip: int | None = None
     interrupted: bool = False
+    watermark: str | None = None  # the invisible mark's text (`sd-cli txt2img --server` marks its grid with it)
 
 
 class _MemoryWriter(ImageWriter):
@@ -65,6 +66,7 @@ def render_plan(plan: Plan, checkpoint: Checkpoint, cache: SessionCache, setting
         request = _run_request(plan, checkpoint, settings, Path(inputs), state)
         result.jobs = request.jobs
         session = cache.session(checkpoint, plan.clip_skip)
+        result.watermark = session.model.watermark_text
         writer = _MemoryWriter(request, session, result.images, save=plan.save_images)
         groups = batches(request.jobs, request.batch_size)
         state.begin(plan.mode, len(groups))
@@ -146,6 +148,6 @@ def info_json(result: Result, plan: Plan) -> str:
         "extra_generation_params": {}, "index_of_first_image": 0,
         "infotexts": [r.infotext for r in result.images], "styles": [], "job_timestamp": "",
         "clip_skip": result.clip_skip or 1, "is_using_inpainting_conditioning": plan.mode == "inpaint",
-        "version": f"sd_cli {__version__}", "interrupted": result.interrupted,
+        "version": f"sd_cli {__version__}", "interrupted": result.interrupted, "watermark": result.watermark,
     }
     return json.dumps(info, ensure_ascii=False)

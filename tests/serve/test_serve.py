@@ -220,3 +220,57 @@ def test_a_client_that_goes_away_cancels_its_render(server):
         data, info = txt2img(client, prompt="after", seed=2)  # queued behind the cancelled render
     assert info["all_seeds"] == [2]
     assert len(set(samples.glob("*.png")) - before) < 16
+
+
+def _files(folder: Path) -> dict:
+    """{relative path: (pixels, parameters)} of every PNG under a folder."""
+    found = {}
+    for path in sorted(folder.rglob("*.png")):
+        with Image.open(path) as image:
+            found[path.relative_to(folder).as_posix()] = (np.asarray(image).tobytes(), image.info.get("parameters"))
+    return found
+
+
+def test_cli_with_server_writes_the_files_of_a_local_run(server, run_cli, tmp_path):
+    args = ["txt2img", "a red circle", "--seed", 21, "--steps", 3, "--W", 128, "--H", 128, "--n-samples", 2,
+            "--n-iter", 2, "--sampler", "euler", "--json"]
+    local = run_cli(*args, "--outdir", tmp_path / "local")
+    remote = run_cli(*args, "--outdir", tmp_path / "remote", "--server", server.url)
+    assert (local.code, remote.code) == (0, 0), remote.stderr
+    assert _files(tmp_path / "remote") == _files(tmp_path / "local")
+    assert sorted(_files(tmp_path / "local")) == ["grid-0000.png", "samples/00000.png", "samples/00001.png",
+                                                  "samples/00002.png", "samples/00003.png"]
+
+    def records(out: str, folder: Path) -> list:
+        rows = [json.loads(line) for line in out.splitlines()]
+        return [{**row, "path": Path(row["path"]).relative_to(folder).as_posix(), "timings": None} for row in rows]
+
+    assert records(remote.stdout, tmp_path / "remote") == records(local.stdout, tmp_path / "local")
+
+
+def test_cli_with_server_from_the_environment_reports_a_refusal(server, run_cli, tmp_path, monkeypatch):
+    monkeypatch.setenv("SD_CLI_SERVER", server.url)
+    done = run_cli("txt2img", "x", "--seed", 1, "--steps", 500, "-o", tmp_path / "x.png")
+    assert done.code == 2 and not (tmp_path / "x.png").exists()
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"error: the server at {server.url} answered 422: steps 500 is past this server's limit of 150")
+
+
+def test_cli_with_an_unreachable_server_is_one_line(run_cli, tmp_path):
+    from conftest import free_port  # tests/serve/conftest.py
+
+    url = f"http://127.0.0.1:{free_port()}"
+    done = run_cli("txt2img", "x", "--seed", 1, "-o", tmp_path / "x.png", "--server", url)
+    assert done.code == 1
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: cannot reach the server at {url} (") and last.endswith(
+        "start it with `sd-cli serve` or check --server / SD_CLI_SERVER")
+
+
+def test_cli_with_server_refuses_what_the_server_cannot_be_told(run_cli, tmp_path):
+    done = run_cli("txt2img", "x", "--no-watermark", "--vae-tiling", "-o", tmp_path / "x.png",
+                   "--server", "http://127.0.0.1:9")
+    assert done.code == 2
+    assert done.stderr.strip().splitlines()[-1] == (
+        "error: --vae-tiling, --no-watermark: the server renders with its own settings and cannot be told this; "
+        "drop it or run locally (drop --server)")
