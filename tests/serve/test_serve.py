@@ -274,3 +274,39 @@ def test_cli_with_server_refuses_what_the_server_cannot_be_told(run_cli, tmp_pat
     assert done.stderr.strip().splitlines()[-1] == (
         "error: --vae-tiling, --no-watermark: the server renders with its own settings and cannot be told this; "
         "drop it or run locally (drop --server)")
+
+
+def test_hires_fix_gives_the_cli_image(server, tmp_path):
+    with server.client() as client:
+        data, info = txt2img(client, prompt="a tower", seed=8, width=64, height=64, steps=2, sampler_name="DDIM",
+                             cfg_scale=7.5, enable_hr=True, hr_scale=2, hr_second_pass_steps=2, denoising_strength=0.6,
+                             hr_upscaler="Latent (nearest)")
+    served = png_of(data["images"][0])
+    local = cli_txt2img(tmp_path, "a tower", "--seed", 8, "--W", 64, "--H", 64, "--steps", 2, "--hires-scale", 2,
+                        "--hires-steps", 2, "--hires-strength", 0.6, "--hires-upscaler", "latent-nearest")
+    assert served.size == (128, 128) and (info["width"], info["height"]) == (64, 64)
+    assert np.array_equal(np.asarray(served), np.asarray(local))
+    assert served.info["parameters"] == local.info["parameters"]
+
+
+def test_inpaint_gives_the_cli_image(server, tmp_path):
+    image, mask = tmp_path / "image.png", tmp_path / "mask.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (128, 128, 3), dtype=np.uint8)).save(image)
+    mask_pixels = np.zeros((128, 128), dtype=np.uint8)
+    mask_pixels[32:96, 32:96] = 255
+    Image.fromarray(mask_pixels).save(mask)
+    encode = lambda path: base64.b64encode(path.read_bytes()).decode()  # noqa: E731
+    with server.client() as client:
+        answer = client.post("/sdapi/v1/img2img", json={
+            "prompt": "a window", "init_images": [encode(image)], "mask": encode(mask), "mask_blur": 2,
+            "inpainting_fill": 1, "inpaint_full_res": False, "denoising_strength": 0.8, "seed": 6, "steps": 3,
+            "sampler_name": "DDIM", "cfg_scale": 7.5})
+    assert answer.status_code == 200, answer.text
+    served = png_of(answer.json()["images"][0])
+    out = tmp_path / "cli.png"
+    done = subprocess.run([sys.executable, "-m", "sd_cli", "inpaint", "a window", "--image", image, "--mask", mask,
+                           "--mask-blur", "2", "--strength", "0.8", "--seed", "6", "--steps", "3", "-o", out, "-q"],
+                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert np.array_equal(np.asarray(served), np.asarray(Image.open(out)))
+    assert served.info["parameters"] == Image.open(out).info["parameters"]

@@ -177,3 +177,17 @@ def _png(size) -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", size).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def test_skip_drops_the_current_batch_only():
+    from sd_cli.serve.worker import RenderState, Skipped
+
+    state = RenderState()
+    state.start_work()
+    state.begin("txt2img", 2)
+    state.skip()
+    with pytest.raises(Skipped):
+        state.step(1, 10)
+    state.next_batch(1)
+    state.step(1, 10)  # the next batch runs
+    assert state.progress()["state"]["sampling_step"] == 1
