@@ -69,7 +69,7 @@ def error_body(error: str, detail) -> dict:
 def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, err: RequestValidationError):
-        problems = [f"{'.'.join(str(p) for p in e['loc'] if p != 'body') or 'body'}: {e['msg']}" for e in err.errors()]
+        problems = [_problem(e) for e in err.errors()]
         return JSONResponse(error_body("invalid request", "; ".join(problems)), status_code=422)
 
     @app.exception_handler(HTTPException)
@@ -84,6 +84,14 @@ def _add_error_handlers(app: FastAPI) -> None:
         log.error(f"{request.method} {request.url.path}: unexpected {type(err).__name__}: {err}")
         return JSONResponse(error_body("internal error", f"unexpected {type(err).__name__}; see the server's log"),
                             status_code=500)
+
+
+def _problem(error: dict) -> str:
+    """One validation error as "field: what is wrong" (the body as a whole when it is not JSON)."""
+    if error["type"] == "json_invalid":
+        return f"the body is not valid JSON ({error.get('ctx', {}).get('error', 'malformed')})"
+    where = ".".join(str(part) for part in error["loc"] if part != "body")
+    return f"{where or 'body'}: {error['msg']}"
 
 
 def _reason(status: int) -> str:
@@ -223,6 +231,8 @@ async def _set_options(server: Server, body: dict, request: Request):
         checkpoint = server.catalogue.find(name)
     except UnknownModel as err:
         raise _failure(err) from None
+    if checkpoint == server.current:  # clients post back the options they read: no need to queue
+        return {}
 
     def switch(state):
         server.cache.session(checkpoint, None)  # loaded now, so the next render pays nothing

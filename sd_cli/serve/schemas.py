@@ -57,6 +57,7 @@ class GenerationRequest(BaseModel):
     s_noise: Optional[float] = None
     refiner_checkpoint: Optional[str] = None
     refiner_switch_at: Optional[float] = None
+    disable_extra_networks: bool = False  # true: <lora:...> tags left unapplied
 
 
 class Txt2ImgRequest(GenerationRequest):
@@ -74,6 +75,7 @@ class Txt2ImgRequest(GenerationRequest):
     hr_negative_prompt: str = ""
     firstphase_width: int = 0
     firstphase_height: int = 0
+    firstpass_image: Optional[str] = None
 
 
 class Img2ImgRequest(GenerationRequest):

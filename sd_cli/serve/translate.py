@@ -85,6 +85,7 @@ def _unhonoured(request: GenerationRequest):
                                                              or (request.s_tmax not in (None, 0, math.inf))
                                                              or (request.s_noise not in (None, 1)))
     yield "refiner_checkpoint", bool(request.refiner_checkpoint)
+    yield "disable_extra_networks", request.disable_extra_networks
     yield "sd_vae", request.override_settings.get("sd_vae") not in VAE_DEFAULTS
     for key in request.override_settings:
         yield f"override_settings.{key}", key not in HONOURED_SETTINGS
@@ -96,6 +97,7 @@ def _unhonoured(request: GenerationRequest):
         yield "hr_prompt", request.hr_prompt not in ("", request.prompt)
         yield "hr_negative_prompt", request.hr_negative_prompt not in ("", request.negative_prompt)
         yield "hr_upscaler", request.hr_upscaler not in HIRES_UPSCALERS
+        yield "firstpass_image", bool(request.firstpass_image)
     if isinstance(request, Img2ImgRequest):
         yield "initial_noise_multiplier", request.initial_noise_multiplier not in (None, 1, 1.0)
         if request.mask is not None:

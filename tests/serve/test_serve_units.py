@@ -191,3 +191,19 @@ def test_skip_drops_the_current_batch_only():
     state.next_batch(1)
     state.step(1, 10)  # the next batch runs
     assert state.progress()["state"]["sampling_step"] == 1
+
+
+def test_posting_back_the_options_read_loads_nothing():
+    client = _client()
+    answer = client.post("/sdapi/v1/options", json=client.get("/sdapi/v1/options").json())
+    assert answer.status_code == 200
+    assert client.app.state.server.cache.loaded() == []
+
+
+def test_malformed_json_says_so_and_head_answers():
+    client = _client()
+    answer = client.post("/sdapi/v1/txt2img", content=b'{"prompt": "x",', headers={"content-type": "application/json"})
+    assert answer.status_code == 422
+    assert answer.json()["detail"].startswith("the body is not valid JSON (")
+    assert client.head("/").status_code == 200
+    assert client.get("/").json()["api"] == "/sdapi/v1"
