@@ -207,3 +207,16 @@ def test_malformed_json_says_so_and_head_answers():
     assert answer.json()["detail"].startswith("the body is not valid JSON (")
     assert client.head("/").status_code == 200
     assert client.get("/").json()["api"] == "/sdapi/v1"
+
+
+def test_serve_help_imports_neither_torch_nor_the_server_packages():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    probe = ("import sys, io, contextlib\nfrom sd_cli.cli.app import main\n"
+             "with contextlib.redirect_stdout(io.StringIO()):\n    main(['serve', '--help'])\n"
+             "print('torch' in sys.modules, 'fastapi' in sys.modules, 'uvicorn' in sys.modules)\n")
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-c", probe], cwd=root, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False False False"
