@@ -181,20 +181,21 @@ def test_bad_input_is_a_json_4xx_and_the_server_keeps_serving(server, path, body
 
 
 def test_concurrent_clients_lose_and_duplicate_nothing(server):
+    """8 clients x 5 requests at once: every answer carries the image of its own request."""
     def client_requests(number: int) -> list[tuple[int, str]]:
         with server.client() as client:
             got = []
-            for k in range(3):
+            for k in range(5):
                 seed = 1000 + 10 * number + k
-                data, info = txt2img(client, prompt=f"client {number}", seed=seed, steps=2)
-                got.append((seed, parse_infotext(png_of(data["images"][0]).info["parameters"])[2]["Seed"]))
+                data, info = txt2img(client, prompt=f"client {number}", seed=seed, steps=1, width=64, height=64)
+                recorded = parse_infotext(png_of(data["images"][0]).info["parameters"])
+                got.append((seed, recorded[2]["Seed"], recorded[0]))
             return got
 
-    with ThreadPoolExecutor(4) as pool:
-        results = list(pool.map(client_requests, range(4)))
-    pairs = [pair for result in results for pair in result]
-    assert len(pairs) == 12 and all(str(asked) == got for asked, got in pairs)
-    assert len({got for _, got in pairs}) == 12
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(client_requests, range(8)))
+    for number, result in enumerate(results):
+        assert result == [(1000 + 10 * number + k, str(1000 + 10 * number + k), f"client {number}") for k in range(5)]
 
 
 def test_save_images_writes_inside_the_outdir_only(server):
