@@ -311,3 +311,38 @@ def test_inpaint_gives_the_cli_image(server, tmp_path):
     assert done.returncode == 0, done.stderr
     assert np.array_equal(np.asarray(served), np.asarray(Image.open(out)))
     assert served.info["parameters"] == Image.open(out).info["parameters"]
+
+
+def _text_encoder_lora(path: Path) -> None:
+    """A kohya LoRA on the built-in model's first text-encoder MLP (enough to change the image)."""
+    import torch
+    from safetensors.torch import save_file
+
+    from sd_cli.loading.loader import load_model
+    from sd_cli.loading.packaged import builtin_checkpoint
+
+    weight = dict(load_model(builtin_checkpoint()).model.named_parameters())[
+        "cond_stage_model.transformer.resblocks.0.mlp.c_fc.weight"]
+    g = torch.Generator().manual_seed(0)
+    stem = "lora_te_text_model_encoder_layers_0_mlp_fc1"
+    save_file({f"{stem}.lora_down.weight": torch.randn(4, weight.shape[1], generator=g),
+               f"{stem}.lora_up.weight": torch.randn(weight.shape[0], 4, generator=g),
+               f"{stem}.alpha": torch.tensor(4.0)}, str(path))
+
+
+def test_lora_in_the_prompt_gives_the_cli_image_and_is_undone_after(server, run_cli, tmp_path):
+    lora_dir = server.settings.lora_dir
+    _text_encoder_lora(lora_dir / "style.safetensors")
+    with server.client() as client:
+        plain_before, _ = txt2img(client, prompt="a house", seed=4)
+        with_lora, _ = txt2img(client, prompt="a house <lora:style:0.8>", seed=4)
+        plain_after, _ = txt2img(client, prompt="a house", seed=4)
+        assert [entry["name"] for entry in client.get("/sdapi/v1/loras").json()] == ["style"]
+    local = run_cli("txt2img", "a house <lora:style:0.8>", "--seed", 4, "--steps", 3, "--W", 128, "--H", 128,
+                    "--sampler", "euler", "--scale", 7, "--lora-dir", lora_dir, "-o", tmp_path / "cli.png")
+    assert local.code == 0, local.stderr
+    served = png_of(with_lora["images"][0])
+    assert np.array_equal(np.asarray(served), np.asarray(Image.open(tmp_path / "cli.png")))
+    assert served.info["parameters"] == Image.open(tmp_path / "cli.png").info["parameters"]
+    assert not np.array_equal(np.asarray(served), np.asarray(png_of(plain_before["images"][0])))
+    assert plain_after["images"][0] == plain_before["images"][0]

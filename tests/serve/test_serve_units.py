@@ -220,3 +220,32 @@ def test_serve_help_imports_neither_torch_nor_the_server_packages():
     root = Path(__file__).resolve().parents[2]
     out = subprocess.run([sys.executable, "-c", probe], cwd=root, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False False False"
+
+
+def test_img2img_resizes_only_with_just_resize():
+    import io
+
+    from PIL import Image
+
+    from sd_cli.serve.refusal import Refused
+    from sd_cli.serve.schemas import Img2ImgRequest
+    from sd_cli.serve.translate import plan
+
+    image = base64.b64encode(_png((64, 64))).decode()
+    planned = plan(Img2ImgRequest(init_images=[image], width=128, height=192), Limits())
+    assert Image.open(io.BytesIO(planned.init_image)).size == (128, 192)
+    assert planned.mode == "img2img" and planned.values["strength"] == 0.75
+    assert plan(Img2ImgRequest(init_images=[image]), Limits()).init_image == base64.b64decode(image)
+    with pytest.raises(Refused, match="resize_mode 1: sd_cli resizes with 0"):
+        plan(Img2ImgRequest(init_images=[image], width=128, height=128, resize_mode=1), Limits())
+
+
+def test_server_url_credentials_become_basic_auth():
+    from sd_cli.serve.client import _Connection
+
+    connection = _Connection("http://me:p%40ss@127.0.0.1:7860/")
+    assert connection.base == "http://127.0.0.1:7860"
+    assert connection.auth == "Basic " + base64.b64encode(b"me:p@ss").decode()
+    assert _Connection("127.0.0.1:7860").base == "http://127.0.0.1:7860"
+    with pytest.raises(UsageError, match="is not an http"):
+        _Connection("ftp://host/")
