@@ -346,3 +346,16 @@ def test_lora_in_the_prompt_gives_the_cli_image_and_is_undone_after(server, run_
     assert served.info["parameters"] == Image.open(tmp_path / "cli.png").info["parameters"]
     assert not np.array_equal(np.asarray(served), np.asarray(png_of(plain_before["images"][0])))
     assert plain_after["images"][0] == plain_before["images"][0]
+
+
+def test_cli_img2img_with_server_writes_the_local_file(server, run_cli, tmp_path):
+    init = tmp_path / "init.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (128, 192, 3), dtype=np.uint8)).save(init)
+    args = ["img2img", "a bridge", "--init-img", init, "--strength", 0.6, "--seed", 9, "--steps", 3, "--json"]
+    local = run_cli(*args, "-o", tmp_path / "local.png")
+    remote = run_cli(*args, "-o", tmp_path / "remote.png", "--server", server.url)
+    assert (local.code, remote.code) == (0, 0), remote.stderr
+    with Image.open(tmp_path / "local.png") as a, Image.open(tmp_path / "remote.png") as b:
+        assert np.array_equal(np.asarray(a), np.asarray(b)) and a.info["parameters"] == b.info["parameters"]
+    drop_path = lambda out: {k: v for k, v in json.loads(out).items() if k not in ("path", "timings")}  # noqa: E731
+    assert drop_path(remote.stdout) == drop_path(local.stdout)
