@@ -38,11 +38,12 @@ def _render_command(mode: str, own_options, after_sampling=None):
         from sd_cli.run.render import run
 
         log.set_quiet(args["quiet"])  # before anything is logged, flag checks included
-        request = build_request(mode, args)
-        if args["server"]:
-            from sd_cli.serve.client import run_remote
+        from sd_cli.serve.client import chosen_server, run_remote
 
-            run_remote(request, args["server"])
+        server = chosen_server(mode, args)
+        request = build_request(mode, args)
+        if server:
+            run_remote(request, server)
         else:
             run(request)
 

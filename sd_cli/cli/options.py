@@ -79,7 +79,7 @@ HiresStepsOpt = Annotated[int, typer.Option(*flags("hires_steps"), help="Hires f
 HiresStrengthOpt = Annotated[float, typer.Option(*flags("hires_strength"), help="Hires fix: denoising strength of the second pass, 0..1.")]
 HiresUpscalerOpt = Annotated[str, typer.Option(*flags("hires_upscaler"), help="Hires fix: latent (bilinear, AUTOMATIC1111's \"Latent\") or latent-nearest.")]
 NoWatermarkOpt = Annotated[bool, typer.Option("--no-watermark", help="Do not embed the invisible watermark.")]
-ServerOpt = Annotated[Optional[str], typer.Option("--server", envvar="SD_CLI_SERVER", help="Render on a running `sd-cli serve` (URL, e.g. http://127.0.0.1:7860; http://USER:PASSWORD@host:port for auth) and write the files here; txt2img and img2img.", show_default=False)]
+ServerOpt = Annotated[Optional[str], typer.Option("--server", envvar="SD_CLI_SERVER", help="Render on a running `sd-cli serve` (URL, e.g. http://127.0.0.1:7860; http://USER:PASSWORD@host:port for auth) and write the files here: txt2img, img2img, inpaint with --mask.", show_default=False)]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors on stderr.")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks.")]
 StrengthOpt = Annotated[float, typer.Option(*flags("strength"), help="img2img: how much to change the input, 0..1 (1 = start from noise).")]

@@ -1,4 +1,4 @@
-"""`sd-cli txt2img ... --server URL` (or SD_CLI_SERVER): the run's batches rendered by a running
+"""`sd-cli txt2img|img2img|inpaint ... --server URL` (or SD_CLI_SERVER): the run's batches rendered by a running
 `sd-cli serve`, the files written here as a local run writes them (names, numbering, -o, --json,
 the grid), so a loop or a cron job pays no model load.
 
@@ -33,6 +33,25 @@ LOCAL_ONLY = {
     "--no-watermark": lambda r: not r.watermark, "--device": lambda r: r.device != "auto",
     "--precision": lambda r: r.precision != "auto",
 }
+
+
+SERVED_MODES = ("txt2img", "img2img", "inpaint")
+ENV_VAR = "SD_CLI_SERVER"
+
+
+def chosen_server(mode: str, args: dict) -> str | None:
+    """The --server URL for this command, or None to render here.
+
+    SD_CLI_SERVER set for the shell does not stop depth2img, which no server renders: that command
+    says so and renders here. --server given on its command line is refused instead (run_remote)."""
+    url = args.get("server")
+    if not url or mode in SERVED_MODES:
+        return url or None
+    source = args["ctx"].get_parameter_source("server")
+    if source is not None and source.name == "ENVIRONMENT":
+        log.info(f"{ENV_VAR} is set, but {mode} renders here: a server renders {', '.join(SERVED_MODES)}")
+        return None
+    return url
 
 
 def run_remote(request, server: str):
@@ -70,8 +89,10 @@ def run_remote(request, server: str):
 
 
 def _check_sendable(request) -> None:
-    if request.mode not in ("txt2img", "img2img"):
-        raise UsageError(f"--server renders txt2img and img2img; run {request.mode} locally (drop --server)")
+    if request.mode not in SERVED_MODES:
+        raise UsageError(f"--server renders {', '.join(SERVED_MODES)}; run {request.mode} locally (drop --server)")
+    if request.mode == "inpaint":
+        _check_inpaint_sendable(request)
     given = [flag for flag, is_set in LOCAL_ONLY.items() if is_set(request)]
     if given:
         raise UsageError(f"{', '.join(given)}: the server renders with its own settings and cannot be told this; "
@@ -80,6 +101,15 @@ def _check_sendable(request) -> None:
         raise UsageError("--on-error continue: a --server run stops at the server's first refusal; drop --on-error")
     if request.lora_dir != _default_lora_dir():
         raise UsageError("--lora-dir: <lora:name:w> tags name LoRAs in the server's own folder; drop --lora-dir")
+
+
+def _check_inpaint_sendable(request) -> None:
+    if any(job.mask is None for job in request.jobs):
+        raise UsageError("--server inpaint needs --mask: the server takes the mask as an image of its own, "
+                         "not the input's transparent pixels")
+    if request.inpaint.outpaint != (0, 0, 0, 0) or not request.inpaint.paste_back:
+        raise UsageError("--outpaint and --no-paste-back are not part of AUTOMATIC1111's API; run them locally "
+                         "(drop --server)")
 
 
 def _default_lora_dir():
@@ -108,8 +138,11 @@ def _body(request, batch: list) -> dict:
 
         body.update(enable_hr=True, hr_scale=request.hires.scale, hr_second_pass_steps=request.hires.steps,
                     denoising_strength=request.hires.strength, hr_upscaler=HIRES_UPSCALER_LABELS[request.hires.upscaler])
-    if request.mode == "img2img":
+    if request.mode in ("img2img", "inpaint"):
         body.update(init_images=[_file_b64(job.init_img)], denoising_strength=job.strength)
+    if request.mode == "inpaint":  # sd_cli's inpaint in AUTOMATIC1111's terms (serve/translate.py)
+        body.update(mask=_file_b64(job.mask), mask_blur=request.inpaint.blur,
+                    inpainting_mask_invert=int(request.inpaint.invert), inpainting_fill=1, inpaint_full_res=False)
     return {k: v for k, v in body.items() if v is not None}
 
 
@@ -126,7 +159,7 @@ def _file_b64(path: Path) -> str:
     try:
         return base64.b64encode(Path(path).read_bytes()).decode("ascii")
     except OSError as err:
-        raise UsageError(f"cannot read init image {path}: {err.strerror or err}; check the path") from None
+        raise UsageError(f"cannot read {path}: {err.strerror or err}; check the path") from None
 
 
 def _decoded(b64: str):
@@ -196,6 +229,8 @@ class _LocalFiles:
                   **{k: recorded[k] for k in ("width", "height", "model_hash", "model") if k in recorded}}
         if job.init_img is not None:
             values.update(strength=job.strength, init_img=str(job.init_img))
+        if job.mask is not None:
+            values["mask"] = str(job.mask)
         record = {"path": str(path), "index": job.index, "line": job.line}
         record.update({f.name: values[f.name] for f in FIELDS if f.json and f.name in values})
         record["parameters"] = recorded["parameters"]

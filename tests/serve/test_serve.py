@@ -359,3 +359,27 @@ def test_cli_img2img_with_server_writes_the_local_file(server, run_cli, tmp_path
         assert np.array_equal(np.asarray(a), np.asarray(b)) and a.info["parameters"] == b.info["parameters"]
     drop_path = lambda out: {k: v for k, v in json.loads(out).items() if k not in ("path", "timings")}  # noqa: E731
     assert drop_path(remote.stdout) == drop_path(local.stdout)
+
+
+def test_cli_inpaint_with_server_writes_the_local_file(server, run_cli, tmp_path):
+    image, mask = tmp_path / "image.png", tmp_path / "mask.png"
+    Image.fromarray(np.random.default_rng(2).integers(0, 256, (128, 128, 3), dtype=np.uint8)).save(image)
+    mask_pixels = np.zeros((128, 128), dtype=np.uint8)
+    mask_pixels[:, 64:] = 255
+    Image.fromarray(mask_pixels).save(mask)
+    args = ["inpaint", "a door", "--image", image, "--mask", mask, "--invert-mask", "--mask-blur", 3, "--seed", 5,
+            "--steps", 3]
+    local = run_cli(*args, "-o", tmp_path / "local.png")
+    remote = run_cli(*args, "-o", tmp_path / "remote.png", "--server", server.url)
+    assert (local.code, remote.code) == (0, 0), remote.stderr
+    with Image.open(tmp_path / "local.png") as a, Image.open(tmp_path / "remote.png") as b:
+        assert np.array_equal(np.asarray(a), np.asarray(b)) and a.info["parameters"] == b.info["parameters"]
+
+
+def test_depth2img_renders_locally_when_only_the_environment_names_a_server(run_cli, tmp_path, monkeypatch):
+    monkeypatch.setenv("SD_CLI_SERVER", "http://127.0.0.1:9")
+    done = run_cli("depth2img", "x", "--init-img", tmp_path / "missing.png", "-o", tmp_path / "x.png")
+    assert "SD_CLI_SERVER is set, but depth2img renders here" in done.stderr
+    explicit = run_cli("depth2img", "x", "--init-img", tmp_path / "missing.png", "--server", "http://127.0.0.1:9")
+    assert explicit.code == 2 and explicit.stderr.strip().splitlines()[-1] == (
+        "error: --server renders txt2img, img2img, inpaint; run depth2img locally (drop --server)")
