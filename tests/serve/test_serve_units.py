@@ -249,3 +249,27 @@ def test_server_url_credentials_become_basic_auth():
     assert _Connection("127.0.0.1:7860").base == "http://127.0.0.1:7860"
     with pytest.raises(UsageError, match="is not an http"):
         _Connection("ftp://host/")
+
+
+def test_a_full_queue_is_429_and_the_server_keeps_serving():
+    client = _client(limits=Limits(max_queue=1))
+    worker, release = client.app.state.server.worker, threading.Event()
+    running = worker.submit(lambda state: release.wait(10))
+    while not running.running():
+        pass
+    waiting = worker.submit(lambda state: None)
+    answer = client.post("/sdapi/v1/txt2img", json={"prompt": "x"})
+    assert (answer.status_code, answer.json()) == (429, {"error": "Too Many Requests",
+                                                         "detail": "the render queue is full; retry later"})
+    release.set()
+    waiting.result(timeout=10)
+    assert client.get("/sdapi/v1/progress").status_code == 200
+
+
+def test_a_checkpoint_that_fails_to_load_is_a_500_with_its_message(tmp_path):
+    (tmp_path / "broken.safetensors").write_bytes(b"not a checkpoint")
+    client = _client(model_dirs=(tmp_path,))
+    answer = client.post("/sdapi/v1/options", json={"sd_model_checkpoint": "broken"})
+    assert answer.status_code == 500 and set(answer.json()) == {"error", "detail"}
+    assert "broken.safetensors" in answer.json()["detail"] and "Traceback" not in answer.text
+    assert client.get("/sdapi/v1/options").json()["sd_model_checkpoint"] == "sd-cli-tiny.safetensors"
