@@ -82,9 +82,9 @@ def _is_addon(path: Path, settings: Settings) -> bool:
 
 
 class SessionCache:
-    """Loaded models (run.session.Session), the least recently used dropped past `capacity`.
+    """Loaded models (run.session.Session), the least recently used dropped past `loaded_models`.
 
-    Only the render worker calls it, so loads never overlap a render.
+    The render worker calls it (and the command once, before serving), so a load never overlaps a render.
     """
 
     def __init__(self, settings: Settings):

@@ -83,7 +83,23 @@ def test_sillytavern_flow(server):
     assert info["sd_model_name"] == "other"
 
 
-def test_open_webui_body_and_batches(server):
+def test_open_webui_flow(server):
+    """Open WebUI: read the options, post them back with another sd_model_checkpoint, render its body."""
+    with server.client() as client:
+        options = client.get("/sdapi/v1/options").json()
+        options["sd_model_checkpoint"] = "other.safetensors"
+        assert client.post("/sdapi/v1/options", json=options, headers={"authorization": ""}).status_code == 200
+        answer = client.post("/sdapi/v1/txt2img", json={"prompt": "a boat", "batch_size": 2, "width": 128,
+                                                        "height": 128, "steps": 2, "negative_prompt": "fog"})
+        options["sd_model_checkpoint"] = "sd-cli-tiny.safetensors"
+        client.post("/sdapi/v1/options", json=options)
+    assert answer.status_code == 200, answer.text
+    info = json.loads(answer.json()["info"])
+    assert len(answer.json()["images"]) == 2 and info["all_seeds"] == [info["seed"], info["seed"] + 1]
+    assert (info["sd_model_name"], info["negative_prompt"], info["sampler_name"]) == ("other", "fog", "Euler")
+
+
+def test_batches_and_iterations_count_seeds_up(server):
     with server.client() as client:
         data, info = txt2img(client, prompt="a dog", batch_size=2, n_iter=2, seed=100)
     assert len(data["images"]) == 4
