@@ -1,8 +1,8 @@
 """Measure how well the tiny model follows prompts, with the shape detectors of builtin_model.shapes.
 
-    python scripts/eval_tiny_model.py                  # the shipped model: a table on stdout
-    python scripts/eval_tiny_model.py --json           # the same numbers as JSON
-    python scripts/eval_tiny_model.py --save grid.png  # and a contact sheet, one row per prompt
+    python -m builtin_model.evaluate                  # the shipped model: a table on stdout
+    python -m builtin_model.evaluate --json           # the same numbers as JSON
+    python -m builtin_model.evaluate --save grid.png  # and a contact sheet, one row per prompt
 
 A fixed set of 48 prompts (every colour as shape and as background, every shape, position,
 size and count) is rendered through sd_cli's own txt2img pipeline with seeds no run has used

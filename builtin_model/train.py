@@ -1,8 +1,8 @@
 """Train sd_cli's tiny model from a seed and write it as an original SD 1.x checkpoint.
 
-    python scripts/train_tiny_model.py --seed 0      # the shipped model: 62 min on 2 CPU cores
-    python scripts/eval_tiny_model.py                # then score it (the README has the table)
-    python scripts/train_tiny_model.py --seed 0 --device cuda --vae-batch 32 --vae-steps 2000 \
+    python -m builtin_model.train --seed 0      # the shipped model: 62 min on 2 CPU cores
+    python -m builtin_model.evaluate            # then score it (docs/builtin-model.md has the table)
+    python -m builtin_model.train --seed 0 --device cuda --vae-batch 32 --vae-steps 2000 \
         --batch 256 --steps 1800 --latent-scenes 20000 --noise-offset 0   # the earlier H100 model
 
 Recipe (the defaults; every number is a flag):
@@ -10,7 +10,7 @@ Recipe (the defaults; every number is a flag):
 - Data: procedural scenes from `builtin_model.shapes` (one or two flat shapes on a flat background),
   128 px, drawn on the fly from a numpy generator seeded with --seed. Captions name the colour
   and shape, and at random the size, position and background, in several phrasings.
-- Model: the architecture in configs/sd-cli-tiny.yaml (one source of truth for the UNet and VAE
+- Model: the architecture in sd_cli/data/configs/sd-cli-tiny.yaml (one source of truth for the UNet and VAE
   sizes), built with sd_cli's own classes; the text encoder is a CLIP text tower of width
   `context_dim` (64: one head), 3 layers, on the CLIP tokenizer's 49408-token vocabulary.
 - (a) VAE: AutoencoderKL (f=8, 4 latent channels, double_z) on whole 128 px scenes, batch 8,
@@ -42,7 +42,7 @@ per image at batch 8 but 135 ms at batch 32, a UNet step about 15 ms per sample 
 The H100 command above (4.1 min on one H100, bound by per-step overhead) made the model shipped
 before this one; on 2 CPU cores it takes 3 to 4.5 hours.
 
-How the offset came about (each row scored with eval_tiny_model.py, the README has the table):
+How the offset came about (each row scored with evaluate.py; docs/builtin-model.md has the table):
 without it the CPU model never learned the background colour from the caption (11.1%); with it
 at every timestep it did (100%) but shape class fell to 57% at this budget; at t >= 800 only,
 the shipped recipe, background 98.9%, shape colour 92.7%, class 96.4%.

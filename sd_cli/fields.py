@@ -1,9 +1,9 @@
 """The generation parameters, one row each: flag, default, infotext label, `--json` key, prompt-file keys.
 
-The CLI declares its flags and defaults from this table (cli/options.py), the prompt-file reader
-takes its keys, aliases and checks from it (run/jobs.py), the writer labels and formats the PNG's
-parameter line with it (files/writer.py), and `info`, `--from-png` read that line back through it
-(files/reading.py). Adding a parameter is adding a row here, then giving it a value where it is
+The CLI declares its flags and defaults from this table (cli/options.py; every prompt-file key is
+a flag too, see command_line_flags), the prompt-file reader takes its keys, aliases and checks from
+it (run/jobs.py), the writer labels and formats the PNG's parameter line with it (files/writer.py),
+and `info`, `--from-png` read that line back through it (files/reading.py). Adding a parameter is adding a row here, then giving it a value where it is
 decided.
 
 A row's `scope` says who sets the value:
@@ -33,7 +33,9 @@ LORA_DIR = Path("checkpoints/lora")  # --lora-dir: where <lora:name:w> and --lor
 EMBEDDINGS_DIR = Path("checkpoints/embeddings")  # --embeddings when not given, used if it exists
 
 SIZE_MULTIPLE = 64  # the SD UNet downsamples the 1/8 latent three times
-MAX_SEED = 2**63 - 1
+# torch's CPU generator (mt19937) keeps only a seed's low 32 bits, so seed S and S + 2**32 draw the
+# same noise: 32-bit seeds are every distinct image there is (AUTOMATIC1111's UI uses them too).
+MAX_SEED = 2**32 - 1
 MAX_STEPS = 1000
 
 
@@ -45,9 +47,9 @@ class Field:
     scope: str  # "job", "line", "run" or "recorded" (see the module docstring)
     kind: type = str  # the value's type on a prompt-file line and in the infotext (str, int, float)
     default: object = None  # the flag's default; None: not given
-    flags: tuple[str, ...] = ()  # command-line spellings, the readable one first
+    flags: tuple[str, ...] = ()  # command-line spellings, the readable one first (see command_line_flags)
     label: Optional[str] = None  # infotext key; None: not in the parameter line
-    aliases: tuple[str, ...] = ()  # other prompt-file spellings (AUTOMATIC1111, the original scripts)
+    aliases: tuple[str, ...] = ()  # other prompt-file spellings (AUTOMATIC1111, sd.cpp, the original scripts)
     json: bool = False  # in `--json` and `info --json` under `name`
     check: Optional[Callable[[object], Optional[str]]] = None  # what is wrong with a value, or None
     to_text: Optional[Callable[[object], object]] = None  # value -> infotext value (default: as it is)
@@ -90,7 +92,7 @@ def _steps_problem(value: int) -> Optional[str]:
 def _seed_problem(value: int) -> Optional[str]:
     if 0 <= value <= MAX_SEED or value == -1:
         return None
-    return "is out of range; use 0 to 2**63-1 (or -1 for the run's seed)"
+    return f"is out of range; use 0 to {MAX_SEED} (or -1 for the run's seed)"
 
 
 def _count_problem(value: int) -> Optional[str]:
@@ -183,12 +185,14 @@ FIELDS: tuple[Field, ...] = (
           json=True),  # infotext: its own "Negative prompt:" line (infotext.py)
     Field("steps", "job", int, 50, ("--steps", "--ddim_steps"), "Steps", ("ddim_steps",), json=True,
           check=_steps_problem),
-    Field("sampler", "job", str, "ddim", ("--sampler",), "Sampler", ("sampler_name", "sampler_index"), json=True,
+    Field("sampler", "job", str, "ddim", ("--sampler", "--sampling-method"), "Sampler",
+          ("sampler_name", "sampler_index", "sampling_method"), json=True,
           to_text=_sampler_label, from_text=_sampler_from_label),
-    Field("scale", "job", float, 7.5, ("--scale",), "CFG scale", ("cfg_scale",), json=True, check=_scale_problem),
-    Field("seed", "job", int, None, ("--seed",), "Seed", json=True, check=_seed_problem),
-    Field("width", "job", int, None, ("--width", "--W"), aliases=("W",), json=True, check=size_problem),
-    Field("height", "job", int, None, ("--height", "--H"), aliases=("H",), json=True, check=size_problem),
+    Field("scale", "job", float, 7.5, ("--scale", "--cfg-scale"), "CFG scale", ("cfg_scale",), json=True,
+          check=_scale_problem),
+    Field("seed", "job", int, None, ("--seed", "-s"), "Seed", json=True, check=_seed_problem),
+    Field("width", "job", int, None, ("--width", "-W", "--W"), aliases=("W",), json=True, check=size_problem),
+    Field("height", "job", int, None, ("--height", "-H", "--H"), aliases=("H",), json=True, check=size_problem),
     Field("size", "recorded", label="Size", to_text=_size_text, from_text=_size_from_text),  # (width, height)
     Field("model_hash", "recorded", label="Model hash", json=True),
     Field("model", "recorded", label="Model", json=True),
@@ -210,11 +214,12 @@ FIELDS: tuple[Field, ...] = (
     Field("emphasis", "run", str, "original", ("--emphasis",), "Emphasis",
           to_text=str.capitalize, from_text=str.lower),
     Field("version", "recorded", label="Version"),
-    Field("init_img", "job", flags=("--init-img", "--init_img"), aliases=("init_image",), json=True),
+    Field("init_img", "job", flags=("--init-img", "-i", "--init_img"), aliases=("init_image",), json=True),
     Field("mask", "job", flags=("--mask",), json=True),
-    Field("n_samples", "line", int, 1, ("--n-samples", "--n_samples"), aliases=("batch_size",),
+    Field("n_samples", "line", int, 1, ("--n-samples", "--n_samples", "--batch-size"), aliases=("batch_size",),
           check=_count_problem),
-    Field("n_iter", "line", int, 1, ("--n-iter", "--n_iter"), check=_count_problem),
+    Field("n_iter", "line", int, 1, ("--n-iter", "-b", "--batch-count", "--n_iter"), aliases=("batch_count",),
+          check=_count_problem),  # stable-diffusion.cpp's -b renders images one after another: --n-iter
     Field("name", "line", flags=("--name",), check=name_problem),
 )
 
@@ -229,7 +234,15 @@ def default(name: str):
 
 
 def flags(name: str) -> tuple[str, ...]:
-    return BY_NAME[name].flags
+    return command_line_flags(BY_NAME[name])
+
+
+def command_line_flags(field: Field) -> tuple[str, ...]:
+    """The field's own flags, then `--KEY` for each prompt-file key of it not spelled so already
+    (--negative_prompt, --cfg_scale, --sampler_name, --batch_size, ...): a key a prompt-file line
+    accepts works on the command line too, with the same meaning."""
+    keys = (field.name, *field.aliases) if field.line_key else ()
+    return tuple(dict.fromkeys((*field.flags, *(f"--{key}" for key in keys))))
 
 
 def flag(name: str) -> str:

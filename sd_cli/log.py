@@ -4,8 +4,25 @@ stdout is reserved for what a script consumes (written paths, JSON), so nothing 
 """
 
 import sys
+from contextlib import contextmanager
 
 _quiet = False
+_warned: set[str] | None = None  # inside a run: its warnings, so that one repeated per image is shown once
+
+
+@contextmanager
+def run_scope(quiet: bool):
+    """One command's messages: -q or not, each warning once; nothing carries over to the next
+    command run in the same process."""
+    global _warned
+    saved = _quiet, _warned
+    set_quiet(quiet)
+    _warned = set()
+    try:
+        yield
+    finally:
+        set_quiet(saved[0])
+        _warned = saved[1]
 
 
 def set_quiet(quiet: bool) -> None:
@@ -19,7 +36,11 @@ def info(message: str) -> None:
 
 
 def warn(message: str) -> None:
-    """Warnings are shown even when quiet: they say something about the result."""
+    """A warning, once per run (run_scope); -q shows errors only (its runs are read by cron and CI)."""
+    if _quiet or (_warned is not None and message in _warned):
+        return
+    if _warned is not None:
+        _warned.add(message)
     print(f"warning: {message}", file=sys.stderr, flush=True)
 
 

@@ -16,9 +16,9 @@ from tiny_models import write_tiny_checkpoint  # noqa: E402
 # or compare against diffusers/transformers, and any test that asks for a model-building fixture.
 SLOW_MODULES = {
     "test_golden", "test_pipeline_parity", "test_inpaint", "test_depth2img", "test_k_samplers",
-    "test_k_samplers_extras", "test_unet_vae_parity", "test_text_encoder", "test_builtin_model", "test_addons",
+    "test_k_samplers_extras", "test_unet_vae_parity", "test_text_encoder", "test_sdxl_models", "test_builtin_model", "test_addons",
     "test_automation", "test_cli", "test_training_script", "test_speed_flags", "test_bench", "test_allocator",
-    "test_offload", "test_attention", "test_tiling", "test_mapped_pages", "test_serve",
+    "test_offload", "test_attention", "test_tiling", "test_mapped_pages", "test_readme_examples", "test_serve",
 }
 SLOW_FIXTURES = {"run_cli", "sd1_ckpt", "sd1_safetensors", "sd2_ckpt", "sd2v_ckpt", "sd2_depth_ckpt", "depth_model",
                  "one_thread"}
@@ -36,6 +36,14 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.slow)
         elif item.module.__name__.rsplit(".", 1)[-1] in SLOW_MODULES or SLOW_FIXTURES & set(item.fixturenames):
             item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(autouse=True)
+def no_user_defaults(monkeypatch, tmp_path_factory):
+    """The tests never read the user's defaults file or $SD_CLI_CKPT (sd_cli/cli/defaults.py)."""
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.getbasetemp() / "no-config"))
+    monkeypatch.delenv("SD_CLI_DEFAULTS", raising=False)
+    monkeypatch.delenv("SD_CLI_CKPT", raising=False)
 
 
 @pytest.fixture(scope="session")

@@ -5,11 +5,12 @@ The flags are declared in sd_cli.cli.options and turned into a RunRequest by sd_
 
 import inspect
 import sys
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 
 from sd_cli.cli import options as opt
+from sd_cli.cli.help import ReadableCommand, ReadableGroup
 from sd_cli import log
 from sd_cli.errors import SdCliError
 
@@ -19,47 +20,65 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
-    rich_markup_mode=None,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+    cls=ReadableGroup,
 )
 
 
-def _render_command(mode: str, own_options, after_sampling=None):
+def _print_version(wanted: bool) -> None:
+    if wanted:
+        from sd_cli import __version__
+
+        print(f"sd-cli {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _top_level(version: Annotated[bool, typer.Option("--version", help="Print the version and exit.", callback=_print_version,
+                                                     is_eager=True)] = False) -> None:
+    """The options of sd-cli itself; its help text is the Typer's above."""
+
+
+def _render_command(mode: str, own_options, size_options=None):
     """Register subcommand `mode` with the options every rendering command shares.
 
     Typer reads a command's options from its signature, so the shared ones are written once (three
-    functions in cli_options) and joined here with the command's own: `own_options` after the prompt,
-    `after_sampling` after the sampling options. The docstring of `own_options` is the help text.
+    functions in cli.options) and joined here with the command's own: `own_options` after the prompt
+    and the model, then `size_options`. The docstring of `own_options` is the help text; --help sorts
+    the options into panels (cli.help).
     """
-    parts = [opt.leading_options, own_options, opt.sampling_options, after_sampling, opt.run_options]
+    parts = [opt.leading_options, own_options, size_options, opt.sampling_options, opt.run_options]
     params = [p for part in parts if part is not None for p in inspect.signature(part).parameters.values()]
 
     def command(**args):
-        from sd_cli.cli.request_builder import build_request
+        from sd_cli.cli.request_builder import build_request, set_threads
         from sd_cli.run.render import run
 
-        log.set_quiet(args["quiet"])  # before anything is logged, flag checks included
         from sd_cli.serve.client import chosen_server, run_remote
 
-        server = chosen_server(mode, args)
-        request = build_request(mode, args)
-        if server:
-            run_remote(request, server)
-        else:
+        with log.run_scope(quiet=args["quiet"]):  # before anything is logged, flag checks included
+            server = chosen_server(mode, args)
+            request = build_request(mode, args)
+            if server:
+                run_remote(request, server)
+                return
+            set_threads(args["threads"])
             run(request)
 
     command.__signature__ = inspect.Signature(params)
     command.__annotations__ = {p.name: p.annotation for p in params}
     command.__doc__ = own_options.__doc__
-    app.command(mode)(command)
+    app.command(mode, cls=ReadableCommand)(command)
 
 
-_render_command("txt2img", opt.txt2img_options, after_sampling=opt.txt2img_size_options)
+_render_command("txt2img", opt.txt2img_options, size_options=opt.txt2img_size_options)
 _render_command("img2img", opt.img2img_options)
 _render_command("inpaint", opt.inpaint_options)
 _render_command("depth2img", opt.depth2img_options)
 
 
-@app.command()
+@app.command(cls=ReadableCommand)
 def info(images: opt.ImagesArg, json_out: opt.InfoJsonOpt = False):
     """Print the generation parameters recorded in images (exit 1 if one has none)."""
     import json
@@ -79,9 +98,9 @@ def info(images: opt.ImagesArg, json_out: opt.InfoJsonOpt = False):
         raise typer.Exit(1)
 
 
-@app.command()
-def verify(images: opt.ImagesArg, json_out: opt.InfoJsonOpt = False):
-    """Tell which known invisible watermark images carry: exit 0 when every image has one, 1 otherwise."""
+@app.command(cls=ReadableCommand)
+def verify(images: opt.ImagesArg, json_out: opt.VerifyJsonOpt = False):
+    """Name the known invisible watermark images carry (exit 1 if one has none)."""
     import json
 
     from sd_cli.files.reading import describe_verify, verify_record
@@ -100,10 +119,25 @@ def verify(images: opt.ImagesArg, json_out: opt.InfoJsonOpt = False):
         raise typer.Exit(1)
 
 
+@app.command(cls=ReadableCommand)
+def defaults():
+    """Print the defaults in force (defaults file, $SD_CLI_CKPT) and where each comes from.
+
+    The defaults file is TOML, named by $SD_CLI_DEFAULTS or found at
+    $XDG_CONFIG_HOME/sd-cli/defaults.toml (~/.config/sd-cli/defaults.toml): keys are option names
+    without the dashes (steps = 30, ckpt = "model.safetensors"), shared by the rendering
+    subcommands, and a [txt2img] (or img2img, inpaint, depth2img) table for one of them. The
+    command line wins over $SD_CLI_CKPT, which wins over the file.
+    """
+    from sd_cli.cli.defaults import print_sources
+
+    print_sources(_click_commands())
+
+
 def _register_serve() -> None:
     from sd_cli.serve.command import serve_command
 
-    app.command("serve")(serve_command)
+    app.command("serve", cls=ReadableCommand)(serve_command)
 
 
 _register_serve()
@@ -116,7 +150,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         argv = ["--help"]
     debug = "--debug" in argv
     try:
-        code = app(args=argv, prog_name="sd-cli", standalone_mode=False)
+        code = app(args=argv, prog_name="sd-cli", standalone_mode=False, default_map=_defaults_for(argv))
         if code == 130:  # typer turns Ctrl-C into Exit(130), which comes back as a return value here
             _fail("interrupted", 130)
         if isinstance(code, int) and code:  # typer.Exit(code) likewise
@@ -126,7 +160,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     except typer.Abort:
         _fail("interrupted", 130)
     except _usage_error_class() as err:
-        _fail(err.format_message(), 2)
+        _fail(_usage_message(err), 2)
     except SdCliError as err:
         if debug:
             raise
@@ -139,6 +173,21 @@ def main(argv: Optional[list[str]] = None) -> None:
         _fail(f"unexpected {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''} (rerun with --debug for details)", 1)
 
 
+def _defaults_for(argv: list[str]) -> dict:
+    """The defaults file's values, read only for a rendering subcommand (help and info never fail on it)."""
+    from sd_cli.cli.defaults import RENDER_COMMANDS, default_map
+
+    if argv[0] not in RENDER_COMMANDS:
+        return {}
+    return default_map(_click_commands())
+
+
+def _click_commands() -> dict:
+    import typer.main
+
+    return typer.main.get_command(app).commands
+
+
 def _usage_error_class():
     """Typer ships its own copy of click; its UsageError lives there (click's in older typer)."""
     try:
@@ -146,6 +195,16 @@ def _usage_error_class():
     except ImportError:
         from click import UsageError as ParserUsageError
     return ParserUsageError
+
+
+def _usage_message(err) -> str:
+    """The parser's message, with sd_cli's own "did you mean" for an unknown long option."""
+    typed, ctx = getattr(err, "option_name", None), err.ctx
+    if type(err).__name__ != "NoSuchOption" or ctx is None or not str(typed).startswith("--"):
+        return err.format_message()
+    from sd_cli.cli.suggestions import unknown_option_message
+
+    return unknown_option_message(typed, [p.opts + p.secondary_opts for p in ctx.command.get_params(ctx)])
 
 
 def _fail(message: str, code: int) -> None:

@@ -1,10 +1,12 @@
 """The original scripts' command lines, run through sd_cli with the original scripts' defaults.
 
 Defaults are prepended to the user's arguments, so anything the user gives wins (the parser
-keeps the last value of a repeated option).
+keeps the last value of a repeated option). A --from-file's blank lines are empty prompts here, as
+the original reads the file with str.splitlines() (original-scripts.md §2.3); `sd-cli` skips them.
 """
 
 from sd_cli.cli.app import main
+from sd_cli.run.jobs import blank_lines_are_prompts
 
 ORIGINAL_PROMPT = "a painting of a virus monster playing guitar"
 
@@ -27,7 +29,8 @@ def run_original_script(mode: str, user_args: list[str]) -> None:
     args = [mode, *ORIGINAL_DEFAULTS[mode], *user_args]
     if not _gives_prompt(user_args):
         args += ["--prompt", ORIGINAL_PROMPT]
-    main(args)
+    with blank_lines_are_prompts():
+        main(args)
 
 
 def _gives_prompt(args: list[str]) -> bool:

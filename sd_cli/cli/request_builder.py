@@ -17,6 +17,8 @@ def build_request(mode: str, args: dict):
 
 
 def _check_run_flags(args: dict) -> None:
+    if args["threads"] is not None:
+        _positive("--threads", args["threads"])
     for flag, message in UNSUPPORTED.items():
         if args.get(flag):
             raise UsageError(message)
@@ -24,6 +26,8 @@ def _check_run_flags(args: dict) -> None:
         raise UsageError("--C must be 4 and --f must be 8: Stable Diffusion's VAE has 4 latent channels and downsamples by 8")
 
 
+# Random base seeds stay below 2**31 so that base + image number fits MAX_SEED (2**32 - 1) in any run.
+RANDOM_SEEDS = 2**31
 # Flags that are RunRequest fields of the same name and need no check here.
 AS_GIVEN = ("config", "ema", "device", "output", "n_rows", "skip_grid", "skip_save", "skip_existing", "vae_tiling",
             "offload")
@@ -36,7 +40,14 @@ def _request(mode: str, args: dict):
     png_values, png_model = _from_png(args)
     requests, bad_lines = _requests(mode, args, png_values)
     count = _positive("--repeat", args["repeat"]) if args["from_file"] else _positive("--n-samples", args["n_samples"])
-    defaults = jobs.Defaults(values=_default_values(args, png_values), count=count,
+    if args["from_file"] and args["n_samples"] > 1:
+        log.info(f"--n-samples {args['n_samples']} with --from-file: up to {args['n_samples']} lines render together, "
+                 "one image each, as in the original scripts; --repeat N gives each line N images")
+    values = _default_values(args, png_values)
+    random_seed = None
+    if values.get("seed") is None:
+        values["seed"] = random_seed = _random_seed()
+    defaults = jobs.Defaults(values=values, count=count,
                              n_iter=_positive("--n-iter", args["n_iter"]), fixed_code=args["fixed_code"],
                              name_template=args["name"])
     request = RunRequest(
@@ -47,6 +58,7 @@ def _request(mode: str, args: dict):
         inpaint=_mask_options(args) if mode == "inpaint" else None,
         depth=_depth_options(args) if mode == "depth2img" else None, **_addon_options(args),
         emphasis=args["emphasis"].value, clip_skip=_clip_skip(args["clip_skip"]), embeddings=_embeddings_dir(args["embeddings"]),
+        random_seed=random_seed,
         **{name: args[name] for name in AS_GIVEN},
     )
     if request.offload and request.compile:
@@ -97,14 +109,22 @@ def _default_values(args: dict, png_values: dict) -> dict:
 
     flags = _job_flags(args)
     values = {k: v for k, v in png_values.items() if k != "prompt"}
-    values.update({k: v for k, v in flags.items() if v is not None and (k not in values or _explicit(args, k))})
+    given = {k: v for k, v in flags.items() if v is not None and (k not in values or _explicit(args, k))}
+    values.update(given)
     for key in ("init_img", "mask"):
         values[key] = str(values[key]) if values.get(key) is not None else None
+    recorded = set(values) - set(given)  # a bad recorded value is the image's, not a flag's
+
+    def label(key: str) -> str:
+        if key not in recorded:
+            return fields.flag(key)
+        field = fields.BY_NAME.get(key)
+        return f"{args['from_png']}: recorded {field.label if field and field.label else key}"
+
     try:
-        values = jobs.check_values({k: v for k, v in values.items() if v is not None}, fields.flag)
+        values = jobs.check_values({k: v for k, v in values.items() if v is not None}, label)
     except ValueError as err:
         raise UsageError(str(err)) from None
-    values["seed"] = _seed(values.get("seed"))
     return values
 
 
@@ -236,15 +256,13 @@ def _warn_other_model(checkpoint, png_model: dict, png: Path) -> None:
                  f"{actual}: the image will differ")
 
 
-def _seed(seed: Optional[int]) -> int:
-    if seed is None:
-        from sd_cli.run.distributed import current
+def _random_seed() -> int:
+    """A seed for a run given none; render.run announces it once the inputs have been checked."""
+    from sd_cli.run.distributed import current
 
-        if current().distributed:
-            raise UsageError("several processes (torchrun) must render the same run: pass --seed")
-        seed = secrets.randbelow(2**32)
-        log.info(f"seed {seed} (random; pass --seed {seed} to repeat this run)")
-    return seed
+    if current().distributed:
+        raise UsageError("several processes (torchrun) must render the same run: pass --seed")
+    return secrets.randbelow(RANDOM_SEEDS)
 
 
 def _clip_skip(value: Optional[int]) -> Optional[int]:
@@ -268,3 +286,13 @@ def _precision(value: str) -> str:
     from sd_cli.runtime.device import normalize_precision
 
     return normalize_precision(value)
+
+
+def set_threads(threads: Optional[int]) -> None:
+    """--threads N: torch's CPU thread count, set before the model is built (its CPU attention sizes
+    its workers from it)."""
+    if threads is None:
+        return
+    import torch
+
+    torch.set_num_threads(_positive("--threads", threads))

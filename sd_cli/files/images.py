@@ -1,7 +1,14 @@
-"""Pixels in and out: decoded tensors to uint8 arrays, grids, and img2img init images.
+"""Pixels in and out: decoded tensors to uint8 arrays, grids, img2img init images, and every input
+image's pixels as RGB or grey whatever its PIL mode.
 
 Conventions at these boundaries: model tensors are NCHW floats in [-1, 1]; arrays handed to the
 writers are HWC uint8 RGB.
+
+Input modes: PIL's own conversions clip 16-bit and float pixels at 255, so a 16-bit PNG would read
+as almost white. Here integer modes I;16* and I are read on the 16-bit scale (0-65535, what a 16-bit
+PNG holds) and reduced to their high byte, as PIL reduces 16-bit RGB PNGs; float mode F is read on
+0-1. Pixels outside those scales are refused rather than guessed at. Every other mode (1, L, P, LA,
+PA, RGBA, CMYK, YCbCr, ...) goes through PIL's conversion, alpha dropped as the original does.
 """
 
 from __future__ import annotations
@@ -21,6 +28,8 @@ if TYPE_CHECKING:  # torch is imported inside functions so that `--help` never l
 # Latent sides must be multiples of 8, image sides multiples of 64 (original-scripts.md §10.3).
 SIZE_MULTIPLE = 64
 GRID_PADDING = 2  # torchvision.utils.make_grid default, used by the original scripts
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # one channel on the 0-65535 scale
+FLOAT_MODE = "F"  # one channel on the 0-1 scale
 
 
 def to_uint8(images: "torch.Tensor") -> list[np.ndarray]:
@@ -91,7 +100,7 @@ def load_init_image(path: str | Path) -> "torch.Tensor":
     import torch
     from PIL import Image
 
-    image = open_image(Path(path), "init image").convert("RGB")
+    image = as_mode(open_image(Path(path), "init image"), "RGB", path, "init image")
     w, h = image.size
     if w < SIZE_MULTIPLE or h < SIZE_MULTIPLE:
         raise UsageError(f"init image {path} is {w}x{h}: img2img needs at least "
@@ -127,3 +136,47 @@ def open_image(path: Path, what: str = "image"):
         raise SdCliError(f"{what} {path} is too large to open safely ({e}); use a smaller image") from None
     except OSError as e:
         raise SdCliError(f"cannot read {what} {path}: {e.strerror or e}; check the file is complete and readable") from None
+
+
+def as_mode(image, mode: str, path, what: str = "image"):
+    """`image` converted to PIL mode `mode` ("RGB" or "L"), 16-bit and float pixels scaled, not clipped."""
+    from PIL import Image
+
+    if image.mode in SIXTEEN_BIT_MODES:
+        image = Image.fromarray((_sixteen_bit(image, path, what) >> 8).astype(np.uint8))
+    elif image.mode == FLOAT_MODE:
+        image = Image.fromarray(np.rint(_unit_floats(image, path, what) * 255.0).astype(np.uint8))
+    try:
+        return image.convert(mode)
+    except ValueError:
+        raise SdCliError(f"{what} {path} has PIL mode {image.mode}, which cannot be converted to {mode}; "
+                         "save it as an RGB or greyscale PNG") from None
+
+
+def grey_levels(image, path, what: str = "image") -> np.ndarray:
+    """[H, W] float32 in [0, 1]: a grey image at its full precision (16-bit, float), else PIL's luma (L)."""
+    if image.mode in SIXTEEN_BIT_MODES:
+        return (_sixteen_bit(image, path, what) / 65535.0).astype(np.float32)
+    if image.mode == FLOAT_MODE:
+        return _unit_floats(image, path, what)
+    return np.asarray(as_mode(image, "L", path, what), dtype=np.float32) / 255.0
+
+
+def _sixteen_bit(image, path, what: str) -> np.ndarray:
+    values = np.asarray(image if image.mode == "I" else image.convert("I"), dtype=np.int64)
+    _check_scale(values, 0, 65535, path, what, "integer", "16-bit scale (0-65535)")
+    return values
+
+
+def _unit_floats(image, path, what: str) -> np.ndarray:
+    values = np.asarray(image, dtype=np.float32)
+    _check_scale(values, 0.0, 1.0, path, what, "floating-point", "0-1 scale")
+    return values
+
+
+def _check_scale(values: np.ndarray, low, high, path, what: str, kind: str, scale: str) -> None:
+    if values.size and not (np.isfinite(values).all() and values.min() >= low and values.max() <= high):
+        finite = values[np.isfinite(values)]
+        span = f"{finite.min():g} to {finite.max():g}" if finite.size else "none finite"
+        raise SdCliError(f"{what} {path} has {kind} pixels outside the {scale} sd-cli reads them on "
+                         f"({span}); save it as an 8- or 16-bit PNG")

@@ -6,14 +6,17 @@
     Steps: 50, Sampler: DDIM, CFG scale: 7.5, Seed: 7, Size: 512x512, Model: v2-1_512
 
 The text goes into a PNG text chunk named ``parameters``, where A1111, ComfyUI, civitai and
-``sd-cli info`` read it. A value holding a comma, colon, quote or newline is written as a JSON
-string, as A1111 does, so that the parameter line splits unambiguously.
+``sd-cli info`` read it. JPEG and WebP files carry it as AUTOMATIC1111 writes it there (through
+piexif): the EXIF UserComment tag, ``UNICODE\0`` then UTF-16 big-endian, in a big-endian EXIF
+block. A value holding a comma, colon, quote or newline is written as a JSON string, as A1111
+does, so that the parameter line splits unambiguously.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import struct
 
 PNG_KEY = "parameters"
 NEGATIVE_PREFIX = "Negative prompt:"
@@ -22,6 +25,11 @@ _KEY = r"\w[\w \-/]*"  # "Steps", "CFG scale", "Hires upscale", "Denoising stren
 _QUOTED = r'"(?:\\.|[^\\"])*"'
 _FIELD = re.compile(rf"\s*({_KEY}):\s*({_QUOTED}|[^,]*?)\s*(?:,|$)")
 _NEEDS_QUOTES = re.compile(r'[,:"\n\r]')
+
+EXIF_IFD = 0x8769  # the pointer from IFD0 to the Exif IFD
+USER_COMMENT = 0x9286  # Exif IFD tag, type UNDEFINED: an 8-byte character-code prefix, then the text
+_UNDEFINED, _LONG = 7, 4  # TIFF field types
+_UNICODE, _ASCII, _UNDEFINED_CODE = b"UNICODE\0", b"ASCII\0\0\0", b"\0" * 8
 
 
 def format_infotext(prompt: str, negative_prompt: str, fields: dict[str, object]) -> str:
@@ -70,6 +78,36 @@ def png_info(text: str):
     info = PngInfo()
     info.add_text(PNG_KEY, text)
     return info
+
+
+def exif_with_infotext(text: str) -> bytes:
+    """A JPEG/WebP EXIF block ("Exif\\0\\0" and a big-endian TIFF structure) whose only field is `text`
+    as UserComment: IFD0 points to the Exif IFD at byte 26, whose UserComment data starts at byte 44."""
+    comment = _UNICODE + text.encode("utf_16_be")
+    ifd0 = struct.pack(">HHHII", 1, EXIF_IFD, _LONG, 1, 26) + struct.pack(">I", 0)
+    exif_ifd = struct.pack(">HHHII", 1, USER_COMMENT, _UNDEFINED, len(comment), 44) + struct.pack(">I", 0)
+    return b"Exif\0\0" + b"MM\0*" + struct.pack(">I", 8) + ifd0 + exif_ifd + comment
+
+
+def user_comment_text(image) -> str | None:
+    """The EXIF UserComment of an open PIL image as text, or None when it has none.
+
+    UNICODE text is UTF-16 in the EXIF block's byte order (as the EXIF standard says; piexif, hence
+    AUTOMATIC1111, writes big-endian blocks); ASCII is ASCII; an undefined code is read as UTF-8.
+    Raises ValueError when the bytes are not text in the code they name.
+    """
+    exif = image.getexif()
+    value = exif.get_ifd(EXIF_IFD).get(USER_COMMENT)
+    if not isinstance(value, bytes) or len(value) < 8:
+        return None
+    code, body = value[:8], value[8:]
+    encodings = {_UNICODE: "utf_16_be" if exif.endian == ">" else "utf_16_le", _ASCII: "ascii", _UNDEFINED_CODE: "utf-8"}
+    if code not in encodings:
+        return None
+    try:
+        return body.decode(encodings[code]).rstrip("\0")
+    except UnicodeDecodeError:
+        raise ValueError(f"its EXIF UserComment is not {encodings[code]} text") from None
 
 
 def _quote(value: object) -> str:

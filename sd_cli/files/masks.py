@@ -15,7 +15,7 @@ import numpy as np
 
 from sd_cli import log
 from sd_cli.errors import UsageError
-from sd_cli.files.images import open_image
+from sd_cli.files.images import as_mode, open_image
 
 if TYPE_CHECKING:
     import torch
@@ -82,7 +82,7 @@ def load_inpaint_canvas(image_path: Path, mask_path: Path | None, options: MaskO
     """The canvas for an image and its mask file (None: the image's transparent pixels are repainted)."""
     # 1. The image, and the mask from its file or from the image's transparency.
     image = open_image(Path(image_path), "image")
-    pixels = np.asarray(image.convert("RGB"))
+    pixels = np.asarray(as_mode(image, "RGB", image_path, "image"))
     mask = _read_mask(image, mask_path, pixels.shape[:2], outpainting=any(options.outpaint))
     if options.invert:
         mask = 1.0 - mask
@@ -107,12 +107,12 @@ def _read_mask(image, mask_path: Path | None, size: tuple[int, int], outpainting
         return 1.0 - alpha
     from PIL import Image
 
-    mask_image = open_image(Path(mask_path), "mask")
+    mask_image = as_mode(open_image(Path(mask_path), "mask"), "L", mask_path, "mask")  # L = (299R + 587G + 114B) / 1000
     if mask_image.size != (size[1], size[0]):
         log.warn(f"mask {mask_image.size[0]}x{mask_image.size[1]} differs from the image's {size[1]}x{size[0]}: "
                  "resized to the image's size (bilinear)")
-        mask_image = mask_image.convert("L").resize((size[1], size[0]), resample=Image.BILINEAR)
-    mask = np.asarray(mask_image.convert("L"), dtype=np.float32) / 255.0  # L = (299R + 587G + 114B) / 1000
+        mask_image = mask_image.resize((size[1], size[0]), resample=Image.BILINEAR)
+    mask = np.asarray(mask_image, dtype=np.float32) / 255.0
     grey = float(((mask > 0) & (mask < 1)).mean())
     if grey > 0:
         log.info(f"mask has grey levels ({grey:.0%} of pixels): the model repaints where it is at least 50% white; "

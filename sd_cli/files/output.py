@@ -6,7 +6,11 @@ Two ways to name outputs (docs/reference/cli-conventions.md, docs/reference/orig
   numbered on from what is there (OutputPlan). Numbered files are never overwritten, even by
   another run writing into the same folder at the same time.
 - ``-o/--output PATH``: exactly that file, or a pattern for several images (output_paths).
-  These are replaced if they exist: the user named them.
+  Its suffix picks the format: .png (added when there is none), .jpg/.jpeg or .webp (IMAGE_FORMATS).
+  These are replaced if they exist: the user named them. A symbolic link to a regular file is
+  written through (its target is replaced, the link stays); anything else that is not a regular
+  file (a device such as /dev/null, a named pipe, a socket, a link to one of those or a dangling
+  link) is refused, since an atomic write would put a new file in its place.
 
 Every file is first written to a hidden temporary file next to its final name, synced, then
 moved into place, so a run killed mid-write leaves either no file or a whole one.
@@ -18,6 +22,7 @@ import errno
 import os
 import re
 import secrets
+import stat
 import string
 from pathlib import Path
 
@@ -32,7 +37,11 @@ _SAMPLE_FORMAT = "{:05}.png"
 _GRID_FORMAT = "grid-{:04}.png"
 _TEMP_SUFFIX = ".tmp"
 _PLACEHOLDERS = {"index", "seed"}
-_OTHER_IMAGE_SUFFIXES = {".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
+# The formats a file name's suffix can ask for (PIL format names); the numbered layout writes PNG.
+IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
+_UNWRITABLE_SUFFIXES = {".gif", ".bmp", ".tif", ".tiff", ".avif", ".heic", ".jxl"}
+LOSSY_QUALITY = 80  # JPEG and WebP quality: AUTOMATIC1111's default (its "jpeg_quality" setting)
+JPEG_MAX_EXIF = 65533  # bytes in one APP1 segment, whose 2-byte length counts itself
 
 
 class OutputPlan:
@@ -79,9 +88,13 @@ def output_paths(pattern: str | Path, count: int, seeds: list[int] | None = None
     ``{index}`` and ``{seed}`` are filled in as Python format fields (``out-{index:03}.png``).
     Without them one image goes to PATTERN itself and several to ``out-0.png``, ``out-1.png``...
     ``.png`` is appended when the name has no suffix (or one that is not an image type, as in
-    ``v1.5``); other image suffixes such as ``.jpg`` are refused, since the file is a PNG.
+    ``v1.5``); .jpg, .jpeg and .webp are written as such; other image suffixes (.gif, .tif ...) are
+    refused.
     """
     pattern = str(pattern)
+    if pattern == "-":  # stdout carries the written paths (or --json records), never image bytes
+        raise UsageError("-o -: sd-cli does not write images to stdout (it prints the written paths there); "
+                         "give a file name")
     if pattern.endswith(("/", os.sep)) or Path(pattern).is_dir():
         raise UsageError(f"-o {pattern} is a folder; give a file name, or use --outdir for a folder")
     fields = _format_fields(pattern)
@@ -95,20 +108,26 @@ def output_paths(pattern: str | Path, count: int, seeds: list[int] | None = None
         base = Path(pattern)
         stem, suffix = _split_suffix(base.name)
         names = [str(base.with_name(f"{stem}-{i}{suffix}")) for i in range(count)]
-    paths = [_with_png_suffix(Path(name)) for name in names]
+    for name in names:  # as typed too: "-o /dev/full" must not become /dev/full.png
+        _check_replaceable(Path(name), UsageError, f"-o {pattern}: ")
+    paths = [_with_image_suffix(Path(name)) for name in names]
+    for path in paths:
+        _check_replaceable(path, UsageError, f"-o {pattern}: ")
     if len(set(paths)) < len(paths):
         raise UsageError(f"-o {pattern} gives the same file name to several images; "
                          "add {index} to the pattern")
     return paths
 
 
-def save_png(image: np.ndarray, path: str | Path, infotext: str | None = None) -> Path:
-    """Write `image` ([H, W, 3] uint8 RGB) as a PNG at `path`, replacing any file there, atomically.
+def save_image(image: np.ndarray, path: str | Path, infotext: str | None = None) -> Path:
+    """Write `image` ([H, W, 3] uint8 RGB, or [H, W] grey) at `path` in the format its suffix names
+    (PNG when it names none), replacing any file there, atomically.
 
-    The text goes into the ``parameters`` chunk. Parent folders are created. Any OS failure
-    (disk full, no permission) leaves no temporary file behind and raises OutputError.
+    A symbolic link is written through (replaced_file). The text goes into the PNG's ``parameters``
+    chunk, or a JPEG's or WebP's EXIF UserComment (infotext.py). Parent folders are created. Any OS
+    failure (disk full, no permission) leaves no temporary file behind and raises OutputError.
     """
-    path = Path(path)
+    path = replaced_file(Path(path))
     temp = _write_temp(image, path, infotext)
     try:
         os.replace(temp, path)
@@ -119,6 +138,40 @@ def save_png(image: np.ndarray, path: str | Path, infotext: str | None = None) -
         raise
     _sync_folder(path.parent)
     return path
+
+
+def replaced_file(path: Path) -> Path:
+    """The file writing `path` replaces: `path` itself, or a symbolic link's final target when that is a
+    regular file. OutputError for a path that is not (or leads to nothing that is) a regular file."""
+    _check_replaceable(path, OutputError, "")
+    return Path(os.path.realpath(path)) if path.is_symlink() else path
+
+
+def _check_replaceable(path: Path, error: type, prefix: str) -> None:
+    """Raise `error` when `path` exists as something an atomic write must not replace."""
+    kind = _special_kind(path)  # os.stat follows links, /proc/self/fd/N included
+    link = path.is_symlink()
+    what = f"{path} is a symbolic link to {os.readlink(path)}, which is" if link else f"{path} is"
+    if kind:
+        raise error(f"{prefix}{what} {kind}; sd-cli writes regular files only, so give a file name")
+    if link and not path.exists():
+        raise error(f"{prefix}{what} missing; give a file name, or create the link's target first")
+
+
+def _special_kind(path: Path) -> str | None:
+    """What `path` is when it exists and is not a regular file or a folder (folders are refused elsewhere)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    for test, kind in _SPECIAL_KINDS:
+        if test(mode):
+            return kind
+    return None
+
+
+_SPECIAL_KINDS = ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                  (stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"))
 
 
 # -- numbering ---------------------------------------------------------------------------------
@@ -202,36 +255,44 @@ def _fill(pattern: str, index: int, seed: int | None) -> str:
 
 def _split_suffix(name: str) -> tuple[str, str]:
     suffix = Path(name).suffix
-    if suffix.lower() == ".png" or suffix.lower() in _OTHER_IMAGE_SUFFIXES:
+    if suffix.lower() in IMAGE_FORMATS or suffix.lower() in _UNWRITABLE_SUFFIXES:
         return name[: -len(suffix)], suffix
     return name, ""
 
 
-def _with_png_suffix(path: Path) -> Path:
+def _with_image_suffix(path: Path) -> Path:
     suffix = path.suffix.lower()
-    if suffix == ".png":
+    if suffix in IMAGE_FORMATS:
         return path
-    if suffix in _OTHER_IMAGE_SUFFIXES:
-        raise UsageError(f"-o {path}: sd-cli writes PNG files only; use a .png name")
+    if suffix in _UNWRITABLE_SUFFIXES:
+        raise UsageError(f"-o {path}: sd-cli writes PNG, JPEG and WebP files; use a .png, .jpg or .webp name")
     return path.with_name(path.name + ".png")
+
+
+def image_format(path: Path) -> str:
+    """The PIL format a file name asks for: its suffix's, PNG when it has none sd-cli writes."""
+    return IMAGE_FORMATS.get(path.suffix.lower(), "PNG")
 
 
 # -- atomic writes -----------------------------------------------------------------------------
 
 def _write_temp(image: np.ndarray, path: Path, infotext: str | None) -> Path:
-    """Encode the PNG into a new hidden file next to `path`, synced to disk; return its path."""
+    """Encode the image (format from `path`'s suffix) into a new hidden file next to `path`, synced
+    to disk; return its path."""
     from PIL import Image
-
-    from sd_cli.files.infotext import png_info
 
     folder = path.parent
     _make_folder(folder, path)
     pil = Image.fromarray(np.asarray(image))
-    pnginfo = png_info(infotext) if infotext is not None else None
+    image_format_name = image_format(path)
+    options = _encoder_options(image_format_name, infotext)
+    if image_format_name == "JPEG" and len(options.get("exif", b"")) > JPEG_MAX_EXIF:
+        raise OutputError(f"cannot write {path}: its parameters do not fit a JPEG's 64 KiB EXIF block; "
+                          "use a .png or .webp name")
     temp, fd = _create_temp(folder, path.name)
     try:
         with os.fdopen(fd, "wb") as f:
-            pil.save(f, format="PNG", pnginfo=pnginfo)
+            pil.save(f, format=image_format_name, **options)
             f.flush()
             os.fsync(f.fileno())
     except BaseException as e:
@@ -240,6 +301,18 @@ def _write_temp(image: np.ndarray, path: Path, infotext: str | None) -> Path:
             raise _write_error(path, e) from None
         raise
     return temp
+
+
+def _encoder_options(image_format_name: str, infotext: str | None) -> dict:
+    """PIL save() options: the parameters where each format keeps them, AUTOMATIC1111's lossy quality."""
+    from sd_cli.files.infotext import exif_with_infotext, png_info
+
+    if image_format_name == "PNG":
+        return {"pnginfo": png_info(infotext)} if infotext is not None else {}
+    options = {"quality": LOSSY_QUALITY}
+    if infotext is not None:
+        options["exif"] = exif_with_infotext(infotext)
+    return options
 
 
 def _create_temp(folder: Path, name: str) -> tuple[Path, int]:

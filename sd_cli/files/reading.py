@@ -1,6 +1,7 @@
 """Reading images back: `sd-cli info` (recorded parameters), `sd-cli verify` (watermark), --from-png.
 
-The parameters are the PNG's ``parameters`` text chunk (AUTOMATIC1111's infotext, infotext.py);
+The parameters are the PNG's ``parameters`` text chunk, or a JPEG's or WebP's EXIF UserComment
+(AUTOMATIC1111's infotext, infotext.py);
 `info --json` gives them under the same names as `txt2img --json`, so a script can use either.
 Labels, names and how each text is read are the rows of sd_cli/fields.py.
 """
@@ -11,7 +12,7 @@ from pathlib import Path
 
 from sd_cli.errors import SdCliError
 from sd_cli.fields import BY_NAME, FIELDS, HIRES_FIELDS, JOB_FIELDS, Field
-from sd_cli.files.images import open_image
+from sd_cli.files.images import as_mode, open_image
 
 # Fields a re-render takes from the image: every job value but the input images, which the PNG does
 # not record (the model is chosen separately).
@@ -23,12 +24,19 @@ RUN_FIELDS = (BY_NAME["clip_skip"], BY_NAME["emphasis"], BY_NAME["vae"])
 
 
 def read_infotext(path: str | Path) -> str:
-    """The ``parameters`` text of an image file; a one-line SdCliError when there is none."""
-    from sd_cli.files.infotext import PNG_KEY
+    """The recorded parameters of an image file (PNG text chunk, else EXIF UserComment); a one-line
+    SdCliError when there are none."""
+    from sd_cli.files.infotext import PNG_KEY, user_comment_text
 
-    text = open_image(Path(path)).info.get(PNG_KEY)
+    image = open_image(Path(path))
+    text = image.info.get(PNG_KEY)
     if not isinstance(text, str):
-        raise SdCliError(f"{path} has no recorded parameters (no 'parameters' text chunk); "
+        try:
+            text = user_comment_text(image)
+        except ValueError as err:
+            raise SdCliError(f"{path}: cannot read the recorded parameters: {err}") from None
+    if text is None:
+        raise SdCliError(f"{path} has no recorded parameters (no 'parameters' text chunk or EXIF UserComment); "
                          "it was not written by sd-cli or AUTOMATIC1111, or its metadata was stripped")
     return text
 
@@ -92,7 +100,7 @@ def verify_record(path: str | Path) -> dict:
 
     from sd_cli.files.watermark import MIN_PIXELS, identify_watermark
 
-    rgb = np.asarray(open_image(Path(path)).convert("RGB"))
+    rgb = np.asarray(as_mode(open_image(Path(path)), "RGB", path))
     text, score = identify_watermark(rgb)
     record = {"path": str(path), "watermark": text, "score": round(score, 3)}
     if rgb.shape[0] * rgb.shape[1] < MIN_PIXELS:

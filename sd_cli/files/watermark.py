@@ -31,7 +31,6 @@ MIN_PIXELS = 256 * 256  # WatermarkEncoder.encode refuses smaller images (rows *
 MATCH_THRESHOLD = 0.65
 
 _encoders: dict[str, object] = {}  # one WatermarkEncoder per text, built on first use
-_warned_too_small = False  # the too-small warning is given once per run
 
 
 def add_watermark(rgb: np.ndarray, text: str) -> np.ndarray:
@@ -107,11 +106,8 @@ def _encoder(text: str):
 
 
 def _warn_too_small(width: int, height: int) -> None:
-    global _warned_too_small
-    if not _warned_too_small:
-        _warned_too_small = True
-        log.warn(f"{width}x{height} images are too small for the invisible watermark "
-                 "(needs at least 256x256 pixels): saved without it")
+    log.warn(f"{width}x{height} images are too small for the invisible watermark "  # once per run (log.warn)
+             "(needs at least 256x256 pixels): saved without it")
 
 
 def _check_rgb(rgb: np.ndarray) -> None:

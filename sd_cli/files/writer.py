@@ -1,5 +1,5 @@
-"""Writing a run's images: watermark, infotext, the PNG (or its place in the numbered layout), the
-path or --json record on stdout, and the grid at the end.
+"""Writing a run's images: watermark, infotext, the file (PNG, or JPEG/WebP where its name asks) or its
+place in the numbered layout, the path or --json record on stdout, and the grid at the end.
 
 The writer decides each recorded value, by field name; sd_cli/fields.py gives the labels, their
 order and their text, and which names the --json record has.
@@ -61,10 +61,10 @@ class ImageWriter:
         _emit(json.dumps({"path": str(path), "grid": True}) if self.request.json else str(path))
 
     def _save(self, job: Job, image, infotext: str) -> Path:
-        from sd_cli.files.output import save_png
+        from sd_cli.files.output import save_image
 
         target = self.targets[job.index]
-        return self.plan.save_sample(image, infotext) if target is None else save_png(image, target, infotext)
+        return self.plan.save_sample(image, infotext) if target is None else save_image(image, target, infotext)
 
     def _announce(self, path: Path, job: Job, shape, infotext: str, timings: dict) -> None:
         self.written.append(path)

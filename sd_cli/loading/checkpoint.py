@@ -19,6 +19,7 @@ import re
 import struct
 import tempfile
 import threading
+import zipfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,7 @@ def read_checkpoint(path: str | os.PathLike) -> CheckpointFile:
     shown = str(path)
     path = _existing_file(path)
     try:
+        _refuse_non_checkpoint(path, shown)
         if path.suffix.lower() == ".safetensors":
             state_dict, global_step = _tensors_only(shown, _read_safetensors(path, shown)), None
         else:
@@ -87,7 +89,7 @@ def _existing_file(path: str | os.PathLike) -> Path:
     if not path.exists():
         raise CheckpointError(f"{shown}: no such file; check the checkpoint path.")
     if path.is_dir():
-        raise CheckpointError(f"{shown}: is a directory; give the path of a checkpoint file in it.")
+        raise CheckpointError(directory_problem(shown, path))
     if not path.is_file():
         raise CheckpointError(f"{shown}: is not a regular file; give the path of a checkpoint file.")
     try:
@@ -98,6 +100,36 @@ def _existing_file(path: str | os.PathLike) -> Path:
     if empty:
         raise CheckpointError(f"{shown}: the file is empty (0 bytes); download it again.")
     return path
+
+
+CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+
+
+def directory_problem(shown: str, path: Path) -> str:
+    """The one-line error for a folder given where a checkpoint file belongs: what kind of folder it is."""
+    if (path / "model_index.json").is_file():
+        return (f"{shown}: is a diffusers folder (model_index.json), not a single-file checkpoint; sd_cli reads one "
+                ".ckpt or .safetensors file: download the model's single-file checkpoint, or convert the folder with "
+                "diffusers' scripts/convert_diffusers_to_original_stable_diffusion.py")
+    weights = sorted(path.glob("diffusion_pytorch_model.*"))
+    if (path / "config.json").is_file() and weights:
+        return (f"{shown}: is one component of a diffusers folder (config.json, {weights[0].name}), not a checkpoint "
+                f"file; --vae takes {path / weights[0].name} itself, --ckpt a whole single-file checkpoint")
+    try:
+        inside = sorted(child.name for child in path.iterdir() if child.suffix.lower() in CHECKPOINT_SUFFIXES)
+    except OSError:  # an unreadable folder: what it holds cannot be said
+        inside = []
+    if inside:
+        more = f" (and {len(inside) - 1} more)" if len(inside) > 1 else ""
+        return f"{shown}: is a directory; give the path of a checkpoint file in it, e.g. {path / inside[0]}{more}"
+    return f"{shown}: is a directory, not a checkpoint file; give the path of a .ckpt or .safetensors file"
+
+
+def _refuse_non_checkpoint(path: Path, shown: str) -> None:
+    """A pointer, a web page or text under any checkpoint suffix: the content says what it is, not the name."""
+    kind = _sniff(path)
+    if kind in ("lfs", "html", "text"):
+        raise CheckpointError(f"{shown}: {_NOT_A_CHECKPOINT[kind]}")
 
 
 def _sniff(path: Path) -> str:
@@ -111,13 +143,25 @@ def _sniff(path: Path) -> str:
     header_len = int.from_bytes(head[:8], "little")
     if len(head) > 8 and head[8:9] == b"{" and header_len < 100_000_000:
         return "safetensors"
+    head = head.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark, as some editors and servers write
     if head.startswith(b"version https://git-lfs"):
         return "lfs"
     if head.lstrip()[:1] == b"<":
         return "html"
-    if all(32 <= b < 127 or b in b"\t\r\n" for b in head):
+    if _is_text(head):
         return "text"
     return "unknown"
+
+
+def _is_text(head: bytes) -> bool:
+    """Printable UTF-8 (a character cut at the end of the sample allowed), tabs and line breaks."""
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as err:
+        if err.start < len(head) - 3:
+            return False
+        text = head[:err.start].decode("utf-8")
+    return all(char.isprintable() or char in "\t\r\n" for char in text)
 
 
 # --- safetensors ---------------------------------------------------------------------------------
@@ -227,6 +271,8 @@ def _read_pickle(path: Path, shown: str) -> object:
         return _read_safetensors(path, shown)
     if kind not in ("zip", "legacy"):
         raise CheckpointError(f"{shown}: {_NOT_A_CHECKPOINT[kind]}")
+    if kind == "zip":
+        _refuse_plain_zip(path, shown)
     try:
         with _stand_ins_allowed():
             # mmap (zip format only) maps tensor data instead of reading a 4 GB file into memory.
@@ -241,6 +287,18 @@ def _read_pickle(path: Path, shown: str) -> object:
             f"{shown}: cannot read the PyTorch checkpoint ({_cause(original)}); "
             "the file is probably truncated or corrupt. Download it again."
         ) from err
+
+
+def _refuse_plain_zip(path: Path, shown: str) -> None:
+    """A zip archive that torch.save did not write (no <name>/data.pkl): a download to unpack first."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return  # a damaged zip: torch.load's own error says it is truncated or corrupt
+    if names and not any(name.endswith("/data.pkl") or name == "data.pkl" for name in names):
+        raise CheckpointError(f"{shown}: is a zip archive (holding {names[0]}{' and more' if len(names) > 1 else ''}), "
+                              "not a PyTorch checkpoint; unpack it and pass the checkpoint inside")
 
 
 # What torch's weights-only unpickler says when a pickle names something it does not allow.
@@ -293,9 +351,16 @@ def _unwrap(shown: str, obj: object) -> tuple[dict[str, torch.Tensor], int | Non
         raise CheckpointError(
             f"{shown}: not a Stable Diffusion checkpoint: it holds a {type(obj).__name__}, not a dict of tensors."
         )
-    if "state_dict" in obj:
-        return _tensors_only(shown, obj["state_dict"]), _global_step(obj.get("global_step"))
-    return _tensors_only(shown, obj, bare=True), None
+    if "state_dict" not in obj:
+        return _tensors_only(shown, obj, bare=True), None
+    global_step = _global_step(obj.get("global_step"))
+    state_dict = obj["state_dict"]
+    # Scripts that wrap a whole Lightning checkpoint once more save {"state_dict": {"state_dict": ...}}.
+    while isinstance(state_dict, Mapping) and isinstance(state_dict.get("state_dict"), Mapping):
+        if global_step is None:
+            global_step = _global_step(state_dict.get("global_step"))
+        state_dict = state_dict["state_dict"]
+    return _tensors_only(shown, state_dict), global_step
 
 
 def _tensors_only(shown: str, state_dict: object, bare: bool = False) -> dict[str, torch.Tensor]:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sd_cli.errors import UsageError
+from sd_cli.loading import sgm_config
 
 # Original target path -> the sd_cli role that implements it.
 ALLOWED_TARGETS = {
@@ -20,6 +21,20 @@ ALLOWED_TARGETS = {
     "ldm.modules.encoders.modules.FrozenOpenCLIPEmbedder": "openclip",
     "ldm.modules.midas.api.MiDaSInference": "midas",
     "torch.nn.Identity": "identity",  # the VAE's training loss, unused at inference
+    # generative-models (sgm_config.py): SDXL, its refiner, SD-Turbo
+    "sgm.models.diffusion.DiffusionEngine": "engine",
+    "sgm.modules.diffusionmodules.denoiser.DiscreteDenoiser": "discrete-denoiser",
+    "sgm.modules.diffusionmodules.denoiser_scaling.EpsScaling": "eps",
+    "sgm.modules.diffusionmodules.denoiser_scaling.VScaling": "v",
+    "sgm.modules.diffusionmodules.discretizer.LegacyDDPMDiscretization": "legacy-ddpm",
+    "sgm.modules.diffusionmodules.openaimodel.UNetModel": "unet",
+    "sgm.modules.GeneralConditioner": "conditioner",
+    "sgm.modules.encoders.modules.FrozenCLIPEmbedder": "clip",
+    "sgm.modules.encoders.modules.FrozenOpenCLIPEmbedder": "openclip",
+    "sgm.modules.encoders.modules.FrozenOpenCLIPEmbedder2": "openclip-pooled",
+    "sgm.modules.encoders.modules.ConcatTimestepEmbedderND": "size-embedding",
+    "sgm.models.autoencoder.AutoencoderKL": "vae",
+    "sgm.models.autoencoder.AutoencoderKLInferenceWrapper": "vae",
 }
 MODEL_KINDS = ("txt2img", "inpaint", "depth")
 TEXT_ENCODERS = ("clip", "openclip")
@@ -55,6 +70,7 @@ class ModelConfig:
     image_size: int  # latent side the model was trained at (64 for SD: 512 px)
     text_params: dict = field(default_factory=dict)
     depth_params: dict | None = None
+    engine: str = "ldm"  # whose code the YAML is for: "ldm" (CompVis/Stability) or "sgm" (generative-models)
 
     @property
     def native_size(self) -> int:
@@ -81,6 +97,8 @@ def load_config(path: str | Path) -> ModelConfig:
 
 def parse_config(raw: dict, source: str) -> ModelConfig:
     model = _section(raw, "model", source)
+    if model.get("target") == sgm_config.ENGINE_TARGET:
+        return ModelConfig(source=source, **sgm_config.parse_engine(model, source, _role))
     kind = _role(model, source, "model", MODEL_KINDS)
     params = dict(model.get("params") or {})
     unet = _component(params.pop("unet_config", None), source, "unet_config", ("unet",))

@@ -17,7 +17,26 @@ CLIP_EMBEDDING_KEYS = (
 )
 OPENCLIP_EMBEDDING_KEY = "cond_stage_model.model.token_embedding.weight"
 UNET_INPUT_KEY = "model.diffusion_model.input_blocks.0.0.weight"
+EMA_UNET_INPUT_KEY = "model_ema.diffusion_modelinput_blocks00weight"  # LitEma drops the dots
 DEPTH_PREFIX = "depth_model."
+TEXT_ENCODER_NAMES = {"clip": "SD 1.x (CLIP text encoder)", "openclip": "SD 2.x (OpenCLIP text encoder)"}
+
+# Key prefixes of models sd_cli does not run -> what the file is. Checked in order.
+FOREIGN_MODELS = (
+    (("conditioner.embedders.",), "an SDXL checkpoint (sgm layout: conditioner.embedders.*)"),
+    (("model.diffusion_model.joint_blocks.",), "a Stable Diffusion 3 checkpoint (MMDiT joint_blocks)"),
+    (("double_blocks.", "model.diffusion_model.double_blocks."), "a Flux checkpoint (double_blocks)"),
+    (("low_scale_model.",), "the SD 2 x4 upscaler"),
+    (("noise_augmentor.", "embedder.model.visual."), "an SD 2.1 unCLIP checkpoint"),
+)
+# Key prefixes of files with no UNet at all -> what the file is and where it goes instead.
+NOT_A_MODEL = (
+    (("lora_unet_", "lora_te_"), "a LoRA, not a checkpoint; pass it with --lora (or <lora:name:weight> in the prompt)"),
+    (("encoder.conv_in.", "decoder.conv_in.", "first_stage_model.encoder.conv_in."),
+     "a VAE file, not a whole checkpoint; pass it with --vae beside --ckpt"),
+    (("emb_params", "string_to_param."), "a textual-inversion embedding, not a checkpoint; put it in the "
+                                         "embeddings folder (--embeddings) and use its name in the prompt"),
+)
 
 
 @dataclass(frozen=True)
@@ -46,7 +65,8 @@ def fingerprint(state_dict) -> tuple[str | None, int | None, bool]:
         text = "openclip"
     else:
         text = None
-    unet_in = state_dict[UNET_INPUT_KEY].shape[1] if UNET_INPUT_KEY in state_dict else None
+    unet_input = state_dict.get(UNET_INPUT_KEY, state_dict.get(EMA_UNET_INPUT_KEY))  # an EMA-only file: its shadow
+    unet_in = unet_input.shape[1] if unet_input is not None else None
     has_depth = any(key.startswith(DEPTH_PREFIX) for key in state_dict)
     return text, unet_in, has_depth
 
@@ -54,11 +74,46 @@ def fingerprint(state_dict) -> tuple[str | None, int | None, bool]:
 def detect_family(state_dict, checkpoint_name: str) -> Family:
     text, unet_in, has_depth = fingerprint(state_dict)
     family = FAMILIES.get((text, unet_in, has_depth))
+    if family is None and text is None and unet_in is not None:
+        raise CheckpointError(f"{checkpoint_name}: holds a UNet but no text encoder (no cond_stage_model.* token "
+                              "embedding), so it is not a whole Stable Diffusion checkpoint; pass the full checkpoint")
     if family is None:
         seen = f"text encoder {text or 'not found'}, UNet input channels {unet_in or 'not found'}" + (
             ", depth weights" if has_depth else "")
         raise CheckpointError(f"{checkpoint_name}: cannot tell which model this is ({seen}); pass its YAML with --config")
     return family
+
+
+def refuse_foreign(state_dict, checkpoint_name: str) -> None:
+    """A file of a model sd_cli does not run, or not a model at all, is named for what it is."""
+    for prefixes, what in FOREIGN_MODELS:
+        if any(key.startswith(prefixes) for key in state_dict):
+            raise CheckpointError(f"{checkpoint_name}: is {what}; sd_cli runs Stable Diffusion 1.x and 2.x "
+                                  "checkpoints only: pass one of those with --ckpt")
+    if any(key.startswith(("model.diffusion_model.", "model_ema.")) for key in state_dict):
+        return
+    for prefixes, what in NOT_A_MODEL:
+        if any(key.startswith(prefixes) for key in state_dict):
+            raise CheckpointError(f"{checkpoint_name}: is {what}")
+
+
+def check_config_fits(state_dict, config, checkpoint_name: str, advice: str) -> None:
+    """The weights' text encoder and UNet input must be the config's: else say what each is and what to pass."""
+    from sd_cli.models.families import family_of
+
+    text, unet_in, has_depth = fingerprint(state_dict)
+    if text is None:
+        raise CheckpointError(f"{checkpoint_name}: has no text encoder weights (no cond_stage_model.* token "
+                              "embedding); is it a whole Stable Diffusion checkpoint?")
+    if text == config.text_encoder and unet_in in (None, config.unet_in_channels):
+        return
+    weights = FAMILIES.get((text, unet_in, has_depth))
+    what = weights.description if weights else TEXT_ENCODER_NAMES[text]
+    channels = f", UNet with {unet_in} input channels" if unet_in is not None else ""
+    wanted = f"; {advice}" + (f" (sd_cli's own is {weights.config_name})" if weights else "")
+    raise CheckpointError(f"{checkpoint_name} holds {what} weights{channels}, but config {config.source} is for "
+                          f"{family_of(config).description} (UNet with {config.unet_in_channels} input channels)"
+                          f"{wanted}")
 
 
 @torch.no_grad()

@@ -1,8 +1,9 @@
 """Checkpoint + config -> a ready LatentDiffusion: choose the config, build on meta, load strictly.
 
 Strict means every tensor the model needs comes from the file and every tensor in the file is
-used, except the known harmless extras listed here by name (EMA shadows, schedule buffers the
-config already defines, unused text-tower parts). Anything else stops the run with the names.
+used, except the known harmless extras listed by name (EMA shadows, schedule buffers the config
+already defines, unused text-tower parts, and the training-only tensors keys.py sets aside).
+Anything else stops the run with the names.
 """
 
 import dataclasses
@@ -12,14 +13,16 @@ from pathlib import Path
 import torch
 
 from sd_cli import log
-from sd_cli.loading.checkpoint import CheckpointFile, read_checkpoint
+from sd_cli.loading.checkpoint import read_checkpoint
 from sd_cli.loading.config import ModelConfig, load_config
 from sd_cli.loading.packaged import packaged_config
 from sd_cli.loading.strict import compare
-from sd_cli.loading.detection import detect_family, is_v_prediction
-from sd_cli.errors import CheckpointError
+from sd_cli.loading.detection import check_config_fits, detect_family, is_v_prediction, refuse_foreign
+from sd_cli.loading.keys import model_keys
+from sd_cli.errors import CheckpointError, UsageError
 from sd_cli.loading.mapped_pages import MappedFile
 from sd_cli.models.empty import empty_modules
+from sd_cli.models.families import family_of
 from sd_cli.models.latent_diffusion import SCHEDULE_KEYS, LatentDiffusion, text_encoder_class
 
 EMA_PREFIX = "model_ema."
@@ -42,17 +45,24 @@ class LoadedModel:
 
 
 def load_model(checkpoint_path, config_path=None, *, device="cpu", dtype=torch.float32, use_ema=False,
-               offload: bool = False) -> LoadedModel:
-    """With `offload`, the weights stay on the CPU and each part runs on `device` in turn (offload.py)."""
+               offload: bool = False, mode: str | None = None) -> LoadedModel:
+    """With `offload`, the weights stay on the CPU and each part runs on `device` in turn (offload.py).
+
+    With `mode` (a subcommand), a model that cannot serve it is refused before any weight is read:
+    the config and the key names decide it.
+    """
     path = Path(checkpoint_path)
     checkpoint = read_checkpoint(path)
-    config, measure_v = choose_config(path, config_path, checkpoint)
-    weights = select_weights(checkpoint.state_dict, use_ema, path.name)
+    weights = model_keys(checkpoint.state_dict, path.name)
+    refuse_foreign(weights, path.name)
+    config, measure_v = choose_config(path, config_path, weights)
+    if mode is not None:
+        family_of(config).check_serves(mode)
     global_step = checkpoint.global_step
     del checkpoint  # from here on only `weights` holds the file's tensors
     home = "cpu" if offload else device
     model = build_and_load(config, weights, path.name, device=home, dtype=dtype, mapped_file=MappedFile(path),
-                           channels_last_convs=torch.device(device).type == "cpu")
+                           channels_last_convs=torch.device(device).type == "cpu", use_ema=use_ema)
     model.eval()
     if offload:
         from sd_cli.runtime.offload import enable_offload
@@ -63,54 +73,70 @@ def load_model(checkpoint_path, config_path=None, *, device="cpu", dtype=torch.f
     return LoadedModel(model, path, model.config.source, global_step)
 
 
-def choose_config(path: Path, config_path, checkpoint: CheckpointFile) -> tuple[ModelConfig, bool]:
+def choose_config(path: Path, config_path, state_dict: dict) -> tuple[ModelConfig, bool]:
     """--config wins; then a YAML with the checkpoint's stem, beside it or among the packaged YAMLs (the built-in
-    model's sd-cli-tiny.yaml is found that way); then the fingerprint table."""
+    model's sd-cli-tiny.yaml is found that way); then the fingerprint table. A YAML given either way must be
+    for the weights' family."""
     if config_path is not None:
-        return load_config(config_path), False
+        config = load_config(config_path)
+        check_config_fits(state_dict, config, path.name,
+                          "drop --config (sd_cli detects the model from its weights) or pass that model's YAML")
+        return config, False
     for candidate in (path.with_suffix(".yaml"), path.with_suffix(".yml"), packaged_config(path.stem + ".yaml")):
         if candidate.is_file():
             log.info(f"using config {candidate} (named after the checkpoint)")
-            return load_config(candidate), False
-    family = detect_family(checkpoint.state_dict, path.name)
+            config = load_config(candidate)
+            check_config_fits(state_dict, config, path.name,
+                              f"the YAML named after the checkpoint is for another model: rename or remove "
+                              f"{candidate.name} (sd_cli then detects the model from its weights), or pass the "
+                              "right one with --config")
+            return config, False
+    family = detect_family(state_dict, path.name)
     config_path = packaged_config(family.config_name)
     log.info(f"detected {family.description} from the checkpoint's weights; using {config_path}")
     return load_config(config_path), family.measure_v
 
 
-def select_weights(state_dict: dict, use_ema: bool, name: str) -> dict:
-    """The weights to load: the UNet's EMA shadows replace its live weights with --ema."""
+def select_weights(state_dict: dict, use_ema: bool, name: str, unet_keys) -> dict:
+    """The weights to load: with --ema the UNet's EMA shadows (LitEma's dotless names) stand in for its
+    live weights, which a file may also lack altogether (an EMA-only save)."""
+    shadows = {key: EMA_PREFIX + key[len("model."):].replace(".", "") for key in unet_keys}
     if not use_ema:
+        if not any(key.startswith(UNET_PREFIX) for key in state_dict) and any(s in state_dict for s in shadows.values()):
+            raise CheckpointError(f"{name}: holds only the EMA weights of the UNet (model_ema.*, no "
+                                  f"{UNET_PREFIX}*); run it with --ema")
         return state_dict
-    weights = dict(state_dict)
-    missing = []
-    for key in state_dict:
-        if key.startswith(UNET_PREFIX):
-            shadow = EMA_PREFIX + key[len("model."):].replace(".", "")
-            if shadow in state_dict:
-                weights[key] = state_dict[shadow]
-            else:
-                missing.append(shadow)
+    missing = [shadow for shadow in shadows.values() if shadow not in state_dict]
+    if len(missing) == len(shadows):
+        raise CheckpointError(f"{name}: --ema asked for EMA weights but the file has none (no model_ema.* UNet "
+                              "weights); run without --ema")
     if missing:
         raise CheckpointError(f"{name}: --ema asked for EMA weights but {len(missing)} are missing (e.g. {missing[0]}); "
                               "this file keeps only one set of weights: run without --ema")
+    weights = dict(state_dict)
+    weights.update({key: state_dict[shadow] for key, shadow in shadows.items()})
     log.info(f"using the EMA weights of {name}")
     return weights
 
 
 def build_and_load(config: ModelConfig, weights: dict, name: str, device="cpu", dtype=torch.float32,
-                   mapped_file: MappedFile | None = None, channels_last_convs: bool = False) -> LatentDiffusion:
+                   mapped_file: MappedFile | None = None, channels_last_convs: bool = False,
+                   use_ema: bool = False) -> LatentDiffusion:
+    if config.engine == "sgm":
+        raise UsageError(f"{name}: {family_of(config).description} models (generative-models' DiffusionEngine, "
+                         f"{config.source}) do not run in sd_cli yet; use an SD 1.x or 2.x checkpoint")
     encoder_class = text_encoder_class(config.text_encoder)
     with empty_modules():  # no random initialisation: every tensor comes from the file
         text_encoder = encoder_class.from_checkpoint(weights, **config.text_params)
         model = LatentDiffusion(config, text_encoder)
+    weights = select_weights(weights, use_ema, name, [key for key in model.state_dict() if key.startswith(UNET_PREFIX)])
     module_weights, unexpected = _module_state_dict(weights, encoder_class, model.family.needs_depth)
     compare(model.state_dict(), module_weights, unexpected).raise_if_any(
         f"{name} does not match config {config.source}", sides="checkpoint vs config",
         hint=". Pass the config this checkpoint was made for with --config")
     _cast_in_place(module_weights, device, dtype, mapped_file, channels_last_convs)
     model.load_state_dict(module_weights, strict=True, assign=True)
-    model.alphas_cumprod = _schedule(weights, config)
+    model.alphas_cumprod = _schedule(weights, config, name)
     # The depth model's MiDaS weights, kept as they are until depth2img builds it (timm is imported only then).
     if model.family.needs_depth:
         model.depth_weights = {key[len(DEPTH_PREFIX):]: value for key, value in weights.items()
@@ -130,8 +156,6 @@ def _module_state_dict(weights: dict, encoder_class, depth: bool) -> tuple[dict,
             continue  # EMA shadows (see --ema), text tower (mapped above), schedule (from the config)
         elif key.startswith(DEPTH_PREFIX) and depth:
             continue  # MiDaS weights: kept aside in build_and_load, loaded strictly by depth.py
-        elif key.startswith("first_stage_model.loss.") or key == "model_ema.decay":
-            continue  # training-time loss weights
         else:
             unexpected.append(key)
     return module, unexpected
@@ -158,14 +182,41 @@ def _cast_in_place(module_weights: dict, device, dtype, mapped_file: MappedFile 
         module_weights[key] = copy
 
 
-def _schedule(weights: dict, config: ModelConfig) -> torch.Tensor:
-    """The checkpoint's own ᾱ when it has one (the original lets it override), else the config's."""
+def _schedule(weights: dict, config: ModelConfig, name: str) -> torch.Tensor:
+    """ᾱ as the original's register_schedule computes it from the config, checked against the file's copy.
+
+    The original's load_state_dict then copies the file's ᾱ over it, so a copy that agrees within its
+    dtype's rounding is used as stored (an fp16 file renders as it does there). A bf16 copy rounds ᾱ
+    near t = 0 to 1.0 (σ = 0, which every sampler divides by): then the config's is used.
+    """
     from sd_cli.sampling.schedule import alphas_cumprod
 
+    computed = alphas_cumprod(config.linear_start, config.linear_end, config.timesteps)
     stored = weights.get("alphas_cumprod")
-    if stored is not None and stored.shape == (config.timesteps,):
-        return stored.detach().to("cpu", torch.float32).clone()
-    return alphas_cumprod(config.linear_start, config.linear_end, config.timesteps)
+    if stored is None:
+        return computed
+    if stored.shape != computed.shape or not _within_rounding(stored, computed):
+        log.warn(f"{name}: its noise schedule (alphas_cumprod) is not the one config {config.source} defines "
+                 f"(linear_start {config.linear_start}, linear_end {config.linear_end}, {config.timesteps} "
+                 "timesteps); using the config's")
+        return computed
+    stored = stored.detach().to("cpu", torch.float32).clone()
+    return stored if _usable_schedule(stored) else computed
+
+
+def _within_rounding(stored: torch.Tensor, computed: torch.Tensor) -> bool:
+    """Each stored value is the computed one rounded to the stored dtype (one unit in the last place of slack)."""
+    if not stored.is_floating_point():
+        return False
+    exact = computed.double()
+    slack = max(torch.finfo(stored.dtype).eps, torch.finfo(computed.dtype).eps)  # a float64 copy: float32's
+    return bool(((stored.double() - exact).abs() <= slack * exact.abs()).all())
+
+
+def _usable_schedule(alphas_cumprod: torch.Tensor) -> bool:
+    """Every ᾱ strictly between 0 and 1 and strictly falling: each timestep has its own positive σ."""
+    inside = bool(((alphas_cumprod > 0) & (alphas_cumprod < 1)).all())
+    return inside and bool((alphas_cumprod[1:] < alphas_cumprod[:-1]).all())
 
 
 def _settle_parameterization(model: LatentDiffusion, name: str) -> LatentDiffusion:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from sd_cli import log
 from sd_cli.errors import CheckpointError
+from sd_cli.loading.checkpoint import directory_problem
 from sd_cli.loading.packaged import builtin_checkpoint, data_dir
 
 
@@ -24,10 +25,14 @@ def resolve_checkpoint(requested) -> Path:
     path = Path(requested).expanduser()
     if path.is_file():
         return path
+    if path.is_dir():
+        raise CheckpointError(directory_problem(str(requested), path))
     if not path.is_absolute():
         for folder in search_dirs():
             candidate = folder / path
             if candidate.is_file():
                 return candidate
+            if candidate.is_dir():
+                raise CheckpointError(directory_problem(str(candidate), candidate))
     looked = ", ".join(str(folder) for folder in search_dirs())
     raise CheckpointError(f"checkpoint not found: {requested} (also looked in {looked})")

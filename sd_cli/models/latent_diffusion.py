@@ -22,7 +22,7 @@ SCHEDULE_KEYS = (
     "betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod",
     "log_one_minus_alphas_cumprod", "sqrt_recip_alphas_cumprod", "sqrt_recipm1_alphas_cumprod",
     "posterior_variance", "posterior_log_variance_clipped", "posterior_mean_coef1", "posterior_mean_coef2",
-    "logvar",
+    "logvar", "lvlb_weights",  # lvlb_weights: the training loss's weights, persistent in some forks' files
 )
 
 
@@ -93,10 +93,20 @@ class LatentDiffusion(nn.Module):
         dtype = self.dtype
         return self.model.diffusion_model(x.to(dtype), t, context.to(dtype))
 
-    def encode_image(self, image: torch.Tensor) -> torch.Tensor:
-        """[B, 3, H, W] in [-1, 1] -> scaled latent [B, 4, H/8, W/8]: the posterior mean (no sampling)."""
+    def encode_image(self, image: torch.Tensor, tiled: bool = False) -> torch.Tensor:
+        """[B, 3, H, W] in [-1, 1] -> scaled latent [B, 4, H/8, W/8]: the posterior mean (no sampling).
+
+        With `tiled` (--vae-tiling) the VAE encodes overlapping tiles: bounded memory for large inputs.
+        """
         self._ready("VAE")
-        mean, _ = self.first_stage_model.encode_moments(image.to(self.device, self.dtype))
+        image = image.to(self.device, self.dtype)
+        if not tiled:
+            mean, _ = self.first_stage_model.encode_moments(image)
+        else:
+            from sd_cli.runtime.tiling import encode_tiled
+
+            mean = encode_tiled(lambda part: self.first_stage_model.encode_moments(part)[0], image,
+                                factor=self._vae_factor()).to(self.dtype)
         return mean * self.config.scale_factor
 
     def decode_latents(self, latents: torch.Tensor, tiled: bool = False) -> torch.Tensor:
@@ -109,7 +119,7 @@ class LatentDiffusion(nn.Module):
         """
         if not torch.isfinite(latents).all():
             raise NumericsError(f"the UNet produced NaN or inf values in {self.dtype}; no image was saved. "
-                                "Try --precision fp32 or other settings (a lower --scale)")
+                                + _nan_advice(self.dtype))
         self._ready("VAE")
         z = latents.to(self.device, self.dtype) / self.config.scale_factor
         images = self._vae_decode(self.first_stage_model, z, tiled)
@@ -136,5 +146,16 @@ class LatentDiffusion(nn.Module):
             return vae.decode(z)
         from sd_cli.runtime.tiling import decode_tiled
 
-        factor = 2 ** (len(self.config.vae_params["ddconfig"]["ch_mult"]) - 1)
-        return decode_tiled(vae.decode, z, factor=factor)
+        return decode_tiled(vae.decode, z, factor=self._vae_factor())
+
+    def _vae_factor(self) -> int:
+        """Pixels per latent cell a side: the VAE halves the size at every level but the last."""
+        return 2 ** (len(self.config.vae_params["ddconfig"]["ch_mult"]) - 1)
+
+
+def _nan_advice(dtype: torch.dtype) -> str:
+    """What to try after a NaN: in half precision float32 first; in float32 precision is not the cause."""
+    if dtype == torch.float32:
+        return ("It ran in float32 already: try other settings (a lower --scale, another --sampler); if every "
+                "setting fails, the checkpoint's UNet weights may be broken")
+    return "Try --precision fp32 or other settings (a lower --scale)"

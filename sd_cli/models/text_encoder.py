@@ -1,10 +1,16 @@
-"""The two Stable Diffusion text encoders: CLIP text towers with open_clip's parameter names.
+"""The Stable Diffusion text encoders: CLIP text towers with open_clip's parameter names.
 
 - SD 1.x `FrozenCLIPEmbedder`: OpenAI CLIP ViT-L/14, stored in the checkpoint as a Hugging Face
   `CLIPTextModel` (renamed here to open_clip's layout, q/k/v fused); quick-GELU; padding 49407;
   output `last_hidden_state`.
 - SD 2.x `FrozenOpenCLIPEmbedder`: OpenCLIP ViT-H/14, stored with open_clip's own names; GELU;
   padding 0; output of the penultimate block (YAML `layer: "penultimate"`) through `ln_final`.
+  sgm's class of the same name (SD-Turbo, `conditioner.embedders.0.model.*`) computes the same.
+- SDXL's two (sgm, `conditioner.embedders.N.*`): `FrozenCLIPEmbedder` with `layer: hidden`, the
+  CLIP ViT-L tower's `hidden_states[layer_idx]` without the final layer norm; and
+  `FrozenOpenCLIPEmbedder2` (OpenCLIP ViT-bigG/14), its penultimate block's output without
+  `ln_final`, plus the pooled vector: `ln_final` of the last block's output at the first
+  end-of-text token, times `text_projection`.
 
 Both are [SOT] + BPE + [EOT] padded to 77, a causal mask and no padding mask, and give
 [B, 77, width]. Sizes (width, blocks, vocabulary, context) are read from the checkpoint's tensors,
@@ -28,11 +34,11 @@ from sd_cli import log
 from sd_cli.errors import CheckpointError
 from sd_cli.models.linear import Linear
 
-HEAD_WIDTH = 64  # both CLIPs use 64-wide attention heads: 768 → 12 heads, 1024 → 16
+HEAD_WIDTH = 64  # every CLIP here uses 64-wide attention heads: 768 → 12 heads, 1024 → 16, 1280 → 20
 SD1_PREFIX = "cond_stage_model.transformer."
 SD2_PREFIX = "cond_stage_model.model."
 # The original constructors' arguments: none changes the network here (the sizes come from the
-# checkpoint, nothing is downloaded, the CLI picks the device), except `layer`.
+# checkpoint, nothing is downloaded, the CLI picks the device), except `layer` and `layer_idx`.
 YAML_PARAMS = frozenset({"version", "device", "max_length", "freeze", "layer", "arch"})
 
 # SD1: Hugging Face CLIPTextModel names (under `text_model.`) → open_clip names (ours).
@@ -60,19 +66,26 @@ class _TextTower(nn.Module):
     The attribute names are open_clip's, so SD2 checkpoints map by dropping their prefix.
     """
 
-    checkpoint_prefix: ClassVar[str]
+    checkpoint_prefix: ClassVar[str]  # the default; from_checkpoint(prefix=...) sets one per instance
     pad_id: ClassVar[int]
     quick_gelu: ClassVar[bool]
     hf_cleaning: ClassVar[bool]  # clean prompts as transformers' CLIPTokenizer did (SD1), else as open_clip
     layers_supported: ClassVar[tuple[str, ...]]
+    raw_layers: ClassVar[tuple[str, ...]] = ()  # layers whose output skips ln_final
+    yaml_params: ClassVar[frozenset[str]] = YAML_PARAMS
+    # Constructor arguments that change the output and are built only at one value:
+    # name -> (the original's default, the one value sd_cli builds).
+    fixed_params: ClassVar[dict[str, tuple[object, object]]] = {}
 
     def __init__(self, vocab_size: int, context_length: int, width: int, layers: int, mlp_width: int,
-                 layer: str = "last"):
+                 layer: str = "last", layer_idx: int | None = None):
         super().__init__()
         if layer not in self.layers_supported:
             raise ValueError(f"{type(self).__name__}: layer {layer!r} is not supported "
                              f"(choose from {', '.join(self.layers_supported)})")
+        _blocks_for_layer(type(self).__name__, layer, layer_idx, layers)  # refuses a layer_idx out of range
         self.layer = layer
+        self.layer_idx = layer_idx
         self.clip_skip: int | None = None  # N: stop N - 1 blocks before the last unless encode is told; None: `layer`
         self.context_length = context_length
         self.token_embedding = nn.Embedding(vocab_size, width)
@@ -82,17 +95,47 @@ class _TextTower(nn.Module):
         self.ln_final = nn.LayerNorm(width)
 
     @classmethod
-    def from_checkpoint(cls, state_dict: Mapping[str, Tensor], **yaml_params) -> _TextTower:
-        """Build on the current default device (meta included) with sizes read from the checkpoint."""
-        unknown = sorted(set(yaml_params) - YAML_PARAMS)
-        if unknown:
-            raise ValueError(f"{cls.__name__}: unknown config parameter(s) {', '.join(unknown)} "
-                             f"(the original accepts {', '.join(sorted(YAML_PARAMS))})")
-        return cls(**cls._sizes(state_dict), layer=yaml_params.get("layer", "last"))
+    def from_checkpoint(cls, state_dict: Mapping[str, Tensor], prefix: str | None = None,
+                        **yaml_params) -> _TextTower:
+        """Build on the current default device (meta included) with sizes read from the checkpoint.
+
+        prefix: where the tower's tensors are (`conditioner.embedders.1.model.`); default the class's.
+        """
+        cls._check_yaml_params(yaml_params)
+        prefix = prefix or cls.checkpoint_prefix
+        tower = cls(**cls._sizes(state_dict, prefix), layer=yaml_params.get("layer", "last"),
+                    layer_idx=yaml_params.get("layer_idx"))
+        tower.checkpoint_prefix = prefix
+        return tower
 
     @classmethod
-    def _sizes(cls, state_dict: Mapping[str, Tensor]) -> dict[str, int]:
+    def _check_yaml_params(cls, yaml_params: dict) -> None:
+        unknown = sorted(set(yaml_params) - cls.yaml_params)
+        if unknown:
+            raise ValueError(f"{cls.__name__}: unknown config parameter(s) {', '.join(unknown)} "
+                             f"(the original accepts {', '.join(sorted(cls.yaml_params))})")
+        for name, (original_default, built) in cls.fixed_params.items():
+            value = yaml_params.get(name, original_default)
+            if value != built:
+                raise ValueError(f"{cls.__name__}: {name}={value!r} is not supported (only {built!r})")
+
+    @classmethod
+    def _sizes(cls, state_dict: Mapping[str, Tensor], prefix: str) -> dict[str, int]:
         raise NotImplementedError
+
+    @property
+    def own_blocks(self) -> int:
+        """How many blocks the YAML's `layer` (and `layer_idx`) runs."""
+        return _blocks_for_layer(type(self).__name__, self.layer, self.layer_idx, len(self.transformer.resblocks))
+
+    @property
+    def normalize_output(self) -> bool:
+        return self.layer not in self.raw_layers
+
+    @property
+    def own_clip_skip(self) -> int:
+        """The encoder's own layer in --clip-skip terms: 1 the last block, 2 the penultimate, ..."""
+        return len(self.transformer.resblocks) - self.own_blocks + 1
 
     def tokenize(self, prompts: list[str]) -> Tensor:
         """[B, 77] int64 on the CPU: SOT, at most 75 BPE tokens, EOT, then padding."""
@@ -118,15 +161,28 @@ class _TextTower(nn.Module):
 
         clip_skip: a run's --clip-skip; None: the encoder's own `clip_skip`, else its `layer`.
         """
+        hidden, _ = self._run_blocks(embedded, self._blocks_to_run(clip_skip))
+        return self._output(hidden)
+
+    def _blocks_to_run(self, clip_skip: int | None) -> int:
+        clip_skip = self.clip_skip if clip_skip is None else clip_skip
+        return self.own_blocks if clip_skip is None else len(self.transformer.resblocks) - (clip_skip - 1)
+
+    def _run_blocks(self, embedded: Tensor, stop: int, to_the_end: bool = False) -> tuple[Tensor, Tensor]:
+        """(the residual stream after `stop` blocks, after the last block run): all blocks when `to_the_end`."""
         x = embedded + self.positional_embedding[: embedded.shape[1]]
         # additive causal mask, built here so that a module built on meta needs no buffer fix-up
         mask = torch.full((embedded.shape[1],) * 2, float("-inf"), dtype=x.dtype, device=x.device).triu_(1)
         blocks = self.transformer.resblocks
-        clip_skip = self.clip_skip if clip_skip is None else clip_skip
-        skipped = clip_skip - 1 if clip_skip is not None else int(self.layer == "penultimate")
-        for block in blocks[: len(blocks) - skipped]:
+        hidden = x
+        for index, block in enumerate(blocks[: len(blocks) if to_the_end else stop]):
             x = block(x, attn_mask=mask)
-        return self.ln_final(x)
+            if index + 1 == stop:
+                hidden = x
+        return hidden, x
+
+    def _output(self, hidden: Tensor) -> Tensor:
+        return self.ln_final(hidden) if self.normalize_output else hidden
 
     def bpe(self):
         """The BPE tokenizer this encoder's prompts are cleaned and split with."""
@@ -180,24 +236,26 @@ class CLIPTextEncoder(_TextTower):
     layers_supported = ("last",)
 
     @classmethod
-    def _sizes(cls, state_dict):
-        prefix = _hf_prefix(state_dict)
+    def _sizes(cls, state_dict, prefix):
+        prefix = _hf_prefix(state_dict, prefix)
         return _infer_sizes(state_dict, prefix + "embeddings.token_embedding.weight",
                             prefix + "embeddings.position_embedding.weight",
                             prefix + "encoder.layers.", "mlp.fc1.weight")
 
     @classmethod
-    def module_state_dict_from_checkpoint(cls, state_dict):
-        """(module state dict, ignored checkpoint keys, unknown checkpoint keys under `cond_stage_model.`).
+    def module_state_dict_from_checkpoint(cls, state_dict, prefix: str | None = None):
+        """(module state dict, ignored checkpoint keys, unknown checkpoint keys in the tower's namespace).
 
+        The namespace is the prefix without its last part (`cond_stage_model.`, `conditioner.embedders.0.`).
         q, k and v projections are concatenated into `attn.in_proj_*`, in that order, one `torch.cat`
         per layer and tensor kind; every other tensor is passed on as it is.
         """
-        prefix = _hf_prefix(state_dict)
+        namespace = _namespace(prefix or cls.checkpoint_prefix)
+        prefix = _hf_prefix(state_dict, prefix or cls.checkpoint_prefix)
         mapped, ignored, unknown = {}, [], []
         qkv: dict[tuple[str, str], dict[str, Tensor]] = {}
         for key, tensor in state_dict.items():
-            if not key.startswith("cond_stage_model."):
+            if not key.startswith(namespace):
                 continue
             name = key[len(prefix):] if key.startswith(prefix) else None
             block = HF_BLOCK_KEY.fullmatch(name or "")
@@ -220,7 +278,7 @@ class CLIPTextEncoder(_TextTower):
         return mapped, ignored, unknown
 
     def checkpoint_state_dict(self) -> dict[str, Tensor]:
-        """Our weights under the original keys (`cond_stage_model.transformer.text_model.*`)."""
+        """Our weights under the original keys (`<prefix>text_model.*`, SD 1.x `cond_stage_model.transformer.`)."""
         prefix = self.checkpoint_prefix + "text_model."
         to_hf = {ours: theirs for theirs, ours in HF_TOP_LEVEL.items()}
         block_to_hf = {ours: theirs for theirs, ours in HF_BLOCK.items()}
@@ -255,29 +313,95 @@ class OpenCLIPTextEncoder(_TextTower):
     unused = ("text_projection", "logit_scale", "attn_mask")
 
     @classmethod
-    def _sizes(cls, state_dict):
-        return _infer_sizes(state_dict, SD2_PREFIX + "token_embedding.weight", SD2_PREFIX + "positional_embedding",
-                            SD2_PREFIX + "transformer.resblocks.", "mlp.c_fc.weight")
+    def _sizes(cls, state_dict, prefix):
+        return _infer_sizes(state_dict, prefix + "token_embedding.weight", prefix + "positional_embedding",
+                            prefix + "transformer.resblocks.", "mlp.c_fc.weight")
 
     @classmethod
-    def module_state_dict_from_checkpoint(cls, state_dict):
-        """(module state dict, ignored checkpoint keys, unknown checkpoint keys under `cond_stage_model.`)."""
+    def module_state_dict_from_checkpoint(cls, state_dict, prefix: str | None = None):
+        """(module state dict, ignored checkpoint keys, unknown checkpoint keys in the tower's namespace).
+
+        The namespace is the prefix without its last part (`cond_stage_model.`, `conditioner.embedders.1.`).
+        """
+        prefix = prefix or cls.checkpoint_prefix
+        namespace = _namespace(prefix)
         mapped, ignored, unknown = {}, [], []
         for key, tensor in state_dict.items():
-            if not key.startswith("cond_stage_model."):
+            if not key.startswith(namespace):
                 continue
-            name = key[len(SD2_PREFIX):] if key.startswith(SD2_PREFIX) else None
+            name = key[len(prefix):] if key.startswith(prefix) else None
             if name in cls.unused:
                 ignored.append(key)
-            elif name is not None and _is_open_clip_tower_key(name):
+            elif name is not None and cls._is_tower_key(name):
                 mapped[name] = tensor
             else:
                 unknown.append(key)
         return mapped, ignored, unknown
 
+    @classmethod
+    def _is_tower_key(cls, name: str) -> bool:
+        return _is_open_clip_tower_key(name)
+
     def checkpoint_state_dict(self) -> dict[str, Tensor]:
-        """Our weights under the original keys (`cond_stage_model.model.*`), without the unused ones."""
+        """Our weights under the original keys (`<prefix>*`, SD 2.x `cond_stage_model.model.`), unused ones left out."""
         return {self.checkpoint_prefix + key: tensor for key, tensor in self.state_dict().items()}
+
+
+class SDXLCLIPTextEncoder(CLIPTextEncoder):
+    """sgm's `FrozenCLIPEmbedder` (SDXL base, `conditioner.embedders.0.transformer.[text_model.]*`).
+
+    The SDXL YAML's `layer: hidden, layer_idx: 11` is transformers' `hidden_states[11]`: the output of
+    block 11 of 12, without the final layer norm. `layer: last` is `last_hidden_state` (with it).
+    """
+
+    checkpoint_prefix = "conditioner.embedders.0.transformer."
+    layers_supported = ("last", "hidden")
+    raw_layers = ("hidden",)
+    yaml_params = YAML_PARAMS | {"layer_idx", "always_return_pooled"}
+    # CLIP-L's own pooled output would join the vector conditioning: no SDXL YAML asks for it
+    fixed_params = {"always_return_pooled": (False, False)}
+
+
+class SDXLOpenCLIPTextEncoder(OpenCLIPTextEncoder):
+    """sgm's `FrozenOpenCLIPEmbedder2` (OpenCLIP ViT-bigG: SDXL base `conditioner.embedders.1.model.*`,
+    refiner `conditioner.embedders.0.model.*`).
+
+    `legacy: False`: the chosen block's output (`penultimate`: the last block's input) is returned
+    without `ln_final`. `always_return_pooled: True`: encode_with_pooled also gives the pooled vector.
+    """
+
+    checkpoint_prefix = "conditioner.embedders.1.model."
+    layers_supported = ("last", "penultimate")
+    raw_layers = ("last", "penultimate")
+    yaml_params = YAML_PARAMS | {"always_return_pooled", "legacy"}
+    fixed_params = {"legacy": (True, False), "always_return_pooled": (False, True)}
+    unused = ("logit_scale", "attn_mask")
+
+    def __init__(self, *, projection_dim: int, **sizes):
+        super().__init__(**sizes)
+        self.text_projection = nn.Parameter(torch.empty(self.token_embedding.embedding_dim, projection_dim))
+
+    @classmethod
+    def _sizes(cls, state_dict, prefix):
+        sizes = super()._sizes(state_dict, prefix)
+        return dict(sizes, projection_dim=_require(state_dict, prefix + "text_projection").shape[1])
+
+    @classmethod
+    def _is_tower_key(cls, name: str) -> bool:
+        return name == "text_projection" or _is_open_clip_tower_key(name)
+
+    def encode_with_pooled(self, tokens: Tensor, clip_skip: int | None = None,
+                           embedded: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """([B, L, width] hidden states, [B, projection_dim] pooled) for [B, L] token ids.
+
+        embedded: the tokens' embeddings when textual inversion vectors replace some of them. The
+        pooled vector always comes from the last block, whatever clip_skip says, and is read at the
+        first end-of-text token (the largest id in each row; open_clip pads with 0).
+        """
+        embedded = self.token_embedding(tokens) if embedded is None else embedded
+        hidden, last = self._run_blocks(embedded, self._blocks_to_run(clip_skip), to_the_end=True)
+        end_of_text = self.ln_final(last)[torch.arange(last.shape[0], device=last.device), tokens.argmax(dim=-1)]
+        return self._output(hidden), end_of_text @ self.text_projection
 
 
 @functools.cache
@@ -338,10 +462,28 @@ def _warn_cut(bpe, ids: list[int], room: int) -> None:
              f"the last {len(ids) - room} tokens are dropped ({dropped!r})")
 
 
-def _hf_prefix(state_dict: Mapping[str, Tensor]) -> str:
-    """`cond_stage_model.transformer.text_model.`, or without `text_model.` (some third-party files)."""
-    with_level = SD1_PREFIX + "text_model."
-    return with_level if any(key.startswith(with_level) for key in state_dict) else SD1_PREFIX
+def _hf_prefix(state_dict: Mapping[str, Tensor], prefix: str) -> str:
+    """`<prefix>text_model.`, or `prefix` itself without `text_model.` (some third-party files)."""
+    with_level = prefix + "text_model."
+    return with_level if any(key.startswith(with_level) for key in state_dict) else prefix
+
+
+def _namespace(prefix: str) -> str:
+    """The part of a checkpoint a tower's keys live in: `cond_stage_model.transformer.` → `cond_stage_model.`."""
+    return prefix.rstrip(".").rsplit(".", 1)[0] + "."
+
+
+def _blocks_for_layer(owner: str, layer: str, layer_idx: int | None, layers: int) -> int:
+    """How many blocks a YAML `layer` runs: last all, penultimate all but one, hidden `hidden_states[layer_idx]`."""
+    if layer == "last":
+        return layers
+    if layer == "penultimate":
+        return layers - 1
+    # transformers' hidden_states: [embeddings, block 1's output, ..., block L's output]
+    if not isinstance(layer_idx, int) or not -(layers + 1) <= layer_idx <= layers:
+        raise ValueError(f"{owner}: layer 'hidden' needs a layer_idx from {-(layers + 1)} to {layers} "
+                         f"for this {layers}-block text encoder, got {layer_idx!r}")
+    return layer_idx if layer_idx >= 0 else layers + 1 + layer_idx
 
 
 def _infer_sizes(state_dict, token_key: str, position_key: str, block_prefix: str, fc1: str) -> dict[str, int]:

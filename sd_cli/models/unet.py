@@ -1,4 +1,4 @@
-"""The denoising UNet of Stable Diffusion 1.x/2.x.
+"""The denoising UNet of Stable Diffusion 1.x/2.x and SDXL (ldm's and sgm's openaimodel UNetModel).
 
 Module names equal the original checkpoint's keys below `model.diffusion_model.`
 (`time_embed.0`, `input_blocks.1.0.in_layers.0`, `output_blocks.2.1.conv`, `out.2`, ...), so
@@ -28,12 +28,12 @@ IGNORED_PARAMS = {
     "use_new_attention_order",  # only used by the non-transformer AttentionBlock
 }
 
-# Original UNetModel params that sd_cli accepts only at their default (no-op) value.
+# Original UNetModel params that sd_cli accepts only at their default (no-op) value: architectures
+# that no Stable Diffusion or SDXL checkpoint sd_cli runs has.
 UNSUPPORTED_UNLESS_DEFAULT = {
-    "num_classes": None,  # class/noise-level conditioning (x4 upscaler)
-    "adm_in_channels": None,
     "disable_self_attentions": None,  # x4 upscaler
     "disable_middle_self_attn": False,
+    "disable_middle_transformer": False,
     "num_attention_blocks": None,
     "n_embed": None,  # codebook-id prediction head
     "use_scale_shift_norm": False,
@@ -41,6 +41,10 @@ UNSUPPORTED_UNLESS_DEFAULT = {
     "conv_resample": True,
     "dims": 2,
 }
+
+
+# sgm's attention kinds: both are softmax(q·kᵀ/√d)·v, xformers only changes the kernel.
+ATTENTION_TYPES = ("softmax", "softmax-xformers")
 
 
 def check_extra_params(extra: dict) -> None:
@@ -52,10 +56,33 @@ def check_extra_params(extra: dict) -> None:
             raise ValueError(f"UNetModel: unknown unet_config param {name!r}")
         default = UNSUPPORTED_UNLESS_DEFAULT[name]
         if value != default:
-            raise ValueError(
-                f"UNetModel: {name}={value!r} is not supported (only {default!r}); "
-                "class-conditional UNets such as the x4 upscaler are out of scope"
-            )
+            raise ValueError(f"UNetModel: {name}={value!r} is not supported (only {default!r}); "
+                             "sd_cli builds the UNets of Stable Diffusion 1.x, 2.x and SDXL")
+
+
+def check_vector_conditioning(num_classes, adm_in_channels) -> None:
+    """Only SDXL's `num_classes: sequential` (a vector y of adm_in_channels) conditions on more than t."""
+    if num_classes is None and adm_in_channels is None:
+        return
+    if num_classes != "sequential":
+        raise ValueError(f"UNetModel: num_classes={num_classes!r} is not supported (only None or 'sequential'); "
+                         "class-conditional UNets such as the x4 upscaler are out of scope")
+    if not isinstance(adm_in_channels, int):
+        raise ValueError("UNetModel: num_classes 'sequential' needs an int adm_in_channels (the width of y)")
+
+
+def single_context_dim(context_dim) -> int:
+    """The cross-attention context width: an int, or sgm's per-block list when every entry is the same.
+
+    One context tensor feeds every block, so differing widths cannot be served.
+    """
+    if isinstance(context_dim, int):
+        return context_dim
+    dims = list(context_dim) if isinstance(context_dim, (list, tuple)) else []
+    if not dims or any(not isinstance(d, int) or d != dims[0] for d in dims):
+        raise ValueError(f"UNetModel: context_dim {context_dim!r} is not supported "
+                         "(an int, or a list of one repeated int)")
+    return dims[0]
 
 
 def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -141,17 +168,21 @@ class TimestepEmbedSequential(nn.Sequential):
 
 
 class UNetModel(nn.Module):
-    """The SD UNet, built from the original YAML's `unet_config.params`.
+    """The SD UNet, built from the original YAML's `unet_config.params` (ldm) or `network_config.params` (sgm).
 
-    forward(x [B, in_channels, h, w], timesteps [B], context [B, M, context_dim])
-    -> [B, out_channels, h, w]. Channels concatenated for inpainting/depth are already in x.
+    forward(x [B, in_channels, h, w], timesteps [B], context [B, M, context_dim], y [B, adm_in_channels])
+    -> [B, out_channels, h, w]. Channels concatenated for inpainting/depth are already in x; y is
+    SDXL's vector conditioning, required exactly when the config has `num_classes: sequential`.
     """
 
     def __init__(self, *, in_channels: int, out_channels: int, model_channels: int,
                  attention_resolutions, num_res_blocks, channel_mult,
                  num_heads: int = -1, num_head_channels: int = -1,
-                 use_spatial_transformer: bool = False, use_linear_in_transformer: bool = False,
-                 transformer_depth: int = 1, context_dim: int | None = None,
+                 use_spatial_transformer: bool | None = None, use_linear_in_transformer: bool = False,
+                 transformer_depth: int | list[int] = 1, transformer_depth_middle: int | None = None,
+                 context_dim: int | list[int] | None = None,
+                 num_classes: str | None = None, adm_in_channels: int | None = None,
+                 spatial_transformer_attn_type: str = "softmax",
                  image_size=None, use_checkpoint: bool = False, use_fp16: bool = False,
                  legacy: bool = True, dropout: float = 0.0, **extra):
         super().__init__()
@@ -164,9 +195,14 @@ class UNetModel(nn.Module):
         # - dropout: training-time only, the dropout slots here are Identity.
         del image_size, use_checkpoint, use_fp16, legacy, dropout
         check_extra_params(extra)
-        if not use_spatial_transformer or not isinstance(context_dim, int):
+        check_vector_conditioning(num_classes, adm_in_channels)
+        # ldm's YAMLs say use_spatial_transformer: True; sgm's UNet has no such switch (it always is one).
+        if use_spatial_transformer is False or context_dim is None:
             raise ValueError("UNetModel: only the cross-attention UNet (use_spatial_transformer: "
-                             "True with an int context_dim) is supported")
+                             "True with a context_dim) is supported")
+        if spatial_transformer_attn_type not in ATTENTION_TYPES:
+            raise ValueError(f"UNetModel: spatial_transformer_attn_type {spatial_transformer_attn_type!r} "
+                             f"is not supported (choose from {', '.join(ATTENTION_TYPES)})")
         if num_heads == -1 and num_head_channels == -1:
             raise ValueError("UNetModel: set num_heads or num_head_channels")
         self.model_channels = model_channels
@@ -174,21 +210,27 @@ class UNetModel(nn.Module):
         self.num_head_channels = num_head_channels
         self.attention_resolutions = set(attention_resolutions)
         self.channel_mult = list(channel_mult)
-        self.num_res_blocks = self._per_level(num_res_blocks)
-        self.transformer_depth = transformer_depth
-        self.context_dim = context_dim
+        self.num_res_blocks = self._per_level(num_res_blocks, "num_res_blocks")
+        self.transformer_depth = self._per_level(transformer_depth, "transformer_depth")
+        self.context_dim = single_context_dim(context_dim)
         self.use_linear = use_linear_in_transformer
+        self.adm_in_channels = adm_in_channels
 
         time_embed_dim = model_channels * 4
         self.time_embed = nn.Sequential(
             Linear(model_channels, time_embed_dim), nn.SiLU(),
             Linear(time_embed_dim, time_embed_dim),
         )
+        if adm_in_channels is not None:
+            # sgm nests the MLP one level deeper than time_embed: keys label_emb.0.0.* and label_emb.0.2.*
+            self.label_emb = nn.Sequential(nn.Sequential(
+                Linear(adm_in_channels, time_embed_dim), nn.SiLU(), Linear(time_embed_dim, time_embed_dim)))
         skip_channels = self._build_input_blocks(in_channels, time_embed_dim)
         ch = model_channels * self.channel_mult[-1]
+        middle_depth = self.transformer_depth[-1] if transformer_depth_middle is None else transformer_depth_middle
         self.middle_block = TimestepEmbedSequential(
             ResBlock(ch, time_embed_dim, ch),
-            self._spatial_transformer(ch),  # the middle block always has attention
+            self._spatial_transformer(ch, middle_depth),  # the middle block always has attention
             ResBlock(ch, time_embed_dim, ch),
         )
         self._build_output_blocks(skip_channels, time_embed_dim)
@@ -197,12 +239,13 @@ class UNetModel(nn.Module):
             conv3x3(model_channels, out_channels),
         )
 
-    def _per_level(self, num_res_blocks) -> list[int]:
-        if isinstance(num_res_blocks, int):
-            return [num_res_blocks] * len(self.channel_mult)
-        if len(num_res_blocks) != len(self.channel_mult):
-            raise ValueError("UNetModel: num_res_blocks needs one entry per channel_mult level")
-        return list(num_res_blocks)
+    def _per_level(self, value, name: str) -> list[int]:
+        """An int for every level, or one entry per channel_mult level."""
+        if isinstance(value, int):
+            return [value] * len(self.channel_mult)
+        if len(value) != len(self.channel_mult):
+            raise ValueError(f"UNetModel: {name} needs one entry per channel_mult level")
+        return list(value)
 
     def _heads(self, channels: int) -> tuple[int, int]:
         """(heads, head_dim) at a width: num_head_channels fixes head_dim, else num_heads fixes heads."""
@@ -215,15 +258,14 @@ class UNetModel(nn.Module):
             raise ValueError(f"UNetModel: {channels} channels not divisible by num_heads {self.num_heads}")
         return self.num_heads, channels // self.num_heads
 
-    def _spatial_transformer(self, channels: int) -> SpatialTransformer:
+    def _spatial_transformer(self, channels: int, depth: int) -> SpatialTransformer:
         heads, dim_head = self._heads(channels)
-        return SpatialTransformer(channels, heads, dim_head, self.transformer_depth,
-                                  self.context_dim, self.use_linear)
+        return SpatialTransformer(channels, heads, dim_head, depth, self.context_dim, self.use_linear)
 
-    def _res_and_attention(self, ch_in: int, emb: int, ch_out: int, ds: int) -> list[nn.Module]:
+    def _res_and_attention(self, ch_in: int, emb: int, ch_out: int, ds: int, level: int) -> list[nn.Module]:
         layers = [ResBlock(ch_in, emb, ch_out)]
         if ds in self.attention_resolutions:
-            layers.append(self._spatial_transformer(ch_out))
+            layers.append(self._spatial_transformer(ch_out, self.transformer_depth[level]))
         return layers
 
     def _build_input_blocks(self, in_channels: int, emb: int) -> list[int]:
@@ -234,7 +276,7 @@ class UNetModel(nn.Module):
         ds = 1  # downsampling rate of the current level
         for level, mult in enumerate(self.channel_mult):
             for _ in range(self.num_res_blocks[level]):
-                layers = self._res_and_attention(ch, emb, mult * self.model_channels, ds)
+                layers = self._res_and_attention(ch, emb, mult * self.model_channels, ds, level)
                 ch = mult * self.model_channels
                 self.input_blocks.append(TimestepEmbedSequential(*layers))
                 skip_channels.append(ch)
@@ -253,19 +295,22 @@ class UNetModel(nn.Module):
         for level in reversed(range(len(self.channel_mult))):
             ch_out = self.model_channels * self.channel_mult[level]
             for i in range(self.num_res_blocks[level] + 1):
-                layers = self._res_and_attention(ch + skip_channels.pop(), emb, ch_out, ds)
+                layers = self._res_and_attention(ch + skip_channels.pop(), emb, ch_out, ds, level)
                 ch = ch_out
                 if level > 0 and i == self.num_res_blocks[level]:
                     layers.append(Upsample(ch))
                     ds //= 2
                 self.output_blocks.append(TimestepEmbedSequential(*layers))
 
-    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        # x: [B, in_channels, h, w]; timesteps: [B] (or []) long or float; context: [B, M, context_dim]
+    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
+                y: torch.Tensor | None = None) -> torch.Tensor:
+        # x: [B, in_channels, h, w]; timesteps: [B] (or []) long or float; context: [B, M, context_dim];
+        # y: [B, adm_in_channels] for a UNet with label_emb, else None
         if timesteps.dim() == 0:
             timesteps = timesteps.expand(x.shape[0])
         t_emb = timestep_embedding(timesteps, self.model_channels)  # [B, model_channels] float32
         emb = self.time_embed(t_emb.to(self.time_embed[0].weight.dtype))  # [B, 4*model_channels]
+        emb = self._add_vector(emb, y)
         skips = []
         h = x
         for block in self.input_blocks:
@@ -275,3 +320,15 @@ class UNetModel(nn.Module):
         for block in self.output_blocks:
             h = block(torch.cat([h, skips.pop()], dim=1), emb, context)
         return self.out(h)  # [B, out_channels, h, w]
+
+    def _add_vector(self, emb: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        """emb + label_emb(y): SDXL's pooled text and size conditioning joins the timestep embedding."""
+        if self.adm_in_channels is None:
+            if y is not None:
+                raise ValueError("UNetModel: this UNet takes no vector conditioning y "
+                                 "(its config has no adm_in_channels)")
+            return emb
+        if y is None or y.shape != (emb.shape[0], self.adm_in_channels):
+            got = None if y is None else tuple(y.shape)
+            raise ValueError(f"UNetModel: y must be [{emb.shape[0]}, {self.adm_in_channels}], got {got}")
+        return emb + self.label_emb(y.to(emb.dtype))

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from sd_cli import log
-from sd_cli.errors import SdCliError, UsageError
+from sd_cli.errors import UsageError
 from sd_cli.loading.strict import compare
 from sd_cli.models.latent_diffusion import LatentDiffusion
 from sd_cli.pipelines.conditioning import guided_model
@@ -157,21 +157,11 @@ def _load_strict(estimator: torch.nn.Module, weights: dict, source: str) -> None
 
 
 def load_depth_map(path: Path) -> torch.Tensor:
-    """A depth image (greyscale, white = near; 8 or 16 bit) as [1, 1, h, w] float32 in [0, 1]."""
-    from PIL import Image, UnidentifiedImageError
+    """A depth image (grey, white = near; any PIL mode, 16-bit at full precision) as [1, 1, h, w] float32 in [0, 1]."""
+    from sd_cli.files.images import grey_levels, open_image
 
-    try:
-        with Image.open(path) as image:
-            image.load()
-            array = np.asarray(image)
-    except FileNotFoundError:
-        raise SdCliError(f"depth map not found: {path}; check the path") from None
-    except (UnidentifiedImageError, OSError) as err:
-        raise SdCliError(f"cannot read depth map {path} ({err}); give a greyscale PNG") from None
-    if array.ndim == 3:  # colour: luma, as PIL's L conversion
-        array = array[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
-    top = 65535.0 if array.dtype in (np.uint16, np.int32) and array.max() > 255 else 255.0
-    return torch.from_numpy(array.astype(np.float32) / top)[None, None]
+    levels = grey_levels(open_image(Path(path), "depth map"), path, "depth map")
+    return torch.from_numpy(levels)[None, None]
 
 
 def depth_preview(depth: torch.Tensor) -> np.ndarray:
@@ -205,14 +195,13 @@ class DepthSource:
         """The depth map at the image's size (bicubic), min-max to 0..255; usable again as --depth-map."""
         if self.options.save_depth is None:
             return
-        from PIL import Image
+        from sd_cli.files.output import save_image
 
         depth = F.interpolate(depth, size=tuple(size), mode="bicubic", align_corners=False)
 
         path = Path(self.options.save_depth)
         if self._saved:  # another input image: depth.png, depth-1.png, ...
             path = path.with_name(f"{path.stem}-{self._saved}{path.suffix}")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(depth_preview(depth)).save(path)
+        save_image(depth_preview(depth), path)  # atomic, and never onto a device or pipe, as every output
         self._saved += 1
         log.info(f"depth map written to {path}")

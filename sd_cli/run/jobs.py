@@ -10,7 +10,9 @@ Prompt file lines, told apart one by one:
     {"prompt": "a cat", "seed": 5, "steps": 30}       JSON object: per-line values
     --prompt "a cat" --seed 5 --steps 30              AUTOMATIC1111 "prompts from file" syntax
 
-Blank lines are skipped; line numbers count every line of the file. Values not given on a line
+Blank lines are skipped, except under the original scripts' entry points (scripts/*.py), where a
+blank line is the empty prompt as in the original (original-scripts.md §2.3; blank_lines_are_prompts).
+Line numbers count every line of the file. Values not given on a line
 come from the command line. The keys, their other spellings and their checks are the "job" and
 "line" rows of sd_cli/fields.py.
 """
@@ -21,11 +23,13 @@ import json
 import re
 import shlex
 import sys
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from sd_cli.errors import UsageError
-from sd_cli.fields import LINE_KEYS, default, line_key, name_problem, type_name
+from sd_cli.fields import LINE_KEYS, MAX_SEED, default, line_key, name_problem, type_name
 
 NAME_FIELDS = ("index", "seed", "prompt_slug", "line", "sampler", "steps", "scale")
 
@@ -90,6 +94,19 @@ class Defaults:
 
 # -- reading prompt files ------------------------------------------------------------------------
 
+_BLANK_LINE_PROMPTS = ContextVar("blank_line_prompts", default=False)
+
+
+@contextmanager
+def blank_lines_are_prompts():
+    """Within: a prompt file's blank line is one more image of the empty prompt (the original scripts')."""
+    token = _BLANK_LINE_PROMPTS.set(True)
+    try:
+        yield
+    finally:
+        _BLANK_LINE_PROMPTS.reset(token)
+
+
 def read_prompt_file(source: str | Path) -> str:
     """The text of a prompt file, or of stdin for "-"; empty and non-UTF-8 files are usage errors."""
     name = "stdin" if str(source) == "-" else str(source)
@@ -101,16 +118,18 @@ def read_prompt_file(source: str | Path) -> str:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
         raise UsageError(f"prompt file {name} is not UTF-8 text (byte {err.start}); re-save it as UTF-8") from None
-    if not text.strip():
+    if not (text.strip() or (text and _BLANK_LINE_PROMPTS.get())):  # the original renders blank lines
         raise UsageError(f"prompt file {name} is empty; put one prompt per line")
     return text
 
 
 def parse_prompt_file(text: str) -> list[Request | BadLine]:
-    """One Request per non-blank line, or a BadLine saying what is wrong with it."""
+    """One Request per non-blank line (per line in blank_lines_are_prompts), or a BadLine saying what
+    is wrong with it."""
     parsed = []
+    keep_blank = _BLANK_LINE_PROMPTS.get()
     for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
+        if not line.strip() and not keep_blank:
             continue
         try:
             parsed.append(Request(parse_line(line), line=number))
@@ -235,6 +254,7 @@ def build_jobs(requests: list[Request], defaults: Defaults) -> list[Job]:
             count = _count(request, defaults)
             for k in range(count):
                 jobs.append(_job(len(jobs), request, defaults, iteration * count + k, count * defaults.n_iter))
+    _check_seeds(jobs)
     _check_unique_names(jobs)
     return jobs
 
@@ -262,12 +282,21 @@ def _name(job: Job, own_name: str | None, template: str | None, own: int, own_to
         name = fill_name(template, job)
     else:
         return None
-    return name if name.lower().endswith(".png") else name + ".png"
+    return name if _image_suffix(name) else name + ".png"
 
 
 def _numbered(name: str, k: int) -> str:
-    stem = name[:-4] if name.lower().endswith(".png") else name
-    return f"{stem}-{k}.png"
+    suffix = _image_suffix(name) or ".png"
+    stem = name[: -len(suffix)] if _image_suffix(name) else name
+    return f"{stem}-{k}{suffix}"
+
+
+def _image_suffix(name: str) -> str:
+    """The name's suffix when it is a format the writer picks by suffix (.png, .jpg, .webp ...), else ""."""
+    from sd_cli.files.output import IMAGE_FORMATS
+
+    suffix = Path(name).suffix
+    return suffix if suffix.lower() in IMAGE_FORMATS else ""
 
 
 def fill_name(template: str, job: Job) -> str:
@@ -291,6 +320,18 @@ def slug(prompt: str, limit: int = 48) -> str:
     """A file-name-safe short form of a prompt: lower case, words joined by '-'."""
     words = re.sub(r"[^\w]+", "-", prompt.lower(), flags=re.ASCII).strip("-_")
     return words[:limit].rstrip("-_") or "empty"
+
+
+def _check_seeds(jobs: list[Job]) -> None:
+    """Refuse the run when an image's seed (its base seed + its number) passes MAX_SEED: past it, seeds
+    would repeat earlier seeds' noise or be refused when read back."""
+    over = [job for job in jobs if job.seed > MAX_SEED]
+    if not over:
+        return
+    first, highest = over[0], max(job.seed for job in over)
+    place = f"{first.where}: " if first.line is not None else ""
+    raise UsageError(f"{place}image {first.index} would get seed {first.seed}, above the largest seed {MAX_SEED} "
+                     f"(image seeds count up from the base seed); use a seed {highest - MAX_SEED} lower")
 
 
 def _check_unique_names(jobs: list[Job]) -> None:

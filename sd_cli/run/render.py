@@ -54,6 +54,7 @@ class RunRequest:
     loras: tuple = ()  # --lora PATH[:weight], as (name or path, weight) pairs (lora.py)
     lora_dir: Path = LORA_DIR  # where <lora:name:w> and --lora names are looked up
     hires: "HiresOptions | None" = None  # txt2img --hires-scale/--hires-steps/--hires-strength (hires.py)
+    random_seed: int | None = None  # the seed drawn when none was given, announced when the run starts
     on_step: "Callable[[int, int], None] | None" = None  # told (done, total) after every step; may raise to stop
 
 
@@ -112,12 +113,16 @@ def _todo(request: RunRequest, targets: dict, rank) -> tuple[list[Job], int]:
 
 
 def _check_outputs_writable(request: RunRequest, targets: dict, jobs: list[Job]) -> None:
-    """Fail before loading the model when an output folder cannot be written."""
-    from sd_cli.files.output import SAMPLES_DIR, check_writable
+    """Fail before loading the model when an output folder cannot be written, or a named file is a
+    device, a pipe or a link to nothing."""
+    from sd_cli.files.output import SAMPLES_DIR, check_writable, replaced_file
 
     folders = {targets[job.index].parent if targets[job.index] else request.outdir / SAMPLES_DIR for job in jobs}
     for folder in sorted(folders):
         check_writable(folder)
+    for job in jobs:
+        if targets[job.index] is not None:
+            replaced_file(targets[job.index])
 
 
 def _render_jobs(request: RunRequest, jobs: list[Job], targets: dict, rank, report: RunReport) -> None:
@@ -125,8 +130,10 @@ def _render_jobs(request: RunRequest, jobs: list[Job], targets: dict, rank, repo
         _inpaint_canvas(request, jobs[0]) if request.mode == "inpaint" else _init_image(request.mode, jobs[0])
     session = _load(request, rank)
     _check_model_fits(request.mode, session.family)
+    if request.random_seed is not None:  # announced once the inputs and the model are known to be good
+        log.info(f"seed {request.random_seed} (random; pass --seed {request.random_seed} to repeat this run)")
     writer = ImageWriter(request, session, targets, report.written, grid=_grid_wanted(request, rank))
-    log.info(f"{len(jobs)} image(s), {_describe(jobs[0])}, {str(session.dtype).replace('torch.', '')} "
+    log.info(f"{len(jobs)} image(s), {_describe(jobs)}, {str(session.dtype).replace('torch.', '')} "
              f"on {session.device}" + (f" (rank {rank.rank} of {rank.world})" if rank.distributed else ""))
     done = 0
     try:
@@ -138,8 +145,8 @@ def _render_jobs(request: RunRequest, jobs: list[Job], targets: dict, rank, repo
             del images
         writer.finish()
     except KeyboardInterrupt:
-        log.warn(f"interrupted: {len(report.written)} of {len(jobs)} image(s) written; "
-                 "nothing half-written is left (rerun with --skip-existing to finish)")
+        log.warn(f"interrupted: {len(report.written)} of {len(jobs)} image(s) written; nothing half-written "
+                 f"is left; {_resume_hint(targets)}")
         raise
     except SdCliError:
         if report.written:
@@ -149,9 +156,22 @@ def _render_jobs(request: RunRequest, jobs: list[Job], targets: dict, rank, repo
         session.loras.restore()  # the weights as loaded, whatever happened
 
 
-def _describe(job: Job) -> str:
-    size = f"{job.width}x{job.height}" if job.width and job.height else "native size"
-    return f"{job.sampler} {job.steps} steps, scale {job.scale}, {size}"
+def _resume_hint(targets: dict) -> str:
+    """How to finish an interrupted run: --skip-existing needs file names fixed in advance."""
+    if all(path is not None for path in targets.values()):
+        return "rerun the same command with --skip-existing to finish"
+    return ("numbered files (samples/NNNNN.png) cannot be resumed; rerun to render them all again, "
+            "or add --name \"{index:05}-{seed}.png\" so that a rerun with --skip-existing finishes")
+
+
+def _describe(jobs: list[Job]) -> str:
+    """The run's settings; one that prompt-file lines set differently is said to vary."""
+    settings = {"sampler": lambda j: j.sampler, "steps": lambda j: f"{j.steps} steps",
+                "scale": lambda j: f"scale {j.scale}",
+                "size": lambda j: f"{j.width}x{j.height}" if j.width and j.height else "native size"}
+    shared = [value(jobs[0]) for value in settings.values() if len({value(j) for j in jobs}) == 1]
+    varying = [name for name, value in settings.items() if len({value(j) for j in jobs}) > 1]
+    return ", ".join(shared + ([f"{', '.join(varying)} per line"] if varying else []))
 
 
 def _grid_wanted(request: RunRequest, rank) -> bool:
@@ -185,7 +205,8 @@ def _load(request: RunRequest, rank):
     dtype = resolve_dtype(request.precision, device)
     offload = _wants_offload(request, device)
     started = time.perf_counter()
-    loaded = load_model(checkpoint, request.config, device=device, dtype=dtype, use_ema=request.ema, offload=offload)
+    loaded = load_model(checkpoint, request.config, device=device, dtype=dtype, use_ema=request.ema, offload=offload,
+                        mode=request.mode)
     log.info(f"loaded {checkpoint} in {time.perf_counter() - started:.1f}s")
     text = text_options(loaded.model.cond_stage_model, request.emphasis, request.clip_skip, request.embeddings)
     if request.vae is not None:
@@ -252,7 +273,8 @@ def _render_batch(session, request: RunRequest, batch: list[Job], label: str):
     init = _inpaint_canvas(request, job) if request.mode == "inpaint" else _init_image(request.mode, job)
     if init is not None:  # the input decides the size
         height, width = init.padded_size if request.mode == "inpaint" else tuple(init.shape[-2:])
-    memory.check_fits(model, len(batch), height, width, guided=job.scale != 1.0, vae_tiling=session.vae_tiling)
+    memory.check_fits(model, len(batch), height, width, guided=job.scale != 1.0, vae_tiling=session.vae_tiling,
+                      encodes_input=init is not None)
     prompts, negatives, seeds = _apply_loras(session, request, batch), [j.negative_prompt for j in batch], [j.seed for j in batch]
     params = SamplingParams(sampler=job.sampler, steps=job.steps, scale=job.scale, eta=job.eta)
     progress = log.Progress(f"images {label}")
@@ -388,8 +410,11 @@ class _AlsoTelling:
 # -- for callers that keep the model loaded and the images in memory (sd_cli/serve) ----------------
 
 def load_session(request: RunRequest):
-    """The model and the request's options (run.session.Session), as a run loads them."""
-    return _load(request, distributed.current())
+    """The model and the request's options (run.session.Session), as a run loads them, for any
+    subcommand: render_images checks that the model serves each request's."""
+    from dataclasses import replace
+
+    return _load(replace(request, mode=None), distributed.current())
 
 
 def render_images(session, request: RunRequest, batch: list[Job], label: str) -> list:

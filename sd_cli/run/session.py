@@ -3,7 +3,7 @@
 
 The pipelines take a session where they take a model: it offers the same calls (encode_text,
 unet, encode_image, decode_latents and the model's config, schedule, device and dtype), with
-encode_text and decode_latents applying the run's options.
+encode_text, encode_image and decode_latents applying the run's options.
 """
 
 from dataclasses import dataclass
@@ -21,7 +21,7 @@ class Session:
     loaded: LoadedModel
     text: TextOptions  # --emphasis, --clip-skip, --embeddings
     loras: LoraMerger  # merges each batch's LoRAs (--lora, <lora:...>) and restores the weights
-    vae_tiling: bool = False  # --vae-tiling: decode in overlapping tiles (runtime/tiling.py)
+    vae_tiling: bool = False  # --vae-tiling: encode and decode in overlapping tiles (runtime/tiling.py)
 
     @property
     def model(self):
@@ -68,7 +68,7 @@ class Session:
         return self.model.unet(x, t, context)
 
     def encode_image(self, image: torch.Tensor) -> torch.Tensor:
-        return self.model.encode_image(image)
+        return self.model.encode_image(image, tiled=self.vae_tiling)
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         return self.model.decode_latents(latents, tiled=self.vae_tiling)

@@ -1,10 +1,12 @@
 """Will a batch fit? A lower bound on the memory a batch needs, checked before sampling.
 
 The estimate counts only what the computation cannot avoid: the UNet's full-resolution feature
-maps and skip connections (for both halves of classifier-free guidance), and the VAE decoder's
-full-resolution maps. Attention is left out, because the fused attention kernels need no N×N
-matrix. So a refusal is certain to be right, while a pass is not a promise; the point is to stop
-an impossible size (say 8192×8192 on a laptop) at once, not after every sampling step has run.
+maps and skip connections (for both halves of classifier-free guidance), the VAE decoder's
+full-resolution maps, and, where an input image is encoded (img2img, inpaint, depth2img), the VAE
+encoder's. With --vae-tiling the VAE parts count one tile. Attention is left out, because the
+fused attention kernels need no N×N matrix. So a refusal is certain to be right, while a pass is
+not a promise; the point is to stop an impossible size (say 8192×8192 on a laptop) at once, not
+after every sampling step has run.
 """
 
 from __future__ import annotations
@@ -13,23 +15,35 @@ from sd_cli.errors import UsageError
 
 UNET_MAPS = 16  # feature maps of model_channels at 1/8 resolution alive at the peak (skips, temporaries)
 VAE_MAPS = 4  # decoder maps of its first width at full resolution (input, norm, conv, residual)
+ENCODER_MAPS = 3  # encoder maps of its first width at full resolution (residual, norm, conv)
 USABLE = 0.9  # leave room for the allocator and everything else
 
 
-def needed_bytes(model, batch: int, height: int, width: int, guided: bool, vae_tiling: bool = False) -> int:
-    """Lower bound on the activation bytes of sampling and decoding one batch."""
+def needed_parts(model, batch: int, height: int, width: int, guided: bool, vae_tiling: bool = False,
+                 encodes_input: bool = False) -> dict[str, int]:
+    """Lower bounds on the activation bytes of each stage of one batch: "UNet", "VAE decoder" and,
+    when an input image is encoded, "VAE encoder" (once per batch: the input is shared)."""
     element = model.dtype.itemsize
     latent_pixels = (height // 8) * (width // 8)
     unet_channels = int(model.config.unet_params["model_channels"])
-    unet = (2 if guided else 1) * batch * latent_pixels * unet_channels * UNET_MAPS * element
     ddconfig = model.config.vae_params["ddconfig"]
     vae_channels = int(ddconfig["ch"]) * int(ddconfig["ch_mult"][0])
-    vae = batch * _decoded_pixels(height, width, vae_tiling) * vae_channels * VAE_MAPS * element
-    return max(unet, vae)
+    vae_pixels = _vae_pixels(height, width, vae_tiling)
+    parts = {"UNet": (2 if guided else 1) * batch * latent_pixels * unet_channels * UNET_MAPS * element,
+             "VAE decoder": batch * vae_pixels * vae_channels * VAE_MAPS * element}
+    if encodes_input:
+        parts["VAE encoder"] = vae_pixels * vae_channels * ENCODER_MAPS * element
+    return parts
 
 
-def _decoded_pixels(height: int, width: int, vae_tiling: bool) -> int:
-    """Pixels the VAE decodes at once: the whole image, or one tile with --vae-tiling."""
+def needed_bytes(model, batch: int, height: int, width: int, guided: bool, vae_tiling: bool = False,
+                 encodes_input: bool = False) -> int:
+    """Lower bound on the activation bytes of one batch: its most demanding stage (they run in turn)."""
+    return max(needed_parts(model, batch, height, width, guided, vae_tiling, encodes_input).values())
+
+
+def _vae_pixels(height: int, width: int, vae_tiling: bool) -> int:
+    """Pixels the VAE works on at once: the whole image, or one tile with --vae-tiling."""
     if not vae_tiling:
         return height * width
     from sd_cli.runtime.tiling import TILE
@@ -49,15 +63,28 @@ def available_bytes(device) -> int | None:
     return None
 
 
-def check_fits(model, batch: int, height: int, width: int, guided: bool, vae_tiling: bool = False) -> None:
-    """Raise a UsageError naming the size, the need and the fix when the batch cannot fit."""
+def check_fits(model, batch: int, height: int, width: int, guided: bool, vae_tiling: bool = False,
+               encodes_input: bool = False) -> None:
+    """Raise a UsageError naming the size, the need, the stage and a fix that exists when the batch
+    cannot fit. `encodes_input`: the size is an input image's (img2img, inpaint, depth2img)."""
     free = available_bytes(model.device)
-    need = needed_bytes(model, batch, height, width, guided, vae_tiling)
+    parts = needed_parts(model, batch, height, width, guided, vae_tiling, encodes_input)
+    stage, need = max(parts.items(), key=lambda item: item[1])
     if free is None or need <= USABLE * free:
         return
-    fix = "a smaller --height/--width" + (" or a smaller --n-samples" if batch > 1 else "")
-    raise UsageError(f"{width}x{height} at batch {batch} needs at least {_size(need)} on {model.device}, "
-                     f"but only {_size(free)} is free; use {fix}")
+    raise UsageError(f"{width}x{height} at batch {batch} needs at least {_size(need)} on {model.device} "
+                     f"(the {stage}), but only {_size(free)} is free; use {_fixes(stage, batch, vae_tiling, encodes_input)}")
+
+
+def _fixes(stage: str, batch: int, vae_tiling: bool, encodes_input: bool) -> str:
+    """What the user can change: the size (the input image's where it sets it), --vae-tiling where the
+    VAE is the limit and untiled, fewer images per batch."""
+    fixes = ["a smaller input image (its size sets the output's)" if encodes_input else "a smaller --height/--width"]
+    if stage.startswith("VAE") and not vae_tiling:
+        fixes.append("--vae-tiling")
+    if batch > 1:
+        fixes.append("a smaller --n-samples")
+    return ", ".join(fixes[:-1]) + " or " + fixes[-1] if len(fixes) > 1 else fixes[0]
 
 
 def _mem_available() -> int | None:

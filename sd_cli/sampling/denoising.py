@@ -22,7 +22,7 @@ import torch
 
 from sd_cli.errors import UsageError
 from sd_cli.runtime.allocator import reusing_freed_memory
-from sd_cli.sampling import samplers, sigma_schedules
+from sd_cli.sampling import samplers, sgm, sigma_schedules
 from sd_cli.sampling.ddim import sample_ddim, sample_plms
 from sd_cli.sampling.denoiser import KDenoiser, LCMDenoiser
 from sd_cli.sampling.dpm_solver import sample_dpm_solver
@@ -71,6 +71,8 @@ def is_k_sampler(params: SamplingParams) -> bool:
 def start(model, params: SamplingParams, draw: torch.Tensor, x0: torch.Tensor | None = None,
           strength: float = 1.0, rule: StartRule = IMG2IMG) -> Start:
     """The start of a run: draw [B, 4, h, w] is each image's first draw; x0 the image latent (None: txt2img)."""
+    if model.family.sampling == "sgm":
+        return _sgm_start(model, params, draw, x0, strength)
     if is_k_sampler(params):
         return _k_start(model, params, draw, x0, strength, rule)
     return _original_start(model, params, draw, x0, strength, rule)
@@ -96,10 +98,36 @@ def _k_start(model, params, draw, x0, strength, rule: StartRule) -> Start:
     return Start(x0 + draw * float(sigmas[0]), sigmas=sigmas)
 
 
+def _sgm_start(model, params, draw, x0, strength) -> Start:
+    if not is_k_sampler(params):
+        raise UsageError(f"{model.family.description} samples as generative-models does: use one of its samplers "
+                         "(euler, euler_a, heun, dpmpp_2m, dpmpp_2s_a, lms, ...), not the original "
+                         f"{params.sampler}")
+    if samplers.choose(params.sampler).sampler.denoiser != "k":
+        raise UsageError(f"{params.sampler} needs its own denoiser, which generative-models' models do not have")
+    sigmas = sgm_sigmas(model, params)
+    if x0 is None:
+        return Start(draw * sgm.start_scale(float(sigmas[0])), sigmas=sigmas)
+    sigmas = sgm.img2img_sigmas(sigmas, strength)
+    return Start(x0 + draw * float(sigmas[0]), sigmas=sigmas)
+
+
+def sgm_sigmas(model, params: SamplingParams) -> torch.Tensor:
+    """The σ of an sgm model's run: its own discretizations, or a k-diffusion schedule over its σ range."""
+    choice = samplers.choose(params.sampler)
+    if choice.schedule in sgm.SCHEDULES:
+        return sgm.make_sigmas(choice.schedule, params.steps, model.sigma_table)
+    return sigma_schedules.make_sigmas(choice.schedule, params.steps, model.alphas_cumprod,
+                                       choice.sampler.discard_penultimate)
+
+
 def k_sigmas(model, params: SamplingParams, strength: float = 1.0) -> torch.Tensor:
     """The σ schedule (float64, ends in 0) of a k-diffusion sampler, from sigmas[steps - t_enc]:
     its last t_enc = int(strength · steps) steps (AUTOMATIC1111 starts one σ earlier and runs t_enc + 1)."""
     choice = samplers.choose(params.sampler)
+    if choice.schedule in sgm.SCHEDULES[1:]:
+        raise UsageError(f"schedule {choice.schedule} is generative-models' (SDXL, SD-Turbo); "
+                         f"{model.family.description} takes {', '.join(sigma_schedules.SCHEDULES)}")
     sigmas = sigma_schedules.make_sigmas(choice.schedule, params.steps, model.alphas_cumprod,
                                          choice.sampler.discard_penultimate)
     return sigmas[params.steps - int(strength * params.steps):]
@@ -130,5 +158,8 @@ def _run_k(model, guided, begin: Start, noise, params, hooks) -> torch.Tensor:
     if params.eta:
         raise UsageError(f"--eta is DDIM's η; {spec.id} runs with AUTOMATIC1111's defaults (η = 1 for the "
                          "ancestral and SDE samplers)")
-    denoiser = (LCMDenoiser if spec.denoiser == "lcm" else KDenoiser)(guided, model.alphas_cumprod)
+    if model.family.sampling == "sgm":
+        denoiser = sgm.QuantizedDenoiser(guided, model.sigma_table)
+    else:
+        denoiser = (LCMDenoiser if spec.denoiser == "lcm" else KDenoiser)(guided, model.alphas_cumprod)
     return spec.function_object()(denoiser, begin.x, begin.sigmas, noise, hooks)

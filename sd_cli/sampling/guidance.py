@@ -10,26 +10,33 @@ from typing import Callable
 
 import torch
 
-UNetFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+UNetFn = Callable[..., torch.Tensor]  # (x, t, context) -> raw prediction; SDXL: (x, t, context, y)
 
 
 @dataclass
 class GuidedModel:
-    unet: UNetFn  # (x [B, C, h, w], t [B], context [B, 77, D]) -> raw prediction [B, 4, h, w]
+    unet: UNetFn  # (x [B, C, h, w], t [B], context [B, 77, D][, y [B, adm]]) -> raw prediction [B, 4, h, w]
     cond: torch.Tensor  # [B, 77, D] prompt embedding
     uncond: torch.Tensor | None  # [B, 77, D] negative-prompt embedding; None when scale == 1
     scale: float
     parameterization: str  # "eps" or "v"
     concat: torch.Tensor | None = None  # [B, k, h, w] extra UNet input channels (inpaint mask, depth)
+    vector: torch.Tensor | None = None  # [B, adm] SDXL's vector input y (pooled text and size embeddings)
+    uncond_vector: torch.Tensor | None = None  # [B, adm] y of the unconditional branch
 
     def raw(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Guided raw model output (ε or v, as the model predicts), in x's dtype."""
         x_in = x if self.concat is None else torch.cat([x, self.concat.to(x.dtype)], dim=1)
         if self.uncond is None or self.scale == 1.0:
-            return self.unet(x_in, t, self.cond).to(x.dtype)
-        both = self.unet(torch.cat([x_in, x_in]), torch.cat([t, t]), torch.cat([self.uncond, self.cond]))
+            return self._unet(x_in, t, self.cond, self.vector).to(x.dtype)
+        vector = None if self.vector is None else torch.cat([self.uncond_vector, self.vector])
+        both = self._unet(torch.cat([x_in, x_in]), torch.cat([t, t]), torch.cat([self.uncond, self.cond]), vector)
         uncond_out, cond_out = both.to(x.dtype).chunk(2)
         return uncond_out + self.scale * (cond_out - uncond_out)
+
+    def _unet(self, x, t, context, vector):
+        """SD 1.x/2.x UNets take (x, t, context); SDXL's also its vector y."""
+        return self.unet(x, t, context) if vector is None else self.unet(x, t, context, vector)
 
     def eps(self, x: torch.Tensor, t: torch.Tensor, alpha, sigma) -> torch.Tensor:
         """Guided ε given sqrt(ᾱ_t)=alpha and sqrt(1-ᾱ_t)=sigma; converts v → ε for v-models."""

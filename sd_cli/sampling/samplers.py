@@ -5,7 +5,8 @@ that `sd-cli --help` can list the samplers instantly; a spec names its function 
 sd_cli.sampling.k_samplers and `function()` imports it.
 
 Names: a sampler is chosen by its snake_case id ("dpmpp_2m"), its AUTOMATIC1111 label ("DPM++ 2M")
-or an A1111 alias ("k_dpmpp_2m"), any case; a schedule other than the default is a suffix: the
+or an A1111 alias ("k_dpmpp_2m"), any case, spaces, "_" and "-" aside (so stable-diffusion.cpp's
+"dpm++2m" and "euler_a" are the same names); a schedule other than the default is a suffix: the
 schedule's label after a label ("DPM++ 2M Karras", as A1111 names it) or "_<schedule id>" after an
 id ("dpmpp_2m_karras"). The canonical name of a choice is the id, plus "_<schedule>" when the
 schedule is not the sampler's default; that is what jobs, --name templates and JSON carry.
@@ -29,6 +30,8 @@ SCHEDULES = {s.id: s for s in (
     Schedule("exponential", "Exponential"),
     Schedule("sgm_uniform", "SGM Uniform"),
     Schedule("lcm", "LCM"),
+    Schedule("edm", "EDM"),  # generative-models' EDM discretization (sgm models only)
+    Schedule("turbo", "Turbo"),  # SDXL-Turbo / SD-Turbo's timestep subset (sgm models only)
 )}
 
 
@@ -112,6 +115,33 @@ def _names() -> dict[str, str]:
     return names
 
 
+def _plain(name: str) -> str:
+    """A name without case, spaces, "_", "-" or "+": stable-diffusion.cpp's "dpm++2m" is "DPM++ 2M"."""
+    return "".join(c for c in name.lower().replace("++", "pp") if c.isalnum())
+
+
+def _plain_names() -> dict[str, str]:
+    """Every accepted name in its plain form → id; a plain form shared by two samplers is left out."""
+    plain: dict[str, set[str]] = {}
+    for name, sampler_id in _names().items():
+        plain.setdefault(_plain(name), set()).add(sampler_id)
+    return {key: ids.pop() for key, ids in plain.items() if len(ids) == 1}
+
+
+def _lookup(key: str) -> str | None:
+    """The id a lower-case name stands for: as written, else in its plain form."""
+    return _names().get(key) or _plain_names().get(_plain(key))
+
+
+def _did_you_mean(name: str) -> str:
+    """" (did you mean euler?)" for a typo close to known names, else ""."""
+    from difflib import get_close_matches
+
+    plain = _plain_names()
+    close = dict.fromkeys(plain[key] for key in get_close_matches(_plain(name), plain, n=6, cutoff=0.7))
+    return f" (did you mean {' or '.join(list(close)[:3])}?)" if close else ""
+
+
 def _schedule_suffixes() -> list[tuple[str, str]]:
     """(lower-case suffix, schedule id), longest first: " karras", "_karras", " sgm uniform", ..."""
     suffixes = []
@@ -133,16 +163,15 @@ def schedule_id(name: str) -> str:
 def choose(name: str, schedule: str | None = None) -> Choice:
     """Parse a sampler name (id, label, alias, with an optional schedule suffix) and an optional
     explicit schedule; raise UnknownSampler (a ValueError) naming the ids otherwise."""
-    names = _names()
     key = " ".join(name.split()).lower()
-    sampler_id, suffix_schedule = names.get(key), None
+    sampler_id, suffix_schedule = _lookup(key), None
     if sampler_id is None:
         for suffix, schedule_from_name in _schedule_suffixes():
-            if key.endswith(suffix) and key[:-len(suffix)] in names:
-                sampler_id, suffix_schedule = names[key[:-len(suffix)]], schedule_from_name
+            if key.endswith(suffix) and _lookup(key[:-len(suffix)]):
+                sampler_id, suffix_schedule = _lookup(key[:-len(suffix)]), schedule_from_name
                 break
     if sampler_id is None:
-        raise UnknownSampler(f"{name!r} is unknown; use one of {', '.join(SAMPLERS)} "
+        raise UnknownSampler(f"{name!r} is unknown{_did_you_mean(name)}; use one of {', '.join(SAMPLERS)} "
                              "(or an AUTOMATIC1111 name such as \"Euler a\" or \"DPM++ 2M Karras\")")
     spec = SAMPLERS[sampler_id]
     explicit = schedule_id(schedule) if schedule is not None else None

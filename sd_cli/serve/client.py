@@ -72,6 +72,8 @@ def run_remote(request, server: str):
     writer = _LocalFiles(request, {job.index: targets[job.index] for job in jobs}, report.written,
                          grid=_grid_wanted(request, rank))
     groups = batches(jobs, request.batch_size)
+    if request.random_seed is not None:
+        log.info(f"seed {request.random_seed} (random; pass --seed {request.random_seed} to repeat this run)")
     log.info(f"{len(jobs)} image(s) on the server at {connection.shown}")
     for number, batch in enumerate(groups, start=1):
         started = time.perf_counter()
@@ -187,7 +189,7 @@ class _LocalFiles:
         self.grid_images, self.grid_text, self.mark = ([] if grid else None), None, None
 
     def add(self, batch: list, images: list, seconds: float, mark: str | None) -> None:
-        from sd_cli.files.output import save_png
+        from sd_cli.files.output import save_image
         from sd_cli.files.writer import _emit
 
         self.mark = mark
@@ -199,7 +201,7 @@ class _LocalFiles:
                 continue
             started = time.perf_counter()
             target = self.targets[job.index]
-            path = self.plan.save_sample(pixels, infotext) if target is None else save_png(pixels, target, infotext)
+            path = self.plan.save_sample(pixels, infotext) if target is None else save_image(pixels, target, infotext)
             self.written.append(path)
             timings = {"sample_s": round(seconds / len(batch), 4), "write_s": round(time.perf_counter() - started, 4)}
             _emit(json.dumps(self._record(path, job, timings), ensure_ascii=False) if self.request.json else str(path))

@@ -66,28 +66,28 @@ _defaults = Limits()
 
 
 def serve_command(
-    host: Annotated[str, typer.Option("--host", help="Address to listen on; beyond loopback it needs --api-auth or --no-auth.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", help="TCP port (AUTOMATIC1111's is 7860).")] = 7860,
-    ckpt: Annotated[Optional[Path], typer.Option("--ckpt", help="Model loaded at start; default: sd_cli's own small model.")] = None,
-    models_dir: Annotated[Optional[list[Path]], typer.Option("--models-dir", help="Folder of checkpoints clients may switch to by name (repeatable; default: checkpoints).")] = None,
-    lora_dir: Annotated[Path, typer.Option("--lora-dir", help="Folder of the LoRAs that <lora:name:w> can name.")] = LORA_DIR,
-    embeddings: Annotated[Optional[Path], typer.Option("--embeddings", help="Textual inversion folder; default: checkpoints/embeddings if it exists.", show_default=False)] = None,
-    outdir: Annotated[Path, typer.Option("--outdir", help="Where save_images writes (and nowhere else).")] = Path("outputs/serve"),
-    api_auth: Annotated[Optional[list[str]], typer.Option("--api-auth", help="USER:PASSWORD for HTTP basic auth (repeatable, or comma-separated).")] = None,
+    host: Annotated[str, typer.Option("--host", metavar="HOST", help="Address to listen on; beyond loopback it needs --api-auth or --no-auth.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", metavar="N", help="TCP port (AUTOMATIC1111's is 7860).")] = 7860,
+    ckpt: Annotated[Optional[Path], typer.Option("--ckpt", metavar="PATH", help="Model loaded at start; default: sd_cli's own small model.")] = None,
+    models_dir: Annotated[Optional[list[Path]], typer.Option("--models-dir", metavar="DIR", help="Folder of checkpoints clients may switch to by name (repeatable; default: checkpoints).")] = None,
+    lora_dir: Annotated[Path, typer.Option("--lora-dir", metavar="DIR", help="Folder of the LoRAs that <lora:name:w> can name.")] = LORA_DIR,
+    embeddings: Annotated[Optional[Path], typer.Option("--embeddings", metavar="DIR", help="Textual inversion folder; default: checkpoints/embeddings if it exists.", show_default=False)] = None,
+    outdir: Annotated[Path, typer.Option("--outdir", metavar="DIR", help="Where save_images writes (and nowhere else).")] = Path("outputs/serve"),
+    api_auth: Annotated[Optional[list[str]], typer.Option("--api-auth", metavar="USER:PASSWORD", help="USER:PASSWORD for HTTP basic auth (repeatable, or comma-separated).")] = None,
     no_auth: Annotated[bool, typer.Option("--no-auth", help="Serve a non-loopback --host without auth, on purpose.")] = False,
-    cors_origin: Annotated[Optional[list[str]], typer.Option("--cors-origin", help="Browser origin allowed to call the API (repeatable), e.g. http://localhost:8000.")] = None,
-    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
-    precision: Annotated[str, typer.Option("--precision", help="auto (fp16 on CUDA, fp32 elsewhere), fp32, fp16, bf16.")] = "auto",
-    loaded_models: Annotated[int, typer.Option("--loaded-models", help="Checkpoints kept loaded; switching back to one costs no load.")] = 2,
-    max_pixels: Annotated[int, typer.Option("--max-pixels", help="Largest width*height of an image (hires fix's final size included).")] = _defaults.max_pixels,
-    max_steps: Annotated[int, typer.Option("--max-steps", help="Most sampling steps per request.")] = _defaults.max_steps,
-    max_images: Annotated[int, typer.Option("--max-images", help="Most images (batch_size*n_iter) per request.")] = _defaults.max_images,
-    max_batch: Annotated[int, typer.Option("--max-batch", help="Largest batch_size.")] = _defaults.max_batch,
-    max_queue: Annotated[int, typer.Option("--max-queue", help="Requests waiting behind the running one; more get 429.")] = _defaults.max_queue,
-    max_body_mb: Annotated[int, typer.Option("--max-body-mb", help="Largest request body in MiB, base64 images included; more get 413.")] = _defaults.max_body_bytes // (1024 * 1024),
+    cors_origin: Annotated[Optional[list[str]], typer.Option("--cors-origin", metavar="URL", help="Browser origin allowed to call the API (repeatable), e.g. http://localhost:8000.")] = None,
+    device: Annotated[str, typer.Option("--device", metavar="NAME", help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    precision: Annotated[str, typer.Option("--precision", metavar="NAME", help="auto (fp16 on CUDA, fp32 elsewhere), fp32, fp16, bf16.")] = "auto",
+    loaded_models: Annotated[int, typer.Option("--loaded-models", metavar="N", help="Checkpoints kept loaded; switching back to one costs no load.")] = 2,
+    max_pixels: Annotated[int, typer.Option("--max-pixels", metavar="N", help="Largest width*height of an image (hires fix's final size included).")] = _defaults.max_pixels,
+    max_steps: Annotated[int, typer.Option("--max-steps", metavar="N", help="Most sampling steps per request.")] = _defaults.max_steps,
+    max_images: Annotated[int, typer.Option("--max-images", metavar="N", help="Most images (batch_size*n_iter) per request.")] = _defaults.max_images,
+    max_batch: Annotated[int, typer.Option("--max-batch", metavar="N", help="Largest batch_size.")] = _defaults.max_batch,
+    max_queue: Annotated[int, typer.Option("--max-queue", metavar="N", help="Requests waiting behind the running one; more get 429.")] = _defaults.max_queue,
+    max_body_mb: Annotated[int, typer.Option("--max-body-mb", metavar="N", help="Largest request body in MiB, base64 images included; more get 413.")] = _defaults.max_body_bytes // (1024 * 1024),
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors on stderr.")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
 ):
-    """Serve AUTOMATIC1111's HTTP API (/sdapi/v1/*) with the model kept loaded (SillyTavern, Open WebUI, webuiapi)."""
+    """Serve AUTOMATIC1111's API (/sdapi/v1) with the model kept loaded."""
     log.set_quiet(quiet)
     serve(settings_from(dict(locals())))

@@ -1,4 +1,4 @@
-"""scripts/train_tiny_model.py: the noise it trains on, and a miniature end-to-end run whose file
+"""builtin_model/train.py: the noise it trains on, and a miniature end-to-end run whose file
 sd_cli loads like any original checkpoint (the real recipe takes an hour; its result is tested in
 test_builtin_model.py)."""
 
@@ -126,8 +126,9 @@ def test_vae_from_takes_the_given_checkpoints_vae(train, miniature, tmp_path):
 
 
 def test_shipped_model_was_made_by_the_scripts_defaults(train):
-    """README: `train_tiny_model.py --seed 0` makes the shipped model. Its recorded recipe must
-    match the defaults, and its measured scale_factor the one in configs/sd-cli-tiny.yaml."""
+    """docs/builtin-model.md: `python -m builtin_model.train --seed 0` makes the shipped model. Its
+    recorded recipe must match the defaults, and its measured scale_factor the one in
+    sd_cli/data/configs/sd-cli-tiny.yaml."""
     import json
     import re
 

@@ -178,7 +178,7 @@ def test_malicious_pickle_is_refused_without_running(run_cli, tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--sampler", "euler_b"], "--sampler 'euler_b' is unknown; use one of ddim, plms, dpm, euler, euler_a"),
+    (["--sampler", "euler_b"], "--sampler 'euler_b' is unknown (did you mean euler or euler_a?); use one of ddim, plms, dpm, euler, euler_a"),
     (["--sampler", "ddim", "--schedule", "karras"], "--sampler 'ddim' runs the original script's own timesteps"),
     (["--steps", "0"], "--steps 0 is out of range"),
     (["--H", "100"], "--height 100 is not a multiple of 64"),

@@ -179,15 +179,17 @@ def test_unmarked_image_is_not_identified():
     assert watermark.identify_watermark(flat)[0] is None
 
 
-def test_small_image_is_saved_without_watermark(monkeypatch, capsys):
-    monkeypatch.setattr(watermark, "_warned_too_small", False)
+def test_small_image_is_saved_without_watermark(capsys):
+    from sd_cli import log
+
     rgb = natural_image(128, 128)
-    out = watermark.add_watermark(rgb, "SDV2")
-    assert np.array_equal(out, rgb)
-    err = capsys.readouterr().err
-    assert "too small for the invisible watermark" in err and "256x256" in err
-    watermark.add_watermark(rgb, "SDV2")
-    assert capsys.readouterr().err == ""  # once per run
+    with log.run_scope(quiet=False):
+        out = watermark.add_watermark(rgb, "SDV2")
+        assert np.array_equal(out, rgb)
+        err = capsys.readouterr().err
+        assert "too small for the invisible watermark" in err and "256x256" in err
+        watermark.add_watermark(rgb, "SDV2")
+        assert capsys.readouterr().err == ""  # once per run
     assert watermark.identify_watermark(rgb) == (None, 0.0)
 
 
@@ -244,7 +246,7 @@ def test_parse_a1111_infotext():
 @pytest.mark.parametrize("prompt", ["a red fox", "猫 in the snow — ünïcode"])
 def test_png_carries_parameters_chunk(tmp_path, prompt):
     text = metadata.format_infotext(prompt, "", FIELDS)
-    path = output.save_png(natural_image(64, 64), tmp_path / "x.png", text)
+    path = output.save_image(natural_image(64, 64), tmp_path / "x.png", text)
     with Image.open(path) as image:
         assert image.text["parameters"] == text
     assert metadata.parse_infotext(text)[0] == prompt
@@ -357,24 +359,24 @@ def test_output_pattern_rules(tmp_path):
     assert p("d/out-{index:03}.png", 2) == [output.Path("d/out-000.png"), output.Path("d/out-001.png")]
     assert p("{seed}", 2, seeds=[7, 8]) == [output.Path("7.png"), output.Path("8.png")]
     assert p("img-{seed}-{index}.png", 1, seeds=[42]) == [output.Path("img-42-0.png")]
-    for bad, kwargs in [("out.jpg", {}), ("{name}.png", {}), ("out-{index.png", {}),
+    for bad, kwargs in [("out.gif", {}), ("{name}.png", {}), ("out-{index.png", {}),
                         ("s-{seed}.png", {"seeds": [5, 5]}), ("{index:q}.png", {})]:
         with pytest.raises(UsageError) as e:
             p(bad, 2, **kwargs)
         assert one_line(e.value)
 
 
-def test_save_png_creates_parents_and_leaves_no_temp(tmp_path):
+def test_save_image_creates_parents_and_leaves_no_temp(tmp_path):
     path = tmp_path / "a" / "b" / "out.png"
     img = natural_image(16, 24)
-    assert output.save_png(img, path) == path
+    assert output.save_image(img, path) == path
     assert np.array_equal(read_png(path), img)
-    output.save_png(img[::-1].copy(), path)  # -o names replace what is there
+    output.save_image(img[::-1].copy(), path)  # -o names replace what is there
     assert np.array_equal(read_png(path), img[::-1])
     assert os.listdir(path.parent) == ["out.png"]
 
 
-def test_save_png_failure_keeps_target_and_cleans_up(tmp_path, monkeypatch):
+def test_save_image_failure_keeps_target_and_cleans_up(tmp_path, monkeypatch):
     path = tmp_path / "out.png"
     path.write_bytes(b"previous")
 
@@ -383,7 +385,7 @@ def test_save_png_failure_keeps_target_and_cleans_up(tmp_path, monkeypatch):
 
     monkeypatch.setattr(os, "replace", full_disk)
     with pytest.raises(SdCliError) as e:
-        output.save_png(natural_image(16, 16), path, "a prompt\nSteps: 1")
+        output.save_image(natural_image(16, 16), path, "a prompt\nSteps: 1")
     assert str(path) in str(e.value) and "No space left on device" in str(e.value)
     assert one_line(e.value)
     assert path.read_bytes() == b"previous"
@@ -402,11 +404,11 @@ def test_numbered_save_failure_cleans_up(tmp_path, monkeypatch):
     assert os.listdir(tmp_path / "samples") == []
 
 
-def test_save_png_into_unwritable_place(tmp_path):
+def test_save_image_into_unwritable_place(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
     with pytest.raises(SdCliError) as e:
-        output.save_png(natural_image(8, 8), blocker / "out.png")
+        output.save_image(natural_image(8, 8), blocker / "out.png")
     assert str(blocker / "out.png") in str(e.value) and "not a folder" in str(e.value)
     assert one_line(e.value)
 

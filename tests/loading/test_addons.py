@@ -231,14 +231,16 @@ def test_hires_fix_doubles_the_size_and_records_fields(run_cli, sd1_ckpt, tmp_pa
     assert bad.code == 2
 
 
-def test_hires_strength_zero_keeps_the_upscaled_latent(sd1_ckpt):
+def test_hires_strength_zero_with_a_k_sampler_keeps_the_nearest_upscaled_latent(sd1_ckpt):
+    """No σ is left at strength 0 for a k-diffusion sampler (the original samplers noise to DDIM
+    index 0 as img2img does: tests/pipelines/test_hires.py)."""
     from sd_cli.sampling.denoising import SamplingParams
     from sd_cli.pipelines.txt2img import txt2img_latents
     from sd_cli.pipelines.hires import HiresOptions, txt2img_hires
     from sd_cli.loading.loader import load_model
 
     model = load_model(sd1_ckpt).model
-    params = SamplingParams(steps=2)
+    params = SamplingParams(sampler="euler", steps=2)
     small = txt2img_latents(model, ["a cat"], [""], [7], params, 64, 64)
     big = txt2img_hires(model, ["a cat"], [""], [7], params, 64, 64, HiresOptions(scale=2, strength=0.0, upscaler="latent-nearest"))
     expected = model.decode_latents(small.repeat_interleave(2, -1).repeat_interleave(2, -2))

@@ -28,7 +28,7 @@ def rgb(path) -> np.ndarray:
 ])
 def test_txt2img_without_ckpt_draws_what_was_asked(run_cli, tmp_path, prompt, background, colour, shape):
     """Four seeds per prompt, at least three fully right: the model scores about 93-99% per
-    attribute (README), so a single image may miss one, but most must not."""
+    attribute (docs/builtin-model.md), so a single image may miss one, but most must not."""
     result = run_cli("txt2img", prompt, *STEPS, "--seed", "1", "--n-samples", "4", "-o", tmp_path / "x-{seed}.png")
     assert result.code == 0, result.stderr
     assert "using sd_cli's own small model" in result.stderr

@@ -109,6 +109,23 @@ def test_sd2_matches_hf_hidden_states(sd2_hf, token_ids, layer):
         out = sd2_hf(input_ids=token_ids, output_hidden_states=True)
         theirs = sd2_hf.final_layer_norm(out.hidden_states[-2]) if layer == "penultimate" else out.last_hidden_state
     assert (ours - theirs).abs().max() < 1e-5
+    assert encoder.own_clip_skip == (2 if layer == "penultimate" else 1)
+
+
+def test_sd2_tower_at_an_sgm_prefix(sd2_hf, token_ids):
+    """sgm's SD 2.1 layout (SD-Turbo): the same tower under conditioner.embedders.0.model.*."""
+    sgm = {key.replace(SD2, "conditioner.embedders.0.model."): value for key, value in sd2_checkpoint(sd2_hf).items()}
+    prefix = "conditioner.embedders.0.model."
+    with torch.device("meta"):
+        encoder = OpenCLIPTextEncoder.from_checkpoint(sgm, prefix=prefix, layer="penultimate")
+    mapped, ignored, unknown = OpenCLIPTextEncoder.module_state_dict_from_checkpoint(
+        dict(sgm, **{"conditioner.embedders.1.x": torch.zeros(1)}), prefix)
+    assert unknown == [] and sorted(ignored) == [prefix + "attn_mask", prefix + "logit_scale", prefix + "text_projection"]
+    encoder.load_state_dict(mapped, strict=True, assign=True)
+    assert encoder.checkpoint_prefix == prefix and set(encoder.checkpoint_state_dict()) == set(sgm) - set(ignored)
+    with torch.no_grad():
+        theirs = sd2_hf.final_layer_norm(sd2_hf(input_ids=token_ids, output_hidden_states=True).hidden_states[-2])
+        assert (encoder.encode(token_ids) - theirs).abs().max() < 1e-5
 
 
 def test_forward_takes_prompts(sd1_hf):

@@ -474,14 +474,14 @@ def test_soak_200_prompts_flat_memory(run_cli, sd1_ckpt, tmp_path, monkeypatch):
     from sd_cli.files import output
 
     ckpt = PROJECT_MODEL if PROJECT_MODEL.is_file() else sd1_ckpt
-    save, samples = output.save_png, []
+    save, samples = output.save_image, []
 
     def measured(*args, **kwargs):
         path = save(*args, **kwargs)
         samples.append(rss_bytes())
         return path
 
-    monkeypatch.setattr(output, "save_png", measured)
+    monkeypatch.setattr(output, "save_image", measured)
     prompts = write(tmp_path / "p.txt", "".join(f"shape number {i}\n" for i in range(200)))
     result = run_cli("txt2img", "--from-file", prompts, "--ckpt", ckpt, "--steps", "1", "--seed", "0", "--H", "64", "--W", "64",
                      "--outdir", tmp_path / "o", "--name", "{index:03}", "--quiet")

@@ -1,7 +1,7 @@
 """On a CUDA GPU: the CPU's numbers, the fp16/bf16 paths, the NaN guard, --offload and --compile.
 
 CI has no GPU, so these are skipped there; run them where one is lent with
-`python -m pytest tests/test_gpu.py` (docs/benchmarks.md records the last run and its device).
+`python -m pytest tests/runtime/test_gpu.py` (docs/benchmarks.md records the last run and its device).
 The CPU float32 result is the reference: start noise is drawn on the CPU (sampling/noise.py), so a
 seed starts from the same latents on both devices and only the arithmetic differs.
 """

@@ -10,7 +10,7 @@ from sd_cli.sampling.denoising import DEPTH2IMG, IMG2IMG, INPAINT, SamplingParam
 from sd_cli.sampling.schedule import alphas_cumprod, make_ddim_schedule
 from sd_cli.sampling.steps import CLEAN, NoiseLevel, StepHooks
 
-MODEL = SimpleNamespace(alphas_cumprod=alphas_cumprod(0.00085, 0.0120))
+MODEL = SimpleNamespace(alphas_cumprod=alphas_cumprod(0.00085, 0.0120), family=SimpleNamespace(sampling="ldm"))
 X0 = torch.full((1, 4, 2, 2), 0.5)
 DRAW = torch.linspace(-1, 1, 16).reshape(1, 4, 2, 2)
 DDIM = SamplingParams(sampler="ddim", steps=10)
@@ -96,5 +96,6 @@ def test_step_hooks_change_x_before_reporting_progress():
 def test_eta_is_refused_for_k_samplers():
     begin = start(MODEL, EULER, DRAW)
     with pytest.raises(Exception, match="--eta is DDIM's η"):
-        denoising.denoise(SimpleNamespace(device=torch.device("cpu"), alphas_cumprod=MODEL.alphas_cumprod),
+        denoising.denoise(SimpleNamespace(device=torch.device("cpu"), alphas_cumprod=MODEL.alphas_cumprod,
+                                          family=MODEL.family),
                           None, begin, None, SamplingParams(sampler="euler", steps=10, eta=0.5))

@@ -34,6 +34,7 @@ from references import hf_clip_tokenizer, smooth_image
 
 diffusers = pytest.importorskip("diffusers")
 transformers = pytest.importorskip("transformers")
+from hf_text import hf_text_model, open_clip_to_hf  # noqa: E402
 from diffusers.loaders.single_file_utils import (  # noqa: E402
     convert_ldm_unet_checkpoint,
     convert_ldm_vae_checkpoint,
@@ -59,40 +60,6 @@ BETAS = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_
 
 
 # ---------------------------------------------------------------- the independent reference pipeline
-
-
-def open_clip_to_hf(weights: dict, prefix: str) -> dict:
-    """SD 2.x open_clip text tower keys → transformers CLIPTextModel keys (q, k, v split from in_proj)."""
-    sd = {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
-    hf = {"embeddings.token_embedding.weight": sd["token_embedding.weight"],
-          "embeddings.position_embedding.weight": sd["positional_embedding"],
-          "final_layer_norm.weight": sd["ln_final.weight"], "final_layer_norm.bias": sd["ln_final.bias"]}
-    layers = len({k.split(".")[2] for k in sd if k.startswith("transformer.resblocks.")})
-    for i in range(layers):
-        block, layer = f"transformer.resblocks.{i}.", f"encoder.layers.{i}."
-        for kind in ("weight", "bias"):
-            for name, part in zip("qkv", sd[f"{block}attn.in_proj_{kind}"].chunk(3)):
-                hf[f"{layer}self_attn.{name}_proj.{kind}"] = part
-            for theirs, ours in [("ln_1", "layer_norm1"), ("ln_2", "layer_norm2"), ("attn.out_proj", "self_attn.out_proj"),
-                                 ("mlp.c_fc", "mlp.fc1"), ("mlp.c_proj", "mlp.fc2")]:
-                hf[f"{layer}{ours}.{kind}"] = sd[f"{block}{theirs}.{kind}"]
-    return {"text_model." + k: v for k, v in hf.items()}
-
-
-def hf_text_model(hf_weights: dict, act: str):
-    width = hf_weights["text_model.embeddings.token_embedding.weight"].shape[1]
-    layers = len({k.split(".")[3] for k in hf_weights if k.startswith("text_model.encoder.layers.")})
-    config = transformers.CLIPTextConfig(
-        hidden_size=width, intermediate_size=hf_weights["text_model.encoder.layers.0.mlp.fc1.weight"].shape[0],
-        num_hidden_layers=layers, num_attention_heads=max(1, width // 64), vocab_size=49408,
-        max_position_embeddings=77, hidden_act=act, attn_implementation="eager")
-    model = transformers.CLIPTextModel(config).eval()
-    if not any(key.startswith("text_model.") for key in model.state_dict()):  # transformers 5 drops the level
-        hf_weights = {key.removeprefix("text_model."): value for key, value in hf_weights.items()}
-    hf_weights = {key: value for key, value in hf_weights.items() if not key.endswith("embeddings.position_ids")}
-    missing, unexpected = model.load_state_dict(hf_weights, strict=False)
-    assert not unexpected and all(key.endswith("embeddings.position_ids") for key in missing)
-    return model
 
 
 class Reference:

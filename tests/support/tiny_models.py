@@ -4,6 +4,8 @@ Same key names and YAML structure as the released SD files, small dims: the orig
 configs/ with their sizes shrunk, UNet/VAE weights from seeded random init, text towers from
 transformers' CLIPTextModel (SD 1.x, Hugging Face names) or open_clip's text tower (SD 2.x),
 the noise-schedule buffers at the root, and for SD 1.x EMA shadow weights under model_ema.*.
+The sgm families (SDXL base, its refiner, SD-Turbo's sgm SD 2.1) are sgm DiffusionEngine files:
+model.diffusion_model.*, first_stage_model.*, conditioner.embedders.N.* and denoiser.sigmas.
 The .ckpt files are pickled like Lightning's: {"state_dict", "global_step", "callbacks"} with a
 reference to pytorch_lightning's ModelCheckpoint class (without pytorch_lightning installed).
 """
@@ -29,6 +31,17 @@ FAMILIES = {
     "sd2-inpaint": ("v2-inpainting-inference.yaml", 9),
     "sd2-depth": ("v2-midas-inference.yaml", 5),  # with a tiny MiDaS under depth_model.model.* (tiny_midas.py)
 }
+SGM_FAMILIES = {
+    # name: (original YAML, tiny network_config sizes)
+    "sdxl": ("sd_xl_base.yaml", dict(channel_mult=[1, 2, 2], transformer_depth=[1, 1, 2])),
+    "sdxl-refiner": ("sd_xl_refiner.yaml", dict(channel_mult=[1, 2, 2, 2], transformer_depth=2)),
+    "sd-turbo": ("sd_2_1.yaml", dict(channel_mult=[1, 2])),
+}
+SGM_CLIP = "sgm.modules.encoders.modules.FrozenCLIPEmbedder"
+SGM_OPENCLIP_G = "sgm.modules.encoders.modules.FrozenOpenCLIPEmbedder2"
+SGM_OPENCLIP_H = "sgm.modules.encoders.modules.FrozenOpenCLIPEmbedder"
+CLIP_L_LAYERS = 12  # ViT-L's block count, so the YAML's layer_idx 11 stays as it is
+BIGG_WIDTH, BIGG_LAYERS, BIGG_PROJECTION = 128, 3, 96  # 2 heads of 64; a projection narrower than the width
 
 
 def tiny_config(family: str) -> dict:
@@ -49,13 +62,46 @@ def tiny_config(family: str) -> dict:
     return config
 
 
+def tiny_sgm_config(family: str) -> dict:
+    """An sgm YAML with tiny dims: the text widths above, the UNet's context and vector widths to match."""
+    yaml_name, unet_sizes = SGM_FAMILIES[family]
+    config = OmegaConf.to_container(OmegaConf.load(CONFIGS / yaml_name))
+    params = config["model"]["params"]
+    embedders = params["conditioner_config"]["params"]["emb_models"]
+    unet = params["network_config"]["params"]
+    unet.update(model_channels=32, num_head_channels=16, **unet_sizes)
+    context_dim = sum(_tiny_text_width(entry["target"]) for entry in embedders if entry["input_key"] == "txt")
+    # the refiner's YAML lists the context width once per transformer block of a level
+    listed = isinstance(unet["context_dim"], list)
+    unet["context_dim"] = [context_dim] * len(unet["context_dim"]) if listed else context_dim
+    if "adm_in_channels" in unet:
+        unet["adm_in_channels"] = sum(_vector_width(entry) for entry in embedders)
+    ddconfig = params["first_stage_config"]["params"]["ddconfig"]
+    ddconfig.update(ch=32, ch_mult=[1, 1, 2, 2], num_res_blocks=1)
+    return config
+
+
+def _tiny_text_width(target: str) -> int:
+    return BIGG_WIDTH if target == SGM_OPENCLIP_G else TEXT_WIDTH
+
+
+def _vector_width(embedder: dict) -> int:
+    """An embedder's part of the UNet's y: bigG's pooled vector, or outdim per embedded number."""
+    if embedder["target"] == SGM_OPENCLIP_G:
+        return BIGG_PROJECTION
+    if embedder["input_key"] == "txt":
+        return 0
+    numbers = 1 if embedder["input_key"] == "aesthetic_score" else 2
+    return numbers * embedder["params"]["outdim"]
+
+
 def _unet_vae_weights(config: dict, seed: int) -> dict:
     from sd_cli.models.unet import UNetModel
     from sd_cli.models.vae import AutoencoderKL
 
     params = config["model"]["params"]
     torch.manual_seed(seed)
-    unet = UNetModel(**params["unet_config"]["params"])
+    unet = UNetModel(**params.get("unet_config", params.get("network_config"))["params"])
     vae_params = dict(params["first_stage_config"]["params"])
     vae = AutoencoderKL(ddconfig=vae_params["ddconfig"], embed_dim=vae_params["embed_dim"])
     weights = {f"model.diffusion_model.{k}": v for k, v in unet.state_dict().items()}
@@ -63,36 +109,67 @@ def _unet_vae_weights(config: dict, seed: int) -> dict:
     return weights
 
 
-def clip_text_weights(seed: int) -> dict:
-    """SD 1.x text tower: a transformers CLIPTextModel's weights under the original prefix."""
+def clip_text_weights(seed: int, prefix: str = "cond_stage_model.transformer.", layers: int = TEXT_LAYERS,
+                      random_norms: bool = False) -> dict:
+    """A CLIP ViT-L-style text tower: a transformers CLIPTextModel's weights under `prefix` (SD 1.x's default).
+
+    random_norms: LayerNorm weights and all biases away from HF's 1 and 0, so a test is not blind to them.
+    """
     from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(seed)
     model = CLIPTextModel(CLIPTextConfig(hidden_size=TEXT_WIDTH, intermediate_size=4 * TEXT_WIDTH,
-                                         num_hidden_layers=TEXT_LAYERS, num_attention_heads=1,
+                                         num_hidden_layers=layers, num_attention_heads=1,
                                          max_position_embeddings=77, vocab_size=49408, hidden_act="quick_gelu"))
+    state = model.state_dict()
+    if random_norms:
+        state = {k: v + 0.1 * torch.randn_like(v) if v.is_floating_point() and v.dim() == 1 else v
+                 for k, v in state.items()}
     # The original names are CLIPTextModel's as of transformers 4.19: everything under text_model.
-    weights = {f"cond_stage_model.transformer.text_model.{k.removeprefix('text_model.')}": v
-               for k, v in model.state_dict().items()}
-    weights["cond_stage_model.transformer.text_model.embeddings.position_ids"] = torch.arange(77)[None]
+    weights = {f"{prefix}text_model.{k.removeprefix('text_model.')}": v for k, v in state.items()}
+    weights[f"{prefix}text_model.embeddings.position_ids"] = torch.arange(77)[None]
     return weights
 
 
-def openclip_text_weights(seed: int) -> dict:
-    """SD 2.x text tower: open_clip's text transformer weights under the original prefix."""
+def openclip_text_weights(seed: int, prefix: str = "cond_stage_model.model.", width: int = TEXT_WIDTH,
+                          layers: int = TEXT_LAYERS + 1, output_dim: int = TEXT_WIDTH) -> dict:
+    """An OpenCLIP text tower: open_clip's text transformer weights under `prefix` (SD 2.x's default)."""
     from open_clip.transformer import TextTransformer
 
     torch.manual_seed(seed)
-    tower = TextTransformer(context_length=77, vocab_size=49408, width=TEXT_WIDTH, heads=1,
-                            layers=TEXT_LAYERS + 1, output_dim=TEXT_WIDTH)
+    tower = TextTransformer(context_length=77, vocab_size=49408, width=width, heads=max(1, width // 64),
+                            layers=layers, output_dim=output_dim)
     state = tower.state_dict()
     # Random LayerNorm and embedding scales so the test is not blind to them.
     for key, value in state.items():
         if value.is_floating_point():
             state[key] = value + 0.02 * torch.randn_like(value)
-    weights = {f"cond_stage_model.model.{k}": v for k, v in state.items() if k != "attn_mask"}
-    weights["cond_stage_model.model.logit_scale"] = torch.tensor(4.6052)
+    weights = {f"{prefix}{k}": v for k, v in state.items() if k != "attn_mask"}
+    weights[f"{prefix}logit_scale"] = torch.tensor(4.6052)
     return weights
+
+
+def conditioner_weights(config: dict, seed: int) -> dict:
+    """Every text tower of an sgm YAML's conditioner under conditioner.embedders.N.*, with its own seed."""
+    weights = {}
+    embedders = config["model"]["params"]["conditioner_config"]["params"]["emb_models"]
+    for index, entry in enumerate(embedders):
+        prefix = f"conditioner.embedders.{index}."
+        if entry["target"] == SGM_CLIP:
+            weights.update(clip_text_weights(seed + index, prefix + "transformer.", CLIP_L_LAYERS, random_norms=True))
+        elif entry["target"] == SGM_OPENCLIP_G:
+            weights.update(openclip_text_weights(seed + index, prefix + "model.", BIGG_WIDTH, BIGG_LAYERS,
+                                                 BIGG_PROJECTION))
+        elif entry["target"] == SGM_OPENCLIP_H:
+            weights.update(openclip_text_weights(seed + index, prefix + "model."))
+    return weights
+
+
+def denoiser_sigmas() -> dict:
+    """DiscreteDenoiser's buffer: LegacyDDPMDiscretization's 1000 sigmas, ascending, computed as sgm does."""
+    betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float64) ** 2
+    alphas_cumprod = np.cumprod(1.0 - betas.numpy())
+    return {"denoiser.sigmas": torch.tensor((1 - alphas_cumprod) / alphas_cumprod, dtype=torch.float32) ** 0.5}
 
 
 def schedule_buffers(config: dict) -> dict:
@@ -117,7 +194,19 @@ def ema_shadows(weights: dict, seed: int) -> dict:
     return shadows
 
 
+def tiny_sgm_state_dict(family: str, seed: int = 0) -> tuple[dict, dict]:
+    config = tiny_sgm_config(family)
+    weights = _unet_vae_weights(config, seed)
+    weights.update(conditioner_weights(config, seed + 1))
+    weights.update(denoiser_sigmas())
+    return weights, config
+
+
 def tiny_state_dict(family: str, seed: int = 0, ema: bool = False) -> tuple[dict, dict]:
+    if family in SGM_FAMILIES:
+        if ema:
+            raise ValueError("the released sgm files carry no EMA weights")
+        return tiny_sgm_state_dict(family, seed)
     config = tiny_config(family)
     weights = _unet_vae_weights(config, seed)
     text = "openclip" if family.startswith("sd2") else "clip"

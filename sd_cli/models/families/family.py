@@ -30,6 +30,7 @@ class ModelFamily:
     native_size: int  # default image side in pixels
     watermark_text: str  # the text the original scripts embed in every image
     latent_channels: int = 4  # the VAE's latent channels: x_t's share of the UNet input
+    sampling: str = "ldm"  # whose sampling numerics: "ldm" (CompVis/Stability scripts) or "sgm" (generative-models)
     vae_downsampling: int = 8  # image side / latent side
 
     def latent_shape(self, height: int, width: int) -> tuple[int, int, int]:

@@ -1,0 +1,31 @@
+"""generative-models' DiffusionEngine models: SDXL (and SDXL-Turbo, the same layout), the SDXL
+refiner, and SD-Turbo (SD 2.1 in sgm's layout). They sample as generative-models does
+(sampling/sgm.py), so their family says sampling="sgm"."""
+
+from sd_cli.models.families.family import ModelFamily
+
+# ModelConfig.text_encoder (loading/sgm_config.py) -> (name, description, native side)
+_SETUPS = {
+    "sdxl": ("sdxl", "SDXL", 1024),
+    "sdxl-refiner": ("sdxl-refiner", "SDXL refiner", 1024),
+    "sgm-openclip": ("sd-turbo", "SD 2.1 (generative-models layout, e.g. SD-Turbo)", 512),
+}
+SDXL_WATERMARK = "0xB3EC907BB19E"  # sgm.inference.helpers' 48-bit message, embedded in the float image
+
+
+def decide(config) -> ModelFamily | None:
+    setup = _SETUPS.get(config.text_encoder) if config.engine == "sgm" else None
+    if setup is None:
+        return None
+    name, description, native_size = setup
+    return ModelFamily(
+        name=name,
+        description=description,
+        subcommands=("txt2img", "img2img"),
+        unet_in_channels=config.unet_in_channels,
+        inpaint_method=None,
+        needs_depth=False,
+        native_size=native_size,
+        watermark_text=SDXL_WATERMARK,
+        sampling="sgm",
+    )
