@@ -41,6 +41,7 @@ def _at_least(flag: str, value: int, minimum: int = 1) -> int:
 
 def serve(settings: Settings) -> None:
     uvicorn = _require_server_packages()
+    check_port_free(settings.host, settings.port)  # before the model load, not after it
     from sd_cli.serve.app import create_app
 
     app = create_app(settings)
@@ -49,6 +50,19 @@ def serve(settings: Settings) -> None:
     log.info(f"serving AUTOMATIC1111's API on http://{settings.host}:{settings.port}/sdapi/v1 "
              f"({'auth required' if settings.credentials else 'no auth'}); Ctrl-C stops")
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")
+
+
+def check_port_free(host: str, port: int) -> None:
+    import socket
+
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: a closing socket is no obstacle
+            probe.bind((host, port))
+    except OSError as err:
+        raise SdCliError(f"cannot listen on {host}:{port} ({err.strerror or err}); "
+                         "stop what uses it or pick another --port") from None
 
 
 def _require_server_packages():

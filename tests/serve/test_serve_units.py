@@ -273,3 +273,17 @@ def test_a_checkpoint_that_fails_to_load_is_a_500_with_its_message(tmp_path):
     assert answer.status_code == 500 and set(answer.json()) == {"error", "detail"}
     assert "broken.safetensors" in answer.json()["detail"] and "Traceback" not in answer.text
     assert client.get("/sdapi/v1/options").json()["sd_model_checkpoint"] == "sd-cli-tiny.safetensors"
+
+
+def test_a_port_in_use_is_one_line_before_any_load():
+    import socket
+
+    from sd_cli.errors import SdCliError
+    from sd_cli.serve.command import check_port_free
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(SdCliError, match=rf"cannot listen on 127.0.0.1:{port} \(.*\); stop what uses it"):
+            check_port_free("127.0.0.1", port)
