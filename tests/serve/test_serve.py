@@ -73,8 +73,10 @@ def test_sillytavern_flow(server):
                 "steps": 3, "cfg_scale": 7, "width": 128, "height": 128, "restore_faces": False, "enable_hr": False,
                 "hr_upscaler": "Latent", "hr_scale": 2, "denoising_strength": 0.7, "hr_second_pass_steps": 0,
                 "seed": -1, "override_settings": {"CLIP_stop_at_last_layers": 1},
-                "override_settings_restore_afterwards": True, "save_images": False, "send_images": True,
-                "do_not_save_grid": False, "do_not_save_samples": False}
+                "override_settings_restore_afterwards": True, "save_images": True, "send_images": True,
+                "do_not_save_grid": False, "do_not_save_samples": False, "n_iter": 1, "s_churn": 0.0,
+                "s_min_uncond": 0.0, "s_noise": 1.0, "s_tmax": None, "s_tmin": 0.0,
+                "url": server.url, "auth": ""}  # SillyTavern's server forwards its own url and auth too
         data, info = txt2img(client, **body)
         assert client.get("/sdapi/v1/progress").json()["state"]["job_count"] == 0
         client.post("/sdapi/v1/options", json={"sd_model_checkpoint": "sd-cli-tiny.safetensors"})
