@@ -55,9 +55,15 @@ def _render_command(mode: str, own_options, size_options=None):
         from sd_cli.cli.request_builder import build_request, set_threads
         from sd_cli.run.render import run
 
+        from sd_cli.serve.client import chosen_server, run_remote
+
         with log.run_scope(quiet=args["quiet"]):  # before anything is logged, flag checks included
             log.set_progress(args["progress"].value)
+            server = chosen_server(mode, args)
             request = build_request(mode, args)
+            if server:
+                run_remote(request, server)
+                return
             set_threads(args["threads"])
             run(request)
 
@@ -127,6 +133,15 @@ def defaults():
     from sd_cli.cli.defaults import print_sources
 
     print_sources(_click_commands())
+
+
+def _register_serve() -> None:
+    from sd_cli.serve.command import serve_command
+
+    app.command("serve", cls=ReadableCommand)(serve_command)
+
+
+_register_serve()
 
 
 def main(argv: Optional[list[str]] = None) -> None:

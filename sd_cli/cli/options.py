@@ -96,6 +96,7 @@ HiresStepsOpt = Annotated[int, typer.Option(*flags("hires_steps"), help="Hires f
 HiresStrengthOpt = Annotated[float, typer.Option(*flags("hires_strength"), help="Hires fix: strength of the second pass, 0..1.", metavar="X", rich_help_panel=QUALITY)]
 HiresUpscalerOpt = Annotated[str, typer.Option(*flags("hires_upscaler"), help="Hires fix: latent or latent-nearest.", metavar="NAME", rich_help_panel=QUALITY)]
 NoWatermarkOpt = Annotated[bool, typer.Option("--no-watermark", help="Do not embed the invisible watermark.", rich_help_panel=AUTOMATION)]
+ServerOpt = Annotated[Optional[str], typer.Option("--server", envvar="SD_CLI_SERVER", show_envvar=False, help="Render on a running sd-cli serve (or $SD_CLI_SERVER).", metavar="URL", show_default=False, rich_help_panel=AUTOMATION)]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print errors only.", rich_help_panel=AUTOMATION)]
 ProgressOpt = Annotated[ProgressMode, typer.Option("--progress", help="auto (bar on a terminal, else lines), bar, plain, none.", metavar="MODE", show_default=False, case_sensitive=False, rich_help_panel=AUTOMATION)]
 PreviewOpt = Annotated[Optional[Path], typer.Option("--preview", help="Rewrite this small PNG of the image every 5 steps.", metavar="PNG", show_default=False, rich_help_panel=AUTOMATION)]
@@ -159,7 +160,8 @@ def run_options(
     compile_unet: CompileOpt = False, vae_tiling: VaeTilingOpt = False, offload: OffloadOpt = False,
     name: NameOpt = default("name"), skip_existing: SkipExistingOpt = False, json_out: JsonOpt = False,
     on_error: OnErrorOpt = OnError.stop, from_png: FromPngOpt = None, no_watermark: NoWatermarkOpt = False,
-    quiet: QuietOpt = False, progress: ProgressOpt = ProgressMode.auto, preview: PreviewOpt = None, debug: DebugOpt = False,
+    server: ServerOpt = None, quiet: QuietOpt = False, progress: ProgressOpt = ProgressMode.auto, preview: PreviewOpt = None,
+    debug: DebugOpt = False,
     C: ChannelsOpt = 4, f: FactorOpt = 8,
     laion400m: Laion400mOpt = False, torchscript: TorchscriptOpt = False, ipex: IpexOpt = False, bf16: Bf16FlagOpt = False,
 ): ...

@@ -10,6 +10,7 @@ The jobs (one per image, from jobs.py) carry their own seed and file name. So:
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from sd_cli import log
 from sd_cli.run import distributed
@@ -55,6 +56,7 @@ class RunRequest:
     hires: "HiresOptions | None" = None  # txt2img --hires-scale/--hires-steps/--hires-strength (hires.py)
     random_seed: int | None = None  # the seed drawn when none was given, announced when the run starts
     preview: Path | None = None  # --preview: a small PNG of the batch being sampled, rewritten every few steps (preview.py)
+    on_step: "Callable[[int, int], None] | None" = None  # told (done, total) after every step; may raise to stop
 
 
 @dataclass
@@ -290,6 +292,8 @@ def _render_batch(session, request: RunRequest, batch: list[Job], progress):
                       encodes_input=init is not None)
     prompts, negatives, seeds = _apply_loras(session, request, batch), [j.negative_prompt for j in batch], [j.seed for j in batch]
     params = SamplingParams(sampler=job.sampler, steps=job.steps, scale=job.scale, eta=job.eta)
+    if request.on_step is not None:
+        progress = _AlsoTelling(progress, request.on_step)
     if request.mode == "inpaint":
         from sd_cli.pipelines.inpaint import inpaint
 
@@ -405,3 +409,32 @@ def _finish(report: RunReport, rank, resumable: bool) -> None:
     if failed:
         hint = "; fix them and rerun with --skip-existing to render only what is missing" if resumable else ""
         raise PartialFailure(f"{failed} of {written + failed + skipped} image(s) failed (see above){hint}")
+
+
+class _AlsoTelling:
+    """The progress line, and the caller's on_step after it (sd_cli/serve's /progress and interrupt)."""
+
+    def __init__(self, progress, on_step):
+        self.progress, self.on_step = progress, on_step
+
+    def __call__(self, done: int, total: int) -> None:
+        self.progress(done, total)
+        self.on_step(done, total)
+
+
+# -- for callers that keep the model loaded and the images in memory (sd_cli/serve) ----------------
+
+def load_session(request: RunRequest):
+    """The model and the request's options (run.session.Session), as a run loads them, for any
+    subcommand: render_images checks that the model serves each request's."""
+    from dataclasses import replace
+
+    return _load(replace(request, mode=None), distributed.current())
+
+
+def render_images(session, request: RunRequest, batch: list[Job]) -> list:
+    """One batch's finished images (uint8 [H, W, 3], in job order), as a run renders them; no file is
+    written, no progress shown (request.on_step hears every step). The batch's LoRAs stay merged: the
+    caller restores the weights (session.loras.restore())."""
+    _check_model_fits(request, session.family)
+    return _finished(request, batch, _render_batch(session, request, batch, lambda done, total: None))
