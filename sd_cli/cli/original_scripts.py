@@ -2,7 +2,7 @@
 
 Defaults are prepended to the user's arguments, so anything the user gives wins (the parser
 keeps the last value of a repeated option). A --from-file's blank lines are empty prompts here, as
-the original reads the file with str.splitlines() (original-scripts.md §2.3); `sd-cli` skips them.
+the original reads the file with str.splitlines() (docs/reference/original-scripts.md §2.3); `sd-cli` skips them.
 """
 
 from sd_cli.cli.app import main

@@ -21,12 +21,11 @@ import numpy as np
 
 from sd_cli import log
 from sd_cli.errors import SdCliError, UsageError
+from sd_cli.fields import SIZE_MULTIPLE  # image sides: docs/reference/original-scripts.md §10.3
 
 if TYPE_CHECKING:  # torch is imported inside functions so that `--help` never loads it
     import torch
 
-# Latent sides must be multiples of 8, image sides multiples of 64 (original-scripts.md §10.3).
-SIZE_MULTIPLE = 64
 GRID_PADDING = 2  # torchvision.utils.make_grid default, used by the original scripts
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # one channel on the 0-65535 scale
 FLOAT_MODE = "F"  # one channel on the 0-1 scale
@@ -36,7 +35,7 @@ def to_uint8(images: "torch.Tensor") -> list[np.ndarray]:
     """Decoded images [B, 3, H, W] in [-1, 1] -> list of [H, W, 3] uint8, exactly as the scripts do.
 
     The original computes ``clamp((x + 1) / 2, 0, 1)``, then ``255. * x`` in numpy and
-    ``.astype(np.uint8)``, which truncates (original-scripts.md §3.5). Here it is always float32,
+    ``.astype(np.uint8)``, which truncates (docs/reference/original-scripts.md §3.5). Here it is always float32,
     whatever the input dtype: under ``--precision autocast`` the original went through fp16, so
     its bytes can differ from these by one level where fp16 rounding crosses an integer.
     NaN pixels (an fp16 overflow upstream) are saved black, as the original's cast tended to do,
@@ -91,7 +90,7 @@ def make_grid(images: list[np.ndarray], per_row: int) -> np.ndarray:
 
 
 def load_init_image(path: str | Path) -> "torch.Tensor":
-    """Read an img2img init image as [1, 3, h, w] float32 in [-1, 1] (original-scripts.md §10.3).
+    """Read an img2img init image as [1, 3, h, w] float32 in [-1, 1] (docs/reference/original-scripts.md §10.3).
 
     Both sides are floored to multiples of 64 and the image is resized with LANCZOS; PIL returns
     an unchanged copy when the size is already right. EXIF orientation is ignored, as the

@@ -15,12 +15,12 @@ import numpy as np
 
 from sd_cli import log
 from sd_cli.errors import UsageError
+from sd_cli.fields import SIZE_MULTIPLE
 from sd_cli.files.images import as_mode, open_image
 
 if TYPE_CHECKING:
     import torch
 
-SIZE_MULTIPLE = 64  # latent sides must be multiples of 8 (original-scripts.md §10.3)
 BINARY_THRESHOLD = 0.5  # the original: values < 0.5 keep, >= 0.5 repaint (§9.1)
 BLUR_TRUNCATE = 2.5  # Gaussian kernel radius in sigmas, as AUTOMATIC1111's cv2 kernel size
 

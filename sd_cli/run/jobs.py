@@ -11,7 +11,7 @@ Prompt file lines, told apart one by one:
     --prompt "a cat" --seed 5 --steps 30              AUTOMATIC1111 "prompts from file" syntax
 
 Blank lines are skipped, except under the original scripts' entry points (scripts/*.py), where a
-blank line is the empty prompt as in the original (original-scripts.md §2.3; blank_lines_are_prompts).
+blank line is the empty prompt as in the original (docs/reference/original-scripts.md §2.3; blank_lines_are_prompts).
 Line numbers count every line of the file. Values not given on a line
 come from the command line. The keys, their other spellings and their checks are the "job" and
 "line" rows of sd_cli/fields.py.
