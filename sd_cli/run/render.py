@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 from sd_cli import log
-from sd_cli.run import distributed
+from sd_cli.run import distributed, modes
 from sd_cli.errors import OutputError, PartialFailure, SdCliError, UsageError
 from sd_cli.fields import LORA_DIR
 from sd_cli.files.writer import ImageWriter
@@ -69,7 +69,7 @@ class RunReport:
 def run(request: RunRequest) -> RunReport:
     """Render this process's share of the jobs; raise PartialFailure when some failed."""
     rank = distributed.current()
-    _init_cache.clear()  # a file may have changed since an earlier run in this process
+    modes.forget_inputs()
     if not rank.is_main:
         log.set_quiet(True)
         log.set_progress("none")
@@ -128,8 +128,8 @@ def _check_outputs_writable(request: RunRequest, targets: dict, jobs: list[Job])
 
 
 def _render_jobs(request: RunRequest, jobs: list[Job], targets: dict, rank, report: RunReport) -> None:
-    if request.on_error == "stop" and request.mode != "txt2img":  # a bad input fails before the model loads
-        _inpaint_canvas(request, jobs[0]) if request.mode == "inpaint" else _init_image(request.mode, jobs[0])
+    if request.on_error == "stop":  # a bad input fails before the model loads
+        modes.mode_of(request).read_input(request, jobs[0])
     session = _load(request, rank)
     _check_model_fits(request, session.family)
     if request.random_seed is not None:  # announced once the inputs and the model are known to be good
@@ -181,7 +181,7 @@ def _describe(jobs: list[Job]) -> str:
 
 def _passes(request: RunRequest, job: Job) -> int:
     """Sampling passes of the job's batch: the hires fix samples twice."""
-    return 2 if request.mode == "txt2img" and request.hires is not None and job.init_img is None else 1
+    return modes.mode_of(request).passes(request, job)
 
 
 def _grid_wanted(request: RunRequest, rank) -> bool:
@@ -276,42 +276,21 @@ def _render_batch(session, request: RunRequest, batch: list[Job], progress):
     The pipelines get the session as their model: it encodes and decodes with the run's options."""
     from sd_cli.runtime import memory
     from sd_cli.sampling.denoising import SamplingParams
-    from sd_cli.pipelines.img2img import img2img
-    from sd_cli.pipelines.txt2img import txt2img
 
-    model, job = session, batch[0]
+    model, job, mode = session, batch[0], modes.mode_of(request)
     if request.preview is not None:
         from sd_cli.run.preview import Preview
 
         model, progress = Preview(request.preview, job.scale).watching(session, progress)
-    height, width = job.height or session.family.native_size, job.width or session.family.native_size
-    init = _inpaint_canvas(request, job) if request.mode == "inpaint" else _init_image(request.mode, job)
-    if init is not None:  # the input decides the size
-        height, width = init.padded_size if request.mode == "inpaint" else tuple(init.shape[-2:])
+    init = mode.read_input(request, job)
+    height, width = mode.size(job, session.family, init)
     memory.check_fits(model, len(batch), height, width, guided=job.scale != 1.0, vae_tiling=session.vae_tiling,
                       encodes_input=init is not None)
     prompts, negatives, seeds = _apply_loras(session, request, batch), [j.negative_prompt for j in batch], [j.seed for j in batch]
     params = SamplingParams(sampler=job.sampler, steps=job.steps, scale=job.scale, eta=job.eta)
     if request.on_step is not None:
         progress = _AlsoTelling(progress, request.on_step)
-    if request.mode == "inpaint":
-        from sd_cli.pipelines.inpaint import inpaint
-
-        decoded = inpaint(model, *init.tensors(), prompts, negatives, seeds, params, job.strength, progress)
-    elif request.mode == "depth2img":
-        from sd_cli.pipelines.depth2img import depth2img
-
-        depth = _depth_source(request).for_image(session.model, job.init_img, init)
-        decoded = depth2img(model, init, depth, prompts, negatives, seeds, params, job.strength, progress)
-    elif init is None and request.hires is not None:
-        from sd_cli.pipelines.hires import txt2img_hires
-
-        decoded = txt2img_hires(model, prompts, negatives, seeds, params, height, width, request.hires, progress)
-    elif init is None:
-        decoded = txt2img(model, prompts, negatives, seeds, params, height, width, progress)
-    else:
-        decoded = img2img(model, init, prompts, negatives, seeds, params, job.strength, progress)
-    return decoded
+    return mode.render(model, request, job, init, prompts, negatives, seeds, params, progress)
 
 
 def _apply_loras(session, request: RunRequest, batch: list[Job]) -> list[str]:
@@ -328,43 +307,12 @@ def _apply_loras(session, request: RunRequest, batch: list[Job]) -> list[str]:
 
 def _check_model_fits(request: RunRequest, family) -> None:
     """Before any rendering: the model must serve the subcommand; inpaint says how it will work."""
-    mode = request.mode
-    family.check_serves(mode)
+    family.check_serves(request.mode)
     if family.engine == "sgm" and request.watermark:
         raise UsageError(f"{family.description} images carry generative-models' own watermark (a 48-bit "
                          "message embedded in the float image), which sd_cli does not write yet; pass "
                          "--no-watermark to render without one")
-    if mode == "inpaint":
-        log.info("inpaint method: " + ("mask and masked-image latent as extra UNet input (inpainting checkpoint)"
-                                       if family.inpaint_method == "concat" else "known region blended back after "
-                                       "every step (ordinary checkpoint; an inpainting checkpoint usually does better)"))
-
-
-_canvas_cache: dict = {}
-_depth_sources: dict = {}
-
-
-def _inpaint_canvas(request: RunRequest, job: Job):
-    """The job's image and mask prepared for inpaint (masks.InpaintCanvas); the last one made is kept."""
-    if job.init_img is None:
-        raise UsageError("inpaint needs an input image: pass --image PATH (or init_img on the line)")
-    from sd_cli.files.masks import load_inpaint_canvas
-
-    key = (job.init_img, job.mask, request.inpaint)
-    if key not in _canvas_cache:
-        _canvas_cache.clear()
-        _canvas_cache[key] = load_inpaint_canvas(job.init_img, job.mask, request.inpaint)
-    return _canvas_cache[key]
-
-
-def _depth_source(request: RunRequest):
-    """depth2img's depth maps (depth.DepthSource), one per run: MiDaS runs once per input image."""
-    from sd_cli.pipelines.depth2img import DepthSource
-
-    if request.depth not in _depth_sources:
-        _depth_sources.clear()
-        _depth_sources[request.depth] = DepthSource(request.depth)
-    return _depth_sources[request.depth]
+    modes.mode_of(request).announce(family)
 
 
 def _finished(request: RunRequest, batch: list[Job], decoded) -> list:
@@ -372,29 +320,7 @@ def _finished(request: RunRequest, batch: list[Job], decoded) -> list:
     pixels pasted back, in uint8 so that they stay exact."""
     from sd_cli.files.images import to_uint8
 
-    images = to_uint8(decoded)
-    if request.mode != "inpaint":
-        return images
-    return [_inpaint_canvas(request, job).finish(image) for job, image in zip(batch, images)]
-
-
-_init_cache: dict = {}
-
-
-def _init_image(mode: str, job: Job):
-    """The job's init image ([1, 3, h, w]), or None for txt2img; the last one read is kept."""
-    if job.mask is not None:
-        raise UsageError(f"a mask ({job.mask}) needs the inpaint subcommand; {mode} takes none")
-    if job.init_img is None:
-        if mode != "txt2img":
-            raise UsageError(f"{mode} needs an input image: pass --init-img PATH (or init_img on the line)")
-        return None
-    from sd_cli.files.images import load_init_image
-
-    if job.init_img not in _init_cache:
-        _init_cache.clear()
-        _init_cache[job.init_img] = load_init_image(job.init_img)
-    return _init_cache[job.init_img]
+    return modes.mode_of(request).finish(request, batch, to_uint8(decoded))
 
 
 def _finish(report: RunReport, rank, resumable: bool) -> None:
