@@ -167,6 +167,20 @@ class TimestepEmbedSequential(nn.Sequential):
         return x
 
 
+def _check_architecture(use_spatial_transformer, context_dim, attn_type: str, num_heads: int,
+                        num_head_channels: int) -> None:
+    """The UNet variants this module builds: cross-attention with a context, softmax attention, a head size."""
+    # ldm's YAMLs say use_spatial_transformer: True; sgm's UNet has no such switch (it always is one).
+    if use_spatial_transformer is False or context_dim is None:
+        raise ValueError("UNetModel: only the cross-attention UNet (use_spatial_transformer: "
+                         "True with a context_dim) is supported")
+    if attn_type not in ATTENTION_TYPES:
+        raise ValueError(f"UNetModel: spatial_transformer_attn_type {attn_type!r} "
+                         f"is not supported (choose from {', '.join(ATTENTION_TYPES)})")
+    if num_heads == -1 and num_head_channels == -1:
+        raise ValueError("UNetModel: set num_heads or num_head_channels")
+
+
 class UNetModel(nn.Module):
     """The SD UNet, built from the original YAML's `unet_config.params` (ldm) or `network_config.params` (sgm).
 
@@ -196,15 +210,8 @@ class UNetModel(nn.Module):
         del image_size, use_checkpoint, use_fp16, legacy, dropout
         check_extra_params(extra)
         check_vector_conditioning(num_classes, adm_in_channels)
-        # ldm's YAMLs say use_spatial_transformer: True; sgm's UNet has no such switch (it always is one).
-        if use_spatial_transformer is False or context_dim is None:
-            raise ValueError("UNetModel: only the cross-attention UNet (use_spatial_transformer: "
-                             "True with a context_dim) is supported")
-        if spatial_transformer_attn_type not in ATTENTION_TYPES:
-            raise ValueError(f"UNetModel: spatial_transformer_attn_type {spatial_transformer_attn_type!r} "
-                             f"is not supported (choose from {', '.join(ATTENTION_TYPES)})")
-        if num_heads == -1 and num_head_channels == -1:
-            raise ValueError("UNetModel: set num_heads or num_head_channels")
+        _check_architecture(use_spatial_transformer, context_dim, spatial_transformer_attn_type, num_heads,
+                            num_head_channels)
         self.model_channels = model_channels
         self.num_heads = num_heads
         self.num_head_channels = num_head_channels
