@@ -311,7 +311,7 @@ def _encoder_options(image_format_name: str, infotext: str | None, notes: dict) 
     from sd_cli.files.infotext import exif_with_infotext
 
     if image_format_name == "PNG":
-        chunks = _text_chunks(infotext, notes)
+        chunks = png_chunks(infotext, notes)
         return {"pnginfo": chunks} if chunks is not None else {}
     options = {"quality": LOSSY_QUALITY}
     if infotext is not None:
@@ -319,7 +319,7 @@ def _encoder_options(image_format_name: str, infotext: str | None, notes: dict) 
     return options
 
 
-def _text_chunks(infotext: str | None, notes: dict):
+def png_chunks(infotext: str | None, notes: dict):
     """The PNG's text chunks: the infotext as ``parameters``, then each note; None when there are none."""
     from PIL.PngImagePlugin import PngInfo
 

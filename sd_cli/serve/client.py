@@ -190,7 +190,6 @@ class _LocalFiles:
 
     def add(self, batch: list, images: list, seconds: float, mark: str | None) -> None:
         from sd_cli.files.output import save_image
-        from sd_cli.files.writer import _emit
 
         self.mark = mark
         for job, (pixels, infotext) in zip(batch, images):
@@ -204,13 +203,12 @@ class _LocalFiles:
             path = self.plan.save_sample(pixels, infotext) if target is None else save_image(pixels, target, infotext)
             self.written.append(path)
             timings = {"sample_s": round(seconds / len(batch), 4), "write_s": round(time.perf_counter() - started, 4)}
-            _emit(json.dumps(self._record(path, job, timings), ensure_ascii=False) if self.request.json else str(path))
+            log.output(json.dumps(self._record(path, job, timings), ensure_ascii=False) if self.request.json else str(path))
 
     def finish(self) -> None:
         if self.grid_images is None or len(self.grid_images) < 2:
             return
         from sd_cli.files.images import make_grid
-        from sd_cli.files.writer import _emit
 
         grid = make_grid(self.grid_images, self.request.n_rows or self.request.batch_size)
         if self.mark:
@@ -218,7 +216,7 @@ class _LocalFiles:
 
             grid = add_watermark(grid, self.mark)
         path = self.plan.save_grid(grid, self.grid_text)
-        _emit(json.dumps({"path": str(path), "grid": True}) if self.request.json else str(path))
+        log.output(json.dumps({"path": str(path), "grid": True}) if self.request.json else str(path))
 
     def _record(self, path: Path, job, timings: dict) -> dict:
         """The fields of a local run's --json record: the job's values, the size and model the PNG records."""

@@ -44,16 +44,17 @@ def resized_png(data: bytes, size: tuple[int, int]) -> bytes:
     return png_bytes(resized)
 
 
-def png_bytes(image, infotext: str | None = None) -> bytes:
-    """A PIL image or a uint8 [H, W, 3] array as PNG bytes, with `infotext` as the parameters chunk."""
+def png_bytes(image, infotext: str | None = None, notes: dict | None = None) -> bytes:
+    """A PIL image or a uint8 [H, W, 3] array as PNG bytes, with `infotext` as the parameters chunk and
+    `notes` (the watermark's, files/watermark.py) as chunks of their own, as the CLI writes them."""
     from PIL import Image
 
-    from sd_cli.files.infotext import png_info
+    from sd_cli.files.output import png_chunks
 
     if not isinstance(image, Image.Image):
         image = Image.fromarray(image)
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG", pnginfo=png_info(infotext) if infotext is not None else None)
+    image.save(buffer, format="PNG", pnginfo=png_chunks(infotext, notes or {}))
     return buffer.getvalue()
 
 

@@ -50,11 +50,11 @@ class _MemoryWriter(ImageWriter):
 
     def add(self, batch, images, seconds: float = 0.0) -> None:
         for job, image in zip(batch, images):
-            image = self._watermarked(image)
+            image, notes = self._watermarked(image)
             infotext = self._infotext(job, image.shape)
             if self.save:
-                log.info(f"saved {self.plan.save_sample(image, infotext)}")
-            self.keep.append(Rendered(job, png_bytes(image, infotext), infotext, (image.shape[1], image.shape[0])))
+                log.info(f"saved {self.plan.save_sample(image, infotext, notes)}")
+            self.keep.append(Rendered(job, png_bytes(image, infotext, notes), infotext, (image.shape[1], image.shape[0])))
 
 
 def render_plan(plan: Plan, checkpoint: Checkpoint, cache: SessionCache, settings: Settings,

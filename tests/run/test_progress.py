@@ -17,8 +17,9 @@ PLAIN_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d (images? [\d-]+/\d+): 
 
 
 @pytest.fixture(autouse=True)
-def default_progress():
+def default_progress(monkeypatch):
     yield
+    monkeypatch.delenv(log.INTERVAL_VARIABLE, raising=False)  # a test's bad value must not fail the reset
     log.set_progress("auto")
     log.set_quiet(False)
 

@@ -61,7 +61,7 @@ def test_random_seeds_leave_room_for_the_run(monkeypatch):
 
     drawn = []
     monkeypatch.setattr(request_builder.secrets, "randbelow", lambda n: drawn.append(n) or n - 1)
-    assert request_builder._seed(None) == 2**31 - 1
+    assert request_builder._random_seed() == 2**31 - 1
     assert drawn == [2**31] and 2**31 - 1 + 2**31 <= MAX_SEED
 
 

@@ -527,7 +527,7 @@ def test_every_choice_round_trips_and_resolves():
 
 
 @pytest.mark.parametrize("name, schedule, message", [
-    ("euler_b", None, "'euler_b' is unknown; use one of ddim, plms, dpm, euler, euler_a,"),
+    ("euler_b", None, "'euler_b' is unknown (did you mean euler or euler_a?); use one of ddim, plms, dpm, euler, euler_a,"),
     ("euler", "linear", "'linear' is unknown; use one of discrete, karras"),
     ("DPM++ 2M Karras", "exponential", "already names schedule karras"),
     ("ddim", "karras", "runs the original script's own timesteps"),
