@@ -107,15 +107,9 @@ class CliResult:
 @pytest.fixture
 def run_cli(capsys):
     """Run `sd-cli ARGS` in this process; returns exit code and captured output."""
-    from sd_cli.cli.app import main
+    from cli_helpers import cli
 
     def run(*args) -> CliResult:
-        try:
-            main([str(a) for a in args])
-            code = 0
-        except SystemExit as done:
-            code = done.code or 0
-        out, err = capsys.readouterr()
-        return CliResult(code, out, err)
+        return CliResult(*cli(capsys, *args))
 
     return run

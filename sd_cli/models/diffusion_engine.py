@@ -10,6 +10,8 @@ It offers the calls LatentDiffusion offers, so the pipelines and samplers take e
 - sigma_table is the DiscreteDenoiser's σ table, from the config's discretization (sampling/sgm.py).
 """
 
+import functools
+
 import torch
 from torch import nn
 
@@ -33,9 +35,9 @@ class DiffusionEngine(LatentDiffusion):
         self.depth_weights = None
         self.alphas_cumprod = linear_alphas_cumprod(config.linear_start, config.linear_end, config.timesteps)
 
-    @property
+    @functools.cached_property
     def sigma_table(self) -> torch.Tensor:
-        """The DiscreteDenoiser's [1000] σ, ascending, float32 on the CPU."""
+        """The DiscreteDenoiser's [1000] σ, ascending, float32 on the CPU (computed once, on first use)."""
         config = self.config
         return sgm.sigma_table(config.linear_start, config.linear_end, config.timesteps)
 

@@ -27,9 +27,9 @@ def _engine_guided_model(model, prompts, negative_prompts, scale, size) -> Guide
     from sd_cli.models.sdxl_conditioning import SizeConditioning, zero_text
 
     text = model.encode_text(prompts)
-    refiner = model.family.name == "sdxl-refiner"
-    sizes = SizeConditioning(original_size=size, target_size=None if refiner else size,
-                             aesthetic_score=AESTHETIC_SCORES[0] if refiner else None)
+    # Every size value a generative-models YAML can ask for; each size embedder takes its own (the base
+    # its target size, the refiner its aesthetic score).
+    sizes = SizeConditioning(original_size=size, target_size=size, aesthetic_score=AESTHETIC_SCORES[0])
     if scale == 1.0:
         return GuidedModel(model.unet, text.crossattn, None, scale, model.parameterization,
                            vector=model.vector(text, sizes))
@@ -37,8 +37,7 @@ def _engine_guided_model(model, prompts, negative_prompts, scale, size) -> Guide
         uncond = zero_text(text)
     else:
         uncond = model.encode_text(negative_prompts)
-    uncond_sizes = SizeConditioning(size, target_size=sizes.target_size,
-                                    aesthetic_score=AESTHETIC_SCORES[1] if refiner else None)
+    uncond_sizes = SizeConditioning(original_size=size, target_size=size, aesthetic_score=AESTHETIC_SCORES[1])
     cond_x, uncond_x = match_lengths(lambda batch: model.encode_text([""] * batch).crossattn, text.crossattn,
                                      uncond.crossattn)
     return GuidedModel(model.unet, cond_x, uncond_x, scale, model.parameterization,

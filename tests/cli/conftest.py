@@ -1,13 +1,7 @@
 """The CLI's own fixtures: the arguments a command parses to, without rendering."""
 
-import sys
-from pathlib import Path
-
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from cli_helpers import Parsed  # noqa: E402
+from cli_helpers import Parsed  # tests/support, on the path from the root conftest
 
 
 @pytest.fixture

@@ -121,13 +121,13 @@ def test_sd_turbo_one_step_without_guidance(files):
 
 
 def test_the_vae_stays_in_float32_under_bf16(files):
+    """A bf16 run decodes with the float32 VAE: the very pixels of a float32 run's decode."""
     path, _, _ = files["sdxl"]
-    model = load_model(path, dtype=torch.bfloat16).model
-    assert model.dtype == torch.bfloat16 and model.vae_dtype == torch.float32
-    latents = torch.zeros(1, 4, 16, 16)
-    image = model.decode_latents(latents)
-    assert image.dtype == torch.float32 and image.shape == (1, 3, SIZE, SIZE)
-
+    bf16, fp32 = load_model(path, dtype=torch.bfloat16).model, load_model(path).model
+    assert bf16.dtype == torch.bfloat16 and bf16.vae_dtype == torch.float32
+    latents = torch.linspace(-2, 2, 4 * 16 * 16).reshape(1, 4, 16, 16)
+    image = bf16.decode_latents(latents)
+    assert image.dtype == torch.float32 and torch.equal(image, fp32.decode_latents(latents))
 
 def test_the_cli_renders_sdxl_as_the_pipeline_does_and_names_what_it_cannot_write_yet(files, run_cli, tmp_path):
     from PIL import Image
