@@ -40,7 +40,10 @@ BATCH = "Batch and prompt files"
 QUALITY = "Quality and speed"
 AUTOMATION = "Automation and output"
 ORIGINAL = "Original scripts' flags"
-PANELS = (ESSENTIALS, BATCH, QUALITY, AUTOMATION, ORIGINAL)
+# A model family's own flags come after the aliases: `--help` keeps the common ones on its first page.
+SDXL = "SDXL and its refiner"
+CONTROL = "ControlNet"
+PANELS = (ESSENTIALS, BATCH, QUALITY, AUTOMATION, ORIGINAL, SDXL, CONTROL)
 
 # Shared option types: one definition per flag, used by every subcommand. Help texts are one line
 # at 100 columns where they can be (about 60 characters with the default); rich markup is on,
