@@ -1,0 +1,399 @@
+"""ControlNet hints against the original scripts' formulas, computed here with cv2 and numpy directly.
+
+Each reference below restates what lllyasviel/ControlNet-v1-1-nightly's gradio_*.py and annotator/
+code compute (resize_image, HWC3, nms, make_noise_disk, the HED forward), written out in the test
+so that sd_cli's own helpers are not used to check themselves.
+"""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+cv2 = pytest.importorskip("cv2")
+
+from sd_cli.control.preprocessors import (  # noqa: E402
+    PREPROCESSORS, hint_picture, hint_tensor, make_hint, resize_image,
+)
+from sd_cli.errors import CheckpointError, UsageError  # noqa: E402
+
+
+def scene(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """A uint8 RGB picture with edges to find: a gradient, a rectangle, a disc, and some noise."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width]
+    image = np.stack([xx * 200 / width, yy * 200 / height, np.full((height, width), 90.0)], axis=2)
+    image[height // 5:height // 2, width // 6:width // 2] = (230, 40, 40)
+    disc = (yy - height * 0.6) ** 2 + (xx - width * 0.7) ** 2 < (min(height, width) * 0.25) ** 2
+    image[disc] = (20, 60, 220)
+    image += rng.normal(0, 6, image.shape)
+    return image.clip(0, 255).astype(np.uint8)
+
+
+def script_resize_image(image: np.ndarray, resolution: int) -> np.ndarray:
+    """annotator/util.py's resize_image, restated."""
+    h, w = float(image.shape[0]), float(image.shape[1])
+    k = float(resolution) / min(h, w)
+    out_h, out_w = int(np.round(h * k / 64.0)) * 64, int(np.round(w * k / 64.0)) * 64
+    return cv2.resize(image, (out_w, out_h), interpolation=cv2.INTER_LANCZOS4 if k > 1 else cv2.INTER_AREA)
+
+
+def script_nms(x: np.ndarray, t: float, s: float) -> np.ndarray:
+    """annotator/util.py's nms, restated (putmask over the four directions)."""
+    x = cv2.GaussianBlur(x.astype(np.float32), (0, 0), s)
+    kernels = [[[0, 0, 0], [1, 1, 1], [0, 0, 0]], [[0, 1, 0], [0, 1, 0], [0, 1, 0]],
+               [[1, 0, 0], [0, 1, 0], [0, 0, 1]], [[0, 0, 1], [0, 1, 0], [1, 0, 0]]]
+    y = np.zeros_like(x)
+    for f in kernels:
+        np.putmask(y, cv2.dilate(x, kernel=np.array(f, dtype=np.uint8)) == x, x)
+    z = np.zeros_like(y, dtype=np.uint8)
+    z[y > t] = 255
+    return z
+
+
+def script_scribble(detected: np.ndarray, width: int, height: int) -> np.ndarray:
+    """gradio_scribble.py after detection."""
+    detected = cv2.resize(detected, (width, height), interpolation=cv2.INTER_LINEAR)
+    detected = script_nms(detected, 127, 3.0)
+    detected = cv2.GaussianBlur(detected, (0, 0), 3.0)
+    detected[detected > 4] = 255
+    detected[detected < 255] = 0
+    return detected
+
+
+def three(x: np.ndarray) -> np.ndarray:
+    return np.concatenate([x[:, :, None]] * 3, axis=2)
+
+
+@pytest.fixture(scope="module")
+def photo():
+    return scene(200, 300)  # not a multiple of 64 either way; the scripts' default output is 512 on the short side
+
+
+# ---------------------------------------------------------------- resize_image
+
+
+def test_resize_image_down_is_area_to_multiples_of_64(photo):
+    out = resize_image(photo, 128)  # k = 0.64: 200 x 300 -> 128 x 192
+    assert out.shape == (128, 192, 3)
+    assert np.array_equal(out, cv2.resize(photo, (192, 128), interpolation=cv2.INTER_AREA))
+
+
+def test_resize_image_up_is_lanczos_and_rounds_half_to_even():
+    small = scene(80, 96, seed=1)
+    out = resize_image(small, 160)  # k = 2: 160 / 64 = 2.5 rounds to 2 (numpy), 192 / 64 = 3
+    assert out.shape == (128, 192, 3)
+    assert np.array_equal(out, cv2.resize(small, (192, 128), interpolation=cv2.INTER_LANCZOS4))
+    assert not np.array_equal(out, cv2.resize(small, (192, 128), interpolation=cv2.INTER_AREA))
+
+
+def test_resize_image_at_its_own_size_is_unchanged():
+    exact = scene(128, 192, seed=2)
+    assert np.array_equal(resize_image(exact, 128), exact)
+
+
+# ---------------------------------------------------------------- canny
+
+
+@pytest.mark.parametrize("low, high", [(100, 200), (50, 120), (150, 250)])
+def test_canny_is_the_scripts_opencv_call_on_rgb(photo, low, high):
+    hint = make_hint(Image.fromarray(photo), "canny", 192, 128, canny_low=low, canny_high=high)
+    expected = three(cv2.Canny(script_resize_image(photo, 128), low, high))
+    assert hint.dtype == np.uint8 and hint.shape == (128, 192, 3)
+    assert np.array_equal(hint, expected)
+    assert set(np.unique(hint)) == {0, 255} and 300 < (hint[:, :, 0] == 255).sum() < 128 * 192 // 3
+
+
+def test_canny_thresholds_change_the_edges(photo):
+    image = Image.fromarray(photo)
+    loose = make_hint(image, "canny", 192, 128, canny_low=20, canny_high=40)
+    strict = make_hint(image, "canny", 192, 128, canny_low=150, canny_high=250)
+    assert (loose == 255).sum() > (strict == 255).sum() * 1.5
+
+
+def test_canny_detected_at_another_resolution_then_resized_linear(photo):
+    """v1.1: detect on resize_image(input, detect_resolution), then cv2.resize to the output, INTER_LINEAR."""
+    hint = make_hint(Image.fromarray(photo), "canny", 192, 128, detect_resolution=256)
+    detected = three(cv2.Canny(script_resize_image(photo, 256), 100, 200))  # 256 x 384
+    assert detected.shape == (256, 384, 3)
+    expected = cv2.resize(detected, (192, 128), interpolation=cv2.INTER_LINEAR)
+    assert np.array_equal(hint, expected)
+    assert len(np.unique(hint)) > 2  # the linear resize leaves grey edges, unlike detection at the output size
+    assert not np.array_equal(hint, make_hint(Image.fromarray(photo), "canny", 192, 128))
+
+
+# ---------------------------------------------------------------- the image itself
+
+
+def test_none_is_the_image_resized_linear(photo):
+    hint = make_hint(Image.fromarray(photo), "none", 192, 128)
+    assert np.array_equal(hint, cv2.resize(photo, (192, 128), interpolation=cv2.INTER_LINEAR))
+    exact = scene(128, 192, seed=3)
+    assert np.array_equal(make_hint(Image.fromarray(exact), "none", 192, 128), exact)
+
+
+def test_tile_is_the_released_tile_scripts_linear_resize(photo):
+    hint = make_hint(Image.fromarray(photo), "tile", 256, 192)
+    assert np.array_equal(hint, cv2.resize(photo, (256, 192), interpolation=cv2.INTER_LINEAR))
+
+
+def test_blur_is_area_to_an_eighth_then_three_pyrups(photo):
+    hint = make_hint(Image.fromarray(photo), "blur", 192, 128)
+    expected = cv2.resize(photo, (24, 16), interpolation=cv2.INTER_AREA)
+    for _ in range(3):
+        expected = cv2.pyrUp(expected)
+    assert np.array_equal(hint, expected)
+    assert hint.std() < photo.std()  # blurred: the noise and edges are smoothed away
+    odd = make_hint(Image.fromarray(photo), "blur", 100, 60)  # 12 x 7 -> 96 x 56, then linear to 100 x 60
+    assert odd.shape == (60, 100, 3)
+
+
+def test_invert_is_255_minus_the_resized_image(photo):
+    hint = make_hint(Image.fromarray(photo), "invert", 192, 128)
+    assert np.array_equal(hint, 255 - cv2.resize(photo, (192, 128), interpolation=cv2.INTER_LINEAR))
+    assert int(hint[0, 0, 2]) == 255 - int(cv2.resize(photo, (192, 128), interpolation=cv2.INTER_LINEAR)[0, 0, 2])
+
+
+def test_threshold_is_the_interactive_scribble_rule(photo):
+    photo = (photo.astype(int) + 80).clip(0, 255).astype(np.uint8)  # light enough for some pixels to pass 127
+    hint = make_hint(Image.fromarray(photo), "threshold", 192, 128)
+    resized = cv2.resize(photo, (192, 128), interpolation=cv2.INTER_AREA)  # resize_image's rule, shrinking
+    expected = np.zeros_like(resized)
+    expected[np.min(resized, axis=2) > 127] = 255
+    assert np.array_equal(hint, expected)
+    assert 0 < (hint == 255).mean() < 1
+    bigger = make_hint(Image.fromarray(photo), "threshold", 384, 256)  # enlarging: LANCZOS4
+    up = cv2.resize(photo, (384, 256), interpolation=cv2.INTER_LANCZOS4)
+    assert np.array_equal(bigger[:, :, 0], np.where(up.min(axis=2) > 127, 255, 0).astype(np.uint8))
+
+
+def test_scribble_is_the_scribble_scripts_nms_blur_and_cut():
+    lines = np.zeros((160, 240, 3), dtype=np.uint8)  # white strokes on black, as the scribble model wants
+    cv2.line(lines, (10, 20), (220, 140), (255, 255, 255), 5)
+    cv2.circle(lines, (80, 90), 40, (255, 255, 255), 3)
+    hint = make_hint(Image.fromarray(lines), "scribble", 192, 128)
+    assert np.array_equal(hint, script_scribble(lines, 192, 128))
+    assert set(np.unique(hint)) == {0, 255} and 0.02 < (hint == 255).mean() < 0.5
+
+
+# ---------------------------------------------------------------- shuffle
+
+
+def script_noise_disk(h, w, c, f):
+    """annotator/util.py's make_noise_disk, restated (global numpy random state, as the script)."""
+    noise = np.random.uniform(low=0, high=1, size=((h // f) + 2, (w // f) + 2, c))
+    noise = cv2.resize(noise, (w + 2 * f, h + 2 * f), interpolation=cv2.INTER_CUBIC)
+    noise = noise[f: f + h, f: f + w]
+    noise -= np.min(noise)
+    noise /= np.max(noise)
+    return noise[:, :, None] if c == 1 else noise
+
+
+def test_shuffle_is_the_scripts_flow_under_np_random_seed(photo):
+    hint = make_hint(Image.fromarray(photo), "shuffle", 320, 256, seed=12345)
+    saved = np.random.get_state()
+    try:
+        np.random.seed(12345)  # gradio_shuffle.py seeds numpy's global state, then draws x, then y
+        x = script_noise_disk(256, 320, 1, 256) * float(300 - 1)
+        y = script_noise_disk(256, 320, 1, 256) * float(200 - 1)
+    finally:
+        np.random.set_state(saved)
+    flow = np.concatenate([x, y], axis=2).astype(np.float32)
+    assert np.array_equal(hint, cv2.remap(photo, flow, None, cv2.INTER_LINEAR))
+    assert hint.shape == (256, 320, 3)
+
+
+def test_shuffle_depends_on_the_seed_only(photo):
+    image = Image.fromarray(photo)
+    first = make_hint(image, "shuffle", 192, 128, seed=7)
+    assert np.array_equal(first, make_hint(image, "shuffle", 192, 128, seed=7))
+    assert np.abs(first.astype(int) - make_hint(image, "shuffle", 192, 128, seed=8)).mean() > 5
+
+
+# ---------------------------------------------------------------- inpaint
+
+
+def test_inpaint_hint_is_the_image_with_masked_pixels_at_minus_one(photo):
+    mask = np.zeros((200, 300), dtype=np.uint8)
+    mask[60:140, 90:210] = 255
+    hint = make_hint(Image.fromarray(photo), "inpaint", 192, 128, mask=mask)
+    # gradio_inpaint.py: resize_image's image, the mask's first channel resized linear, /255, blurred (sigma 5)
+    image = cv2.resize(photo, (192, 128), interpolation=cv2.INTER_AREA).astype(np.float32)
+    blurred = cv2.GaussianBlur(cv2.resize(mask, (192, 128), interpolation=cv2.INTER_LINEAR).astype(np.float32) / 255.0,
+                               (0, 0), 5.0)
+    image[blurred > 0.5] = -255.0
+    assert hint.dtype == np.float32 and np.array_equal(hint, image)
+    control = hint_tensor(hint)
+    assert control.min().item() == -1.0 and control.max().item() <= 1.0
+    assert control[0, :, 64, 96].tolist() == [-1.0, -1.0, -1.0]  # the mask's centre
+    assert torch.equal(control[0, :, 2, 2], torch.from_numpy(image[2, 2] / 255.0).float())
+    assert hint_picture(hint)[64, 96].tolist() == [0, 0, 0] and hint_picture(hint).dtype == np.uint8
+    rgb_mask = np.stack([mask, np.zeros_like(mask), np.zeros_like(mask)], axis=2)  # the first channel counts
+    assert np.array_equal(make_hint(Image.fromarray(photo), "inpaint", 192, 128, mask=rgb_mask), hint)
+    boolean = make_hint(Image.fromarray(photo), "inpaint", 192, 128, mask=mask > 0)
+    assert np.array_equal(boolean, hint)
+
+
+def test_inpaint_needs_a_mask_of_the_images_size(photo):
+    with pytest.raises(UsageError, match="needs a mask"):
+        make_hint(Image.fromarray(photo), "inpaint", 192, 128)
+    with pytest.raises(UsageError, match="the inpaint mask is 150x100 but the control image is 300x200"):
+        make_hint(Image.fromarray(photo), "inpaint", 192, 128, mask=np.zeros((100, 150), np.uint8))
+
+
+# ---------------------------------------------------------------- the tensor and image modes
+
+
+def test_hint_tensor_is_float_rgb_over_255_bchw(photo):
+    hint = make_hint(Image.fromarray(photo), "none", 192, 128)
+    control = hint_tensor(hint)
+    assert control.shape == (1, 3, 128, 192) and control.dtype == torch.float32
+    assert 0.0 <= control.min().item() and control.max().item() <= 1.0
+    assert torch.equal(control[0, :, 5, 7], torch.tensor(hint[5, 7], dtype=torch.float32) / 255.0)
+    assert control[0, 1, 100, 150].item() == np.float32(hint[100, 150, 1]) / np.float32(255.0)
+
+
+def test_image_modes_become_rgb_as_hwc3():
+    rgba = np.zeros((64, 64, 4), dtype=np.uint8)
+    rgba[..., :3] = (10, 20, 30)
+    rgba[:, :32, 3] = 0  # transparent: white
+    rgba[:, 32:, 3] = 128
+    hint = make_hint(Image.fromarray(rgba, "RGBA"), "none", 64, 64)
+    assert hint[0, 0].tolist() == [255, 255, 255]
+    a = np.float32(128) / np.float32(255.0)
+    expected = [int(np.float32(c) * a + np.float32(255.0) * (np.float32(1.0) - a)) for c in (10, 20, 30)]
+    assert hint[0, 40].tolist() == expected
+    grey = make_hint(Image.fromarray(np.full((64, 64), 77, np.uint8), "L"), "none", 64, 64)
+    assert grey[3, 3].tolist() == [77, 77, 77]
+    palette = Image.fromarray(np.full((64, 64, 3), (200, 100, 50), np.uint8)).convert("P")
+    assert make_hint(palette, "none", 64, 64)[0, 0].tolist() == list(palette.convert("RGB").getpixel((0, 0)))
+
+
+# ---------------------------------------------------------------- errors
+
+
+def test_unknown_preprocessor_suggests_the_close_one(photo):
+    with pytest.raises(UsageError) as err:
+        make_hint(Image.fromarray(photo), "cany", 192, 128)
+    assert str(err.value) == "--control-preprocess cany: no such preprocessor; did you mean canny?"
+    with pytest.raises(UsageError, match=r"no such preprocessor; the preprocessors are none, canny, invert"):
+        make_hint(Image.fromarray(photo), "zzzz", 192, 128)
+
+
+@pytest.mark.parametrize("name", ["mlsd", "openpose", "normalbae", "lineart", "lineart-anime", "pidinet"])
+def test_annotators_sd_cli_cannot_run_are_refused_with_the_way_out(photo, name):
+    with pytest.raises(UsageError) as err:
+        make_hint(Image.fromarray(photo), name, 192, 128)
+    message = str(err.value)
+    assert "nothing is downloaded" in message and "--control-preprocess none" in message and "\n" not in message
+
+
+@pytest.mark.parametrize("name, file", [("hed", "ControlNetHED.pth"), ("scribble-hed", "ControlNetHED.pth"),
+                                        ("depth", "dpt_hybrid-midas-501f0c75.pt")])
+def test_annotators_without_their_weights_file_say_which_file(photo, name, file):
+    with pytest.raises(UsageError) as err:
+        make_hint(Image.fromarray(photo), name, 192, 128)
+    assert str(err.value) == (f"--control-preprocess {name} needs its annotator weights file {file}; give its local "
+                              "path with --annotator-weights (nothing is downloaded), or give a prepared hint with "
+                              "--control-preprocess none")
+
+
+def test_bad_values_are_one_line_usage_errors(photo, tmp_path):
+    image = Image.fromarray(photo)
+    cases = [
+        (dict(canny_low=200, canny_high=100), "--canny-low 200 is above --canny-high 100"),
+        (dict(canny_low=-1), "cannot be negative"),
+        (dict(detect_resolution=32), "--detect-resolution 32 is out of range; give 64 to 8192"),
+        (dict(weights=tmp_path / "x.pth"), "--control-preprocess canny uses no annotator weights"),
+    ]
+    for options, text in cases:
+        with pytest.raises(UsageError, match=text):
+            make_hint(image, "canny", 192, 128, **options)
+    with pytest.raises(UsageError, match="4x128 is too small"):
+        make_hint(image, "none", 4, 128)
+
+
+def test_every_listed_preprocessor_is_handled(photo):
+    for name in PREPROCESSORS:
+        try:
+            hint = make_hint(Image.fromarray(photo), name, 64, 64, mask=np.zeros((200, 300), np.uint8))
+        except UsageError as err:
+            assert "weights file" in str(err) or "annotator network" in str(err)
+        else:
+            assert hint.shape == (64, 64, 3)
+
+
+# ---------------------------------------------------------------- HED from a weights file
+
+
+HED_STAGES = ((3, 64, 2), (64, 128, 2), (128, 256, 3), (256, 512, 3), (512, 512, 3))
+
+
+def random_hed_weights(seed: int = 0) -> dict:
+    """ControlNetHED.pth's keys and shapes, random: He-scaled convolutions, projections to logits near 0."""
+    g = torch.Generator().manual_seed(seed)
+    weights = {"norm": torch.tensor([120.0, 115.0, 100.0]).view(1, 3, 1, 1)}
+    for number, (cin, cout, convs) in enumerate(HED_STAGES, start=1):
+        for i in range(convs):
+            fan_in = (cin if i == 0 else cout) * 9
+            weights[f"block{number}.convs.{i}.weight"] = torch.randn(cout, cin if i == 0 else cout, 3, 3, generator=g) * (2 / fan_in) ** 0.5
+            weights[f"block{number}.convs.{i}.bias"] = torch.randn(cout, generator=g) * 0.1
+        weights[f"block{number}.projection.weight"] = torch.randn(1, cout, 1, 1, generator=g) * (0.2 / cout) ** 0.5
+        weights[f"block{number}.projection.bias"] = torch.zeros(1)
+    return weights
+
+
+def reference_hed(pixels: np.ndarray, weights: dict, safe: bool = False) -> np.ndarray:
+    """annotator/hed's ControlNetHED_Apache2 and HEDdetector, restated with torch.nn.functional."""
+    h = torch.from_numpy(pixels.copy()).float().permute(2, 0, 1)[None] - weights["norm"]
+    projections = []
+    for number, (_, _, convs) in enumerate(HED_STAGES, start=1):
+        if number > 1:
+            h = F.max_pool2d(h, kernel_size=(2, 2), stride=(2, 2))
+        for i in range(convs):
+            h = F.relu(F.conv2d(h, weights[f"block{number}.convs.{i}.weight"], weights[f"block{number}.convs.{i}.bias"], padding=1))
+        projections.append(F.conv2d(h, weights[f"block{number}.projection.weight"], weights[f"block{number}.projection.bias"]))
+    height, width = pixels.shape[:2]
+    edges = [cv2.resize(p.numpy().astype(np.float32)[0, 0], (width, height), interpolation=cv2.INTER_LINEAR)
+             for p in projections]
+    edge = 1 / (1 + np.exp(-np.mean(np.stack(edges, axis=2), axis=2).astype(np.float64)))
+    if safe:
+        edge = (edge.astype(np.float32) * 3.0).astype(np.int32).astype(np.float32) / 2.0
+    return (edge * 255.0).clip(0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def hed_file(tmp_path_factory):
+    weights = random_hed_weights()
+    path = tmp_path_factory.mktemp("hed") / "ControlNetHED.pth"
+    torch.save(weights, path)
+    return path, weights
+
+
+def test_hed_soft_edge_matches_the_original_forward(photo, hed_file):
+    path, weights = hed_file
+    hint = make_hint(Image.fromarray(photo), "hed", 192, 128, detect_resolution=64, weights=path)
+    detected = reference_hed(script_resize_image(photo, 64), weights)  # 64 x 128 (rounded), then linear up
+    expected = cv2.resize(three(detected), (192, 128), interpolation=cv2.INTER_LINEAR)
+    assert np.array_equal(hint, expected)  # the same float32 convolutions: the same logits, the same uint8
+    assert hint.std() > 10  # the random network does find structure
+
+
+def test_hed_safe_and_scribble_hed(photo, hed_file):
+    path, weights = hed_file
+    image = Image.fromarray(photo)
+    safe = make_hint(image, "hed-safe", 192, 128, weights=path)  # detected at the output size: no last resize
+    assert set(np.unique(safe)) == {0, 127, 255}
+    expected = three(reference_hed(script_resize_image(photo, 128), weights, safe=True))
+    assert np.array_equal(safe, expected)
+    scribble = make_hint(image, "scribble-hed", 192, 128, detect_resolution=128, weights=path)
+    soft = make_hint(image, "hed", 192, 128, detect_resolution=128, weights=path)
+    assert np.array_equal(scribble, script_scribble(soft, 192, 128))
+
+
+def test_hed_refuses_a_file_that_is_not_controlnethed(photo, tmp_path):
+    other = tmp_path / "other.pth"
+    torch.save({"conv.weight": torch.zeros(3, 3, 3, 3)}, other)
+    with pytest.raises(CheckpointError, match="is not ControlNetHED.pth"):
+        make_hint(Image.fromarray(photo), "hed", 64, 64, weights=other)
