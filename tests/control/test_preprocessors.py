@@ -397,3 +397,50 @@ def test_hed_refuses_a_file_that_is_not_controlnethed(photo, tmp_path):
     torch.save({"conv.weight": torch.zeros(3, 3, 3, 3)}, other)
     with pytest.raises(CheckpointError, match="is not ControlNetHED.pth"):
         make_hint(Image.fromarray(photo), "hed", 64, 64, weights=other)
+
+
+# ---------------------------------------------------------------- MiDaS depth from a weights file
+
+
+@pytest.fixture(scope="module")
+def midas_file(tmp_path_factory):
+    pytest.importorskip("timm")
+    from tiny_midas import tiny_dpt_weights
+
+    weights = tiny_dpt_weights(3)
+    folder = tmp_path_factory.mktemp("midas")
+    torch.save(weights, folder / "dpt_hybrid-midas-501f0c75.pt")
+    torch.save({"state_dict": {"depth_model.model." + k: v for k, v in weights.items()}}, folder / "sd2-depth.ckpt")
+    return folder, weights
+
+
+@pytest.mark.slow  # imports timm and builds a (tiny) ViT-hybrid
+def test_depth_is_the_midas_detectors_min_max_of_the_dpt_hybrid(photo, midas_file):
+    """MidasDetector: x / 127.5 - 1 at the detect resolution, DPT-Hybrid, min-max, uint8 truncated, linear to the
+    output. The network is sd_cli's DPT-Hybrid (tests/pipelines/test_depth2img.py checks it against transformers')."""
+    from sd_cli.models.midas import build_dpt_hybrid
+
+    folder, weights = midas_file
+    hint = make_hint(Image.fromarray(photo), "depth", 192, 128, detect_resolution=64,
+                     weights=folder / "dpt_hybrid-midas-501f0c75.pt")
+    network = build_dpt_hybrid(weights)
+    network.load_state_dict(weights, assign=True)
+    x = torch.from_numpy(script_resize_image(photo, 64)).float() / 127.5 - 1.0
+    with torch.no_grad():
+        depth = network.eval()(x.permute(2, 0, 1)[None])[0]
+    depth -= torch.min(depth)
+    depth /= torch.max(depth)
+    detected = (depth.numpy() * 255.0).clip(0, 255).astype(np.uint8)
+    assert detected.shape == (64, 128)
+    expected = cv2.resize(three(detected), (192, 128), interpolation=cv2.INTER_LINEAR)
+    assert np.array_equal(hint, expected) and detected.max() == 255 and detected.min() == 0 and detected.std() > 20
+    from_sd_checkpoint = make_hint(Image.fromarray(photo), "depth", 192, 128, detect_resolution=64,
+                                   weights=folder / "sd2-depth.ckpt")
+    assert np.array_equal(from_sd_checkpoint, hint)
+
+
+@pytest.mark.slow
+def test_depth_refuses_other_weights(photo, hed_file):
+    path, _ = hed_file
+    with pytest.raises(CheckpointError, match="is not a MiDaS DPT-Hybrid"):
+        make_hint(Image.fromarray(photo), "depth", 64, 64, weights=path)
