@@ -1,6 +1,6 @@
-"""ControlNet hints: the picture a ControlNet is conditioned on, made from the user's control image.
+"""ControlNet hints' pixels: the picture a ControlNet is conditioned on, made from the control image.
 
-Each preprocessor computes what lllyasviel/ControlNet-v1-1-nightly's gradio_*.py scripts compute
+The names, checks and entry points are control/preprocessors.py's. Each preprocessor here computes what lllyasviel/ControlNet-v1-1-nightly's gradio_*.py scripts compute
 (docs/usage.md "ControlNet hints"; the reference's "Preprocessing" and "Control tensor"):
 
 - the input as RGB uint8, grey repeated and alpha composited on white (the scripts' HWC3);
@@ -11,8 +11,6 @@ Each preprocessor computes what lllyasviel/ControlNet-v1-1-nightly's gradio_*.py
   interpolation rule (LANCZOS4 enlarging, AREA otherwise), so an output size that `resize_image`
   would give reproduces the script's pixels exactly;
 - the hint tensor is float32(hint) / 255 as BCHW: [0, 1], except inpaint's masked pixels at -1.
-
-Preprocessors whose annotator is a network run only from a local weights file; nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -22,46 +20,17 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import torch
 from PIL import Image
-
-from sd_cli.errors import UsageError
-
-# The flag that gives an annotator's weights file (the CLI's ControlNet panel names it the same).
-ANNOTATOR_FLAG = "--annotator-weights"
-
-# Annotators that need a network sd_cli does not implement: the weights file each would need.
-NOT_BUILT_IN = {
-    "mlsd": "mlsd_large_512_fp32.pth",
-    "openpose": "body_pose_model.pth",
-    "normalbae": "scannet.pt",
-    "lineart": "sk_model.pth",
-    "lineart-anime": "netG.pth",
-    "pidinet": "table5_pidinet.pth",
-}
-# Annotators built here from a local weights file: the file the original scripts load.
-NEEDS_WEIGHTS = {
-    "hed": "ControlNetHED.pth",
-    "hed-safe": "ControlNetHED.pth",
-    "scribble-hed": "ControlNetHED.pth",
-    "depth": "dpt_hybrid-midas-501f0c75.pt",
-}
-NO_WEIGHTS = ("none", "canny", "invert", "threshold", "scribble", "shuffle", "tile", "blur", "inpaint")
-PREPROCESSORS: tuple[str, ...] = NO_WEIGHTS + tuple(NEEDS_WEIGHTS) + tuple(NOT_BUILT_IN)
 
 SHUFFLE_CELL = 256  # the content shuffle's noise cell size in pixels (the script's f=256)
 SCRIBBLE_THRESHOLD = 127  # the scribble script's nms threshold and sigma, then its blur and cut-off
 SCRIBBLE_SIGMA = 3.0
 SCRIBBLE_CUT = 4
-INPAINT_MASK_BLUR = 5.0  # the inpaint script's "Mask Blur" default (a Gaussian sigma in pixels)
-SMALLEST_DETECT = 64  # resize_image rounds sides to multiples of 64: below this a side can vanish
-LARGEST_DETECT = 8192
-SMALLEST_SIDE = 8  # one latent pixel
 
 
 @dataclass(frozen=True)
 class HintInput:
-    """One hint's inputs, checked: the image as HWC3 uint8 RGB and the output size."""
+    """One hint's inputs, already checked (preprocessors.py): the image as HWC3 uint8 RGB, the output size."""
 
     pixels: np.ndarray
     width: int
@@ -73,43 +42,6 @@ class HintInput:
     seed: int
     mask: np.ndarray | None
     mask_blur: float
-
-
-def make_hint(image: Image.Image, preprocessor: str, width: int, height: int, *,
-              detect_resolution: int | None = None, canny_low: int = 100, canny_high: int = 200,
-              weights: Path | None = None, seed: int = 0, mask: np.ndarray | None = None,
-              mask_blur: float = INPAINT_MASK_BLUR) -> np.ndarray:
-    """The hint for `image` at (height, width, 3): uint8 RGB, or float32 for "inpaint" (see below).
-
-    detect_resolution: the detectors' input short side (v1.1's "Preprocessor Resolution"), default
-    the output's short side. seed: the content shuffle's random flow (as `np.random.seed(seed)` in
-    the shuffle script). mask: "inpaint" only, white (or True) = to repaint, the image's size;
-    "inpaint" returns float32 on the 0..255 scale with -255 at masked pixels, so that
-    `hint_tensor` gives -1 there as the script does. weights: the annotator's weights file.
-    """
-    name = _known(preprocessor)
-    _check_output_size(width, height)
-    _check_weights(name, weights)
-    request = HintInput(
-        pixels=rgb_pixels(image), width=width, height=height,
-        detect_resolution=_detect_resolution(detect_resolution, width, height),
-        canny_low=canny_low, canny_high=canny_high, weights=weights, seed=seed, mask=mask, mask_blur=mask_blur)
-    return _MAKERS[name](request)
-
-
-def hint_tensor(hint: np.ndarray) -> torch.Tensor:
-    """The control tensor: float32(hint) / 255 as (1, 3, H, W); [0, 1] (inpaint's masked pixels -1)."""
-    if hint.ndim != 3 or hint.shape[2] != 3:
-        raise ValueError(f"a hint is (H, W, 3), not {hint.shape}")
-    control = torch.from_numpy(np.ascontiguousarray(hint)).float() / 255.0
-    return control.permute(2, 0, 1).unsqueeze(0).contiguous()
-
-
-def hint_picture(hint: np.ndarray) -> np.ndarray:
-    """The hint as the uint8 picture the scripts show (inpaint's masked pixels black), for --save-hint."""
-    if hint.dtype == np.uint8:
-        return hint
-    return hint.clip(0, 255).astype(np.uint8)
 
 
 def resize_image(image: np.ndarray, resolution: int) -> np.ndarray:
@@ -145,57 +77,6 @@ def hwc3(x: np.ndarray) -> np.ndarray:
     return (color * alpha + 255.0 * (1.0 - alpha)).clip(0, 255).astype(np.uint8)
 
 
-# ---------------------------------------------------------------- checks
-
-
-def _known(preprocessor: str) -> str:
-    name = preprocessor.strip().lower()
-    if name in PREPROCESSORS:
-        return name
-    from sd_cli.cli.suggestions import suggestions
-
-    close = [s.lstrip("-") for s in suggestions("--" + name, [["--" + known] for known in PREPROCESSORS])]
-    hint = f"did you mean {' or '.join(close)}?" if close else f"the preprocessors are {', '.join(PREPROCESSORS)}"
-    raise UsageError(f"--control-preprocess {preprocessor}: no such preprocessor; {hint}")
-
-
-def _check_output_size(width: int, height: int) -> None:
-    if min(width, height) < SMALLEST_SIDE:
-        raise UsageError(f"a ControlNet hint of {width}x{height} is too small: width and height must be at least "
-                         f"{SMALLEST_SIDE}")
-
-
-def _detect_resolution(detect_resolution: int | None, width: int, height: int) -> int:
-    if detect_resolution is None:
-        return min(width, height)
-    if not SMALLEST_DETECT <= detect_resolution <= LARGEST_DETECT:
-        raise UsageError(f"--detect-resolution {detect_resolution} is out of range; give {SMALLEST_DETECT} to "
-                         f"{LARGEST_DETECT} (the detector's input short side), or leave it out for the output's")
-    return detect_resolution
-
-
-def _check_weights(name: str, weights: Path | None) -> None:
-    if name in NOT_BUILT_IN:
-        raise UsageError(f"--control-preprocess {name} needs the {NOT_BUILT_IN[name]} annotator network, which sd_cli "
-                         f"does not run (and nothing is downloaded); make the hint with another tool and give it "
-                         f"with --control-preprocess none")
-    if name in NEEDS_WEIGHTS and weights is None:
-        raise UsageError(f"--control-preprocess {name} needs its annotator weights file {NEEDS_WEIGHTS[name]}; give "
-                         f"its local path with {ANNOTATOR_FLAG} (nothing is downloaded), or give a prepared hint "
-                         f"with --control-preprocess none")
-    if name not in NEEDS_WEIGHTS and weights is not None:
-        raise UsageError(f"{ANNOTATOR_FLAG} {weights}: --control-preprocess {name} uses no annotator weights; "
-                         f"leave {ANNOTATOR_FLAG} out or choose one of {', '.join(NEEDS_WEIGHTS)}")
-
-
-def _check_canny(low: int, high: int) -> None:
-    if low < 0 or high < 0:
-        raise UsageError(f"--canny-low {low} --canny-high {high}: the thresholds cannot be negative "
-                         "(the scripts use 1 to 255; default 100 and 200)")
-    if low > high:
-        raise UsageError(f"--canny-low {low} is above --canny-high {high}; give the lower threshold first")
-
-
 # ---------------------------------------------------------------- resizing as the scripts do
 
 
@@ -225,7 +106,6 @@ def _none(request: HintInput) -> np.ndarray:
 
 def _canny(request: HintInput) -> np.ndarray:
     """cv2.Canny on the 3-channel RGB at the detect resolution (aperture 3, L1), then to the output."""
-    _check_canny(request.canny_low, request.canny_high)
     edges = cv2.Canny(_at_detect_resolution(request), request.canny_low, request.canny_high)
     return _to_output(hwc3(edges), request)
 
@@ -318,14 +198,6 @@ def _inpaint(request: HintInput) -> np.ndarray:
 def _inpaint_mask(request: HintInput) -> np.ndarray:
     """The mask's first channel at the output size (INTER_LINEAR) in [0, 1], Gaussian-blurred by mask_blur."""
     mask = request.mask
-    if mask is None:
-        raise UsageError("--control-preprocess inpaint needs a mask: use it in the inpaint command (--mask), "
-                         "or give a prepared hint with --control-preprocess none")
-    if mask.shape[:2] != request.pixels.shape[:2]:
-        raise UsageError(f"the inpaint mask is {mask.shape[1]}x{mask.shape[0]} but the control image is "
-                         f"{request.pixels.shape[1]}x{request.pixels.shape[0]}; give a mask of the image's size")
-    if request.mask_blur <= 0:
-        raise UsageError(f"the inpaint hint's mask blur {request.mask_blur} must be above 0 (a Gaussian sigma)")
     first = mask if mask.ndim == 2 else mask[:, :, 0]
     first = first.astype(np.uint8) * 255 if first.dtype == bool else first.astype(np.uint8)
     resized = cv2.resize(first, (request.width, request.height), interpolation=cv2.INTER_LINEAR)
@@ -357,7 +229,7 @@ def _depth(request: HintInput) -> np.ndarray:
     return _to_output(hwc3(depth_map(_at_detect_resolution(request), request.weights)), request)
 
 
-_MAKERS = {
+MAKERS = {
     "none": _none, "canny": _canny, "invert": _invert, "threshold": _threshold, "scribble": _scribble,
     "shuffle": _shuffle, "tile": _tile, "blur": _blur, "inpaint": _inpaint,
     "hed": _hed, "hed-safe": _hed_safe, "scribble-hed": _scribble_hed, "depth": _depth,

@@ -444,3 +444,15 @@ def test_depth_refuses_other_weights(photo, hed_file):
     path, _ = hed_file
     with pytest.raises(CheckpointError, match="is not a MiDaS DPT-Hybrid"):
         make_hint(Image.fromarray(photo), "depth", 64, 64, weights=path)
+
+
+def test_the_names_and_checks_load_without_numpy_cv2_torch_or_pil():
+    """The CLI lists PREPROCESSORS and checks the flags at --help speed (it imports none of them)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from sd_cli.control.preprocessors import PREPROCESSORS, check_hint_options; "
+            "check_hint_options('canny', 512, 512, 384); "
+            "print(len(PREPROCESSORS), [m for m in ('numpy', 'cv2', 'torch', 'PIL') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "19 []"
