@@ -229,8 +229,18 @@ def _depth(request: HintInput) -> np.ndarray:
     return _to_output(hwc3(depth_map(_at_detect_resolution(request), request.weights)), request)
 
 
+def _lineart(request: HintInput) -> np.ndarray:
+    """v1.1's lineart (informative-drawings, fine or coarse by the weights file): its dark-on-white lines
+    at the detect resolution, to the output, then inverted as the lineart script's `1 - hint`."""
+    from sd_cli.control.lineart import line_drawing
+
+    lines = line_drawing(_at_detect_resolution(request), request.weights)
+    return 255 - _to_output(hwc3(lines), request)
+
+
 MAKERS = {
     "none": _none, "canny": _canny, "invert": _invert, "threshold": _threshold, "scribble": _scribble,
     "shuffle": _shuffle, "tile": _tile, "blur": _blur, "inpaint": _inpaint,
     "hed": _hed, "hed-safe": _hed_safe, "scribble-hed": _scribble_hed, "depth": _depth,
+    "lineart": _lineart, "lineart-coarse": _lineart,
 }

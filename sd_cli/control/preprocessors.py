@@ -26,7 +26,6 @@ NOT_BUILT_IN = {
     "mlsd": "mlsd_large_512_fp32.pth",
     "openpose": "body_pose_model.pth",
     "normalbae": "scannet.pt",
-    "lineart": "sk_model.pth",
     "lineart-anime": "netG.pth",
     "pidinet": "table5_pidinet.pth",
 }
@@ -36,6 +35,8 @@ NEEDS_WEIGHTS = {
     "hed-safe": "ControlNetHED.pth",
     "scribble-hed": "ControlNetHED.pth",
     "depth": "dpt_hybrid-midas-501f0c75.pt",
+    "lineart": "sk_model.pth",
+    "lineart-coarse": "sk_model2.pth",
 }
 NO_WEIGHTS = ("none", "canny", "invert", "threshold", "scribble", "shuffle", "tile", "blur", "inpaint")
 PREPROCESSORS: tuple[str, ...] = NO_WEIGHTS + tuple(NEEDS_WEIGHTS) + tuple(NOT_BUILT_IN)

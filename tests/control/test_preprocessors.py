@@ -5,6 +5,8 @@ code compute (resize_image, HWC3, nms, make_noise_disk, the HED forward), writte
 so that sd_cli's own helpers are not used to check themselves.
 """
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -281,7 +283,7 @@ def test_unknown_preprocessor_suggests_the_close_one(photo):
         make_hint(Image.fromarray(photo), "zzzz", 192, 128)
 
 
-@pytest.mark.parametrize("name", ["mlsd", "openpose", "normalbae", "lineart", "lineart-anime", "pidinet"])
+@pytest.mark.parametrize("name", ["mlsd", "openpose", "normalbae", "lineart-anime", "pidinet"])
 def test_annotators_sd_cli_cannot_run_are_refused_with_the_way_out(photo, name):
     with pytest.raises(UsageError) as err:
         make_hint(Image.fromarray(photo), name, 192, 128)
@@ -455,4 +457,70 @@ def test_the_names_and_checks_load_without_numpy_cv2_torch_or_pil():
             "check_hint_options('canny', 512, 512, 384); "
             "print(len(PREPROCESSORS), [m for m in ('numpy', 'cv2', 'torch', 'PIL') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "19 []"
+    assert out.strip() == "20 []"
+
+
+# ---------------------------------------------------------------- lineart from a weights file
+
+
+def random_lineart_weights(seed: int = 0) -> dict:
+    """sk_model.pth's keys and shapes (annotator/lineart's Generator(3, 1, 3)), random, He-scaled."""
+    g = torch.Generator().manual_seed(seed)
+
+    def conv(cout, cin, k, transposed=False):
+        shape = (cin, cout, k, k) if transposed else (cout, cin, k, k)
+        return torch.randn(*shape, generator=g) * (2 / (cin * k * k)) ** 0.5, torch.randn(cout, generator=g) * 0.1
+
+    layers = {"model0.1": conv(64, 3, 7), "model1.0": conv(128, 64, 3), "model1.3": conv(256, 128, 3),
+              "model3.0": conv(128, 256, 3, True), "model3.3": conv(64, 128, 3, True), "model4.1": conv(1, 64, 7)}
+    for block in range(3):
+        layers[f"model2.{block}.conv_block.1"] = conv(256, 256, 3)
+        layers[f"model2.{block}.conv_block.5"] = conv(256, 256, 3)
+    return {f"{name}.{part}": tensor for name, (w, b) in layers.items() for part, tensor in (("weight", w), ("bias", b))}
+
+
+def reference_lineart(pixels: np.ndarray, w: dict) -> np.ndarray:
+    """annotator/lineart's Generator and LineartDetector, restated with torch.nn.functional."""
+    def conv(x, name, pad=0, stride=1, padding=0):
+        if pad:
+            x = F.pad(x, (pad,) * 4, mode="reflect")
+        return F.conv2d(x, w[name + ".weight"], w[name + ".bias"], stride=stride, padding=padding)
+
+    def up(x, name):
+        return F.conv_transpose2d(x, w[name + ".weight"], w[name + ".bias"], stride=2, padding=1, output_padding=1)
+
+    x = torch.from_numpy(pixels.copy()).float().permute(2, 0, 1)[None] / 255.0
+    x = F.relu(F.instance_norm(conv(x, "model0.1", pad=3)))
+    x = F.relu(F.instance_norm(conv(x, "model1.0", stride=2, padding=1)))
+    x = F.relu(F.instance_norm(conv(x, "model1.3", stride=2, padding=1)))
+    for block in range(3):
+        h = F.relu(F.instance_norm(conv(x, f"model2.{block}.conv_block.1", pad=1)))
+        x = x + F.instance_norm(conv(h, f"model2.{block}.conv_block.5", pad=1))
+    x = F.relu(F.instance_norm(up(x, "model3.0")))
+    x = F.relu(F.instance_norm(up(x, "model3.3")))
+    line = torch.sigmoid(conv(x, "model4.1", pad=3))[0][0]
+    return (line.numpy() * 255.0).clip(0, 255).astype(np.uint8)
+
+
+def test_lineart_matches_the_original_generator_inverted_as_the_script(photo, tmp_path):
+    weights = random_lineart_weights()
+    torch.save(weights, tmp_path / "sk_model.pth")
+    torch.save(weights, tmp_path / "sk_model2.pth")
+    hint = make_hint(Image.fromarray(photo), "lineart", 192, 128, weights=tmp_path / "sk_model.pth")
+    lines = reference_lineart(script_resize_image(photo, 128), weights)
+    assert lines.shape == (128, 192) and lines.std() > 10
+    # gradio_lineart.py: control = 1 - HWC3(lines resized linear) / 255, i.e. the hint 255 - lines
+    assert np.array_equal(hint, 255 - three(lines))
+    assert np.abs(hint_tensor(hint)[0].permute(1, 2, 0).numpy() - (1.0 - three(lines) / np.float32(255.0))).max() < 1e-6
+    coarse = make_hint(Image.fromarray(photo), "lineart-coarse", 192, 128, detect_resolution=64,
+                       weights=tmp_path / "sk_model2.pth")
+    small = reference_lineart(script_resize_image(photo, 64), weights)
+    assert np.array_equal(coarse, 255 - cv2.resize(three(small), (192, 128), interpolation=cv2.INTER_LINEAR))
+    with pytest.raises(CheckpointError, match="is not a lineart annotator"):
+        make_hint(Image.fromarray(photo), "lineart", 64, 64, weights=Path(random_hed_file(tmp_path)))
+
+
+def random_hed_file(folder) -> str:
+    path = folder / "ControlNetHED.pth"
+    torch.save(random_hed_weights(1), path)
+    return str(path)
