@@ -524,3 +524,8 @@ def random_hed_file(folder) -> str:
     path = folder / "ControlNetHED.pth"
     torch.save(random_hed_weights(1), path)
     return str(path)
+
+
+def test_a_missing_weights_file_is_a_one_line_error(photo, tmp_path):
+    with pytest.raises(CheckpointError, match="no such file; check the checkpoint path"):
+        make_hint(Image.fromarray(photo), "hed", 64, 64, weights=tmp_path / "ControlNetHED.pth")
