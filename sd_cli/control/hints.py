@@ -42,6 +42,8 @@ class HintInput:
     seed: int
     mask: np.ndarray | None
     mask_blur: float
+    mlsd_score: float
+    mlsd_distance: float
 
 
 def resize_image(image: np.ndarray, resolution: int) -> np.ndarray:
@@ -238,9 +240,18 @@ def _lineart(request: HintInput) -> np.ndarray:
     return 255 - _to_output(hwc3(lines), request)
 
 
+def _mlsd(request: HintInput) -> np.ndarray:
+    """v1.1's M-LSD straight lines at the detect resolution, drawn white on black, then to the output."""
+    from sd_cli.control.mlsd import line_segments_map
+
+    lines = line_segments_map(_at_detect_resolution(request), request.weights, request.mlsd_score,
+                              request.mlsd_distance)
+    return _to_output(hwc3(lines), request)
+
+
 MAKERS = {
     "none": _none, "canny": _canny, "invert": _invert, "threshold": _threshold, "scribble": _scribble,
     "shuffle": _shuffle, "tile": _tile, "blur": _blur, "inpaint": _inpaint,
     "hed": _hed, "hed-safe": _hed_safe, "scribble-hed": _scribble_hed, "depth": _depth,
-    "lineart": _lineart, "lineart-coarse": _lineart,
+    "lineart": _lineart, "lineart-coarse": _lineart, "mlsd": _mlsd,
 }

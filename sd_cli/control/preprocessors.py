@@ -23,7 +23,6 @@ ANNOTATOR_FLAG = "--annotator-weights"
 
 # Annotators that need a network sd_cli does not implement: the weights file each would need.
 NOT_BUILT_IN = {
-    "mlsd": "mlsd_large_512_fp32.pth",
     "openpose": "body_pose_model.pth",
     "normalbae": "scannet.pt",
     "lineart-anime": "netG.pth",
@@ -37,10 +36,13 @@ NEEDS_WEIGHTS = {
     "depth": "dpt_hybrid-midas-501f0c75.pt",
     "lineart": "sk_model.pth",
     "lineart-coarse": "sk_model2.pth",
+    "mlsd": "mlsd_large_512_fp32.pth",
 }
 NO_WEIGHTS = ("none", "canny", "invert", "threshold", "scribble", "shuffle", "tile", "blur", "inpaint")
 PREPROCESSORS: tuple[str, ...] = NO_WEIGHTS + tuple(NEEDS_WEIGHTS) + tuple(NOT_BUILT_IN)
 
+MLSD_SCORE = 0.1  # gradio_mlsd.py's "Hough value threshold" and "Hough distance threshold" defaults
+MLSD_DISTANCE = 0.1
 INPAINT_MASK_BLUR = 5.0  # the inpaint script's "Mask Blur" default (a Gaussian sigma in pixels)
 SMALLEST_DETECT = 64  # resize_image rounds sides to multiples of 64: below this a side can vanish
 LARGEST_DETECT = 8192
@@ -50,7 +52,8 @@ SMALLEST_SIDE = 8  # one latent pixel
 def make_hint(image: Image.Image, preprocessor: str, width: int, height: int, *,
               detect_resolution: int | None = None, canny_low: int = 100, canny_high: int = 200,
               weights: Path | None = None, seed: int = 0, mask: np.ndarray | None = None,
-              mask_blur: float = INPAINT_MASK_BLUR) -> np.ndarray:
+              mask_blur: float = INPAINT_MASK_BLUR, mlsd_score: float = MLSD_SCORE,
+              mlsd_distance: float = MLSD_DISTANCE) -> np.ndarray:
     """The hint for `image` at (height, width, 3): uint8 RGB, or float32 for "inpaint" (see below).
 
     detect_resolution: the detectors' input short side (v1.1's "Preprocessor Resolution"), default
@@ -58,9 +61,13 @@ def make_hint(image: Image.Image, preprocessor: str, width: int, height: int, *,
     the shuffle script). mask: read by "inpaint" only; white (or True) = to repaint, the image's
     size. "inpaint" returns float32 on the 0..255 scale with -255 at masked pixels, so that
     `hint_tensor` gives -1 there as the script does. weights: the annotator's weights file.
+    mlsd_score, mlsd_distance: M-LSD's thresholds on a segment's centre score and its length.
     """
     name = preprocessor_name(preprocessor)
     check_hint_options(name, width, height, detect_resolution, canny_low, canny_high, weights)
+    if min(mlsd_score, mlsd_distance) < 0:
+        raise UsageError(f"the M-LSD thresholds {mlsd_score} and {mlsd_distance} cannot be negative "
+                         f"(the script's defaults: {MLSD_SCORE} and {MLSD_DISTANCE})")
     from sd_cli.control import hints
 
     pixels = hints.rgb_pixels(image)
@@ -69,7 +76,8 @@ def make_hint(image: Image.Image, preprocessor: str, width: int, height: int, *,
     request = hints.HintInput(
         pixels=pixels, width=width, height=height,
         detect_resolution=min(width, height) if detect_resolution is None else detect_resolution,
-        canny_low=canny_low, canny_high=canny_high, weights=weights, seed=seed, mask=mask, mask_blur=mask_blur)
+        canny_low=canny_low, canny_high=canny_high, weights=weights, seed=seed, mask=mask, mask_blur=mask_blur,
+        mlsd_score=mlsd_score, mlsd_distance=mlsd_distance)
     return hints.MAKERS[name](request)
 
 

@@ -283,7 +283,7 @@ def test_unknown_preprocessor_suggests_the_close_one(photo):
         make_hint(Image.fromarray(photo), "zzzz", 192, 128)
 
 
-@pytest.mark.parametrize("name", ["mlsd", "openpose", "normalbae", "lineart-anime", "pidinet"])
+@pytest.mark.parametrize("name", ["openpose", "normalbae", "lineart-anime", "pidinet"])
 def test_annotators_sd_cli_cannot_run_are_refused_with_the_way_out(photo, name):
     with pytest.raises(UsageError) as err:
         make_hint(Image.fromarray(photo), name, 192, 128)
@@ -529,3 +529,125 @@ def random_hed_file(folder) -> str:
 def test_a_missing_weights_file_is_a_one_line_error(photo, tmp_path):
     with pytest.raises(CheckpointError, match="no such file; check the checkpoint path"):
         make_hint(Image.fromarray(photo), "hed", 64, 64, weights=tmp_path / "ControlNetHED.pth")
+
+
+# ---------------------------------------------------------------- M-LSD from a weights file
+
+
+class Params:
+    """The reference's tensors by name: made at random on the first pass (the reference defines the
+    shapes, not sd_cli), read back on the next."""
+
+    def __init__(self, weights: dict | None = None, seed: int = 0):
+        self.weights, self.making = ({} if weights is None else weights), weights is None
+        self.g = torch.Generator().manual_seed(seed)
+
+    def __call__(self, name: str, shape: tuple, kind: str) -> torch.Tensor:
+        if self.making:
+            noise = torch.randn(*shape, generator=self.g)
+            fan_in = int(np.prod(shape[1:])) if len(shape) > 1 else 1
+            self.weights[name] = {"conv": noise * (2 / fan_in) ** 0.5, "bias": 0.1 * noise, "gamma": 1 + 0.1 * noise,
+                                  "var": 1 + 0.5 * torch.rand(*shape, generator=self.g)}[kind]
+        return self.weights[name]
+
+
+def reference_mlsd_maps(x: torch.Tensor, p: Params) -> torch.Tensor:
+    """annotator/mlsd/models/mbv2_mlsd_large.py's MobileV2_MLSD_Large, restated with torch.nn.functional."""
+    def conv(x, name, cin, cout, k, stride=1, padding=0, groups=1, dilation=1, bias=True):
+        w = p(name + ".weight", (cout, cin // groups, k, k), "conv")
+        b = p(name + ".bias", (cout,), "bias") if bias else None
+        return F.conv2d(x, w, b, stride=stride, padding=padding, groups=groups, dilation=dilation)
+
+    def bn(x, name, c):
+        if p.making:
+            p.weights[name + ".num_batches_tracked"] = torch.tensor(0)
+        return F.batch_norm(x, p(name + ".running_mean", (c,), "bias"), p(name + ".running_var", (c,), "var"),
+                            p(name + ".weight", (c,), "gamma"), p(name + ".bias", (c,), "bias"), training=False)
+
+    def cbr6(x, name, cin, cout, k=3, stride=1, groups=1):  # ConvBNReLU, TFLite padding at stride 2
+        if stride == 2:
+            x = F.pad(x, (0, 1, 0, 1), "constant", 0)
+        x = conv(x, name + ".0", cin, cout, k, stride, 0 if stride == 2 else (k - 1) // 2, groups, bias=False)
+        return F.relu6(bn(x, name + ".1", cout))
+
+    def inverted(x, name, cin, cout, stride, t):
+        hidden, j, h = int(round(cin * t)), 0, x
+        if t != 1:
+            h, j = cbr6(h, f"{name}.conv.0", cin, hidden, k=1), 1
+        h = cbr6(h, f"{name}.conv.{j}", hidden, hidden, stride=stride, groups=hidden)
+        h = bn(conv(h, f"{name}.conv.{j + 1}", hidden, cout, 1, bias=False), f"{name}.conv.{j + 2}", cout)
+        return x + h if stride == 1 and cin == cout else h
+
+    def cbr(x, name, cin, cout, k, dilation=1):
+        x = conv(x, name + ".0", cin, cout, k, padding=dilation * (k - 1) // 2, dilation=dilation)
+        return F.relu(bn(x, name + ".1", cout))
+
+    def block_a(a, b, name, in_c1, in_c2, upscale=True):
+        b = cbr(b, name + ".conv1", in_c2, 64, 1)
+        a = cbr(a, name + ".conv2", in_c1, 64, 1)
+        if upscale:
+            b = F.interpolate(b, scale_factor=2.0, mode="bilinear", align_corners=True)
+        return torch.cat((a, b), dim=1)
+
+    def block_b(x, name):
+        x = cbr(x, name + ".conv1", 128, 128, 3) + x
+        return cbr(x, name + ".conv2", 128, 64, 3)
+
+    x, taps, index, cin = cbr6(x, "backbone.features.0", 4, 32, stride=2), [], 1, 32
+    for t, c, n, s in [[1, 16, 1, 1], [6, 24, 2, 2], [6, 32, 3, 2], [6, 64, 4, 2], [6, 96, 3, 1]]:
+        for i in range(n):
+            x = inverted(x, f"backbone.features.{index}", cin, c, s if i == 0 else 1, t)
+            if index in (1, 3, 6, 10, 13):
+                taps.append(x)
+            index, cin = index + 1, c
+    c1, c2, c3, c4, c5 = taps
+    x = block_b(block_a(c4, c5, "block15", 64, 96, upscale=False), "block16")
+    x = block_b(block_a(c3, x, "block17", 32, 64), "block18")
+    x = block_b(block_a(c2, x, "block19", 24, 64), "block20")
+    x = block_b(block_a(c1, x, "block21", 16, 64), "block22")
+    x = cbr(cbr(x, "block23.conv1", 64, 64, 3, dilation=5), "block23.conv2", 64, 64, 3)
+    return conv(x, "block23.conv3", 64, 16, 1)[:, 7:, :, :]
+
+
+def reference_mlsd(image: np.ndarray, p: Params, thr_v: float, thr_d: float) -> np.ndarray:
+    """annotator/mlsd's MLSDdetector and utils.pred_lines (input_shape = the image's own), restated."""
+    h, w, _ = image.shape
+    resized = np.concatenate([cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA), np.ones([h, w, 1])], axis=-1)
+    batch = np.expand_dims(resized.transpose((2, 0, 1)), axis=0).astype("float32")
+    with torch.no_grad():
+        tp = reference_mlsd_maps(torch.from_numpy((batch / 127.5) - 1.0).float(), p)
+    _, _, th, tw = tp.shape
+    heat = torch.sigmoid(tp[:, 0, :, :])
+    heat = heat * (F.max_pool2d(heat, (3, 3), stride=1, padding=1) == heat).float()
+    scores, indices = torch.topk(heat.reshape(-1,), 200, dim=-1, largest=True)
+    pts = torch.cat((torch.floor_divide(indices, tw).unsqueeze(-1), torch.fmod(indices, tw).unsqueeze(-1)), dim=-1)
+    vmap = tp[:, 1:5, :, :][0].numpy().transpose((1, 2, 0))
+    dist = np.sqrt(np.sum((vmap[:, :, :2] - vmap[:, :, 2:]) ** 2, axis=-1))
+    segments = []
+    for (y, x), score in zip(pts.numpy(), scores.numpy()):
+        if score > thr_v and dist[y, x] > thr_d:
+            dx0, dy0, dx1, dy1 = vmap[y, x, :]
+            segments.append([x + dx0, y + dy0, x + dx1, y + dy1])
+    out = np.zeros_like(image)
+    for line in 2 * np.array(segments):
+        x0, y0, x1, y1 = [int(v) for v in line]
+        cv2.line(out, (x0, y0), (x1, y1), [255, 255, 255], 1)
+    return out[:, :, 0]
+
+
+def test_mlsd_matches_the_original_detector(photo, tmp_path):
+    params = Params(seed=4)
+    reference_mlsd_maps(torch.zeros(1, 4, 64, 64), params)  # first pass: the weights
+    torch.save(params.weights, tmp_path / "mlsd_large_512_fp32.pth")
+    reader = Params(params.weights)
+    image = Image.fromarray(photo)
+    hint = make_hint(image, "mlsd", 192, 128, weights=tmp_path / "mlsd_large_512_fp32.pth")
+    lines = reference_mlsd(script_resize_image(photo, 128), reader, 0.1, 0.1)
+    assert 0.01 < (lines == 255).mean() < 0.9  # the random network does draw segments
+    assert np.array_equal(hint, three(lines))
+    strict = make_hint(image, "mlsd", 192, 128, weights=tmp_path / "mlsd_large_512_fp32.pth",
+                       mlsd_score=0.6, mlsd_distance=8.0)
+    assert np.array_equal(strict, three(reference_mlsd(script_resize_image(photo, 128), reader, 0.6, 8.0)))
+    assert (strict == 255).sum() < (hint == 255).sum()
+    with pytest.raises(UsageError, match="M-LSD thresholds -1 and 0.1 cannot be negative"):
+        make_hint(image, "mlsd", 192, 128, weights=tmp_path / "mlsd_large_512_fp32.pth", mlsd_score=-1)
