@@ -240,6 +240,14 @@ def _lineart(request: HintInput) -> np.ndarray:
     return 255 - _to_output(hwc3(lines), request)
 
 
+def _lineart_anime(request: HintInput) -> np.ndarray:
+    """v1.1's anime lineart (Anime2Sketch) at the detect resolution, to the output, inverted as its script."""
+    from sd_cli.control.lineart_anime import anime_line_drawing
+
+    lines = anime_line_drawing(_at_detect_resolution(request), request.weights)
+    return 255 - _to_output(hwc3(lines), request)
+
+
 def _mlsd(request: HintInput) -> np.ndarray:
     """v1.1's M-LSD straight lines at the detect resolution, drawn white on black, then to the output."""
     from sd_cli.control.mlsd import line_segments_map
@@ -253,5 +261,6 @@ MAKERS = {
     "none": _none, "canny": _canny, "invert": _invert, "threshold": _threshold, "scribble": _scribble,
     "shuffle": _shuffle, "tile": _tile, "blur": _blur, "inpaint": _inpaint,
     "hed": _hed, "hed-safe": _hed_safe, "scribble-hed": _scribble_hed, "depth": _depth,
-    "lineart": _lineart, "lineart-coarse": _lineart, "mlsd": _mlsd,
+    "lineart": _lineart, "lineart-coarse": _lineart, "lineart-anime": _lineart_anime,
+    "mlsd": _mlsd,
 }

@@ -25,7 +25,6 @@ ANNOTATOR_FLAG = "--annotator-weights"
 NOT_BUILT_IN = {
     "openpose": "body_pose_model.pth",
     "normalbae": "scannet.pt",
-    "lineart-anime": "netG.pth",
     "pidinet": "table5_pidinet.pth",
 }
 # Annotators built here from a local weights file: the file the original scripts load.
@@ -36,6 +35,7 @@ NEEDS_WEIGHTS = {
     "depth": "dpt_hybrid-midas-501f0c75.pt",
     "lineart": "sk_model.pth",
     "lineart-coarse": "sk_model2.pth",
+    "lineart-anime": "netG.pth",
     "mlsd": "mlsd_large_512_fp32.pth",
 }
 NO_WEIGHTS = ("none", "canny", "invert", "threshold", "scribble", "shuffle", "tile", "blur", "inpaint")

@@ -283,7 +283,7 @@ def test_unknown_preprocessor_suggests_the_close_one(photo):
         make_hint(Image.fromarray(photo), "zzzz", 192, 128)
 
 
-@pytest.mark.parametrize("name", ["openpose", "normalbae", "lineart-anime", "pidinet"])
+@pytest.mark.parametrize("name", ["openpose", "normalbae", "pidinet"])
 def test_annotators_sd_cli_cannot_run_are_refused_with_the_way_out(photo, name):
     with pytest.raises(UsageError) as err:
         make_hint(Image.fromarray(photo), name, 192, 128)
@@ -651,3 +651,56 @@ def test_mlsd_matches_the_original_detector(photo, tmp_path):
     assert (strict == 255).sum() < (hint == 255).sum()
     with pytest.raises(UsageError, match="M-LSD thresholds -1 and 0.1 cannot be negative"):
         make_hint(image, "mlsd", 192, 128, weights=tmp_path / "mlsd_large_512_fp32.pth", mlsd_score=-1)
+
+
+# ---------------------------------------------------------------- anime lineart from a weights file
+
+
+def reference_anime_unet(x: torch.Tensor, w: dict) -> torch.Tensor:
+    """annotator/lineart_anime's UnetGenerator(3, 1, 8, 64), instance norms without weights, restated."""
+    def level(x, prefix, depth):
+        down = F.conv2d(F.leaky_relu(x, 0.2), w[prefix + "1.weight"], w[prefix + "1.bias"], stride=2, padding=1)
+        if depth == 8:  # innermost: no norm, no level inside
+            up_index = 3
+            inner = down
+        else:
+            inner = level(F.instance_norm(down), prefix + "3.model.", depth + 1)
+            up_index = 5
+        up = F.conv_transpose2d(F.relu(inner), w[f"{prefix}{up_index}.weight"], w[f"{prefix}{up_index}.bias"],
+                                stride=2, padding=1)
+        return torch.cat([x, F.instance_norm(up)], 1)
+
+    h = F.conv2d(x, w["model.model.0.weight"], w["model.model.0.bias"], stride=2, padding=1)
+    h = level(h, "model.model.1.model.", 2)
+    return torch.tanh(F.conv_transpose2d(F.relu(h), w["model.model.3.weight"], w["model.model.3.bias"],
+                                         stride=2, padding=1))
+
+
+def random_anime_weights(seed: int = 0) -> dict:
+    """netG.pth's keys and shapes, written out level by level (ngf 64, 8 downs), random, He-scaled."""
+    g = torch.Generator().manual_seed(seed)
+    channels = [(3, 64), (64, 128), (128, 256), (256, 512), (512, 512), (512, 512), (512, 512), (512, 512)]
+    weights, prefix = {}, "model.model."
+    for depth, (outer, inner) in enumerate(channels, start=1):
+        down, up, up_in = ("0", "3", 2 * inner) if depth == 1 else (("1", "3", inner) if depth == 8 else ("1", "5", 2 * inner))
+        weights[prefix + down + ".weight"] = torch.randn(inner, outer, 4, 4, generator=g) * (2 / (outer * 16)) ** 0.5
+        weights[prefix + down + ".bias"] = 0.1 * torch.randn(inner, generator=g)
+        out = 1 if depth == 1 else outer
+        weights[prefix + up + ".weight"] = torch.randn(up_in, out, 4, 4, generator=g) * (2 / (up_in * 4)) ** 0.5
+        weights[prefix + up + ".bias"] = 0.1 * torch.randn(out, generator=g)
+        prefix += "1.model." if depth == 1 else "3.model."
+    return weights
+
+
+@pytest.mark.slow  # the generator has no size parameter: 54 M random weights, written and read back
+def test_lineart_anime_matches_the_original_generator(photo, tmp_path):
+    weights = random_anime_weights()
+    torch.save({"module." + key: value for key, value in weights.items()}, tmp_path / "netG.pth")  # DataParallel names
+    hint = make_hint(Image.fromarray(photo), "lineart-anime", 192, 128, weights=tmp_path / "netG.pth")
+    detect = script_resize_image(photo, 128)  # 128 x 192 -> 256 x 256 bicubic for the generator
+    feed = torch.from_numpy(cv2.resize(detect, (256, 256), interpolation=cv2.INTER_CUBIC)).float() / 127.5 - 1.0
+    with torch.no_grad():
+        line = reference_anime_unet(feed.permute(2, 0, 1)[None], weights)[0, 0] * 127.5 + 127.5
+    line = cv2.resize(line.numpy(), (192, 128), interpolation=cv2.INTER_CUBIC).clip(0, 255).astype(np.uint8)
+    assert line.std() > 5
+    assert np.array_equal(hint, 255 - three(line))  # gradio_lineart_anime.py: control = 1 - lines / 255
