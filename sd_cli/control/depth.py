@@ -21,11 +21,11 @@ DEPTH_CHECKPOINT_PREFIX = "depth_model.model."
 
 
 @torch.inference_mode()
-def depth_map(pixels: np.ndarray, weights: Path) -> np.ndarray:
+def depth_map(pixels: np.ndarray, weights: Path, device: str = "cpu") -> np.ndarray:
     """(H, W) uint8 depth, white = near, of an RGB uint8 image (H, W, 3) whose sides are multiples of 32."""
-    estimator = load_midas(Path(weights))
+    estimator = load_midas(Path(weights)).to(device)
     x = torch.from_numpy(np.ascontiguousarray(pixels)).float() / 127.5 - 1.0
-    depth = estimator(x.permute(2, 0, 1).unsqueeze(0))[0]
+    depth = estimator(x.permute(2, 0, 1).unsqueeze(0).to(device))[0].cpu()
     depth = depth - depth.min()
     depth = depth / depth.max()
     return (depth.numpy() * 255.0).clip(0, 255).astype(np.uint8)

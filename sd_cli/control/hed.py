@@ -60,12 +60,12 @@ class HedNetwork(nn.Module):
 
 
 @torch.inference_mode()
-def soft_edges(pixels: np.ndarray, weights: Path, safe: bool = False) -> np.ndarray:
+def soft_edges(pixels: np.ndarray, weights: Path, safe: bool = False, device: str = "cpu") -> np.ndarray:
     """HED edges (H, W) uint8 of an RGB uint8 image (H, W, 3); `safe` as the script's HED_safe."""
-    network = load_hed(Path(weights))
+    network = load_hed(Path(weights)).to(device)
     height, width = pixels.shape[:2]
     rgb = torch.from_numpy(np.ascontiguousarray(pixels)).float().permute(2, 0, 1).unsqueeze(0)
-    maps = [m[0, 0].numpy().astype(np.float32) for m in network(rgb)]
+    maps = [m[0, 0].cpu().numpy().astype(np.float32) for m in network(rgb.to(device))]
     maps = [cv2.resize(m, (width, height), interpolation=cv2.INTER_LINEAR) for m in maps]
     edge = 1.0 / (1.0 + np.exp(-np.mean(np.stack(maps, axis=2), axis=2).astype(np.float64)))
     if safe:

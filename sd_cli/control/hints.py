@@ -44,6 +44,7 @@ class HintInput:
     mask_blur: float
     mlsd_score: float
     mlsd_distance: float
+    device: str  # where the annotator networks run
 
 
 def resize_image(image: np.ndarray, resolution: int) -> np.ndarray:
@@ -210,7 +211,7 @@ def _hed(request: HintInput, safe: bool = False) -> np.ndarray:
     """v1.1's soft edge (HED): ControlNetHED at the detect resolution, then to the output."""
     from sd_cli.control.hed import soft_edges
 
-    edges = soft_edges(_at_detect_resolution(request), request.weights, safe=safe)
+    edges = soft_edges(_at_detect_resolution(request), request.weights, safe=safe, device=request.device)
     return _to_output(hwc3(edges), request)
 
 
@@ -228,7 +229,8 @@ def _depth(request: HintInput) -> np.ndarray:
     """v1.1's depth (MiDaS DPT-Hybrid): relative inverse depth, min-max to 0..255, then to the output."""
     from sd_cli.control.depth import depth_map
 
-    return _to_output(hwc3(depth_map(_at_detect_resolution(request), request.weights)), request)
+    depth = depth_map(_at_detect_resolution(request), request.weights, device=request.device)
+    return _to_output(hwc3(depth), request)
 
 
 def _lineart(request: HintInput) -> np.ndarray:
@@ -236,7 +238,7 @@ def _lineart(request: HintInput) -> np.ndarray:
     at the detect resolution, to the output, then inverted as the lineart script's `1 - hint`."""
     from sd_cli.control.lineart import line_drawing
 
-    lines = line_drawing(_at_detect_resolution(request), request.weights)
+    lines = line_drawing(_at_detect_resolution(request), request.weights, device=request.device)
     return 255 - _to_output(hwc3(lines), request)
 
 
@@ -244,7 +246,7 @@ def _lineart_anime(request: HintInput) -> np.ndarray:
     """v1.1's anime lineart (Anime2Sketch) at the detect resolution, to the output, inverted as its script."""
     from sd_cli.control.lineart_anime import anime_line_drawing
 
-    lines = anime_line_drawing(_at_detect_resolution(request), request.weights)
+    lines = anime_line_drawing(_at_detect_resolution(request), request.weights, device=request.device)
     return 255 - _to_output(hwc3(lines), request)
 
 
@@ -253,7 +255,7 @@ def _mlsd(request: HintInput) -> np.ndarray:
     from sd_cli.control.mlsd import line_segments_map
 
     lines = line_segments_map(_at_detect_resolution(request), request.weights, request.mlsd_score,
-                              request.mlsd_distance)
+                              request.mlsd_distance, device=request.device)
     return _to_output(hwc3(lines), request)
 
 

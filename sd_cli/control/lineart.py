@@ -57,11 +57,11 @@ class LineartGenerator(nn.Module):
 
 
 @torch.inference_mode()
-def line_drawing(pixels: np.ndarray, weights: Path) -> np.ndarray:
+def line_drawing(pixels: np.ndarray, weights: Path, device: str = "cpu") -> np.ndarray:
     """(H, W) uint8 lines (dark on white) of an RGB uint8 image (H, W, 3), as the script's LineartDetector."""
-    generator = load_lineart(Path(weights))
+    generator = load_lineart(Path(weights)).to(device)
     rgb = torch.from_numpy(np.ascontiguousarray(pixels)).float() / 255.0
-    line = generator(rgb.permute(2, 0, 1).unsqueeze(0))[0, 0]
+    line = generator(rgb.permute(2, 0, 1).unsqueeze(0).to(device))[0, 0].cpu()
     return (line.numpy() * 255.0).clip(0, 255).astype(np.uint8)
 
 

@@ -76,13 +76,13 @@ class AnimeLineartGenerator(nn.Module):
 
 
 @torch.inference_mode()
-def anime_line_drawing(pixels: np.ndarray, weights: Path) -> np.ndarray:
+def anime_line_drawing(pixels: np.ndarray, weights: Path, device: str = "cpu") -> np.ndarray:
     """(H, W) uint8 lines (dark on white) of an RGB uint8 image (H, W, 3), as the script's LineartAnimeDetector."""
-    generator = load_lineart_anime(Path(weights))
+    generator = load_lineart_anime(Path(weights)).to(device)
     height, width = pixels.shape[:2]
     padded = (SIDE_MULTIPLE * int(np.ceil(width / SIDE_MULTIPLE)), SIDE_MULTIPLE * int(np.ceil(height / SIDE_MULTIPLE)))
     feed = torch.from_numpy(cv2.resize(pixels, padded, interpolation=cv2.INTER_CUBIC)).float() / 127.5 - 1.0
-    line = generator(feed.permute(2, 0, 1).unsqueeze(0))[0, 0] * 127.5 + 127.5
+    line = generator(feed.permute(2, 0, 1).unsqueeze(0).to(device))[0, 0].cpu() * 127.5 + 127.5
     line = cv2.resize(line.numpy(), (width, height), interpolation=cv2.INTER_CUBIC)
     return line.clip(0, 255).astype(np.uint8)
 

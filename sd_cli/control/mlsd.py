@@ -148,14 +148,15 @@ class LineSegmentDetector(nn.Module):
 
 
 @torch.inference_mode()
-def line_segments_map(pixels: np.ndarray, weights: Path, score: float, distance: float) -> np.ndarray:
+def line_segments_map(pixels: np.ndarray, weights: Path, score: float, distance: float,
+                      device: str = "cpu") -> np.ndarray:
     """(H, W) uint8: the detected segments drawn white on black, for an RGB uint8 image (H, W, 3)."""
     height, width = pixels.shape[:2]
-    detector = load_mlsd(Path(weights))
+    detector = load_mlsd(Path(weights)).to(device)
     with_ones = np.concatenate([pixels, np.ones((height, width, 1))], axis=-1).astype(np.float32)
     x = torch.from_numpy(with_ones.transpose(2, 0, 1)[None] / 127.5 - 1.0).float()
     drawn = np.zeros((height, width), dtype=np.uint8)
-    for segment in _segments(detector(x), score, distance):
+    for segment in _segments(detector(x.to(device)).cpu(), score, distance):
         x0, y0, x1, y1 = (int(value) for value in segment)
         cv2.line(drawn, (x0, y0), (x1, y1), 255, 1)
     return drawn

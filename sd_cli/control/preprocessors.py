@@ -53,7 +53,7 @@ def make_hint(image: Image.Image, preprocessor: str, width: int, height: int, *,
               detect_resolution: int | None = None, canny_low: int = 100, canny_high: int = 200,
               weights: Path | None = None, seed: int = 0, mask: np.ndarray | None = None,
               mask_blur: float = INPAINT_MASK_BLUR, mlsd_score: float = MLSD_SCORE,
-              mlsd_distance: float = MLSD_DISTANCE) -> np.ndarray:
+              mlsd_distance: float = MLSD_DISTANCE, device: str = "cpu") -> np.ndarray:
     """The hint for `image` at (height, width, 3): uint8 RGB, or float32 for "inpaint" (see below).
 
     detect_resolution: the detectors' input short side (v1.1's "Preprocessor Resolution"), default
@@ -62,6 +62,7 @@ def make_hint(image: Image.Image, preprocessor: str, width: int, height: int, *,
     size. "inpaint" returns float32 on the 0..255 scale with -255 at masked pixels, so that
     `hint_tensor` gives -1 there as the script does. weights: the annotator's weights file.
     mlsd_score, mlsd_distance: M-LSD's thresholds on a segment's centre score and its length.
+    device: where the annotator networks run, in float32 (the hint itself is always on the CPU).
     """
     name = preprocessor_name(preprocessor)
     check_hint_options(name, width, height, detect_resolution, canny_low, canny_high, weights)
@@ -77,7 +78,7 @@ def make_hint(image: Image.Image, preprocessor: str, width: int, height: int, *,
         pixels=pixels, width=width, height=height,
         detect_resolution=min(width, height) if detect_resolution is None else detect_resolution,
         canny_low=canny_low, canny_high=canny_high, weights=weights, seed=seed, mask=mask, mask_blur=mask_blur,
-        mlsd_score=mlsd_score, mlsd_distance=mlsd_distance)
+        mlsd_score=mlsd_score, mlsd_distance=mlsd_distance, device=str(device))
     return hints.MAKERS[name](request)
 
 

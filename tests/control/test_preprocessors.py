@@ -704,3 +704,18 @@ def test_lineart_anime_matches_the_original_generator(photo, tmp_path):
     line = cv2.resize(line.numpy(), (192, 128), interpolation=cv2.INTER_CUBIC).clip(0, 255).astype(np.uint8)
     assert line.std() > 5
     assert np.array_equal(hint, 255 - three(line))  # gradio_lineart_anime.py: control = 1 - lines / 255
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_annotators_run_on_the_given_device(photo, tmp_path):
+    """The same hints on CUDA as on the CPU, up to float rounding at a few edge pixels."""
+    torch.save(random_hed_weights(), tmp_path / "ControlNetHED.pth")
+    torch.save(random_lineart_weights(), tmp_path / "sk_model.pth")
+    image = Image.fromarray(photo)
+    for name, file in (("hed", "ControlNetHED.pth"), ("lineart", "sk_model.pth")):
+        on_cpu = make_hint(image, name, 192, 128, weights=tmp_path / file)
+        on_gpu = make_hint(image, name, 192, 128, weights=tmp_path / file, device="cuda")
+        difference = np.abs(on_cpu.astype(int) - on_gpu)
+        print(f"{name}: max {difference.max()}, {(difference > 0).mean():.4f} of the pixels differ")
+        assert difference.max() <= 3 and (difference > 0).mean() < 0.05
