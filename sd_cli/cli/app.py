@@ -149,6 +149,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv:
         argv = ["--help"]
+    argv = _one_xy_per_axis(argv)
     debug = "--debug" in argv
     try:
         code = app(args=argv, prog_name="sd-cli", standalone_mode=False, default_map=_defaults_for(argv))
@@ -172,6 +173,25 @@ def main(argv: Optional[list[str]] = None) -> None:
         if debug:
             raise
         _fail(f"unexpected {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''} (rerun with --debug for details)", 1)
+
+
+def _one_xy_per_axis(argv: list[str]) -> list[str]:
+    """`--xy "steps=10,20" "scale=5,7.5"` as the parser takes it: `--xy steps=10,20 --xy scale=5,7.5`.
+
+    AUTOMATIC1111 users write the axes one after another; the parser gives an option one value, so
+    each axis word that follows --xy's value gets an --xy of its own (a word without FIELD= stays
+    the prompt)."""
+    from sd_cli.run.plot import looks_like_axis
+
+    spread: list[str] = []
+    in_axes = False  # the word before was --xy's value or one more axis
+    for word in argv:
+        if in_axes and looks_like_axis(word):
+            spread += ["--xy", word]
+            continue
+        in_axes = word.startswith(("--xy=", "--xyz=")) or spread[-1:] in (["--xy"], ["--xyz"])
+        spread.append(word)
+    return spread
 
 
 def _defaults_for(argv: list[str]) -> dict:

@@ -72,9 +72,11 @@ IterOpt = Annotated[int, typer.Option(*flags("n_iter"), help="Repeat the whole r
 RowsOpt = Annotated[int, typer.Option("--n-rows", "--n_rows", help="Grid images per row (0 = the batch size).", metavar="N", rich_help_panel=BATCH)]
 SkipGridOpt = Annotated[bool, typer.Option("--skip-grid", "--skip_grid", help="Do not write the grid.", rich_help_panel=BATCH)]
 SkipSaveOpt = Annotated[bool, typer.Option("--skip-save", "--skip_save", help="Write only the grid.", rich_help_panel=BATCH)]
-FixedCodeOpt = Annotated[bool, typer.Option("--fixed-code", "--fixed_code", help="Every image uses the base seed's noise.", rich_help_panel=BATCH)]
+FixedCodeOpt = Annotated[bool, typer.Option("--fixed-code", "--fixed_code", help="Every image uses the base seed's noise.", rich_help_panel=ORIGINAL)]
 FromFileOpt = Annotated[Optional[str], typer.Option("--from-file", help="Prompt file, a line an image, blank lines skipped ('-': stdin).", metavar="FILE", rich_help_panel=BATCH)]
 RepeatOpt = Annotated[int, typer.Option("--repeat", help="Images per line of --from-file.", metavar="N", rich_help_panel=BATCH)]
+# X/Y/Z plots (run/plot.py): `--xy "steps=10,20" "scale=5,7.5"`; app.py gives each axis word after --xy its own --xy.
+XyOpt = Annotated[Optional[list[str]], typer.Option("--xy", "--xyz", help="X/Y/Z plot: every combination of FIELD=V1,V2 axes (1-3), one grid.", metavar="AXIS", show_default=False, rich_help_panel=BATCH)]
 OnErrorOpt = Annotated[OnError, typer.Option("--on-error", help="On a failure: stop, or continue and exit 3.", metavar="MODE", case_sensitive=False, rich_help_panel=AUTOMATION)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="stdout: one JSON object per image written.", rich_help_panel=AUTOMATION)]
 NameOpt = Annotated[Optional[str], typer.Option(*flags("name"), help="File names in --outdir, e.g. '{index:05}-{seed}.png'.", metavar="TEMPLATE", rich_help_panel=AUTOMATION)]
@@ -155,7 +157,7 @@ def sampling_options(
 def run_options(
     outdir: OutdirOpt = None, output: OutputOpt = None,
     n_samples: SamplesOpt = default("n_samples"), n_iter: IterOpt = default("n_iter"),
-    from_file: FromFileOpt = None, repeat: RepeatOpt = 1, n_rows: RowsOpt = 0,
+    from_file: FromFileOpt = None, repeat: RepeatOpt = 1, xy: XyOpt = None, n_rows: RowsOpt = 0,
     skip_grid: SkipGridOpt = False, skip_save: SkipSaveOpt = False, fixed_code: FixedCodeOpt = False,
     config: ConfigOpt = None, ema: EmaOpt = False, vae: VaeOpt = default("vae"), lora: LoraOpt = None, lora_dir: LoraDirOpt = LORA_DIR,
     embeddings: EmbeddingsOpt = None, emphasis: EmphasisOpt = Emphasis(default("emphasis")), clip_skip: ClipSkipOpt = default("clip_skip"),
