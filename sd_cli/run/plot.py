@@ -150,16 +150,17 @@ def _axis(text: str, mode: str) -> Axis:
 
 
 def _field_name(name: str, text: str) -> str:
-    if name.lower() in _PROMPT_SR_SPELLINGS:
+    plain = name.lstrip("-")
+    if plain.lower() in _PROMPT_SR_SPELLINGS:
         return PROMPT_SR
-    key = fields.line_key(name) or fields.line_key(name.lower().replace(" ", "_")) or _by_label(name)
+    key = fields.line_key(plain) or fields.line_key(plain.lower().replace(" ", "_")) or _by_any_name(plain)
     if key is None:
-        other = _by_any_name(name)
-        if other is not None:
-            raise UsageError(f"--xy {text!r}: {name} is set once per run, not per image, so it cannot be an axis; "
-                             f"axes take {', '.join(axis_fields())}")
         raise UsageError(f"--xy {text!r}: unknown field {name!r}; axes take {', '.join(axis_fields())}")
-    if fields.BY_NAME[key].scope != "job":
+    scope = fields.BY_NAME[key].scope
+    if scope == "run":
+        raise UsageError(f"--xy {text!r}: {name} is set once per run, not per image, so it cannot be an axis; "
+                         f"axes take {', '.join(axis_fields())}")
+    if scope != "job":
         raise UsageError(f"--xy {text!r}: {name} is not a per-image value; axes take {', '.join(axis_fields())}")
     return key
 
@@ -169,13 +170,9 @@ def axis_fields() -> list[str]:
     return [f.name for f in fields.JOB_FIELDS] + [PROMPT_SR]
 
 
-def _by_label(name: str) -> str | None:
-    return next((f.name for f in fields.JOB_FIELDS if f.label and f.label.lower() == name.lower()), None)
-
-
 def _by_any_name(name: str) -> str | None:
-    """A field of any scope (clip_skip, hires_steps, ...) by name, flag or label: to say why it is refused."""
-    plain = name.lower().lstrip("-").replace("-", "_").replace(" ", "_")
+    """A field of any scope by name, flag or infotext label ("CFG scale", hires-steps, clip_skip)."""
+    plain = name.lower().replace("-", "_").replace(" ", "_")
     for field in fields.FIELDS:
         spellings = {field.name, *(f.lstrip("-").replace("-", "_").lower() for f in field.flags)}
         if plain in spellings or (field.label and field.label.lower().replace(" ", "_") == plain):
