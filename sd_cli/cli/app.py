@@ -18,7 +18,7 @@ app = typer.Typer(
     name="sd-cli",
     help="Stable Diffusion from the command line: original checkpoints and configs, safe loading, faithful numerics.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion, --show-completion (cli/completion.py)
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -133,6 +133,19 @@ def defaults():
     from sd_cli.cli.defaults import print_sources
 
     print_sources(_click_commands())
+
+
+@app.command(cls=ReadableCommand)
+def models(json_out: opt.ModelsJsonOpt = False):
+    """List the checkpoints sd-cli finds (here, checkpoints/, $SD_CLI_CKPT, the defaults file) and the built-in model.
+
+    Each file's family is read from its key names (a .safetensors header, a .ckpt memory-mapped),
+    its hash (AUTOMATIC1111's short sha256) shown when sd-cli has hashed the file before.
+    """
+    from sd_cli.cli.defaults import checkpoints
+    from sd_cli.cli.listing import print_models
+
+    print_models(checkpoints(_click_commands()), json_out)
 
 
 def _register_serve() -> None:

@@ -14,6 +14,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from sd_cli.cli.completion import complete_checkpoint, complete_sampler
 from sd_cli.fields import EMBEDDINGS_DIR, LORA_DIR, default, flags
 
 
@@ -51,11 +52,11 @@ PANELS = (ESSENTIALS, BATCH, QUALITY, AUTOMATION, ORIGINAL, SDXL, CONTROL)
 PromptArg = Annotated[Optional[str], typer.Argument(help="The prompt (same as --prompt).", metavar="PROMPT", show_default=False)]
 PromptOpt = Annotated[Optional[str], typer.Option(*flags("prompt"), help="What to draw.", metavar="TEXT", rich_help_panel=ESSENTIALS)]
 NegativeOpt = Annotated[str, typer.Option(*flags("negative_prompt"), help="What to steer away from.", metavar="TEXT", show_default=False, rich_help_panel=ESSENTIALS)]
-CkptOpt = Annotated[Optional[Path], typer.Option("--ckpt", "-m", "--model", help="Checkpoint file (or $SD_CLI_CKPT); default: the built-in model.", metavar="PATH", envvar="SD_CLI_CKPT", show_envvar=False, rich_help_panel=ESSENTIALS)]
+CkptOpt = Annotated[Optional[Path], typer.Option("--ckpt", "-m", "--model", help="Checkpoint file (or $SD_CLI_CKPT); default: the built-in model.", metavar="PATH", envvar="SD_CLI_CKPT", show_envvar=False, autocompletion=complete_checkpoint, rich_help_panel=ESSENTIALS)]
 StepsOpt = Annotated[int, typer.Option(*flags("steps"), help="Sampling steps.", metavar="N", rich_help_panel=ESSENTIALS)]
 ScaleOpt = Annotated[float, typer.Option(*flags("scale"), help="Guidance scale (CFG); 1 skips the negative pass.", metavar="X", rich_help_panel=ESSENTIALS)]
 SeedOpt = Annotated[Optional[int], typer.Option(*flags("seed"), help="Base seed; image i gets seed+i (default: random, printed).", metavar="N", rich_help_panel=ESSENTIALS)]
-SamplerOpt = Annotated[str, typer.Option(*flags("sampler"), help="euler_a, dpmpp_2m, ... or A1111/sd.cpp names.", metavar="NAME", rich_help_panel=ESSENTIALS)]
+SamplerOpt = Annotated[str, typer.Option(*flags("sampler"), help="euler_a, dpmpp_2m, ... or A1111/sd.cpp names.", metavar="NAME", autocompletion=complete_sampler, rich_help_panel=ESSENTIALS)]
 HeightOpt = Annotated[Optional[int], typer.Option(*flags("height"), help="Height in pixels, a multiple of 64 (default: the model's own).", metavar="N", rich_help_panel=ESSENTIALS)]
 WidthOpt = Annotated[Optional[int], typer.Option(*flags("width"), help="Width in pixels, a multiple of 64 (default: the model's own).", metavar="N", rich_help_panel=ESSENTIALS)]
 OutdirOpt = Annotated[Optional[Path], typer.Option("--outdir", help="Folder for samples/NNNNN.png and grid-NNNN.png.", metavar="DIR", rich_help_panel=ESSENTIALS)]
@@ -123,6 +124,7 @@ SaveDepthOpt = Annotated[Optional[Path], typer.Option("--save-depth", help="Also
 ImagesArg = Annotated[list[Path], typer.Argument(help="PNG files.", metavar="IMAGE", show_default=False)]
 InfoJsonOpt = Annotated[bool, typer.Option("--json", help="One JSON object per image: the fields of txt2img --json, and every recorded field under \"parameters\".")]
 VerifyJsonOpt = Annotated[bool, typer.Option("--json", help="One JSON object per image: path, watermark (the text found, or null), score (0.5 is chance), and a note where one applies.")]
+ModelsJsonOpt = Annotated[bool, typer.Option("--json", help="One JSON object per checkpoint: name, path, where, family (or null and a problem), size_bytes, hash (or null), builtin.")]
 # Original flags that cannot apply to sd_cli: accepted by the parser only to give a clear error.
 Laion400mOpt = Annotated[bool, typer.Option("--laion400m", hidden=True)]
 TorchscriptOpt = Annotated[bool, typer.Option("--torchscript", hidden=True)]
