@@ -23,7 +23,7 @@ def print_models(defaults_ckpts: list[str], as_json: bool) -> None:
 def _row(record: dict) -> list[str]:
     """name, family (or the problem), size, hash, where; the built-in model marked as such."""
     name = record["name"] + (" (built-in)" if record["builtin"] else "")
-    kind = record["family"] or f"unreadable: {record['problem']}"
+    kind = record["family"] or record["problem"]  # "is a LoRA, not a checkpoint; ...", "the file is empty ..."
     return [name, human_size(record["size_bytes"]), record["hash"] or "-", record["where"], kind]
 
 
