@@ -92,7 +92,7 @@ CompileOpt = Annotated[bool, typer.Option("--compile", help="torch.compile the U
 VaeTilingOpt = Annotated[bool, typer.Option("--vae-tiling", help="Encode and decode in tiles to bound memory (pixels differ).", rich_help_panel=QUALITY)]
 OffloadOpt = Annotated[bool, typer.Option("--offload", help="Low GPU memory: only the part at work on the GPU.", rich_help_panel=QUALITY)]
 EmphasisOpt = Annotated[Emphasis, typer.Option(*flags("emphasis"), help="Prompt weights: original (A1111's) or none.", metavar="MODE", case_sensitive=False, rich_help_panel=QUALITY)]
-ClipSkipOpt = Annotated[Optional[int], typer.Option(*flags("clip_skip"), help="Text encoder layer N from the end (default: the model's).", metavar="N", show_default=False, rich_help_panel=QUALITY)]
+ClipSkipOpt = Annotated[Optional[int], typer.Option(*flags("clip_skip"), help="Text encoder layer N from the end (-1 or unset: the model's).", metavar="N", show_default=False, rich_help_panel=QUALITY)]
 EmbeddingsOpt = Annotated[Optional[Path], typer.Option("--embeddings", help=f"Textual inversion folder (default {EMBEDDINGS_DIR.as_posix()}).", metavar="DIR", show_default=False, rich_help_panel=QUALITY)]
 VaeOpt = Annotated[Optional[Path], typer.Option(*flags("vae"), help="A separate VAE file, e.g. the ft-MSE VAE.", metavar="PATH", rich_help_panel=QUALITY)]
 LoraOpt = Annotated[Optional[list[str]], typer.Option("--lora", help="LoRA file or name, PATH:WEIGHT; repeatable; or <lora:name:w>.", metavar="PATH", rich_help_panel=QUALITY)]

@@ -283,8 +283,16 @@ def _random_seed() -> int:
     return secrets.randbelow(RANDOM_SEEDS)
 
 
+# stable-diffusion.cpp's --clip-skip default: "the model's own layer", as no --clip-skip is here.
+MODEL_CLIP_SKIP = -1
+
+
 def _clip_skip(value: Optional[int]) -> Optional[int]:
-    return None if value is None else _positive("--clip-skip", value)
+    if value is None or value == MODEL_CLIP_SKIP:
+        return None
+    if value < 1:
+        raise UsageError(f"--clip-skip must be at least 1 (or -1 for the model's own layer), got {value}")
+    return value
 
 
 def _embeddings_dir(folder: Optional[Path]) -> Optional[Path]:
