@@ -34,9 +34,19 @@ def _print_version(wanted: bool) -> None:
         raise typer.Exit()
 
 
+def _print_help_all(ctx: typer.Context, wanted: bool) -> None:
+    if wanted:
+        from sd_cli.cli.manual import print_help_all
+
+        print_help_all(ctx)
+        raise typer.Exit()
+
+
 @app.callback()
 def _top_level(version: Annotated[bool, typer.Option("--version", help="Print the version and exit.", callback=_print_version,
-                                                     is_eager=True)] = False) -> None:
+                                                     is_eager=True)] = False,
+               help_all: Annotated[bool, typer.Option("--help-all", help="Print every command's full help, one after another.",
+                                                      callback=_print_help_all, is_eager=True)] = False) -> None:
     """The options of sd-cli itself; its help text is the Typer's above."""
 
 
@@ -146,6 +156,15 @@ def models(json_out: opt.ModelsJsonOpt = False):
     from sd_cli.cli.listing import print_models
 
     print_models(checkpoints(_click_commands()), json_out)
+
+
+@app.command(cls=ReadableCommand)
+def man(ctx: typer.Context):
+    """Print sd-cli's man page (troff): every command and option, as --help-all gives them."""
+    from sd_cli import __version__
+    from sd_cli.cli.manual import man_page
+
+    sys.stdout.write(man_page(ctx.find_root(), __version__))
 
 
 def _register_serve() -> None:

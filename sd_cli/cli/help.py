@@ -37,6 +37,7 @@ EXAMPLES = {
     "verify": ("sd-cli verify circle.png", "sd-cli verify --json out/*.png"),
     "defaults": ("sd-cli defaults", "SD_CLI_DEFAULTS=ci-defaults.toml sd-cli defaults"),
     "models": ("sd-cli models", "sd-cli models --json"),
+    "man": ("sd-cli man > sd-cli.1 && man ./sd-cli.1",),
 }
 
 
