@@ -119,6 +119,14 @@ def test_bad_axis_is_a_usage_error_before_the_model_loads(capsys, tmp_path, monk
     assert list(tmp_path.iterdir()) == []
 
 
+def test_xy_is_not_sent_to_a_server(capsys, tmp_path):
+    code, out, err = cli(capsys, "txt2img", "a cat", "--xy", "steps=1,2", "--server", "http://127.0.0.1:9",
+                         "--outdir", tmp_path / "o")
+    assert (code, out) == (2, "")
+    assert err == "error: --xy's labelled grid is drawn by a local run; drop --server (or --xy)\n"
+    assert not (tmp_path / "o").exists()
+
+
 def test_xy_refuses_a_prompt_file(capsys, tmp_path):
     prompts = tmp_path / "p.txt"
     prompts.write_text("a cat\n")
