@@ -3,7 +3,6 @@ whole runs on the tiny SD 1 checkpoint: every combination written with its own p
 reproducible alone with --from-png, one grid recording the axes."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
