@@ -69,3 +69,11 @@ def test_man_page_formats_without_warnings(capsys, no_defaults_file, tmp_path):
     _, out, _ = cli(capsys, "man")
     formatted = subprocess.run(["groff", "-man", "-Tutf8", "-ww", "-z"], input=out, capture_output=True, text=True)
     assert formatted.returncode == 0 and formatted.stderr == ""
+
+
+def test_top_level_help_lists_models_man_and_help_all(capsys, wide):
+    code, out, _ = cli(capsys, "--help")
+    assert code == 0
+    assert "│ models     List the checkpoints sd-cli finds" in out
+    assert "│ man        Print sd-cli's man page (troff): every command and option, as --help-all gives them." in out
+    assert "--help-all" in out and "Print every command's full help, one after another." in out

@@ -37,6 +37,10 @@ def test_axes_take_any_spelling_of_a_field_and_automatic1111_ranges():
     assert [axis.field for axis in made.axes] == ["steps", "scale", "sampler"]
     assert [axis.values for axis in made.axes] == [(10, 20, 30), (5.0, 7.5), ("euler_a", "dpmpp_2m_karras")]
     assert made.shape == (3, 2, 2)
+    assert made.cells()[-1] == (2, 1, 1) and len(made.cells()) == 12
+    assert made.recorded() == {"Script": "X/Y/Z plot", "X Type": "Steps", "X Values": "10-30 (+10)",
+                               "Y Type": "CFG scale", "Y Values": "5, 7.5",
+                               "Z Type": "Sampler", "Z Values": "Euler a,DPM++ 2M Karras"}
     assert plot("seed=1-3").axes[0].values == (1, 2, 3)
     assert plot("seed=5-3").axes[0].values == (5, 4, 3)
     assert plot("cfg_scale=0.5-1.5 (+0.5)").axes[0].values == (0.5, 1.0, 1.5)
