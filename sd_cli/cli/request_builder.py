@@ -47,6 +47,7 @@ def _request(mode: str, args: dict):
     random_seed = None
     if values.get("seed") is None:
         values["seed"] = random_seed = _random_seed()
+    plot, requests = _plot(mode, args, requests, values, count)
     defaults = jobs.Defaults(values=values, count=count,
                              n_iter=_positive("--n-iter", args["n_iter"]), fixed_code=args["fixed_code"],
                              name_template=args["name"])
@@ -60,6 +61,7 @@ def _request(mode: str, args: dict):
         emphasis=args["emphasis"].value, clip_skip=_clip_skip(args["clip_skip"]), embeddings=_embeddings_dir(args["embeddings"]),
         random_seed=random_seed,
         preview=_preview(args["preview"]),
+        xy=plot,
         **{name: args[name] for name in AS_GIVEN},
     )
     if request.offload and request.compile:
@@ -89,6 +91,21 @@ def _requests(mode: str, args: dict, png_values: dict) -> tuple[list, int]:
     if mode != "txt2img" and args["init_img"] is None:
         raise UsageError(f"{mode} needs an input image: pass {'--image' if mode == 'inpaint' else '--init-img'} PATH")
     return [jobs.Request({"prompt": prompt})], 0
+
+
+def _plot(mode: str, args: dict, requests: list, values: dict, count: int) -> tuple:
+    """--xy: the plot and one request per cell in place of the one prompt; (None, requests) without it."""
+    if not args["xy"]:
+        return None, requests
+    from sd_cli.run.plot import parse_plot
+
+    if args["from_file"] is not None:
+        raise UsageError("--xy plots one prompt; drop --from-file (or plot each prompt in its own run)")
+    if args["output"] is not None:
+        raise UsageError("--xy writes every cell and the plot's grid into --outdir; drop -o (--name names the cells)")
+    prompt, negative = requests[0].values["prompt"], values.get("negative_prompt", "")
+    plot = parse_plot(args["xy"], prompt, negative, mode, per_cell=count)
+    return plot, plot.requests(prompt, negative, values["seed"])
 
 
 def _good_lines(parsed: list, args: dict) -> tuple[list, int]:
@@ -266,8 +283,16 @@ def _random_seed() -> int:
     return secrets.randbelow(RANDOM_SEEDS)
 
 
+# stable-diffusion.cpp's --clip-skip default: "the model's own layer", as no --clip-skip is here.
+MODEL_CLIP_SKIP = -1
+
+
 def _clip_skip(value: Optional[int]) -> Optional[int]:
-    return None if value is None else _positive("--clip-skip", value)
+    if value is None or value == MODEL_CLIP_SKIP:
+        return None
+    if value < 1:
+        raise UsageError(f"--clip-skip must be at least 1 (or -1 for the model's own layer), got {value}")
+    return value
 
 
 def _embeddings_dir(folder: Optional[Path]) -> Optional[Path]:

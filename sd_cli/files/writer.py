@@ -27,7 +27,9 @@ class ImageWriter:
 
         self.request, self.loaded, self.targets, self.written = request, loaded, targets, written
         self.plan = OutputPlan(request.outdir)
+        self.plot = request.xy  # --xy: the plot's labelled grid instead of the plain one
         self.grid_images = [] if grid else None
+        self.plot_images: dict[tuple, list] = {}  # --xy: each cell's images, by (x, y, z)
         self.first: tuple | None = None  # the first image's job and shape, for the grid's infotext
 
     def add(self, batch: list[Job], images: list, seconds: float) -> None:
@@ -38,6 +40,8 @@ class ImageWriter:
             image, notes = self._watermarked(image)
             if self.grid_images is not None:
                 self.grid_images.append(image)
+                if self.plot is not None:
+                    self.plot_images.setdefault(self.plot.cell_of(job.index), []).append(image)
             if not self.request.skip_save:
                 infotext = self._infotext(job, image.shape)  # once: the PNG and the --json record share it
                 path = self._save(job, image, infotext, notes)
@@ -45,12 +49,30 @@ class ImageWriter:
                 self._announce(path, job, image.shape, infotext, timings)
 
     def finish(self) -> None:
+        if self.plot is not None and self.grid_images:
+            self._save_plot_grid()
+            return
         if self.grid_images is None or len(self.grid_images) < 2:
             return
         from sd_cli.files.images import make_grid
 
         grid, notes = self._watermarked(make_grid(self.grid_images, self.request.n_rows or self.request.batch_size))
         path = self.plan.save_grid(grid, self._infotext(*self.first), notes)  # not counted: the samples are the images
+        log.output(json.dumps({"path": str(path), "grid": True}) if self.request.json else str(path))
+
+    def _save_plot_grid(self) -> None:
+        """--xy: the labelled grid, its infotext the first image's plus the plot's axes."""
+        from sd_cli.files.images import make_grid
+        from sd_cli.files.plot_grid import draw_plot_grid
+
+        plot = self.plot
+        missing = len(plot.cells()) - len(self.plot_images)
+        if missing:
+            log.warn(f"the plot's grid shows {missing} cell(s) grey: their images were not rendered in this run")
+        cells = {cell: make_grid(images, len(images)) for cell, images in self.plot_images.items()}
+        labels = tuple(axis.labels() for axis in plot.axes) + ([],) * (3 - len(plot.axes))
+        grid, notes = self._watermarked(draw_plot_grid(cells, plot.shape, labels))
+        path = self.plan.save_grid(grid, self._infotext(*self.first, extra=plot.recorded()), notes)
         log.output(json.dumps({"path": str(path), "grid": True}) if self.request.json else str(path))
 
     def _save(self, job: Job, image, infotext: str, notes: dict) -> Path:
@@ -99,7 +121,7 @@ class ImageWriter:
         record["timings"] = timings
         return record
 
-    def _infotext(self, job: Job, shape) -> str:
+    def _infotext(self, job: Job, shape, extra: dict | None = None) -> str:
         from sd_cli.files.infotext import format_infotext
         from sd_cli.prompting.prompts import infotext_values
 
@@ -111,7 +133,7 @@ class ImageWriter:
             values["sampler_id"] = job.sampler
         values.update(infotext_values(self.loaded, job.prompt, job.negative_prompt))
         values["version"] = f"sd_cli {__version__}"
-        return format_infotext(job.prompt, job.negative_prompt, infotext_fields(values))
+        return format_infotext(job.prompt, job.negative_prompt, {**infotext_fields(values), **(extra or {})})
 
     def _job_values(self, job: Job, shape) -> dict:
         """What the --json record and the infotext share: the job's sampling values, size and model."""

@@ -57,6 +57,7 @@ class RunRequest:
     random_seed: int | None = None  # the seed drawn when none was given, announced when the run starts
     preview: Path | None = None  # --preview: a small PNG of the batch being sampled, rewritten every few steps (preview.py)
     on_step: "Callable[[int, int], None] | None" = None  # told (done, total) after every step; may raise to stop
+    xy: "Plot | None" = None  # --xy: the X/Y/Z plot the jobs are the cells of (plot.py); its grid replaces the plain one
 
 
 @dataclass
@@ -135,7 +136,8 @@ def _render_jobs(request: RunRequest, jobs: list[Job], targets: dict, rank, repo
     if request.random_seed is not None:  # announced once the inputs and the model are known to be good
         log.info(f"seed {request.random_seed} (random; pass --seed {request.random_seed} to repeat this run)")
     writer = ImageWriter(request, session, targets, report.written, grid=_grid_wanted(request, rank))
-    log.info(f"{len(jobs)} image(s), {_describe(jobs)}, {str(session.dtype).replace('torch.', '')} "
+    settings = _describe(jobs, "cell" if request.xy else "line")
+    log.info(f"{len(jobs)} image(s), {settings}, {str(session.dtype).replace('torch.', '')} "
              f"on {session.device}" + (f" (rank {rank.rank} of {rank.world})" if rank.distributed else ""))
     done = 0
     try:
@@ -169,14 +171,14 @@ def _resume_hint(targets: dict) -> str:
             "or add --name \"{index:05}-{seed}.png\" so that a rerun with --skip-existing finishes")
 
 
-def _describe(jobs: list[Job]) -> str:
-    """The run's settings; one that prompt-file lines set differently is said to vary."""
+def _describe(jobs: list[Job], varies_by: str = "line") -> str:
+    """The run's settings; one that prompt-file lines (or --xy's cells) set differently is said to vary."""
     settings = {"sampler": lambda j: j.sampler, "steps": lambda j: f"{j.steps} steps",
                 "scale": lambda j: f"scale {j.scale}",
                 "size": lambda j: f"{j.width}x{j.height}" if j.width and j.height else "native size"}
     shared = [value(jobs[0]) for value in settings.values() if len({value(j) for j in jobs}) == 1]
     varying = [name for name, value in settings.items() if len({value(j) for j in jobs}) > 1]
-    return ", ".join(shared + ([f"{', '.join(varying)} per line"] if varying else []))
+    return ", ".join(shared + ([f"{', '.join(varying)} per {varies_by}"] if varying else []))
 
 
 def _passes(request: RunRequest, job: Job) -> int:
@@ -185,9 +187,12 @@ def _passes(request: RunRequest, job: Job) -> int:
 
 
 def _grid_wanted(request: RunRequest, rank) -> bool:
-    """The original's grid: only in the numbered layout of a plain (single-process) run."""
+    """The original's grid: only in the numbered layout of a plain (single-process) run; an --xy plot's
+    grid also beside named images (the names say which cell is which, the grid compares them)."""
+    if request.skip_grid or rank.distributed:
+        return False
     named = request.output is not None or any(job.name for job in request.jobs)
-    return not (request.skip_grid or named or rank.distributed)
+    return request.xy is not None or not named
 
 
 def batches(jobs: list[Job], size: int) -> list[list[Job]]:

@@ -190,6 +190,18 @@ def canonical(name: str, schedule: str | None = None) -> str:
     return choose(name, schedule).name
 
 
+def completion_names() -> dict[str, str]:
+    """{name: what it is} for shell completion: the ids, AUTOMATIC1111's labels and aliases, and
+    stable-diffusion.cpp's spellings (its label in lower case, " a" as "_a", no spaces: "dpm++2m")."""
+    names = {spec.id: spec.label for spec in SAMPLERS.values()}
+    for spec in SAMPLERS.values():
+        sd_cpp = spec.label.lower().replace(" a", "_a").replace(" ", "")
+        for name in (spec.label, *spec.aliases, sd_cpp):
+            if name not in names and canonical(name) == spec.id:
+                names[name] = f"= {spec.id}"
+    return names
+
+
 def label(name: str) -> str:
     """AUTOMATIC1111's name for a sampler name, for the PNG's "Sampler:" field."""
     return choose(name).label

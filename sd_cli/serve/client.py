@@ -93,6 +93,8 @@ def run_remote(request, server: str):
 def _check_sendable(request) -> None:
     if request.mode not in SERVED_MODES:
         raise UsageError(f"--server renders {', '.join(SERVED_MODES)}; run {request.mode} locally (drop --server)")
+    if request.xy is not None:
+        raise UsageError("--xy's labelled grid is drawn by a local run; drop --server (or --xy)")
     if request.mode == "inpaint":
         _check_inpaint_sendable(request)
     given = [flag for flag, is_set in LOCAL_ONLY.items() if is_set(request)]
