@@ -82,3 +82,7 @@ class Session:
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         return self.model.decode_latents(latents, tiled=self.vae_tiling)
+
+    def make_room(self) -> None:
+        """--offload: the model's part on the device goes back to host memory (models/latent_diffusion.py)."""
+        self.model.make_room()

@@ -1,0 +1,143 @@
+"""The SDXL base handing over to its refiner, from tiny sgm files, against an independent loop.
+
+The reference is diffusers' UNets (tests/support/sdxl_reference.py) for the base and the refiner,
+transformers' text towers, and diffusers' EulerDiscreteScheduler's "trailing" σ (generative-models'
+legacy DDPM discretization where the step count divides 1000). The demo's two cuts of those σ
+(scripts/demo/discretization.py) and its starts are written out here from its formulas:
+- the base: ascending σ without their max(min(int(s·(S+1)) - 1, S), 0) smallest, from n·sqrt(1 + σ₀²);
+- the refiner: the max(int(s·(S₂+1)), 1) smallest of its own σ, from the base's latent as it is.
+"""
+
+import pytest
+import torch
+from sdxl_reference import diffusers_unet, reference_text, time_ids
+from tiny_models import tiny_state_dict, write_tiny_checkpoint
+
+from sd_cli.loading.loader import load_model
+from sd_cli.models.sdxl_conditioning import SizeConditioning
+from sd_cli.pipelines.refine import RefinerOptions, refine_latents, switch_at
+from sd_cli.pipelines.txt2img import txt2img_latents
+from sd_cli.sampling import sgm
+from sd_cli.sampling.denoising import SamplingParams
+from sd_cli.sampling.noise import NoiseSource
+
+diffusers = pytest.importorskip("diffusers")
+
+SIZE = 128  # 16x16 latents
+SEEDS = [3, 4]
+PROMPTS = ["a red circle on a blue square", "two green triangles"]
+NEGATIVES = ["blurry", ""]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("refiner")
+    return {family: (write_tiny_checkpoint(family, folder / family, fmt="safetensors"), *tiny_state_dict(family))
+            for family in ("sdxl", "sdxl-refiner")}
+
+
+def trailing(steps):
+    scheduler = diffusers.EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                                 timestep_spacing="trailing")
+    scheduler.set_timesteps(steps)
+    return list(scheduler.timesteps) + [None], scheduler.sigmas  # S timesteps then σ = 0; S + 1 σ
+
+
+@torch.no_grad()
+def euler(unet, x, timesteps, sigmas, cond, uncond, added, scale):
+    """Guided Euler over the given σ (the UNet sees x / sqrt(σ² + 1) and x̂₀ = x - σ·ε)."""
+    for t, sigma, sigma_next in zip(timesteps, sigmas, sigmas[1:]):
+        x_in = torch.cat([x, x]) / (sigma**2 + 1) ** 0.5
+        eps = unet(x_in, t, encoder_hidden_states=torch.cat([uncond.crossattn, cond.crossattn]),
+                   added_cond_kwargs=added).sample
+        eps_u, eps_c = eps.chunk(2)
+        x = x + (eps_u + scale * (eps_c - eps_u)) * (sigma_next - sigma)
+    return x
+
+
+def conditioning(weights, config, negatives, cond_sizes, uncond_sizes, zero_empty):
+    cond = reference_text(weights, config, PROMPTS)
+    if zero_empty and not any(negatives):
+        uncond = type(cond)(torch.zeros_like(cond.crossattn), torch.zeros_like(cond.pooled))
+    else:
+        uncond = reference_text(weights, config, negatives)
+    added = {"text_embeds": torch.cat([uncond.pooled, cond.pooled]),
+             "time_ids": torch.cat([time_ids(uncond_sizes, len(PROMPTS)), time_ids(cond_sizes, len(PROMPTS))])}
+    return cond, uncond, added
+
+
+def reference_handoff(files, steps, refiner_steps, strength, scale):
+    """(base's still-noisy latents, the refiner's latents) as the demo computes them."""
+    base_path, base_weights, base_config = files["sdxl"]
+    _, refiner_weights, refiner_config = files["sdxl-refiner"]
+    timesteps, sigmas = trailing(steps)
+    drop = max(min(int(strength * (steps + 1)) - 1, steps), 0)  # Txt2NoisyDiscretizationWrapper
+    timesteps, sigmas = timesteps[:steps + 1 - drop], sigmas[:steps + 1 - drop]
+    noise = NoiseSource(SEEDS).draw((4, SIZE // 8, SIZE // 8), "cpu")
+    sizes = SizeConditioning((SIZE, SIZE), target_size=(SIZE, SIZE))
+    base = euler(diffusers_unet(base_weights, base_config), noise * (sigmas[0] ** 2 + 1) ** 0.5, timesteps, sigmas,
+                 *conditioning(base_weights, base_config, NEGATIVES, sizes, sizes, zero_empty=True), scale)
+    timesteps, sigmas = trailing(refiner_steps)
+    keep = max(int(strength * (refiner_steps + 1)), 1)  # Img2ImgDiscretizationWrapper
+    timesteps, sigmas = timesteps[refiner_steps + 1 - keep:], sigmas[refiner_steps + 1 - keep:]
+    cond_sizes = SizeConditioning((SIZE, SIZE), aesthetic_score=6.0)
+    uncond_sizes = SizeConditioning((SIZE, SIZE), aesthetic_score=2.5)
+    refined = euler(diffusers_unet(refiner_weights, refiner_config), base, timesteps, sigmas,
+                    *conditioning(refiner_weights, refiner_config, NEGATIVES, cond_sizes, uncond_sizes,
+                                  zero_empty=False), scale)
+    return base, refined
+
+
+def assert_close(ours, theirs, tolerance=2e-4):
+    assert ours.shape == theirs.shape and ours.abs().max() > 0.1
+    difference = (ours - theirs).abs().max().item()
+    assert difference <= tolerance * max(1.0, theirs.abs().max().item()), difference
+
+
+@pytest.mark.parametrize("steps, refiner_steps, strength", [(20, 20, 0.15), (20, 10, 0.3)])
+def test_the_base_hands_its_noisy_latent_to_the_refiner_as_the_demo_does(files, steps, refiner_steps, strength):
+    base = load_model(files["sdxl"][0]).model
+    refiner = load_model(files["sdxl-refiner"][0]).model
+    params = SamplingParams(sampler="euler", steps=steps, scale=5.0)
+    options = RefinerOptions(strength=strength, steps=refiner_steps)
+    noise = NoiseSource(SEEDS)
+    handed = txt2img_latents(base, PROMPTS, NEGATIVES, SEEDS, params, SIZE, SIZE, noise=noise, handoff=strength)
+    ours = refine_latents(refiner, handed, PROMPTS, NEGATIVES, noise, params, options)
+    their_handed, theirs = reference_handoff(files, steps, refiner_steps, strength, 5.0)
+    assert_close(handed, their_handed)
+    assert_close(ours, theirs)
+    assert (ours - handed).abs().max() > 1e-3  # the refiner did run steps
+
+
+def test_the_demo_cuts_stop_the_base_at_t_99_and_run_the_refiner_from_there():
+    table = sgm.sigma_table(0.00085, 0.012, 1000)
+    full = sgm.legacy_ddpm(20, table)
+    base = sgm.txt2noisy_sigmas(full, 0.15, 20)
+    refiner = sgm.img2img_sigmas(full, 0.15)
+    assert len(base) == 19 and float(base[-1]) == float(table[99])  # 18 steps, ending at t = 99
+    assert refiner.tolist() == [float(table[99]), float(table[49]), 0.0]  # 2 steps from t = 99
+    assert switch_at(0.15, 20) == 0.9
+    assert len(sgm.txt2noisy_sigmas(full, 0.0, 20)) == 21 and switch_at(0.0, 20) == 1.0  # the base runs it all
+    assert len(sgm.txt2noisy_sigmas(full, 1.0, 20)) == 1 and switch_at(1.0, 20) == 0.0  # the refiner runs it all
+    # after img2img's cut the demo still counts S + 1: where it would drop every σ the largest stays
+    assert sgm.txt2noisy_sigmas(sgm.img2img_sigmas(full, 0.1), 0.5, 20).tolist() == [float(table[49])]
+
+
+def test_the_refiner_alone_runs_img2img_with_the_given_aesthetic_scores(files):
+    """img2img on the refiner file: its encoded empty negative, original size = the image's, scores 7 / 1."""
+    from sd_cli.pipelines.conditioning import guided_model
+    from sd_cli.pipelines.img2img import img2img_latents
+
+    path, weights, config = files["sdxl-refiner"]
+    refiner = load_model(path).model
+    params = SamplingParams(sampler="euler", steps=10, scale=4.0)
+    x0 = torch.linspace(-1, 1, 2 * 4 * 16 * 16).reshape(2, 4, 16, 16)
+    guided = guided_model(refiner, PROMPTS, ["", ""], 4.0, (SIZE, SIZE), aesthetic_scores=(7.0, 1.0))
+    ours = img2img_latents(refiner, guided, x0, SEEDS, params, 0.5)
+    timesteps, sigmas = trailing(10)
+    keep = max(int(0.5 * 11), 1)
+    timesteps, sigmas = timesteps[11 - keep:], sigmas[11 - keep:]
+    start = x0 + NoiseSource(SEEDS).draw((4, 16, 16), "cpu") * sigmas[0]
+    cond = conditioning(weights, config, ["", ""], SizeConditioning((SIZE, SIZE), aesthetic_score=7.0),
+                        SizeConditioning((SIZE, SIZE), aesthetic_score=1.0), zero_empty=False)
+    assert_close(ours, euler(diffusers_unet(weights, config), start, timesteps, sigmas, *cond, 4.0))
