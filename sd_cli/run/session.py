@@ -22,6 +22,7 @@ class Session:
     text: TextOptions  # --emphasis, --clip-skip, --embeddings
     loras: LoraMerger  # merges each batch's LoRAs (--lora, <lora:...>) and restores the weights
     vae_tiling: bool = False  # --vae-tiling: encode and decode in overlapping tiles (runtime/tiling.py)
+    refiner: "Session | None" = None  # --refiner: the SDXL refiner beside its base (run/refiner.py)
 
     @property
     def model(self):

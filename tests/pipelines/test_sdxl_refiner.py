@@ -141,3 +141,99 @@ def test_the_refiner_alone_runs_img2img_with_the_given_aesthetic_scores(files):
     cond = conditioning(weights, config, ["", ""], SizeConditioning((SIZE, SIZE), aesthetic_score=7.0),
                         SizeConditioning((SIZE, SIZE), aesthetic_score=1.0), zero_empty=False)
     assert_close(ours, euler(diffusers_unet(weights, config), start, timesteps, sigmas, *cond, 4.0))
+
+
+# -- the command line ---------------------------------------------------------------------------
+
+def read_png(path):
+    import numpy as np
+    from PIL import Image
+
+    image = Image.open(path)
+    return torch.from_numpy(np.asarray(image.convert("RGB")).copy()), image.info["parameters"]
+
+
+@pytest.fixture(scope="module")
+def checkpoints(files, tmp_path_factory):
+    """checkpoints/ with the base and the refiner (YAMLs beside them), where --from-png finds them by name."""
+    folder = tmp_path_factory.mktemp("work")
+    for family in ("sdxl", "sdxl-refiner"):
+        write_tiny_checkpoint(family, folder / "checkpoints", fmt="safetensors")
+    return folder
+
+
+def test_txt2img_with_the_refiner_writes_the_handed_over_image_and_its_parameters(checkpoints, run_cli,
+                                                                                   monkeypatch):
+    from sd_cli.files.images import to_uint8
+
+    monkeypatch.chdir(checkpoints)
+    base_path, refiner_path = (checkpoints / "checkpoints" / f"tiny-{f}.safetensors" for f in ("sdxl", "sdxl-refiner"))
+    result = run_cli("txt2img", "a red circle", "-n", "blurry", "--ckpt", base_path, "--refiner", refiner_path,
+                     "--refiner-strength", "0.5", "--refiner-steps", "6", "--aesthetic-score", "7",
+                     "--sampler", "euler", "--steps", "5", "--scale", "4", "-H", str(SIZE), "-W", str(SIZE),
+                     "--seed", "7", "--no-watermark", "-o", "out.png")
+    assert result.code == 0, result.stderr
+    assert (checkpoints / "out.png").is_file()
+    base, refiner = load_model(base_path).model, load_model(refiner_path).model
+    params = SamplingParams("euler", 5, 4.0)
+    noise = NoiseSource([7])
+    handed = txt2img_latents(base, ["a red circle"], ["blurry"], [7], params, SIZE, SIZE, noise=noise, handoff=0.5)
+    options = RefinerOptions(strength=0.5, steps=6, aesthetic_scores=(7.0, 2.5))
+    latents = refine_latents(refiner, handed, ["a red circle"], ["blurry"], noise, params, options)
+    pixels, infotext = read_png(checkpoints / "out.png")
+    assert torch.equal(pixels, torch.from_numpy(to_uint8(refiner.decode_latents(latents))[0]))
+    from sd_cli.loading.checkpoint import model_hash
+
+    # 0.5 of 5 steps: int(0.5 · 6) - 1 = 2 σ dropped, the base runs 3 of 5 steps
+    assert (f"Refiner: tiny-sdxl-refiner [{model_hash(refiner_path)}], Refiner switch at: 0.6, "
+            "Refiner strength: 0.5, Refiner steps: 6, Aesthetic score: 7, Negative aesthetic score: 2.5") in infotext
+
+    again = run_cli("txt2img", "--from-png", "out.png", "--no-watermark", "-o", "again.png")
+    assert again.code == 0, again.stderr
+    repeated, repeated_infotext = read_png(checkpoints / "again.png")
+    assert torch.equal(repeated, pixels) and repeated_infotext == infotext
+
+
+def test_the_switch_point_follows_the_demo_strength(checkpoints, run_cli, monkeypatch):
+    monkeypatch.chdir(checkpoints)
+    result = run_cli("txt2img", "a red circle", "--ckpt", "tiny-sdxl.safetensors", "--refiner",
+                     "tiny-sdxl-refiner.safetensors", "--sampler", "euler", "--steps", "20", "--scale", "4",
+                     "-H", "64", "-W", "64", "--seed", "1", "--no-watermark", "-o", "twenty.png")
+    assert result.code == 0, result.stderr
+    _, infotext = read_png(checkpoints / "twenty.png")
+    assert "Refiner switch at: 0.9, Refiner strength: 0.15, Refiner steps: 20," in infotext  # 18 of 20 steps
+
+
+def test_the_refiner_alone_takes_img2img_with_its_config_given(files, run_cli, tmp_path):
+    from omegaconf import OmegaConf
+
+    refiner = write_tiny_checkpoint("sdxl-refiner", tmp_path / "bare", fmt="safetensors", yaml_beside=False)
+    yaml = tmp_path / "refiner.yaml"
+    OmegaConf.save(OmegaConf.create(files["sdxl-refiner"][2]), yaml)
+    image = tmp_path / "in.png"
+    __import__("PIL.Image", fromlist=["Image"]).new("RGB", (SIZE, SIZE), (200, 40, 40)).save(image)
+    result = run_cli("img2img", "a red square", "--ckpt", refiner, "--config", yaml, "-i", image, "--sampler", "euler",
+                     "--steps", "4", "--strength", "0.5", "--negative-aesthetic-score", "1", "--no-watermark",
+                     "-o", tmp_path / "x.png")
+    assert result.code == 0, result.stderr
+    assert "Aesthetic score: 6, Negative aesthetic score: 1" in read_png(tmp_path / "x.png")[1]
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--ckpt", "tiny-sdxl.safetensors", "--refiner", "tiny-sdxl.safetensors"),
+     "--refiner tiny-sdxl.safetensors is SDXL, not the SDXL refiner (sd_xl_refiner_1.0): pass the refiner's file"),
+    (("--ckpt", "tiny-sdxl-refiner.safetensors", "--refiner", "tiny-sdxl-refiner.safetensors"),
+     "--refiner finishes an SDXL base's images, and tiny-sdxl-refiner.safetensors is SDXL refiner: pass an SDXL "
+     "base with --ckpt, or drop --refiner"),
+    (("--ckpt", "tiny-sdxl.safetensors", "--refiner-strength", "0.3"),
+     "--refiner-strength: part of the refiner hand-off, which --refiner turns on; add it"),
+    (("--ckpt", "tiny-sdxl.safetensors", "--refiner", "tiny-sdxl-refiner.safetensors", "--refiner-strength", "2"),
+     "--refiner-strength 2.0 must be between 0 and 1"),
+])
+def test_a_wrong_refiner_or_base_is_one_line_before_anything_loads(checkpoints, run_cli, monkeypatch, args, message):
+    monkeypatch.chdir(checkpoints)
+    result = run_cli("txt2img", "a red circle", *args, "--sampler", "euler", "--steps", "2", "--no-watermark",
+                     "-o", "never.png")
+    assert result.code == 2 and result.stderr.strip().endswith(message), result.stderr
+    assert "loaded" not in result.stderr and "Traceback" not in result.stderr
+    assert not (checkpoints / "never.png").exists()
