@@ -181,7 +181,9 @@ def test_txt2img_with_the_refiner_writes_the_handed_over_image_and_its_parameter
     options = RefinerOptions(strength=0.5, steps=6, aesthetic_scores=(7.0, 2.5))
     latents = refine_latents(refiner, handed, ["a red circle"], ["blurry"], noise, params, options)
     pixels, infotext = read_png(checkpoints / "out.png")
-    assert torch.equal(pixels, torch.from_numpy(to_uint8(refiner.decode_latents(latents))[0]))
+    expected = torch.from_numpy(to_uint8(refiner.decode_latents(latents))[0])
+    # float rounding (oneDNN's reduction order) may move a value across a quantisation step
+    assert (pixels.int() - expected.int()).abs().max() <= 1 and (pixels != expected).float().mean() < 1e-3
     from sd_cli.loading.checkpoint import model_hash
 
     # 0.5 of 5 steps: int(0.5 · 6) - 1 = 2 σ dropped, the base runs 3 of 5 steps
