@@ -37,6 +37,7 @@ SIZE_MULTIPLE = 64  # the SD UNet downsamples the 1/8 latent three times
 # same noise: 32-bit seeds are every distinct image there is (AUTOMATIC1111's UI uses them too).
 MAX_SEED = 2**32 - 1
 MAX_STEPS = 1000
+AESTHETIC_SCORES = (6.0, 2.5)  # the SDXL demo's refiner conditioning: the prompt's, the negative pass's
 
 
 @dataclass(frozen=True)
@@ -211,8 +212,8 @@ FIELDS: tuple[Field, ...] = (
     Field("refiner_switch_at", "recorded", float, label="Refiner switch at"),  # the share of steps the base ran
     Field("refiner_strength", "run", float, 0.15, ("--refiner-strength",), "Refiner strength"),
     Field("refiner_steps", "run", int, 0, ("--refiner-steps",), "Refiner steps"),
-    Field("aesthetic_score", "run", float, 6.0, ("--aesthetic-score",), "Aesthetic score", to_text=_whole_if_integral),
-    Field("negative_aesthetic_score", "run", float, 2.5, ("--negative-aesthetic-score",), "Negative aesthetic score",
+    Field("aesthetic_score", "run", float, AESTHETIC_SCORES[0], ("--aesthetic-score",), "Aesthetic score", to_text=_whole_if_integral),
+    Field("negative_aesthetic_score", "run", float, AESTHETIC_SCORES[1], ("--negative-aesthetic-score",), "Negative aesthetic score",
           to_text=_whole_if_integral),
     # -- end of the SDXL refiner's rows
     Field("vae_hash", "recorded", label="VAE hash"),

@@ -1,10 +1,8 @@
 """The guided model every mode samples: prompt and negative-prompt conditioning bound to the UNet."""
 
+from sd_cli.fields import AESTHETIC_SCORES  # the SDXL demo's refiner conditioning (conditional, unconditional)
 from sd_cli.prompting.prompts import match_lengths
 from sd_cli.sampling.guidance import GuidedModel
-
-# The SDXL demo's defaults for the refiner's aesthetic-score conditioning (conditional, unconditional).
-AESTHETIC_SCORES = (6.0, 2.5)
 
 
 def guided_model(model, prompts: list[str], negative_prompts: list[str], scale: float,

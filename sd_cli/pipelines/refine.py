@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from sd_cli.errors import UsageError
+from sd_cli.fields import default
 from sd_cli.pipelines.conditioning import AESTHETIC_SCORES, guided_model
 from sd_cli.pipelines.img2img import img2img_latents, init_latents
 from sd_cli.pipelines.txt2img import txt2img_latents
@@ -29,7 +30,7 @@ from sd_cli.sampling.denoising import SamplingParams
 from sd_cli.sampling.noise import NoiseSource
 from sd_cli.sampling.steps import Progress, StepHooks
 
-DEFAULT_STRENGTH = 0.15  # the demo's "Refinement strength"
+DEFAULT_STRENGTH = default("refiner_strength")  # the demo's "Refinement strength", 0.15
 
 
 @dataclass(frozen=True)

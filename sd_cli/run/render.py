@@ -15,7 +15,7 @@ from typing import Callable
 from sd_cli import log
 from sd_cli.run import distributed, modes
 from sd_cli.errors import OutputError, PartialFailure, SdCliError, UsageError
-from sd_cli.fields import LORA_DIR
+from sd_cli.fields import AESTHETIC_SCORES, LORA_DIR
 from sd_cli.files.writer import ImageWriter
 from sd_cli.run.jobs import Job
 
@@ -60,7 +60,7 @@ class RunRequest:
     refiner: Path | None = None  # --refiner: the SDXL refiner file the base hands over to
     refiner_config: Path | None = None  # --refiner-config; None: a YAML beside it, else detected
     refining: "RefinerOptions | None" = None  # its strength, steps and scores; set exactly when refiner is
-    aesthetic_scores: tuple[float, float] = (6.0, 2.5)  # --aesthetic-score, --negative-aesthetic-score (the refiner's)
+    aesthetic_scores: tuple[float, float] = AESTHETIC_SCORES  # --aesthetic-score, --negative-aesthetic-score (the refiner's)
     on_step: "Callable[[int, int], None] | None" = None  # told (done, total) after every step; may raise to stop
 
 
