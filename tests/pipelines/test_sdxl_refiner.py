@@ -239,3 +239,41 @@ def test_a_wrong_refiner_or_base_is_one_line_before_anything_loads(checkpoints, 
     assert result.code == 2 and result.stderr.strip().endswith(message), result.stderr
     assert "loaded" not in result.stderr and "Traceback" not in result.stderr
     assert not (checkpoints / "never.png").exists()
+
+
+# -- memory ---------------------------------------------------------------------------------------
+
+def test_offloaded_the_base_leaves_the_device_before_the_refiner_comes_in(files):
+    """--offload's path on the CPU "device": the same image, and the base holds nothing there after the hand-off."""
+    from sd_cli.pipelines.refine import txt2img_refined
+    from sd_cli.runtime.offload import enable_offload
+
+    params = SamplingParams(sampler="euler", steps=4, scale=3.0)
+    options = RefinerOptions(strength=0.5)
+    plain = txt2img_refined(load_model(files["sdxl"][0]).model, load_model(files["sdxl-refiner"][0]).model,
+                            PROMPTS[:1], [""], SEEDS[:1], params, 64, 64, options)
+    base, refiner = load_model(files["sdxl"][0]).model, load_model(files["sdxl-refiner"][0]).model
+    enable_offload(base, "cpu")
+    enable_offload(refiner, "cpu")
+    offloaded = txt2img_refined(base, refiner, PROMPTS[:1], [""], SEEDS[:1], params, 64, 64, options)
+    assert torch.equal(offloaded, plain)
+    assert base.offload.moves == ["text encoder", "UNet"] and base.offload.resident is None
+    assert refiner.offload.moves == ["text encoder", "UNet", "VAE"]
+
+
+def test_the_refiner_goes_beside_the_base_only_where_its_weights_fit(files, monkeypatch):
+    from sd_cli.loading.loader import prepare_checkpoint
+    from sd_cli.run import refiner as refiner_run
+    from sd_cli.runtime import memory
+
+    prepared = prepare_checkpoint(files["sdxl-refiner"][0])
+    fp16 = refiner_run.weight_bytes(prepared, torch.float16)
+    vae = sum(t.numel() for k, t in prepared.weights.items() if k.startswith("first_stage_model."))
+    rest = sum(t.numel() for k, t in prepared.weights.items() if not k.startswith("first_stage_model."))
+    assert fp16 == 4 * vae + 2 * rest  # the VAE stays in float32
+    gpu = torch.device("cuda")
+    monkeypatch.setattr(memory, "available_bytes", lambda device: fp16 / memory.USABLE)
+    assert refiner_run.fits_beside_base(prepared, gpu, torch.float16)
+    monkeypatch.setattr(memory, "available_bytes", lambda device: fp16 / memory.USABLE - 1)
+    assert not refiner_run.fits_beside_base(prepared, gpu, torch.float16)
+    assert refiner_run.fits_beside_base(prepared, torch.device("cpu"), torch.float16)  # host memory: both
