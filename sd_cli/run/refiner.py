@@ -47,6 +47,9 @@ def load_refiner(request, prepared, base_session, device, dtype, offload: bool):
     if not offload and not fits_beside_base(prepared, device, dtype):
         from sd_cli.runtime.offload import enable_offload
 
+        if request.compile:  # compiled GPU code keeps the weights where they were (request_builder's rule)
+            raise UsageError(f"the refiner does not fit on {device} beside the base, and --compile keeps the base "
+                             "there; drop --compile (both then run one after the other)")
         log.info(f"the refiner does not fit on {device} beside the base: both wait in host memory and run "
                  "one after the other (as with --offload)")
         enable_offload(base_session.model, device)

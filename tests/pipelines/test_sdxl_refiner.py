@@ -66,16 +66,21 @@ def conditioning(weights, config, negatives, cond_sizes, uncond_sizes, zero_empt
     return cond, uncond, added
 
 
-def reference_handoff(files, steps, refiner_steps, strength, scale):
-    """(base's still-noisy latents, the refiner's latents) as the demo computes them."""
+def reference_handoff(files, steps, refiner_steps, strength, scale, x0=None, img2img_strength=1.0):
+    """(base's still-noisy latents, the refiner's latents) as the demo computes them; with x0 the base runs
+    img2img first (the demo wraps Img2ImgDiscretizationWrapper in Txt2NoisyDiscretizationWrapper)."""
     base_path, base_weights, base_config = files["sdxl"]
     _, refiner_weights, refiner_config = files["sdxl-refiner"]
     timesteps, sigmas = trailing(steps)
-    drop = max(min(int(strength * (steps + 1)) - 1, steps), 0)  # Txt2NoisyDiscretizationWrapper
-    timesteps, sigmas = timesteps[:steps + 1 - drop], sigmas[:steps + 1 - drop]
+    if x0 is not None:
+        keep = max(int(img2img_strength * (steps + 1)), 1)
+        timesteps, sigmas = timesteps[steps + 1 - keep:], sigmas[steps + 1 - keep:]
+    drop = max(min(int(strength * (steps + 1)) - 1, steps), 0)  # Txt2NoisyDiscretizationWrapper, S + 1 counted
+    timesteps, sigmas = timesteps[:len(sigmas) - drop], sigmas[:len(sigmas) - drop]
     noise = NoiseSource(SEEDS).draw((4, SIZE // 8, SIZE // 8), "cpu")
+    start = noise * (sigmas[0] ** 2 + 1) ** 0.5 if x0 is None else x0 + noise * sigmas[0]
     sizes = SizeConditioning((SIZE, SIZE), target_size=(SIZE, SIZE))
-    base = euler(diffusers_unet(base_weights, base_config), noise * (sigmas[0] ** 2 + 1) ** 0.5, timesteps, sigmas,
+    base = euler(diffusers_unet(base_weights, base_config), start, timesteps, sigmas,
                  *conditioning(base_weights, base_config, NEGATIVES, sizes, sizes, zero_empty=True), scale)
     timesteps, sigmas = trailing(refiner_steps)
     keep = max(int(strength * (refiner_steps + 1)), 1)  # Img2ImgDiscretizationWrapper
@@ -107,6 +112,20 @@ def test_the_base_hands_its_noisy_latent_to_the_refiner_as_the_demo_does(files, 
     assert_close(handed, their_handed)
     assert_close(ours, theirs)
     assert (ours - handed).abs().max() > 1e-3  # the refiner did run steps
+
+
+def test_the_base_img2img_hands_over_after_both_cuts(files):
+    """img2img 0.6 of 20 steps keeps 12 σ (11 steps from t = 549); the hand-off at 0.15 then drops 2."""
+    from sd_cli.pipelines.refine import img2img_refined
+
+    base = load_model(files["sdxl"][0]).model
+    refiner = load_model(files["sdxl-refiner"][0]).model
+    image = torch.linspace(-1, 1, 3 * SIZE * SIZE).reshape(1, 3, SIZE, SIZE)
+    params = SamplingParams(sampler="euler", steps=20, scale=5.0)
+    ours = img2img_refined(base, refiner, image, PROMPTS, NEGATIVES, SEEDS, params, 0.6, RefinerOptions(0.15))
+    x0 = base.encode_image(image).float().expand(2, -1, -1, -1)
+    _, theirs = reference_handoff(files, 20, 20, 0.15, 5.0, x0=x0, img2img_strength=0.6)
+    assert_close(ours, refiner.decode_latents(theirs))
 
 
 def test_the_demo_cuts_stop_the_base_at_t_99_and_run_the_refiner_from_there():
