@@ -17,11 +17,13 @@ from sd_cli.sampling.steps import Progress, StepHooks
 @torch.inference_mode()
 def img2img(model, init_image: torch.Tensor, prompts: list[str], negative_prompts: list[str],
             seeds: list[int], params: SamplingParams, strength: float,
-            progress: Progress | None = None, aesthetic_scores: tuple[float, float] = AESTHETIC_SCORES) -> torch.Tensor:
+            progress: Progress | None = None,
+            aesthetic_scores: tuple[float, float] = AESTHETIC_SCORES) -> torch.Tensor:
     """init_image [1, 3, H, W] in [-1, 1]; strength in [0, 1] (1.0 starts from pure noise);
     aesthetic_scores condition the SDXL refiner run on its own."""
     # 1. Conditioning, and the init latent: the VAE posterior mean times scale_factor (no sampling).
-    guided = guided_model(model, prompts, negative_prompts, params.scale, tuple(init_image.shape[-2:]), aesthetic_scores)
+    guided = guided_model(model, prompts, negative_prompts, params.scale, tuple(init_image.shape[-2:]),
+                          aesthetic_scores)
     x0 = init_latents(model, init_image, len(prompts))
     # 2-3. Noise it to where strength puts it and denoise from there.
     return model.decode_latents(img2img_latents(model, guided, x0, seeds, params, strength, progress))

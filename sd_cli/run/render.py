@@ -60,7 +60,7 @@ class RunRequest:
     refiner: Path | None = None  # --refiner: the SDXL refiner file the base hands over to
     refiner_config: Path | None = None  # --refiner-config; None: a YAML beside it, else detected
     refining: "RefinerOptions | None" = None  # its strength, steps and scores; set exactly when refiner is
-    aesthetic_scores: tuple[float, float] = AESTHETIC_SCORES  # --aesthetic-score, --negative-aesthetic-score (the refiner's)
+    aesthetic_scores: tuple[float, float] = AESTHETIC_SCORES  # --aesthetic-score, --negative-aesthetic-score
     on_step: "Callable[[int, int], None] | None" = None  # told (done, total) after every step; may raise to stop
 
 
