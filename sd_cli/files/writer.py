@@ -156,7 +156,7 @@ class ImageWriter:
             values.update(refiner=f"{refiner.name} [{model_hash(refiner.checkpoint_path)}]",
                           refiner_switch_at=round(switch_at(refining.strength, job.steps), 4),
                           refiner_strength=refining.strength, refiner_steps=refining.steps or job.steps)
-        elif self.loaded.family.name != "sdxl-refiner":
+        elif not self.loaded.family.aesthetic_conditioned:
             return values
         values["aesthetic_score"], values["negative_aesthetic_score"] = self.request.aesthetic_scores
         return values
