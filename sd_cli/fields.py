@@ -37,6 +37,7 @@ SIZE_MULTIPLE = 64  # the SD UNet downsamples the 1/8 latent three times
 # same noise: 32-bit seeds are every distinct image there is (AUTOMATIC1111's UI uses them too).
 MAX_SEED = 2**32 - 1
 MAX_STEPS = 1000
+AESTHETIC_SCORES = (6.0, 2.5)  # the SDXL demo's refiner conditioning: the prompt's, the negative pass's
 
 
 @dataclass(frozen=True)
@@ -205,6 +206,16 @@ FIELDS: tuple[Field, ...] = (
     Field("hires_steps", "run", int, 0, ("--hires-steps",), "Hires steps"),
     Field("hires_upscaler", "run", str, "latent", ("--hires-upscaler",), "Hires upscaler",
           to_text=_upscaler_label, from_text=_upscaler_from_label),
+    # -- the SDXL refiner (pipelines/refine.py): AUTOMATIC1111's Refiner and Refiner switch at, then
+    # what sd_cli needs to repeat the demo's hand-off exactly (--from-png)
+    Field("refiner", "run", flags=("--refiner",), label="Refiner"),  # "NAME [hash]", as AUTOMATIC1111 writes it
+    Field("refiner_switch_at", "recorded", float, label="Refiner switch at"),  # the share of steps the base ran
+    Field("refiner_strength", "run", float, 0.15, ("--refiner-strength",), "Refiner strength"),
+    Field("refiner_steps", "run", int, 0, ("--refiner-steps",), "Refiner steps"),
+    Field("aesthetic_score", "run", float, AESTHETIC_SCORES[0], ("--aesthetic-score",), "Aesthetic score", to_text=_whole_if_integral),
+    Field("negative_aesthetic_score", "run", float, AESTHETIC_SCORES[1], ("--negative-aesthetic-score",), "Negative aesthetic score",
+          to_text=_whole_if_integral),
+    # -- end of the SDXL refiner's rows
     Field("vae_hash", "recorded", label="VAE hash"),
     Field("vae", "run", flags=("--vae",), label="VAE"),  # the file's name: --from-png cannot find the file
     Field("lora_hashes", "recorded", label="Lora hashes"),
@@ -227,6 +238,9 @@ BY_NAME: dict[str, Field] = {f.name: f for f in FIELDS}
 LINE_KEYS: dict[str, Field] = {f.name: f for f in FIELDS if f.line_key}
 JOB_FIELDS: tuple[Field, ...] = tuple(f for f in FIELDS if f.scope == "job")
 HIRES_FIELDS: tuple[Field, ...] = tuple(f for f in FIELDS if f.name.startswith("hires_"))
+# The refiner's settings a PNG records and --from-png takes back (the file itself by name, as --vae).
+REFINER_FIELDS: tuple[Field, ...] = tuple(BY_NAME[name] for name in ("refiner_strength", "refiner_steps",
+                                                                      "aesthetic_score", "negative_aesthetic_score"))
 
 
 def default(name: str):

@@ -120,6 +120,14 @@ DepthStrengthOpt = Annotated[float, typer.Option(*flags("strength"), help="How m
 DepthMapOpt = Annotated[Optional[Path], typer.Option("--depth-map", help="Use this depth image (white = near) instead of MiDaS.", metavar="PNG", rich_help_panel=ESSENTIALS)]
 DepthModelOpt = Annotated[Optional[Path], typer.Option("--depth-model", help="MiDaS weights for a checkpoint without depth_model.*.", metavar="PATH", rich_help_panel=QUALITY)]
 SaveDepthOpt = Annotated[Optional[Path], typer.Option("--save-depth", help="Also write the depth map used (white = near).", metavar="PNG", rich_help_panel=AUTOMATION)]
+# -- the SDXL refiner (pipelines/refine.py), txt2img and img2img, in the SDXL panel
+RefinerOpt = Annotated[Optional[Path], typer.Option(*flags("refiner"), help="SDXL refiner file: the base hands its noisy latent over to it.", metavar="PATH", rich_help_panel=SDXL)]
+RefinerConfigOpt = Annotated[Optional[Path], typer.Option("--refiner-config", help="The refiner's YAML (default: beside it, or detected).", metavar="YAML", rich_help_panel=SDXL)]
+RefinerStrengthOpt = Annotated[float, typer.Option(*flags("refiner_strength"), help="Share of the schedule the refiner runs, 0..1.", metavar="X", rich_help_panel=SDXL)]
+RefinerStepsOpt = Annotated[int, typer.Option(*flags("refiner_steps"), help="The refiner's own steps (0 = --steps).", metavar="N", rich_help_panel=SDXL)]
+AestheticScoreOpt = Annotated[float, typer.Option(*flags("aesthetic_score"), help="Refiner: the aesthetic score the prompt asks for.", metavar="X", rich_help_panel=SDXL)]
+NegativeAestheticScoreOpt = Annotated[float, typer.Option(*flags("negative_aesthetic_score"), help="Refiner: the aesthetic score of the negative pass.", metavar="X", rich_help_panel=SDXL)]
+# -- end of the SDXL refiner's options
 # info and verify.
 ImagesArg = Annotated[list[Path], typer.Argument(help="PNG files.", metavar="IMAGE", show_default=False)]
 InfoJsonOpt = Annotated[bool, typer.Option("--json", help="One JSON object per image: the fields of txt2img --json, and every recorded field under \"parameters\".")]
@@ -171,6 +179,14 @@ def run_options(
     debug: DebugOpt = False,
     C: ChannelsOpt = 4, f: FactorOpt = 8,
     laion400m: Laion400mOpt = False, torchscript: TorchscriptOpt = False, ipex: IpexOpt = False, bf16: Bf16FlagOpt = False,
+): ...
+
+
+def refiner_options(
+    refiner: RefinerOpt = None, refiner_config: RefinerConfigOpt = None,
+    refiner_strength: RefinerStrengthOpt = default("refiner_strength"), refiner_steps: RefinerStepsOpt = default("refiner_steps"),
+    aesthetic_score: AestheticScoreOpt = default("aesthetic_score"),
+    negative_aesthetic_score: NegativeAestheticScoreOpt = default("negative_aesthetic_score"),
 ): ...
 
 

@@ -57,7 +57,7 @@ def _request(mode: str, args: dict):
         outdir=args["outdir"] or Path(f"outputs/{mode}-samples"), watermark=not args["no_watermark"],
         on_error=args["on_error"].value, json=args["json_out"], compile=args["compile_unet"],
         inpaint=_mask_options(args) if mode == "inpaint" else None,
-        depth=_depth_options(args) if mode == "depth2img" else None, **_addon_options(args),
+        depth=_depth_options(args) if mode == "depth2img" else None, **_addon_options(args), **_refiner_options(args),
         emphasis=args["emphasis"].value, clip_skip=_clip_skip(args["clip_skip"]), embeddings=_embeddings_dir(args["embeddings"]),
         random_seed=random_seed,
         preview=_preview(args["preview"]),
@@ -175,6 +175,34 @@ def _hires(args: dict):
     return HiresOptions(**{name.removeprefix("hires_"): value for name, value in hires.items()})
 
 
+# -- the SDXL refiner (pipelines/refine.py)
+
+# Flags meaningless without --refiner, and their defaults.
+REFINER_ONLY = {"refiner_config": None, "refiner_strength": fields.default("refiner_strength"),
+                "refiner_steps": fields.default("refiner_steps")}
+
+
+def _refiner_options(args: dict) -> dict:
+    """--refiner and its settings as RunRequest fields; the aesthetic scores also condition a refiner
+    run on its own (--ckpt refiner)."""
+    if "refiner" not in args:  # inpaint, depth2img: no refiner flags
+        return {}
+    from sd_cli.pipelines.refine import RefinerOptions
+
+    scores = (args["aesthetic_score"], args["negative_aesthetic_score"])
+    if args["refiner"] is None:
+        changed = [f"--{name.replace('_', '-')}" for name, unset in REFINER_ONLY.items() if args[name] != unset]
+        if changed:
+            raise UsageError(f"{', '.join(changed)}: part of the refiner hand-off, which --refiner turns on; add it")
+        return {"aesthetic_scores": scores}
+    if args.get("hires_scale") is not None:
+        raise UsageError("--refiner and --hires-scale do not go together (the refiner finishes the base's own "
+                         "latent); drop one of them")
+    refining = RefinerOptions(strength=args["refiner_strength"], steps=args["refiner_steps"], aesthetic_scores=scores)
+    return {"refiner": args["refiner"], "refiner_config": args["refiner_config"], "refining": refining,
+            "aesthetic_scores": scores}
+
+
 def _mask_options(args: dict):
     from sd_cli.files.masks import MaskOptions, parse_outpaint
 
@@ -236,9 +264,39 @@ def _take_png_run_options(args: dict) -> None:
     vae_name = recorded.pop("vae_name", None)
     if vae_name and args.get("vae") is None:
         log.warn(f"{args['from_png']} was made with the separate VAE {vae_name}; pass --vae to use it again")
+    _take_png_refiner(args, recorded)
     for key, value in recorded.items():
         if key in args and not _explicit(args, key):
             args[key] = Emphasis(value) if key == "emphasis" else value
+
+
+def _take_png_refiner(args: dict, recorded: dict) -> None:
+    """The recorded SDXL refiner, found by name in checkpoints/ as the recorded model is, unless --refiner
+    is given; txt2img and img2img only. Without a refiner its recorded strength and steps are dropped."""
+    name, recorded_hash = recorded.pop("refiner_name", None), recorded.pop("refiner_hash", None)
+    if name is not None and "refiner" in args and args["refiner"] is None:
+        _find_png_refiner(args, name, recorded_hash)
+    if args.get("refiner") is None:
+        for key in ("refiner_strength", "refiner_steps"):
+            recorded.pop(key, None)
+
+
+def _find_png_refiner(args: dict, name: str, recorded_hash: str | None) -> None:
+    from sd_cli.errors import CheckpointError
+    from sd_cli.loading.checkpoint import model_hash
+    from sd_cli.loading.locations import resolve_checkpoint
+
+    for suffix in (".safetensors", ".ckpt"):
+        try:
+            args["refiner"] = resolve_checkpoint(name + suffix)
+        except CheckpointError:
+            continue
+        if recorded_hash and model_hash(args["refiner"]) != recorded_hash:
+            log.warn(f"{args['from_png']} was made with refiner hash {recorded_hash} ({name}), "
+                     f"{args['refiner']} has {model_hash(args['refiner'])}: the image will differ")
+        return
+    log.warn(f"{args['from_png']} was made with the refiner {name}, not found in checkpoints/; "
+             "rendering without it (pass --refiner)")
 
 
 def _checkpoint(args: dict, png_model: dict):

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from sd_cli.errors import SdCliError
-from sd_cli.fields import BY_NAME, FIELDS, HIRES_FIELDS, JOB_FIELDS, Field
+from sd_cli.fields import BY_NAME, FIELDS, HIRES_FIELDS, JOB_FIELDS, REFINER_FIELDS, Field
 from sd_cli.files.images import as_mode, open_image
 
 # Fields a re-render takes from the image: every job value but the input images, which the PNG does
@@ -91,6 +91,24 @@ def run_options(path: str | Path) -> dict:
         options.update(recorded_values(fields, HIRES_FIELDS, path))
     if "vae" in options:
         options["vae_name"] = options.pop("vae")
+    options.update(_refiner_options(fields, path))
+    return options
+
+
+def _refiner_options(fields: dict[str, str], path) -> dict:
+    """The SDXL refiner's recorded settings, and its file's name and hash ("refiner_name", "refiner_hash").
+
+    An image from AUTOMATIC1111 records only "Refiner switch at" (the share of steps the base ran):
+    its strength is then taken as 1 - switch at, which gives the base about that share of the steps
+    (docs/fidelity.md)."""
+    options = recorded_values(fields, REFINER_FIELDS, path)
+    if BY_NAME["refiner"].label not in fields:
+        return {key: value for key, value in options.items() if key.endswith("aesthetic_score")}
+    name, _, rest = fields[BY_NAME["refiner"].label].partition(" [")
+    options.update(refiner_name=name, refiner_hash=rest.rstrip("]") or None)
+    switch = recorded_values(fields, (BY_NAME["refiner_switch_at"],), path).get("refiner_switch_at")
+    if "refiner_strength" not in options and switch is not None:
+        options["refiner_strength"] = round(1.0 - switch, 4)
     return options
 
 

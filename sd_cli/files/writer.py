@@ -162,4 +162,23 @@ class ImageWriter:
         uses = uses_for(self.request.loras, job.prompt, self.request.lora_dir)
         if uses:
             values["lora_hashes"] = lora_hashes(uses)
+        values.update(self._refiner_values(job))
+        return values
+
+    def _refiner_values(self, job: Job) -> dict:
+        """The SDXL refiner's fields: AUTOMATIC1111's Refiner and Refiner switch at (the share of the base's
+        steps before the hand-off), sd_cli's strength and steps, and the aesthetic scores wherever a
+        refiner conditioned the image (after a base, or run on its own)."""
+        from sd_cli.loading.checkpoint import model_hash
+        from sd_cli.pipelines.refine import switch_at
+
+        refiner, refining = self.loaded.refiner, self.request.refining
+        values = {}
+        if refiner is not None and refining is not None:
+            values.update(refiner=f"{refiner.name} [{model_hash(refiner.checkpoint_path)}]",
+                          refiner_switch_at=round(switch_at(refining.strength, job.steps), 4),
+                          refiner_strength=refining.strength, refiner_steps=refining.steps or job.steps)
+        elif not self.loaded.family.aesthetic_conditioned:
+            return values
+        values["aesthetic_score"], values["negative_aesthetic_score"] = self.request.aesthetic_scores
         return values

@@ -15,7 +15,7 @@ from typing import Callable
 from sd_cli import log
 from sd_cli.run import distributed, modes
 from sd_cli.errors import OutputError, PartialFailure, SdCliError, UsageError
-from sd_cli.fields import LORA_DIR
+from sd_cli.fields import AESTHETIC_SCORES, LORA_DIR
 from sd_cli.files.writer import ImageWriter
 from sd_cli.run.jobs import Job
 
@@ -56,6 +56,11 @@ class RunRequest:
     hires: "HiresOptions | None" = None  # txt2img --hires-scale/--hires-steps/--hires-strength (hires.py)
     random_seed: int | None = None  # the seed drawn when none was given, announced when the run starts
     preview: Path | None = None  # --preview: a small PNG of the batch being sampled, rewritten every few steps (preview.py)
+    # -- the SDXL refiner (pipelines/refine.py)
+    refiner: Path | None = None  # --refiner: the SDXL refiner file the base hands over to
+    refiner_config: Path | None = None  # --refiner-config; None: a YAML beside it, else detected
+    refining: "RefinerOptions | None" = None  # its strength, steps and scores; set exactly when refiner is
+    aesthetic_scores: tuple[float, float] = AESTHETIC_SCORES  # --aesthetic-score, --negative-aesthetic-score
     on_step: "Callable[[int, int], None] | None" = None  # told (done, total) after every step; may raise to stop
     xy: "Plot | None" = None  # --xy: the X/Y/Z plot the jobs are the cells of (plot.py); its grid replaces the plain one
 
@@ -209,7 +214,7 @@ def batches(jobs: list[Job], size: int) -> list[list[Job]]:
 def _load(request: RunRequest, rank):
     """The model and this run's options beside it (run.session.Session)."""
     from sd_cli.runtime.device import resolve_device, resolve_dtype
-    from sd_cli.loading.loader import load_model
+    from sd_cli.loading.loader import load_prepared, prepare_checkpoint
     from sd_cli.loading.locations import resolve_checkpoint
     from sd_cli.loading.lora import LoraMerger
     from sd_cli.prompting.prompts import text_options
@@ -220,8 +225,13 @@ def _load(request: RunRequest, rank):
     dtype = resolve_dtype(request.precision, device)
     offload = _wants_offload(request, device)
     started = time.perf_counter()
-    loaded = load_model(checkpoint, request.config, device=device, dtype=dtype, use_ema=request.ema, offload=offload,
-                        mode=request.mode)
+    prepared = prepare_checkpoint(checkpoint, request.config, mode=request.mode)
+    refiner = None
+    if request.refiner is not None:  # both files are known to be right before either's weights load
+        from sd_cli.run.refiner import prepare_refiner
+
+        refiner = prepare_refiner(request, prepared)
+    loaded = load_prepared(prepared, device=device, dtype=dtype, use_ema=request.ema, offload=offload)
     log.info(f"loaded {checkpoint} in {time.perf_counter() - started:.1f}s")
     text = text_options(loaded.model.text_towers[0], request.emphasis, request.clip_skip, request.embeddings)
     if request.vae is not None:
@@ -234,7 +244,12 @@ def _load(request: RunRequest, rank):
 
         compile_model(loaded.model)
         weights_frozen = freezes_weights(loaded.model.device)
-    return Session(loaded, text, LoraMerger(loaded.model, weights_frozen), vae_tiling=request.vae_tiling)
+    session = Session(loaded, text, LoraMerger(loaded.model, weights_frozen), vae_tiling=request.vae_tiling)
+    if refiner is not None:
+        from sd_cli.run.refiner import load_refiner
+
+        session.refiner = load_refiner(request, refiner, session, device, dtype, offload)
+    return session
 
 
 def _wants_offload(request: RunRequest, device) -> bool:

@@ -22,6 +22,7 @@ class Session:
     text: TextOptions  # --emphasis, --clip-skip, --embeddings
     loras: LoraMerger  # merges each batch's LoRAs (--lora, <lora:...>) and restores the weights
     vae_tiling: bool = False  # --vae-tiling: encode and decode in overlapping tiles (runtime/tiling.py)
+    refiner: "Session | None" = None  # --refiner: the SDXL refiner beside its base (run/refiner.py)
 
     @property
     def model(self):
@@ -82,3 +83,7 @@ class Session:
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         return self.model.decode_latents(latents, tiled=self.vae_tiling)
+
+    def make_room(self) -> None:
+        """--offload: the model's part on the device goes back to host memory (models/latent_diffusion.py)."""
+        self.model.make_room()

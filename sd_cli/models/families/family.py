@@ -33,6 +33,7 @@ class ModelFamily:
     zero_empty_negative: bool = False  # an empty negative prompt is zeros, not encoded (the SDXL base demo)
     engine: str = "ldm"  # whose original code it follows: "ldm" (CompVis/Stability scripts) or "sgm" (generative-models)
     vae_downsampling: int = 8  # image side / latent side
+    aesthetic_conditioned: bool = False  # the YAML conditions on an aesthetic score (the SDXL refiner)
 
     def latent_shape(self, height: int, width: int) -> tuple[int, int, int]:
         """(channels, h, w) of the latent of a height x width image."""

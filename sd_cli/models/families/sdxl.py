@@ -29,4 +29,6 @@ def decide(config) -> ModelFamily | None:
         watermark_text=SDXL_WATERMARK,
         zero_empty_negative=name == "sdxl",  # the demo's force_uc_zero_embeddings; refiner and SD-Turbo encode
         engine="sgm",
+        aesthetic_conditioned=any(entry.get("input_key") == "aesthetic_score"
+                                  for entry in config.text_params.get("emb_models", ())),
     )
