@@ -146,7 +146,7 @@ def _render_jobs(request: RunRequest, jobs: list[Job], targets: dict, rank, repo
                 images, seconds = _try_batch(session, request, batch, report, step)
                 if images is not None:
                     progress.end()
-                    writer.add(batch, _finished(request, batch, images), seconds)
+                    writer.add(batch, _finished(request, batch, images, float_mark_of(request, session)), seconds)
                 del images
         writer.finish()
     except KeyboardInterrupt:
@@ -308,19 +308,25 @@ def _apply_loras(session, request: RunRequest, batch: list[Job]) -> list[str]:
 def _check_model_fits(request: RunRequest, family) -> None:
     """Before any rendering: the model must serve the subcommand; inpaint says how it will work."""
     family.check_serves(request.mode)
-    if family.engine == "sgm" and request.watermark:
-        raise UsageError(f"{family.description} images carry generative-models' own watermark (a 48-bit "
-                         "message embedded in the float image), which sd_cli does not write yet; pass "
-                         "--no-watermark to render without one")
     modes.mode_of(request).announce(family)
 
 
-def _finished(request: RunRequest, batch: list[Job], decoded) -> list:
-    """The batch's images as uint8 [H, W, 3] arrays; inpaint: the padding cropped and the kept
-    pixels pasted back, in uint8 so that they stay exact."""
+def _finished(request: RunRequest, batch: list[Job], decoded, float_mark: str | None) -> list:
+    """The batch's images as uint8 [H, W, 3] arrays, carrying `float_mark` where one is embedded before
+    quantisation (float_mark_of); inpaint: the padding cropped and the kept pixels pasted back, in
+    uint8 so that they stay exact."""
     from sd_cli.files.images import to_uint8
 
-    return modes.mode_of(request).finish(request, batch, to_uint8(decoded))
+    return modes.mode_of(request).finish(request, batch, to_uint8(decoded, float_mark))
+
+
+def float_mark_of(request: RunRequest, session) -> str | None:
+    """The watermark to embed in the float image (generative-models' models), or None; the writer
+    embeds the others in the uint8 image (files/writer.py)."""
+    from sd_cli.files.watermark import embeds_in_float
+
+    text = session.model.watermark_text
+    return text if request.watermark and embeds_in_float(text) else None
 
 
 def _finish(report: RunReport, rank, resumable: bool) -> None:
@@ -363,4 +369,5 @@ def render_images(session, request: RunRequest, batch: list[Job]) -> list:
     written, no progress shown (request.on_step hears every step). The batch's LoRAs stay merged: the
     caller restores the weights (session.loras.restore())."""
     _check_model_fits(request, session.family)
-    return _finished(request, batch, _render_batch(session, request, batch, lambda done, total: None))
+    return _finished(request, batch, _render_batch(session, request, batch, lambda done, total: None),
+                     float_mark_of(request, session))
