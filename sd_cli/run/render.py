@@ -8,7 +8,7 @@ The jobs (one per image, from jobs.py) carry their own seed and file name. So:
 """
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -131,6 +131,7 @@ def _render_jobs(request: RunRequest, jobs: list[Job], targets: dict, rank, repo
     if request.on_error == "stop":  # a bad input fails before the model loads
         modes.mode_of(request).read_input(request, jobs[0])
     session = _load(request, rank)
+    jobs = with_model_defaults(jobs, session.family)
     _check_model_fits(request, session.family)
     if request.random_seed is not None:  # announced once the inputs and the model are known to be good
         log.info(f"seed {request.random_seed} (random; pass --seed {request.random_seed} to repeat this run)")
@@ -159,6 +160,14 @@ def _render_jobs(request: RunRequest, jobs: list[Job], targets: dict, rank, repo
         raise
     finally:
         session.loras.restore()  # the weights as loaded, whatever happened
+
+
+def with_model_defaults(jobs: list[Job], family) -> list[Job]:
+    """The jobs with the model's own value wherever nothing gave one (Job.model_defaults): SDXL's
+    guidance 5.0 and Euler, SD's 7.5 and DDIM (models/families/)."""
+    own = {"scale": family.default_scale, "sampler": family.default_sampler}
+    return [replace(job, **{key: own[key] for key in job.model_defaults}) if job.model_defaults else job
+            for job in jobs]
 
 
 def _resume_hint(targets: dict) -> str:

@@ -55,3 +55,52 @@ def test_no_watermark_writes_the_plain_pixels(files, models, run_cli, tmp_path):
     model = models["sdxl"]
     latents = txt2img_latents(model, ["a red circle"], [""], [7], SamplingParams("euler", 2, 4.0), SIZE, SIZE)
     assert np.array_equal(pixels(out), to_uint8(model.decode_latents(latents))[0])
+
+
+def test_sdxl_defaults_are_the_demos_size_guidance_and_sampler(files, models, run_cli, tmp_path):
+    """No --width/--height, --scale or --sampler: 1024x1024, guidance 5.0 and Euler, as the demo."""
+    out = tmp_path / "default.png"
+    result = run_cli("txt2img", "a red circle", "--ckpt", files["sdxl"], "--steps", 1, "--seed", 3,
+                     "--no-watermark", "--json", "-o", out)
+    assert result.code == 0, result.stderr
+    record = __import__("json").loads(result.stdout)
+    assert (record["sampler"], record["scale"], record["width"], record["height"]) == ("euler", 5.0, 1024, 1024)
+    model = models["sdxl"]
+    latents = txt2img_latents(model, ["a red circle"], [""], [3], SamplingParams("euler", 1, 5.0), 1024, 1024)
+    assert np.array_equal(pixels(out), to_uint8(model.decode_latents(latents))[0])
+
+
+def test_a_defaults_file_scale_and_sampler_win_over_the_models(files, run_cli, tmp_path, monkeypatch):
+    defaults = tmp_path / "defaults.toml"
+    defaults.write_text('scale = 3.0\n[txt2img]\nsampler = "heun"\n')
+    monkeypatch.setenv("SD_CLI_DEFAULTS", str(defaults))
+    result = run_cli("txt2img", "a red circle", "--ckpt", files["sdxl"], "--steps", 1, "--seed", 3, "-H", SIZE,
+                     "-W", SIZE, "--no-watermark", "--json", "-o", tmp_path / "a.png")
+    assert result.code == 0, result.stderr
+    record = __import__("json").loads(result.stdout)
+    assert (record["sampler"], record["scale"]) == ("heun", 3.0)
+
+
+def test_sd_keeps_its_own_defaults(sd1_ckpt, run_cli, tmp_path):
+    result = run_cli("txt2img", "a red circle", "--ckpt", sd1_ckpt, "--steps", 1, "--seed", 3, "-H", 64, "-W", 64,
+                     "--json", "-o", tmp_path / "a.png")
+    record = __import__("json").loads(result.stdout)
+    assert result.code == 0 and (record["sampler"], record["scale"]) == ("ddim", 7.5)
+
+
+def test_a_prompt_file_lines_own_scale_is_kept(files, run_cli, tmp_path):
+    lines = tmp_path / "prompts.txt"
+    lines.write_text('{"prompt": "a", "scale": 7.5}\nb\n')
+    result = run_cli("txt2img", "--from-file", lines, "--ckpt", files["sdxl"], "--steps", 1, "--seed", 3, "-H", SIZE,
+                     "-W", SIZE, "--no-watermark", "--json", "--outdir", tmp_path / "out")
+    assert result.code == 0, result.stderr
+    records = [__import__("json").loads(line) for line in result.stdout.splitlines() if '"grid"' not in line]
+    assert [(r["scale"], r["sampler"]) for r in records] == [(7.5, "euler"), (5.0, "euler")]
+
+
+def test_name_placeholders_of_model_defaults_are_refused(files, run_cli, tmp_path):
+    result = run_cli("txt2img", "a", "--ckpt", files["sdxl"], "--name", "{scale}-{seed}.png", "--outdir", tmp_path)
+    assert result.code == 2 and "{scale} is the model's own default when scale is not given" in result.stderr
+    assert run_cli("txt2img", "a", "--ckpt", files["sdxl"], "--name", "{scale}.png", "--scale", 2, "--steps", 1,
+                   "-H", SIZE, "-W", SIZE, "--outdir", tmp_path, "--no-watermark").code == 0
+    assert (tmp_path / "2.0.png").exists()

@@ -10,6 +10,10 @@ _SETUPS = {
     "sdxl-refiner": ("sdxl-refiner", "SDXL refiner", 1024),
     "sgm-openclip": ("sd-turbo", "SD 2.1 (generative-models layout, e.g. SD-Turbo)", 512),
 }
+# The demo's defaults (scripts/demo/streamlit_helpers.py): VanillaCFG's cfg-scale 5.0, EulerEDMSampler
+# (s_churn 0: Euler) over the legacy DDPM discretization.
+DEMO_SCALE = 5.0
+DEMO_SAMPLER = "euler"
 SDXL_WATERMARK = "0xB3EC907BB19E"  # sgm.inference.helpers' 48-bit message, embedded in the float image
 
 
@@ -29,4 +33,6 @@ def decide(config) -> ModelFamily | None:
         watermark_text=SDXL_WATERMARK,
         zero_empty_negative=name == "sdxl",  # the demo's force_uc_zero_embeddings; refiner and SD-Turbo encode
         engine="sgm",
+        default_scale=DEMO_SCALE,
+        default_sampler=DEMO_SAMPLER,
     )
