@@ -121,6 +121,14 @@ def size_problem(value: int) -> Optional[str]:
             f"try {' or '.join(map(str, options))}")
 
 
+def _pixels_problem(value: int) -> Optional[str]:
+    return None if value >= 1 else "must be at least 1 (pixels)"
+
+
+def _offset_problem(value: int) -> Optional[str]:
+    return None if value >= 0 else "must be 0 or more (pixels)"
+
+
 def name_problem(name: str) -> Optional[str]:
     path = Path(name)
     if not name or path.is_absolute() or ".." in path.parts:
@@ -213,6 +221,14 @@ FIELDS: tuple[Field, ...] = (
     Field("ti_hashes", "recorded", label="TI hashes"),
     Field("emphasis", "run", str, "original", ("--emphasis",), "Emphasis",
           to_text=str.capitalize, from_text=str.lower),
+    # SDXL's size and crop conditioning (docs/usage.md): written only where given; None follows the image.
+    Field("original_width", "run", int, None, ("--original-width",), "Original width", check=_pixels_problem),
+    Field("original_height", "run", int, None, ("--original-height",), "Original height", check=_pixels_problem),
+    Field("crop_top", "run", int, None, ("--crop-top",), "Crop top", check=_offset_problem),
+    Field("crop_left", "run", int, None, ("--crop-left",), "Crop left", check=_offset_problem),
+    Field("target_width", "run", int, None, ("--target-width",), "Target width", check=_pixels_problem),
+    Field("target_height", "run", int, None, ("--target-height",), "Target height", check=_pixels_problem),
+    Field("schedule_type", "recorded", label="Schedule type"),  # sgm models: "Sampler: Euler, Schedule type: EDM"
     Field("version", "recorded", label="Version"),
     Field("init_img", "job", flags=("--init-img", "-i", "--init_img"), aliases=("init_image",), json=True),
     Field("mask", "job", flags=("--mask",), json=True),
@@ -227,6 +243,8 @@ BY_NAME: dict[str, Field] = {f.name: f for f in FIELDS}
 LINE_KEYS: dict[str, Field] = {f.name: f for f in FIELDS if f.line_key}
 JOB_FIELDS: tuple[Field, ...] = tuple(f for f in FIELDS if f.scope == "job")
 HIRES_FIELDS: tuple[Field, ...] = tuple(f for f in FIELDS if f.name.startswith("hires_"))
+SIZE_CONDITIONING_FIELDS: tuple[Field, ...] = tuple(BY_NAME[name] for name in (
+    "original_width", "original_height", "crop_top", "crop_left", "target_width", "target_height"))
 
 
 def default(name: str):

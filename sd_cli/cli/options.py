@@ -117,6 +117,13 @@ DepthStrengthOpt = Annotated[float, typer.Option(*flags("strength"), help="How m
 DepthMapOpt = Annotated[Optional[Path], typer.Option("--depth-map", help="Use this depth image (white = near) instead of MiDaS.", metavar="PNG", rich_help_panel=ESSENTIALS)]
 DepthModelOpt = Annotated[Optional[Path], typer.Option("--depth-model", help="MiDaS weights for a checkpoint without depth_model.*.", metavar="PATH", rich_help_panel=QUALITY)]
 SaveDepthOpt = Annotated[Optional[Path], typer.Option("--save-depth", help="Also write the depth map used (white = near).", metavar="PNG", rich_help_panel=AUTOMATION)]
+# SDXL's size and crop conditioning (sdxl-base): the demo's value_dict, default the image's size and 0.
+OriginalWidthOpt = Annotated[Optional[int], typer.Option(*flags("original_width"), help="Size conditioning: the original image's width (default: the image's).", metavar="N", show_default=False, rich_help_panel=SDXL)]
+OriginalHeightOpt = Annotated[Optional[int], typer.Option(*flags("original_height"), help="Size conditioning: the original image's height (default: the image's).", metavar="N", show_default=False, rich_help_panel=SDXL)]
+CropTopOpt = Annotated[Optional[int], typer.Option(*flags("crop_top"), help="Crop conditioning: pixels cropped from the top (default 0).", metavar="N", show_default=False, rich_help_panel=SDXL)]
+CropLeftOpt = Annotated[Optional[int], typer.Option(*flags("crop_left"), help="Crop conditioning: pixels cropped from the left (default 0).", metavar="N", show_default=False, rich_help_panel=SDXL)]
+TargetWidthOpt = Annotated[Optional[int], typer.Option(*flags("target_width"), help="Size conditioning: the target width (default: the image's).", metavar="N", show_default=False, rich_help_panel=SDXL)]
+TargetHeightOpt = Annotated[Optional[int], typer.Option(*flags("target_height"), help="Size conditioning: the target height (default: the image's).", metavar="N", show_default=False, rich_help_panel=SDXL)]
 # info and verify.
 ImagesArg = Annotated[list[Path], typer.Argument(help="PNG files.", metavar="IMAGE", show_default=False)]
 InfoJsonOpt = Annotated[bool, typer.Option("--json", help="One JSON object per image: the fields of txt2img --json, and every recorded field under \"parameters\".")]
@@ -167,6 +174,13 @@ def run_options(
     debug: DebugOpt = False,
     C: ChannelsOpt = 4, f: FactorOpt = 8,
     laion400m: Laion400mOpt = False, torchscript: TorchscriptOpt = False, ipex: IpexOpt = False, bf16: Bf16FlagOpt = False,
+): ...
+
+
+def sdxl_size_options(
+    original_width: OriginalWidthOpt = None, original_height: OriginalHeightOpt = None,
+    crop_top: CropTopOpt = None, crop_left: CropLeftOpt = None,
+    target_width: TargetWidthOpt = None, target_height: TargetHeightOpt = None,
 ): ...
 
 

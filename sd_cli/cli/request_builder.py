@@ -60,6 +60,7 @@ def _request(mode: str, args: dict):
         emphasis=args["emphasis"].value, clip_skip=_clip_skip(args["clip_skip"]), embeddings=_embeddings_dir(args["embeddings"]),
         random_seed=random_seed,
         preview=_preview(args["preview"]),
+        size_flags=_size_flags(args),
         **{name: args[name] for name in AS_GIVEN},
     )
     if request.offload and request.compile:
@@ -156,6 +157,20 @@ def _hires(args: dict):
     from sd_cli.pipelines.hires import HiresOptions
 
     return HiresOptions(**{name.removeprefix("hires_"): value for name, value in hires.items()})
+
+
+def _size_flags(args: dict):
+    """SDXL's size and crop conditioning flags (txt2img and img2img have them), checked; None if none is given."""
+    given = {f.name: args[f.name] for f in fields.SIZE_CONDITIONING_FIELDS if args.get(f.name) is not None}
+    for name, value in given.items():
+        problem = fields.BY_NAME[name].check(value)
+        if problem:
+            raise UsageError(f"{fields.flag(name)} {value} {problem}")
+    if not given:
+        return None
+    from sd_cli.models.sdxl_conditioning import SizeFlags
+
+    return SizeFlags(**given)
 
 
 def _mask_options(args: dict):

@@ -57,6 +57,7 @@ class RunRequest:
     random_seed: int | None = None  # the seed drawn when none was given, announced when the run starts
     preview: Path | None = None  # --preview: a small PNG of the batch being sampled, rewritten every few steps (preview.py)
     on_step: "Callable[[int, int], None] | None" = None  # told (done, total) after every step; may raise to stop
+    size_flags: "SizeFlags | None" = None  # SDXL's --original-*, --crop-*, --target-* (models/sdxl_conditioning.py)
 
 
 @dataclass
@@ -238,7 +239,8 @@ def _load(request: RunRequest, rank):
 
         compile_model(loaded.model)
         weights_frozen = freezes_weights(loaded.model.device)
-    return Session(loaded, text, LoraMerger(loaded.model, weights_frozen), vae_tiling=request.vae_tiling)
+    return Session(loaded, text, LoraMerger(loaded.model, weights_frozen), vae_tiling=request.vae_tiling,
+                   size_flags=request.size_flags)
 
 
 def _wants_offload(request: RunRequest, device) -> bool:
@@ -317,7 +319,20 @@ def _apply_loras(session, request: RunRequest, batch: list[Job]) -> list[str]:
 def _check_model_fits(request: RunRequest, family) -> None:
     """Before any rendering: the model must serve the subcommand; inpaint says how it will work."""
     family.check_serves(request.mode)
+    _check_size_flags(request, family)
     modes.mode_of(request).announce(family)
+
+
+def _check_size_flags(request: RunRequest, family) -> None:
+    """SDXL's size and crop flags need a model conditioned on those values."""
+    from sd_cli.fields import flag
+
+    unused = request.size_flags.unused_by(family.size_inputs) if request.size_flags else []
+    if unused:
+        taken = f"it takes {', '.join(family.size_inputs)}" if family.size_inputs else "it has no size conditioning"
+        raise UsageError(f"{', '.join(flag(name) for name in unused)}: {family.description} is not conditioned on "
+                         f"{'this value' if len(unused) == 1 else 'these values'} ({taken}); drop "
+                         f"{'it' if len(unused) == 1 else 'them'}")
 
 
 def _finished(request: RunRequest, batch: list[Job], decoded, float_mark: str | None) -> list:

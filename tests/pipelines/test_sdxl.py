@@ -82,6 +82,28 @@ def test_sdxl_txt2img_euler_matches_the_reference(files, negatives):
     assert_close(ours, theirs)
 
 
+def test_sdxl_size_and_crop_flags_condition_as_the_reference(files):
+    """--original-* 1024x768, --crop-* (32, 48), --target-* 640x512 on a 128x128 render: y carries those
+    numbers in both branches (diffusers' time_ids from the same values)."""
+    from sd_cli.models.sdxl_conditioning import SizeFlags
+    from sd_cli.prompting.prompts import TextOptions
+    from sd_cli.run.session import Session
+
+    path, weights, config = files["sdxl"]
+    loaded = load_model(path)
+    flags = SizeFlags(original_width=768, original_height=1024, crop_top=32, crop_left=48, target_width=512,
+                      target_height=640)
+    session = Session(loaded, TextOptions(), None, size_flags=flags)
+    params = SamplingParams(sampler="euler", steps=4, scale=5.0)
+    ours = txt2img_latents(session, PROMPTS, ["blurry", ""], SEEDS, params, SIZE, SIZE)
+    sizes = SizeConditioning((1024, 768), crop_top_left=(32, 48), target_size=(640, 512))
+    assert flags.conditioning((SIZE, SIZE), None) == sizes
+    theirs = reference_latents(weights, config, PROMPTS, ["blurry", ""], SEEDS, 4, 5.0, (sizes, sizes))
+    assert_close(ours, theirs)
+    plain = txt2img_latents(loaded.model, PROMPTS, ["blurry", ""], SEEDS, params, SIZE, SIZE)
+    assert (plain - ours).abs().max() > 1e-2  # the conditioning changed the result
+
+
 def test_sdxl_img2img_keeps_the_strength_share_of_sigmas(files):
     path, weights, config = files["sdxl"]
     model = load_model(path).model

@@ -57,17 +57,26 @@ def test_no_watermark_writes_the_plain_pixels(files, models, run_cli, tmp_path):
     assert np.array_equal(pixels(out), to_uint8(model.decode_latents(latents))[0])
 
 
-def test_sdxl_defaults_are_the_demos_size_guidance_and_sampler(files, models, run_cli, tmp_path):
-    """No --width/--height, --scale or --sampler: 1024x1024, guidance 5.0 and Euler, as the demo."""
+def test_sdxl_defaults_are_the_demos_guidance_and_sampler(files, models, run_cli, tmp_path):
+    """No --scale or --sampler: guidance 5.0 and Euler, as the demo."""
     out = tmp_path / "default.png"
-    result = run_cli("txt2img", "a red circle", "--ckpt", files["sdxl"], "--steps", 1, "--seed", 3,
-                     "--no-watermark", "--json", "-o", out)
+    result = run_cli("txt2img", "a red circle", "--ckpt", files["sdxl"], "--steps", 2, "--seed", 3, "-H", SIZE,
+                     "-W", SIZE, "--no-watermark", "--json", "-o", out)
     assert result.code == 0, result.stderr
     record = __import__("json").loads(result.stdout)
-    assert (record["sampler"], record["scale"], record["width"], record["height"]) == ("euler", 5.0, 1024, 1024)
+    assert (record["sampler"], record["scale"]) == ("euler", 5.0)
     model = models["sdxl"]
-    latents = txt2img_latents(model, ["a red circle"], [""], [3], SamplingParams("euler", 1, 5.0), 1024, 1024)
+    latents = txt2img_latents(model, ["a red circle"], [""], [3], SamplingParams("euler", 2, 5.0), SIZE, SIZE)
     assert np.array_equal(pixels(out), to_uint8(model.decode_latents(latents))[0])
+
+
+def test_sdxl_renders_at_1024_and_sd_turbo_at_512_without_a_size(models):
+    from sd_cli.run.jobs import Job
+    from sd_cli.run.modes import MODES
+
+    job = Job(index=0, prompt="a")
+    assert MODES["txt2img"].size(job, models["sdxl"].family, None) == (1024, 1024)
+    assert MODES["txt2img"].size(job, models["sd-turbo"].family, None) == (512, 512)
 
 
 def test_a_defaults_file_scale_and_sampler_win_over_the_models(files, run_cli, tmp_path, monkeypatch):
@@ -104,3 +113,42 @@ def test_name_placeholders_of_model_defaults_are_refused(files, run_cli, tmp_pat
     assert run_cli("txt2img", "a", "--ckpt", files["sdxl"], "--name", "{scale}.png", "--scale", 2, "--steps", 1,
                    "-H", SIZE, "-W", SIZE, "--outdir", tmp_path, "--no-watermark").code == 0
     assert (tmp_path / "2.0.png").exists()
+
+
+SIZE_FLAGS = ["--original-width", 768, "--original-height", 1024, "--crop-top", 32, "--crop-left", 48,
+              "--target-width", 512, "--target-height", 640]
+
+
+def test_size_and_crop_flags_reach_the_render(files, models, run_cli, tmp_path):
+    from sd_cli.loading.loader import LoadedModel
+    from sd_cli.models.sdxl_conditioning import SizeFlags
+    from sd_cli.prompting.prompts import TextOptions
+    from sd_cli.run.session import Session
+
+    out = tmp_path / "sized.png"
+    result = run_cli("txt2img", "a red circle", "--ckpt", files["sdxl"], "--steps", 2, "--seed", 3, "-H", SIZE,
+                     "-W", SIZE, "--no-watermark", *SIZE_FLAGS, "-o", out)
+    assert result.code == 0, result.stderr
+    flags = SizeFlags(original_width=768, original_height=1024, crop_top=32, crop_left=48, target_width=512,
+                      target_height=640)
+    session = Session(LoadedModel(models["sdxl"], files["sdxl"], "test", None), TextOptions(), None, size_flags=flags)
+    latents = txt2img_latents(session, ["a red circle"], [""], [3], SamplingParams("euler", 2, 5.0), SIZE, SIZE)
+    assert np.array_equal(pixels(out), to_uint8(models["sdxl"].decode_latents(latents))[0])
+
+
+@pytest.mark.parametrize("flag", ["--crop-top", "--target-width"])
+def test_size_flags_are_refused_for_a_model_without_them(files, sd1_ckpt, run_cli, tmp_path, flag):
+    sd1 = run_cli("txt2img", "a", "--ckpt", sd1_ckpt, "-H", 64, "-W", 64, "--steps", 1, flag, 8, "-o", tmp_path / "a.png")
+    assert sd1.code == 2 and sd1.stderr.strip().endswith(
+        f"{flag}: SD 1.x is not conditioned on this value (it has no size conditioning); drop it")
+    turbo = run_cli("txt2img", "a", "--ckpt", files["sd-turbo"], "-H", 64, "-W", 64, "--steps", 1, flag, 8,
+                    "-o", tmp_path / "b.png")
+    assert turbo.code == 2 and "is not conditioned on this value" in turbo.stderr
+    assert not (tmp_path / "a.png").exists() and not (tmp_path / "b.png").exists()
+
+
+def test_bad_size_flag_values_are_refused_before_loading(run_cli, tmp_path):
+    result = run_cli("txt2img", "a", "--original-width", 0, "-o", tmp_path / "a.png")
+    assert result.code == 2 and "--original-width 0 must be at least 1 (pixels)" in result.stderr
+    result = run_cli("txt2img", "a", "--crop-left", -4, "-o", tmp_path / "a.png")
+    assert result.code == 2 and "--crop-left -4 must be 0 or more (pixels)" in result.stderr

@@ -38,6 +38,7 @@ class ModelFamily:
     # line gives a value (run/render.py with_model_defaults): the original code's own.
     default_scale: float = default("scale")
     default_sampler: str = default("sampler")
+    size_inputs: tuple[str, ...] = ()  # generative-models' size embedders' input keys ("original_size_as_tuple", ...)
 
     def latent_shape(self, height: int, width: int) -> tuple[int, int, int]:
         """(channels, h, w) of the latent of a height x width image."""

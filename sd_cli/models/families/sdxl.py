@@ -22,6 +22,8 @@ def decide(config) -> ModelFamily | None:
     if setup is None:
         return None
     name, description, native_size = setup
+    size_inputs = tuple(str(entry.get("input_key")) for entry in config.text_params["emb_models"]
+                        if str(entry.get("target", "")).endswith(".ConcatTimestepEmbedderND"))
     return ModelFamily(
         name=name,
         description=description,
@@ -35,4 +37,5 @@ def decide(config) -> ModelFamily | None:
         engine="sgm",
         default_scale=DEMO_SCALE,
         default_sampler=DEMO_SAMPLER,
+        size_inputs=size_inputs,
     )
