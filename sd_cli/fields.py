@@ -196,6 +196,7 @@ FIELDS: tuple[Field, ...] = (
     Field("sampler", "job", str, "ddim", ("--sampler", "--sampling-method"), "Sampler",
           ("sampler_name", "sampler_index", "sampling_method"), json=True,
           to_text=_sampler_label, from_text=_sampler_from_label),
+    Field("schedule_type", "recorded", label="Schedule type"),  # sgm models, as AUTOMATIC1111 1.9: "Sampler: Euler, Schedule type: EDM"
     Field("scale", "job", float, 7.5, ("--scale", "--cfg-scale"), "CFG scale", ("cfg_scale",), json=True,
           check=_scale_problem),
     Field("seed", "job", int, None, ("--seed", "-s"), "Seed", json=True, check=_seed_problem),
@@ -228,7 +229,6 @@ FIELDS: tuple[Field, ...] = (
     Field("crop_left", "run", int, None, ("--crop-left",), "Crop left", check=_offset_problem),
     Field("target_width", "run", int, None, ("--target-width",), "Target width", check=_pixels_problem),
     Field("target_height", "run", int, None, ("--target-height",), "Target height", check=_pixels_problem),
-    Field("schedule_type", "recorded", label="Schedule type"),  # sgm models: "Sampler: Euler, Schedule type: EDM"
     Field("version", "recorded", label="Version"),
     Field("init_img", "job", flags=("--init-img", "-i", "--init_img"), aliases=("init_image",), json=True),
     Field("mask", "job", flags=("--mask",), json=True),

@@ -113,6 +113,7 @@ class ImageWriter:
         if sampler_id(sampler_label(job.sampler)) != job.sampler:  # "DPM++ 2M" reads back as dpmpp_2m, not dpm
             values["sampler_id"] = job.sampler
         values.update(infotext_values(self.loaded, job.prompt, job.negative_prompt))
+        values.update(self._sgm_values(job))
         values["version"] = f"sd_cli {__version__}"
         return format_infotext(job.prompt, job.negative_prompt, infotext_fields(values))
 
@@ -125,6 +126,19 @@ class ImageWriter:
                   "model": self.loaded.name, "eta": job.eta}
         if job.init_img is not None:
             values["strength"] = job.strength
+        return values
+
+    def _sgm_values(self, job: Job) -> dict:
+        """generative-models' models: the sampler and its schedule apart, as AUTOMATIC1111 1.9 writes
+        them ("Sampler: Euler, Schedule type: EDM"), and the size and crop flags given."""
+        if self.loaded.model.family.engine != "sgm":
+            return {}
+        from sd_cli.sampling.samplers import SCHEDULES, choose
+
+        choice = choose(job.sampler)
+        values = {"sampler": choice.sampler.id, "schedule_type": SCHEDULES[choice.schedule].label}
+        if self.request.size_flags is not None:
+            values.update(self.request.size_flags.given())
         return values
 
     def _addon_values(self, job: Job) -> dict:

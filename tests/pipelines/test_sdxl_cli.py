@@ -152,3 +152,44 @@ def test_bad_size_flag_values_are_refused_before_loading(run_cli, tmp_path):
     assert result.code == 2 and "--original-width 0 must be at least 1 (pixels)" in result.stderr
     result = run_cli("txt2img", "a", "--crop-left", -4, "-o", tmp_path / "a.png")
     assert result.code == 2 and "--crop-left -4 must be 0 or more (pixels)" in result.stderr
+
+
+def test_the_png_records_every_sdxl_value_and_from_png_reapplies_them(files, run_cli, tmp_path):
+    import json
+
+    first = tmp_path / "first.png"
+    assert run_cli("txt2img", "a red circle", "--ckpt", files["sdxl"], "--steps", 3, "--seed", 11, "-H", SIZE,
+                   "-W", SIZE, "--schedule", "edm", "--sampler", "heun", "--scale", 3, "--no-watermark",
+                   *SIZE_FLAGS, "-o", first).code == 0
+    text = Image.open(first).text["parameters"]
+    assert ("Steps: 3, Sampler: Heun, Schedule type: EDM, CFG scale: 3.0, Seed: 11, Size: 128x128" in text
+            and "Original width: 768, Original height: 1024, Crop top: 32, Crop left: 48, Target width: 512, "
+                "Target height: 640, Version: " in text), text
+    record = json.loads(run_cli("info", "--json", first).stdout)
+    assert (record["sampler"], record["parameters"]["Target height"]) == ("heun_edm", "640")
+    again = tmp_path / "again.png"
+    result = run_cli("txt2img", "--from-png", first, "--ckpt", files["sdxl"], "--no-watermark", "-o", again)
+    assert result.code == 0, result.stderr
+    assert np.array_equal(pixels(again), pixels(first))
+    assert Image.open(again).text["parameters"] == text
+    plain = tmp_path / "plain.png"
+    assert run_cli("txt2img", "--from-png", first, "--ckpt", files["sdxl"], "--no-watermark", "--target-width", 128,
+                   "-o", plain).code == 0
+    assert "Target width: 128, Target height: 640" in Image.open(plain).text["parameters"]
+    assert not np.array_equal(pixels(plain), pixels(first))
+
+
+def test_automatic1111s_schedule_type_reads_back_into_the_sampler(tmp_path):
+    from PIL.PngImagePlugin import PngInfo
+
+    from sd_cli.files.reading import info_record
+
+    for written, sampler in [("Sampler: DPM++ 2M, Schedule type: Karras", "dpmpp_2m_karras"),
+                             ("Sampler: Euler a, Schedule type: Automatic", "euler_a"),
+                             ("Sampler: DDIM, Schedule type: Automatic", "ddim"),
+                             ("Sampler: Euler, Schedule type: Align Your Steps", "euler")]:
+        info = PngInfo()
+        info.add_text("parameters", f"a cat\n{written}, Steps: 20, Seed: 1")
+        path = tmp_path / "a.png"
+        Image.new("RGB", (8, 8)).save(path, pnginfo=info)
+        assert info_record(path)["sampler"] == sampler
