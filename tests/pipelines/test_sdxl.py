@@ -104,6 +104,37 @@ def test_sdxl_size_and_crop_flags_condition_as_the_reference(files):
     assert (plain - ours).abs().max() > 1e-2  # the conditioning changed the result
 
 
+def test_sdxl_edm_schedule_matches_the_reference(files):
+    """--schedule edm: the demo's EDMDiscretization (σ 0.03..14.61, ρ 3) written out here; the UNet at the
+    nearest of the model's σ (its index as t, c_in from it), x̂₀ = x - σ_q·ε, Euler in the unquantised σ."""
+    path, weights, config = files["sdxl"]
+    model = load_model(path).model
+    steps, scale = 4, 5.0
+    ours = txt2img_latents(model, PROMPTS, ["", ""], SEEDS, SamplingParams("euler_edm", steps, scale), SIZE, SIZE)
+    ramp = torch.linspace(0, 1, steps, dtype=torch.float64)
+    sigmas = ((14.61 ** (1 / 3) + ramp * (0.03 ** (1 / 3) - 14.61 ** (1 / 3))) ** 3).float().tolist() + [0.0]
+    betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float64) ** 2
+    alphas = torch.cumprod(1 - betas, 0)
+    table = ((1 - alphas) / alphas).float() ** 0.5
+    unet = diffusers_unet(weights, config)
+    cond = reference_text(weights, config, PROMPTS)
+    uncond = type(cond)(torch.zeros_like(cond.crossattn), torch.zeros_like(cond.pooled))
+    sizes = SizeConditioning((SIZE, SIZE), target_size=(SIZE, SIZE))
+    added = {"text_embeds": torch.cat([uncond.pooled, cond.pooled]), "time_ids": time_ids(sizes, 2 * len(PROMPTS))}
+    x = NoiseSource(SEEDS).draw((4, SIZE // 8, SIZE // 8), "cpu") * (1 + sigmas[0] ** 2) ** 0.5
+    with torch.no_grad():
+        for sigma, sigma_next in zip(sigmas, sigmas[1:]):
+            index = int((table - sigma).abs().argmin())
+            sigma_q = float(table[index])
+            x_in = torch.cat([x, x]) / (sigma_q**2 + 1) ** 0.5
+            eps = unet(x_in, torch.tensor(index), encoder_hidden_states=torch.cat([uncond.crossattn, cond.crossattn]),
+                       added_cond_kwargs=added).sample
+            denoised_u, denoised_c = (torch.cat([x, x]) - sigma_q * eps).chunk(2)
+            denoised = denoised_u + scale * (denoised_c - denoised_u)
+            x = x + (x - denoised) / sigma * (sigma_next - sigma)
+    assert_close(ours, x)
+
+
 def test_sdxl_img2img_keeps_the_strength_share_of_sigmas(files):
     path, weights, config = files["sdxl"]
     model = load_model(path).model

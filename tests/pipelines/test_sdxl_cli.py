@@ -193,3 +193,50 @@ def test_automatic1111s_schedule_type_reads_back_into_the_sampler(tmp_path):
         path = tmp_path / "a.png"
         Image.new("RGB", (8, 8)).save(path, pnginfo=info)
         assert info_record(path)["sampler"] == sampler
+
+
+@pytest.mark.parametrize("family, steps", [("sd-turbo", 1), ("sdxl", 4)])
+def test_turbo_schedule_from_the_cli(files, models, run_cli, tmp_path, family, steps):
+    """SD-Turbo and SDXL-Turbo (the base's layout): --schedule turbo --scale 1 runs turbo.py's Euler
+    ancestral over t = 999, 899, ... with no unconditional pass."""
+    out = tmp_path / "turbo.png"
+    result = run_cli("txt2img", "a red circle", "--ckpt", files[family], "--schedule", "turbo", "--steps", steps,
+                     "--scale", 1, "--seed", 5, "-H", SIZE, "-W", SIZE, "--no-watermark", "--json", "-o", out)
+    assert result.code == 0, result.stderr
+    assert __import__("json").loads(result.stdout)["sampler"] == "euler_a_turbo"
+    model = models[family]
+    calls = []
+    original = model.unet
+
+    def counting(x, *args):
+        calls.append(x.shape[0])
+        return original(x, *args)
+
+    model.unet = counting
+    try:
+        latents = txt2img_latents(model, ["a red circle"], [""], [5], SamplingParams("euler_a_turbo", steps, 1.0),
+                                  SIZE, SIZE)
+    finally:
+        del model.unet
+    assert calls == [1] * steps  # one UNet call a step, on the conditional batch alone
+    assert np.array_equal(pixels(out), to_uint8(model.decode_latents(latents))[0])
+
+
+def test_turbo_schedule_limits(files, sd1_ckpt, run_cli, tmp_path):
+    common = ["--schedule", "turbo", "--scale", 1, "-H", 64, "-W", 64, "-o", tmp_path / "a.png"]
+    five = run_cli("txt2img", "a", "--ckpt", files["sd-turbo"], "--steps", 5, *common)
+    assert five.code == 2 and "--steps 5: the turbo schedule runs 1 to 4 steps" in five.stderr
+    sd1 = run_cli("txt2img", "a", "--ckpt", sd1_ckpt, "--steps", 1, *common)
+    assert sd1.code == 2 and "schedule turbo is generative-models' (SDXL, SD-Turbo)" in sd1.stderr
+    assert not (tmp_path / "a.png").exists()
+
+
+def test_edm_schedule_from_the_cli(files, models, run_cli, tmp_path):
+    out = tmp_path / "edm.png"
+    result = run_cli("txt2img", "a red circle", "--ckpt", files["sdxl"], "--schedule", "edm", "--steps", 3,
+                     "--seed", 5, "-H", SIZE, "-W", SIZE, "--no-watermark", "--json", "-o", out)
+    assert result.code == 0, result.stderr
+    assert __import__("json").loads(result.stdout)["sampler"] == "euler_edm"
+    model = models["sdxl"]
+    latents = txt2img_latents(model, ["a red circle"], [""], [5], SamplingParams("euler_edm", 3, 5.0), SIZE, SIZE)
+    assert np.array_equal(pixels(out), to_uint8(model.decode_latents(latents))[0])
