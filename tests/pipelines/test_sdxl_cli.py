@@ -240,3 +240,55 @@ def test_edm_schedule_from_the_cli(files, models, run_cli, tmp_path):
     model = models["sdxl"]
     latents = txt2img_latents(model, ["a red circle"], [""], [5], SamplingParams("euler_edm", 3, 5.0), SIZE, SIZE)
     assert np.array_equal(pixels(out), to_uint8(model.decode_latents(latents))[0])
+
+
+def test_hires_fix_for_sdxl(files, models, run_cli, tmp_path):
+    """The first pass at 64x64, its latent upscaled x2, the second pass conditioned on its own 128x128."""
+    from sd_cli.pipelines.hires import HiresOptions, txt2img_hires
+
+    out = tmp_path / "hires.png"
+    result = run_cli("txt2img", "a red circle", "--ckpt", files["sdxl"], "--steps", 2, "--seed", 5, "-H", 64, "-W", 64,
+                     "--hires-scale", 2, "--hires-strength", 0.5, "--no-watermark", "-o", out)
+    assert result.code == 0, result.stderr
+    model = models["sdxl"]
+    images = txt2img_hires(model, ["a red circle"], [""], [5], SamplingParams("euler", 2, 5.0), 64, 64,
+                           HiresOptions(scale=2.0, strength=0.5))
+    assert np.array_equal(pixels(out), to_uint8(images)[0]) and pixels(out).shape == (128, 128, 3)
+    text = Image.open(out).text["parameters"]
+    assert "Size: 64x64" in text and "Denoising strength: 0.5, Hires upscale: 2.0" in text
+
+
+def test_a_bf16_cpu_run_decodes_in_float32(files, models, run_cli, tmp_path):
+    """--precision bf16 on the CPU: the UNet and text towers in bf16, the VAE in float32 (the original's
+    disable_first_stage_autocast), so the image is the float32 decode of the bf16 latents."""
+    out = tmp_path / "bf16.png"
+    result = run_cli("txt2img", "a red circle", "--ckpt", files["sdxl"], "--steps", 2, "--seed", 5, "-H", SIZE,
+                     "-W", SIZE, "--precision", "bf16", "--device", "cpu", "--no-watermark", "-o", out)
+    assert result.code == 0, result.stderr
+    bf16 = load_model(files["sdxl"], dtype=torch.bfloat16).model
+    assert bf16.vae_dtype == torch.float32
+    latents = txt2img_latents(bf16, ["a red circle"], [""], [5], SamplingParams("euler", 2, 5.0), SIZE, SIZE)
+    assert np.array_equal(pixels(out), to_uint8(models["sdxl"].decode_latents(latents.float()))[0])
+    fp32 = txt2img_latents(models["sdxl"], ["a red circle"], [""], [5], SamplingParams("euler", 2, 5.0), SIZE, SIZE)
+    difference = (latents.float() - fp32).abs().max() / fp32.abs().max()
+    assert 0 < difference < 0.05, difference  # bf16 rounding, not another image
+
+
+def test_the_nan_guard_covers_sdxl(run_cli, tmp_path):
+    """A UNet that overflows (an inf bias here) is a one-line error; no file is written."""
+    from omegaconf import OmegaConf
+    from safetensors.torch import save_file
+    from tiny_models import tiny_state_dict
+
+    weights, config = tiny_state_dict("sdxl")
+    weights["model.diffusion_model.out.2.bias"] = torch.full_like(weights["model.diffusion_model.out.2.bias"], float("inf"))
+    path = tmp_path / "broken.safetensors"
+    save_file({k: v.contiguous() for k, v in weights.items()}, str(path))
+    OmegaConf.save(OmegaConf.create(config), tmp_path / "broken.yaml")
+    out = tmp_path / "nan.png"
+    result = run_cli("txt2img", "a", "--ckpt", path, "--steps", 1, "-H", 64, "-W", 64, "--precision", "bf16",
+                     "--device", "cpu", "-o", out)
+    assert result.code == 1 and not out.exists()
+    assert result.stderr.strip().splitlines()[-1].endswith(
+        "the UNet produced NaN or inf values in torch.bfloat16; no image was saved. "
+        "Try --precision fp32 or other settings (a lower --scale)")
