@@ -196,5 +196,6 @@ def test_the_cli_renders_sdxl_as_the_pipeline_does(files, run_cli, tmp_path):
     expected = to_uint8(model.decode_latents(latents))[0]
     written = torch.from_numpy(__import__("numpy").asarray(Image.open(tmp_path / "x.png").convert("RGB")).copy())
     assert torch.equal(written, torch.from_numpy(expected))
-    ddim = run_cli("txt2img", "a red circle", "--ckpt", path, "--steps", "2", "--no-watermark", "-o", tmp_path / "d.png")
+    ddim = run_cli("txt2img", "a red circle", "--ckpt", path, "--sampler", "ddim", "--steps", "2", "--no-watermark",
+                   "-o", tmp_path / "d.png")
     assert ddim.code == 2 and "samples as generative-models does: use one of its samplers" in ddim.stderr
