@@ -122,6 +122,14 @@ def size_problem(value: int) -> Optional[str]:
             f"try {' or '.join(map(str, options))}")
 
 
+def _pixels_problem(value: int) -> Optional[str]:
+    return None if value >= 1 else "must be at least 1 (pixels)"
+
+
+def _offset_problem(value: int) -> Optional[str]:
+    return None if value >= 0 else "must be 0 or more (pixels)"
+
+
 def name_problem(name: str) -> Optional[str]:
     path = Path(name)
     if not name or path.is_absolute() or ".." in path.parts:
@@ -189,6 +197,7 @@ FIELDS: tuple[Field, ...] = (
     Field("sampler", "job", str, "ddim", ("--sampler", "--sampling-method"), "Sampler",
           ("sampler_name", "sampler_index", "sampling_method"), json=True,
           to_text=_sampler_label, from_text=_sampler_from_label),
+    Field("schedule_type", "recorded", label="Schedule type"),  # sgm models, as AUTOMATIC1111 1.9: "Sampler: Euler, Schedule type: EDM"
     Field("scale", "job", float, 7.5, ("--scale", "--cfg-scale"), "CFG scale", ("cfg_scale",), json=True,
           check=_scale_problem),
     Field("seed", "job", int, None, ("--seed", "-s"), "Seed", json=True, check=_seed_problem),
@@ -224,6 +233,13 @@ FIELDS: tuple[Field, ...] = (
     Field("ti_hashes", "recorded", label="TI hashes"),
     Field("emphasis", "run", str, "original", ("--emphasis",), "Emphasis",
           to_text=str.capitalize, from_text=str.lower),
+    # SDXL's size and crop conditioning (docs/usage.md): written only where given; None follows the image.
+    Field("original_width", "run", int, None, ("--original-width",), "Original width", check=_pixels_problem),
+    Field("original_height", "run", int, None, ("--original-height",), "Original height", check=_pixels_problem),
+    Field("crop_top", "run", int, None, ("--crop-top",), "Crop top", check=_offset_problem),
+    Field("crop_left", "run", int, None, ("--crop-left",), "Crop left", check=_offset_problem),
+    Field("target_width", "run", int, None, ("--target-width",), "Target width", check=_pixels_problem),
+    Field("target_height", "run", int, None, ("--target-height",), "Target height", check=_pixels_problem),
     Field("version", "recorded", label="Version"),
     Field("init_img", "job", flags=("--init-img", "-i", "--init_img"), aliases=("init_image",), json=True),
     Field("mask", "job", flags=("--mask",), json=True),
@@ -241,6 +257,8 @@ HIRES_FIELDS: tuple[Field, ...] = tuple(f for f in FIELDS if f.name.startswith("
 # The refiner's settings a PNG records and --from-png takes back (the file itself by name, as --vae).
 REFINER_FIELDS: tuple[Field, ...] = tuple(BY_NAME[name] for name in ("refiner_strength", "refiner_steps",
                                                                       "aesthetic_score", "negative_aesthetic_score"))
+SIZE_CONDITIONING_FIELDS: tuple[Field, ...] = tuple(BY_NAME[name] for name in (
+    "original_width", "original_height", "crop_top", "crop_left", "target_width", "target_height"))
 
 
 def default(name: str):

@@ -84,8 +84,9 @@ def _render_command(mode: str, own_options, size_options=None, family_options=()
     app.command(mode, cls=ReadableCommand)(command)
 
 
-_render_command("txt2img", opt.txt2img_options, size_options=opt.txt2img_size_options, family_options=(opt.refiner_options,))
-_render_command("img2img", opt.img2img_options, family_options=(opt.refiner_options,))
+_render_command("txt2img", opt.txt2img_options, size_options=opt.txt2img_size_options,
+                family_options=(opt.sdxl_size_options, opt.refiner_options))
+_render_command("img2img", opt.img2img_options, family_options=(opt.sdxl_size_options, opt.refiner_options))
 _render_command("inpaint", opt.inpaint_options)
 _render_command("depth2img", opt.depth2img_options)
 

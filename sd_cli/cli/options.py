@@ -128,6 +128,13 @@ RefinerStepsOpt = Annotated[int, typer.Option(*flags("refiner_steps"), help="The
 AestheticScoreOpt = Annotated[float, typer.Option(*flags("aesthetic_score"), help="Refiner: the aesthetic score the prompt asks for.", metavar="X", rich_help_panel=SDXL)]
 NegativeAestheticScoreOpt = Annotated[float, typer.Option(*flags("negative_aesthetic_score"), help="Refiner: the aesthetic score of the negative pass.", metavar="X", rich_help_panel=SDXL)]
 # -- end of the SDXL refiner's options
+# SDXL's size and crop conditioning (sdxl-base): the demo's value_dict, default the image's size and 0.
+OriginalWidthOpt = Annotated[Optional[int], typer.Option(*flags("original_width"), help="Size conditioning: the original image's width (default: the image's).", metavar="N", show_default=False, rich_help_panel=SDXL)]
+OriginalHeightOpt = Annotated[Optional[int], typer.Option(*flags("original_height"), help="Size conditioning: the original image's height (default: the image's).", metavar="N", show_default=False, rich_help_panel=SDXL)]
+CropTopOpt = Annotated[Optional[int], typer.Option(*flags("crop_top"), help="Crop conditioning: pixels cropped from the top (default 0).", metavar="N", show_default=False, rich_help_panel=SDXL)]
+CropLeftOpt = Annotated[Optional[int], typer.Option(*flags("crop_left"), help="Crop conditioning: pixels cropped from the left (default 0).", metavar="N", show_default=False, rich_help_panel=SDXL)]
+TargetWidthOpt = Annotated[Optional[int], typer.Option(*flags("target_width"), help="Size conditioning: the target width (default: the image's).", metavar="N", show_default=False, rich_help_panel=SDXL)]
+TargetHeightOpt = Annotated[Optional[int], typer.Option(*flags("target_height"), help="Size conditioning: the target height (default: the image's).", metavar="N", show_default=False, rich_help_panel=SDXL)]
 # info and verify.
 ImagesArg = Annotated[list[Path], typer.Argument(help="PNG files.", metavar="IMAGE", show_default=False)]
 InfoJsonOpt = Annotated[bool, typer.Option("--json", help="One JSON object per image: the fields of txt2img --json, and every recorded field under \"parameters\".")]
@@ -187,6 +194,13 @@ def refiner_options(
     refiner_strength: RefinerStrengthOpt = default("refiner_strength"), refiner_steps: RefinerStepsOpt = default("refiner_steps"),
     aesthetic_score: AestheticScoreOpt = default("aesthetic_score"),
     negative_aesthetic_score: NegativeAestheticScoreOpt = default("negative_aesthetic_score"),
+): ...
+
+
+def sdxl_size_options(
+    original_width: OriginalWidthOpt = None, original_height: OriginalHeightOpt = None,
+    crop_top: CropTopOpt = None, crop_left: CropLeftOpt = None,
+    target_width: TargetWidthOpt = None, target_height: TargetHeightOpt = None,
 ): ...
 
 

@@ -50,7 +50,7 @@ def _request(mode: str, args: dict):
     plot, requests = _plot(mode, args, requests, values, count)
     defaults = jobs.Defaults(values=values, count=count,
                              n_iter=_positive("--n-iter", args["n_iter"]), fixed_code=args["fixed_code"],
-                             name_template=args["name"])
+                             name_template=args["name"], model_defaults=_model_defaults(args, png_values))
     request = RunRequest(
         mode=mode, jobs=jobs.build_jobs(requests, defaults), batch_size=_positive("--n-samples", args["n_samples"]),
         bad_lines=bad_lines, checkpoint=_checkpoint(args, png_model), precision=_precision(args["precision"]),
@@ -62,6 +62,7 @@ def _request(mode: str, args: dict):
         random_seed=random_seed,
         preview=_preview(args["preview"]),
         xy=plot,
+        size_flags=_size_flags(args),
         **{name: args[name] for name in AS_GIVEN},
     )
     if request.offload and request.compile:
@@ -201,6 +202,18 @@ def _refiner_options(args: dict) -> dict:
     refining = RefinerOptions(strength=args["refiner_strength"], steps=args["refiner_steps"], aesthetic_scores=scores)
     return {"refiner": args["refiner"], "refiner_config": args["refiner_config"], "refining": refining,
             "aesthetic_scores": scores}
+def _size_flags(args: dict):
+    """SDXL's size and crop conditioning flags (txt2img and img2img have them), checked; None if none is given."""
+    given = {f.name: args[f.name] for f in fields.SIZE_CONDITIONING_FIELDS if args.get(f.name) is not None}
+    for name, value in given.items():
+        problem = fields.BY_NAME[name].check(value)
+        if problem:
+            raise UsageError(f"{fields.flag(name)} {value} {problem}")
+    if not given:
+        return None
+    from sd_cli.models.sdxl_conditioning import SizeFlags
+
+    return SizeFlags(**given)
 
 
 def _mask_options(args: dict):
@@ -231,6 +244,8 @@ def _sampler(args: dict) -> str:
         schedule = None if args["schedule"] is None else samplers.schedule_id(args["schedule"])
     except samplers.UnknownSampler as err:
         raise UsageError(f"--schedule {err}") from None
+    if schedule in samplers.SCHEDULE_SAMPLERS and not _given(args, "sampler", ("sampler", "plms", "dpm", "dpm_solver")):
+        name = samplers.SCHEDULE_SAMPLERS[schedule]
     try:
         return samplers.canonical(name, schedule)
     except samplers.UnknownSampler as err:
@@ -239,9 +254,25 @@ def _sampler(args: dict) -> str:
 
 def _explicit(args: dict, key: str) -> bool:
     """Whether the flag for `key` was given on the command line (it then wins over --from-png)."""
-    names = {"sampler": ("sampler", "schedule", "plms", "dpm", "dpm_solver")}.get(key, (key,))
+    return _given(args, key, not_by=("DEFAULT", "DEFAULT_MAP"))
+
+
+# Values that, given nowhere, are the model's own (models/families/: SDXL's demo guides at 5.0 with Euler).
+MODEL_DEFAULTS = ("scale", "sampler")
+SAMPLER_FLAGS = ("sampler", "schedule", "plms", "dpm", "dpm_solver")
+
+
+def _model_defaults(args: dict, png_values: dict) -> frozenset[str]:
+    """The MODEL_DEFAULTS given neither on the command line, in the defaults file nor by --from-png."""
+    return frozenset(key for key in MODEL_DEFAULTS if key not in png_values and not _given(args, key))
+
+
+def _given(args: dict, key: str, names: tuple[str, ...] | None = None, not_by: tuple[str, ...] = ("DEFAULT",)) -> bool:
+    """Whether a flag for `key` (`names`: its flags' parameters) has a value from a source other than
+    `not_by`: sd_cli's own default (DEFAULT), or also the defaults file (DEFAULT_MAP)."""
+    names = names or {"sampler": SAMPLER_FLAGS}.get(key, (key,))
     sources = [args["ctx"].get_parameter_source(name) for name in names]
-    return any(source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP") for source in sources)
+    return any(source is not None and source.name not in not_by for source in sources)
 
 
 def _from_png(args: dict) -> tuple[dict, dict]:

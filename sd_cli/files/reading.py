@@ -11,16 +11,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from sd_cli.errors import SdCliError
-from sd_cli.fields import BY_NAME, FIELDS, HIRES_FIELDS, JOB_FIELDS, REFINER_FIELDS, Field
+from sd_cli.fields import BY_NAME, FIELDS, HIRES_FIELDS, JOB_FIELDS, REFINER_FIELDS, SIZE_CONDITIONING_FIELDS, Field
 from sd_cli.files.images import as_mode, open_image
 
 # Fields a re-render takes from the image: every job value but the input images, which the PNG does
 # not record (the model is chosen separately).
 RENDER_FIELDS = tuple(f.name for f in JOB_FIELDS if f.name not in ("init_img", "mask"))
 # The recorded fields `info --json` gives under their own names (Size as width and height).
-RECORD_FIELDS = tuple(f for f in FIELDS if f.json and f.label is not None) + (BY_NAME["size"], BY_NAME["sampler_id"])
+RECORD_FIELDS = tuple(f for f in FIELDS if f.json and f.label is not None) + (
+    BY_NAME["size"], BY_NAME["sampler_id"], BY_NAME["schedule_type"])
 # The run-wide settings --from-png takes back, besides the hires fix.
-RUN_FIELDS = (BY_NAME["clip_skip"], BY_NAME["emphasis"], BY_NAME["vae"])
+RUN_FIELDS = (BY_NAME["clip_skip"], BY_NAME["emphasis"], BY_NAME["vae"], *SIZE_CONDITIONING_FIELDS)
 
 
 def read_infotext(path: str | Path) -> str:
@@ -50,11 +51,25 @@ def info_record(path: str | Path) -> dict:
     record.update(recorded_values(fields, RECORD_FIELDS, path))
     if "size" in record:
         record["width"], record["height"] = record.pop("size")
+    schedule = record.pop("schedule_type", None)  # AUTOMATIC1111 1.9's "Sampler: Euler, Schedule type: EDM"
+    if schedule and "sampler" in record:
+        record["sampler"] = _with_schedule(record["sampler"], schedule)
     sampler_id = record.pop("sampler_id", None)  # sd_cli writes it where the label is ambiguous ("DPM++ 2M")
     if sampler_id and "sampler" in record:
         record["sampler"] = sampler_id
     record["parameters"] = fields
     return record
+
+
+def _with_schedule(sampler: str, schedule_label: str) -> str:
+    """The sampler id with a recorded schedule type; as it is where either is another tool's, or the
+    sampler takes no schedule (DDIM's "Automatic")."""
+    from sd_cli.sampling.samplers import UnknownSampler, canonical, schedule_id
+
+    try:
+        return canonical(sampler, schedule_id(schedule_label))
+    except UnknownSampler:
+        return sampler
 
 
 def recorded_values(fields: dict[str, str], wanted: tuple[Field, ...], path) -> dict:

@@ -56,7 +56,8 @@ class ImageWriter:
             return
         from sd_cli.files.images import make_grid
 
-        grid, notes = self._watermarked(make_grid(self.grid_images, self.request.n_rows or self.request.batch_size))
+        grid, notes = self._watermarked(make_grid(self.grid_images, self.request.n_rows or self.request.batch_size),
+                                         grid=True)
         path = self.plan.save_grid(grid, self._infotext(*self.first), notes)  # not counted: the samples are the images
         log.output(json.dumps({"path": str(path), "grid": True}) if self.request.json else str(path))
 
@@ -90,17 +91,19 @@ class ImageWriter:
         else:
             log.output(str(path))
 
-    def _watermarked(self, image) -> tuple:
+    def _watermarked(self, image, grid: bool = False) -> tuple:
         """The image as it is written, and its PNG notes: why it carries no readable mark, where it does not.
 
-        What was just embedded is read back, so the file itself says when the original algorithm
-        could not carry the mark (or the image is too small for it) and `verify` can tell."""
+        A mark embedded in the float image is already there (run/render.py's float_mark_of), but on
+        the grid, made of quantised images. What was embedded is read back, so the file itself says
+        when the original algorithm could not carry the mark (or the image is too small for it) and
+        `verify` can tell."""
         if not self.request.watermark:
             return image, {}
-        from sd_cli.files.watermark import NOTE_KEY, add_watermark, unreadable_reason
+        from sd_cli.files.watermark import NOTE_KEY, add_watermark, embeds_in_float, unreadable_reason
 
         text = self.loaded.model.watermark_text
-        marked = add_watermark(image, text)
+        marked = image if embeds_in_float(text) and not grid else add_watermark(image, text)
         reason = unreadable_reason(marked, text)
         return marked, ({NOTE_KEY: reason} if reason else {})
 
@@ -132,6 +135,7 @@ class ImageWriter:
         if sampler_id(sampler_label(job.sampler)) != job.sampler:  # "DPM++ 2M" reads back as dpmpp_2m, not dpm
             values["sampler_id"] = job.sampler
         values.update(infotext_values(self.loaded, job.prompt, job.negative_prompt))
+        values.update(self._sgm_values(job))
         values["version"] = f"sd_cli {__version__}"
         return format_infotext(job.prompt, job.negative_prompt, {**infotext_fields(values), **(extra or {})})
 
@@ -144,6 +148,19 @@ class ImageWriter:
                   "model": self.loaded.name, "eta": job.eta}
         if job.init_img is not None:
             values["strength"] = job.strength
+        return values
+
+    def _sgm_values(self, job: Job) -> dict:
+        """generative-models' models: the sampler and its schedule apart, as AUTOMATIC1111 1.9 writes
+        them ("Sampler: Euler, Schedule type: EDM"), and the size and crop flags given."""
+        if self.loaded.model.family.engine != "sgm":
+            return {}
+        from sd_cli.sampling.samplers import SCHEDULES, choose
+
+        choice = choose(job.sampler)
+        values = {"sampler": choice.sampler.id, "schedule_type": SCHEDULES[choice.schedule].label}
+        if self.request.size_flags is not None:
+            values.update(self.request.size_flags.given())
         return values
 
     def _addon_values(self, job: Job) -> dict:

@@ -23,12 +23,12 @@ def _engine_guided_model(model, prompts, negative_prompts, scale, size, aestheti
     """generative-models' conditioning: crossattn and the vector y (pooled text, size, crop, target or
     aesthetic score). An SDXL base's empty negative prompt is zeros (the demo's force_uc_zero_embeddings,
     AUTOMATIC1111's rule when every negative is empty); the refiner encodes even an empty one."""
-    from sd_cli.models.sdxl_conditioning import SizeConditioning, zero_text
+    from sd_cli.models.sdxl_conditioning import zero_text
 
     text = model.encode_text(prompts)
     # Every size value a generative-models YAML can ask for; each size embedder takes its own (the base
-    # its target size, the refiner its aesthetic score).
-    sizes = SizeConditioning(original_size=size, target_size=size, aesthetic_score=aesthetic_scores[0])
+    # its target size, the refiner its aesthetic score). A session applies the run's size flags.
+    sizes = model.size_conditioning(size, aesthetic_scores[0])
     if scale == 1.0:
         return GuidedModel(model.unet, text.crossattn, None, scale, model.parameterization,
                            vector=model.vector(text, sizes))
@@ -36,7 +36,7 @@ def _engine_guided_model(model, prompts, negative_prompts, scale, size, aestheti
         uncond = zero_text(text)
     else:
         uncond = model.encode_text(negative_prompts)
-    uncond_sizes = SizeConditioning(original_size=size, target_size=size, aesthetic_score=aesthetic_scores[1])
+    uncond_sizes = model.size_conditioning(size, aesthetic_scores[1])
     cond_x, uncond_x = match_lengths(lambda batch: model.encode_text([""] * batch).crossattn, text.crossattn,
                                      uncond.crossattn)
     return GuidedModel(model.unet, cond_x, uncond_x, scale, model.parameterization,

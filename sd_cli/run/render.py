@@ -8,7 +8,7 @@ The jobs (one per image, from jobs.py) carry their own seed and file name. So:
 """
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -63,6 +63,7 @@ class RunRequest:
     aesthetic_scores: tuple[float, float] = AESTHETIC_SCORES  # --aesthetic-score, --negative-aesthetic-score
     on_step: "Callable[[int, int], None] | None" = None  # told (done, total) after every step; may raise to stop
     xy: "Plot | None" = None  # --xy: the X/Y/Z plot the jobs are the cells of (plot.py); its grid replaces the plain one
+    size_flags: "SizeFlags | None" = None  # SDXL's --original-*, --crop-*, --target-* (models/sdxl_conditioning.py)
 
 
 @dataclass
@@ -137,6 +138,7 @@ def _render_jobs(request: RunRequest, jobs: list[Job], targets: dict, rank, repo
     if request.on_error == "stop":  # a bad input fails before the model loads
         modes.mode_of(request).read_input(request, jobs[0])
     session = _load(request, rank)
+    jobs = with_model_defaults(jobs, session.family)
     _check_model_fits(request, session.family)
     if request.random_seed is not None:  # announced once the inputs and the model are known to be good
         log.info(f"seed {request.random_seed} (random; pass --seed {request.random_seed} to repeat this run)")
@@ -153,7 +155,7 @@ def _render_jobs(request: RunRequest, jobs: list[Job], targets: dict, rank, repo
                 images, seconds = _try_batch(session, request, batch, report, step)
                 if images is not None:
                     progress.end()
-                    writer.add(batch, _finished(request, batch, images), seconds)
+                    writer.add(batch, _finished(request, batch, images, float_mark_of(request, session)), seconds)
                 del images
         writer.finish()
     except KeyboardInterrupt:
@@ -166,6 +168,14 @@ def _render_jobs(request: RunRequest, jobs: list[Job], targets: dict, rank, repo
         raise
     finally:
         session.loras.restore()  # the weights as loaded, whatever happened
+
+
+def with_model_defaults(jobs: list[Job], family) -> list[Job]:
+    """The jobs with the model's own value wherever nothing gave one (Job.model_defaults): SDXL's
+    guidance 5.0 and Euler, SD's 7.5 and DDIM (models/families/)."""
+    own = {"scale": family.default_scale, "sampler": family.default_sampler}
+    return [replace(job, **{key: own[key] for key in job.model_defaults}) if job.model_defaults else job
+            for job in jobs]
 
 
 def _resume_hint(targets: dict) -> str:
@@ -244,7 +254,8 @@ def _load(request: RunRequest, rank):
 
         compile_model(loaded.model)
         weights_frozen = freezes_weights(loaded.model.device)
-    session = Session(loaded, text, LoraMerger(loaded.model, weights_frozen), vae_tiling=request.vae_tiling)
+    session = Session(loaded, text, LoraMerger(loaded.model, weights_frozen), vae_tiling=request.vae_tiling,
+                      size_flags=request.size_flags)
     if refiner is not None:
         from sd_cli.run.refiner import load_refiner
 
@@ -328,19 +339,38 @@ def _apply_loras(session, request: RunRequest, batch: list[Job]) -> list[str]:
 def _check_model_fits(request: RunRequest, family) -> None:
     """Before any rendering: the model must serve the subcommand; inpaint says how it will work."""
     family.check_serves(request.mode)
-    if family.engine == "sgm" and request.watermark:
-        raise UsageError(f"{family.description} images carry generative-models' own watermark (a 48-bit "
-                         "message embedded in the float image), which sd_cli does not write yet; pass "
-                         "--no-watermark to render without one")
+    _check_size_flags(request, family)
     modes.mode_of(request).announce(family)
 
 
-def _finished(request: RunRequest, batch: list[Job], decoded) -> list:
-    """The batch's images as uint8 [H, W, 3] arrays; inpaint: the padding cropped and the kept
-    pixels pasted back, in uint8 so that they stay exact."""
+def _check_size_flags(request: RunRequest, family) -> None:
+    """SDXL's size and crop flags need a model conditioned on those values."""
+    from sd_cli.fields import flag
+
+    unused = request.size_flags.unused_by(family.size_inputs) if request.size_flags else []
+    if unused:
+        taken = f"it takes {', '.join(family.size_inputs)}" if family.size_inputs else "it has no size conditioning"
+        raise UsageError(f"{', '.join(flag(name) for name in unused)}: {family.description} is not conditioned on "
+                         f"{'this value' if len(unused) == 1 else 'these values'} ({taken}); drop "
+                         f"{'it' if len(unused) == 1 else 'them'}")
+
+
+def _finished(request: RunRequest, batch: list[Job], decoded, float_mark: str | None) -> list:
+    """The batch's images as uint8 [H, W, 3] arrays, carrying `float_mark` where one is embedded before
+    quantisation (float_mark_of); inpaint: the padding cropped and the kept pixels pasted back, in
+    uint8 so that they stay exact."""
     from sd_cli.files.images import to_uint8
 
-    return modes.mode_of(request).finish(request, batch, to_uint8(decoded))
+    return modes.mode_of(request).finish(request, batch, to_uint8(decoded, float_mark))
+
+
+def float_mark_of(request: RunRequest, session) -> str | None:
+    """The watermark to embed in the float image (generative-models' models), or None; the writer
+    embeds the others in the uint8 image (files/writer.py)."""
+    from sd_cli.files.watermark import embeds_in_float
+
+    text = session.model.watermark_text
+    return text if request.watermark and embeds_in_float(text) else None
 
 
 def _finish(report: RunReport, rank, resumable: bool) -> None:
@@ -383,4 +413,5 @@ def render_images(session, request: RunRequest, batch: list[Job]) -> list:
     written, no progress shown (request.on_step hears every step). The batch's LoRAs stay merged: the
     caller restores the weights (session.loras.restore())."""
     _check_model_fits(request, session.family)
-    return _finished(request, batch, _render_batch(session, request, batch, lambda done, total: None))
+    return _finished(request, batch, _render_batch(session, request, batch, lambda done, total: None),
+                     float_mark_of(request, session))

@@ -33,6 +33,9 @@ SCHEDULES = {s.id: s for s in (
     Schedule("edm", "EDM"),  # generative-models' EDM discretization (sgm models only)
     Schedule("turbo", "Turbo"),  # SDXL-Turbo / SD-Turbo's timestep subset (sgm models only)
 )}
+# The sampler a generative-models schedule runs with when --schedule comes without --sampler: the
+# demo's EulerEDMSampler for EDM, turbo.py's SubstepSampler over EulerAncestralSampler for Turbo.
+SCHEDULE_SAMPLERS = {"edm": "euler", "turbo": "euler_a"}
 
 
 @dataclass(frozen=True)
