@@ -213,6 +213,7 @@ FIELDS: tuple[Field, ...] = (
     Field("ti_hashes", "recorded", label="TI hashes"),
     Field("emphasis", "run", str, "original", ("--emphasis",), "Emphasis",
           to_text=str.capitalize, from_text=str.lower),
+    Field("noise_level", "run", int, 20, ("--noise-level",), "Noise level"),  # upscale: the x4 augmentation's
     Field("version", "recorded", label="Version"),
     Field("init_img", "job", flags=("--init-img", "-i", "--init_img"), aliases=("init_image",), json=True),
     Field("mask", "job", flags=("--mask",), json=True),
