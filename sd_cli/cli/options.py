@@ -124,9 +124,9 @@ DepthModelOpt = Annotated[Optional[Path], typer.Option("--depth-model", help="Mi
 SaveDepthOpt = Annotated[Optional[Path], typer.Option("--save-depth", help="Also write the depth map used (white = near).", metavar="PNG", rich_help_panel=AUTOMATION)]
 # -- upscale: the SD 2 x4 upscaler (#21) --
 UpscaleImageOpt = Annotated[Optional[Path], typer.Option("--image", *flags("init_img"), help="The image to upscale 4x.", metavar="PATH", rich_help_panel=ESSENTIALS)]
-NoiseLevelOpt = Annotated[int, typer.Option("--noise-level", "--noise_level", help="Noise added to the input first, 0..350; more lets it invent more.", metavar="N", rich_help_panel=ESSENTIALS)]
-UpscaleFitOpt = Annotated[UpscaleFit, typer.Option("--upscale-fit", help="To multiples of 64: floor (resize, streamlit) or pad (repeat edges, gradio).", metavar="MODE", case_sensitive=False, rich_help_panel=ESSENTIALS)]
-UpscaleTileOpt = Annotated[int, typer.Option("--tile", help="Sample in tiles of N input pixels, a multiple of 8 (0 = whole; pixels differ).", metavar="N", rich_help_panel=QUALITY)]
+NoiseLevelOpt = Annotated[int, typer.Option("--noise-level", "--noise_level", help="Noise added to the input first, 0..350.", metavar="N", rich_help_panel=ESSENTIALS)]
+UpscaleFitOpt = Annotated[UpscaleFit, typer.Option("--upscale-fit", help="floor: resize to multiples of 64; pad: repeat edges.", metavar="MODE", case_sensitive=False, rich_help_panel=ESSENTIALS)]
+UpscaleTileOpt = Annotated[int, typer.Option("--tile", help="UNet tiles of N input pixels (0 = whole; pixels differ).", metavar="N", rich_help_panel=QUALITY)]
 UPSCALE_DEFAULTS = {"steps": 75, "scale": 9.0}  # the x4 scripts' DDIM steps (gradio) and guidance (streamlit)
 # -- end of upscale --
 # info and verify.

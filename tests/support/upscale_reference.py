@@ -15,6 +15,8 @@ augmentation's ᾱ as a float32 cumprod (the original: float64, stored float32; 
 rounds its output to uint8 where the original truncates, so images are compared as floats.
 """
 
+import warnings
+
 import diffusers
 import torch
 from diffusers.loaders.single_file_utils import (
@@ -77,10 +79,14 @@ class UpscaleReference:
         h, w = low_res.shape[-2:]
         latents = torch.randn((1, 4, h, w), generator=generator)
         # the pipeline draws its augmentation noise (its first draw) from the generator: here the second
-        return self.pipeline(image=low_res, prompt_embeds=self.encode_text([prompt]),
-                             negative_prompt_embeds=self.encode_text([negative]), num_inference_steps=steps,
-                             guidance_scale=scale, noise_level=noise_level, generator=generator, latents=latents,
-                             output_type="pt").images
+        with warnings.catch_warnings():
+            # the original's x / 127.5 - 1, passed as it is: diffusers takes a tensor below 0 as [-1, 1] (and
+            # warns that it may stop doing so); a [0, 1] tensor would go through its own 2x - 1 instead
+            warnings.filterwarnings("ignore", "Passing `image` as torch tensor with value range in", FutureWarning)
+            return self.pipeline(image=low_res, prompt_embeds=self.encode_text([prompt]),
+                                 negative_prompt_embeds=self.encode_text([negative]), num_inference_steps=steps,
+                                 guidance_scale=scale, noise_level=noise_level, generator=generator, latents=latents,
+                                 output_type="pt").images
 
 
 def _without_last_block(hf_weights: dict) -> dict:
