@@ -277,3 +277,25 @@ def test_bad_flags_are_one_line_errors(tmp_path, run_cli, flags, message):
     result = run_cli("upscale", "x", "--image", tmp_path / "in.png", *flags)
     lines = result.stderr.strip().splitlines()
     assert result.code == 2 and lines[-1].startswith("error: ") and lines[-1].endswith(message), lines
+
+
+def test_original_superresolution_command_line(x4, tmp_path):
+    """scripts/superresolution.py: the streamlit script's defaults (seed 0, scale 9, its prompt), the outdir layout."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from sd_cli.files.infotext import parse_infotext
+
+    path, _, _ = x4
+    _write(tmp_path / "in.png", 100, 70)  # floored to 64x64
+    root = Path(__file__).resolve().parents[2]
+    result = subprocess.run([sys.executable, str(root / "scripts" / "superresolution.py"), "--image", str(tmp_path / "in.png"),
+                             "--ckpt", str(path), "--ddim_steps", "1", "--skip-grid"],
+                            cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    written = sorted((tmp_path / "outputs" / "superresolution-samples" / "samples").glob("*.png"))
+    assert len(written) == 1 and Image.open(written[0]).size == (256, 256)
+    prompt, _, fields = parse_infotext(Image.open(written[0]).text["parameters"])
+    assert prompt == "a high quality professional photograph"
+    assert (fields["Seed"], fields["CFG scale"], fields["Steps"], fields["Noise level"]) == ("0", "9.0", "1", "20")
