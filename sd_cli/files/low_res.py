@@ -9,14 +9,20 @@
 Pixels become x / 127.5 - 1 in float32, the scripts' own formula.
 """
 
+from __future__ import annotations
+
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from sd_cli import log
 from sd_cli.errors import UsageError
 from sd_cli.fields import SIZE_MULTIPLE
+
+if TYPE_CHECKING:
+    import torch
 
 FITS = ("floor", "pad")
 PAD_MIN_BLOCKS = 2  # the gradio script's np.max(((2, 2), ...)): at least 128 pixels a side
