@@ -240,6 +240,7 @@ FIELDS: tuple[Field, ...] = (
     Field("crop_left", "run", int, None, ("--crop-left",), "Crop left", check=_offset_problem),
     Field("target_width", "run", int, None, ("--target-width",), "Target width", check=_pixels_problem),
     Field("target_height", "run", int, None, ("--target-height",), "Target height", check=_pixels_problem),
+    Field("noise_level", "run", int, 20, ("--noise-level",), "Noise level"),  # upscale: the x4 augmentation's
     Field("version", "recorded", label="Version"),
     Field("init_img", "job", flags=("--init-img", "-i", "--init_img"), aliases=("init_image",), json=True),
     Field("mask", "job", flags=("--mask",), json=True),

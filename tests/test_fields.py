@@ -26,7 +26,7 @@ RECORDED = {
     "refiner": "sd_xl_refiner_1.0 [7440042bbd]", "refiner_switch_at": 0.9, "refiner_strength": 0.15,
     "refiner_steps": 12, "aesthetic_score": 7.0, "negative_aesthetic_score": 2.5,
     "original_width": 768, "original_height": 1024, "crop_top": 32, "crop_left": 0, "target_width": 512,
-    "target_height": 640, "schedule_type": "EDM",
+    "target_height": 640, "schedule_type": "EDM", "noise_level": 50,
 }
 # Every prompt-file key as a line's text gives it, and the value it stands for.
 LINE_TEXT = {
@@ -37,7 +37,7 @@ LINE_TEXT = {
 }
 OPTION_GROUPS = (options.leading_options, options.sampling_options, options.run_options,
                  options.txt2img_size_options, options.img2img_options, options.inpaint_options,
-                 options.refiner_options, options.sdxl_size_options)
+                 options.refiner_options, options.sdxl_size_options, options.upscale_options)
 
 
 def test_every_recorded_field_has_a_sample():

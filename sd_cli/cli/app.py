@@ -50,17 +50,18 @@ def _top_level(version: Annotated[bool, typer.Option("--version", help="Print th
     """The options of sd-cli itself; its help text is the Typer's above."""
 
 
-def _render_command(mode: str, own_options, size_options=None, family_options=()):
+def _render_command(mode: str, own_options, size_options=None, family_options=(), defaults=None):
     """Register subcommand `mode` with the options every rendering command shares.
 
     Typer reads a command's options from its signature, so the shared ones are written once (three
     functions in cli.options) and joined here with the command's own: `own_options` after the prompt
-    and the model, then `size_options`, and last a model family's own (`family_options`: the SDXL
-    refiner's). The docstring of `own_options` is the help text; --help sorts
-    the options into panels (cli.help).
+    and the model, then `size_options`, and last a model family's own (`family_options`: SDXL's
+    size flags and refiner). The docstring of `own_options` is the help text; --help sorts
+    the options into panels (cli.help). `defaults` replaces shared options' defaults for this command.
     """
     parts = [opt.leading_options, own_options, size_options, opt.sampling_options, opt.run_options, *family_options]
     params = [p for part in parts if part is not None for p in inspect.signature(part).parameters.values()]
+    params = [p.replace(default=defaults[p.name]) if p.name in (defaults or {}) else p for p in params]
 
     def command(**args):
         from sd_cli.cli.request_builder import build_request, set_threads
@@ -89,6 +90,7 @@ _render_command("txt2img", opt.txt2img_options, size_options=opt.txt2img_size_op
 _render_command("img2img", opt.img2img_options, family_options=(opt.sdxl_size_options, opt.refiner_options))
 _render_command("inpaint", opt.inpaint_options)
 _render_command("depth2img", opt.depth2img_options)
+_render_command("upscale", opt.upscale_options, defaults=opt.UPSCALE_DEFAULTS)  # the SD 2 x4 upscaler (#21)
 
 
 @app.command(cls=ReadableCommand)
@@ -139,7 +141,7 @@ def defaults():
     The defaults file is TOML, named by $SD_CLI_DEFAULTS or found at
     $XDG_CONFIG_HOME/sd-cli/defaults.toml (~/.config/sd-cli/defaults.toml): keys are option names
     without the dashes (steps = 30, ckpt = "model.safetensors"), shared by the rendering
-    subcommands, and a [txt2img] (or img2img, inpaint, depth2img) table for one of them. The
+    subcommands, and a [txt2img] (or img2img, inpaint, depth2img, upscale) table for one of them. The
     command line wins over $SD_CLI_CKPT, which wins over the file.
     """
     from sd_cli.cli.defaults import print_sources

@@ -22,7 +22,7 @@ from sd_cli.errors import UsageError
 
 ENV_FILE = "SD_CLI_DEFAULTS"
 ENV_CKPT = "SD_CLI_CKPT"
-RENDER_COMMANDS = ("txt2img", "img2img", "inpaint", "depth2img")
+RENDER_COMMANDS = ("txt2img", "img2img", "inpaint", "depth2img", "upscale")
 
 
 def defaults_file() -> tuple[Path | None, str]:

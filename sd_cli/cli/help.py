@@ -33,6 +33,10 @@ EXAMPLES = {
         'sd-cli depth2img "a marble statue" -i person.png -m 512-depth-ema.ckpt -o statue.png',
         'sd-cli depth2img "bronze" -i person.png -m 512-depth-ema.ckpt --depth-map depth.png -o b.png',
     ),
+    "upscale": (
+        'sd-cli upscale "a photograph of a cat" -i cat-128.png -m x4-upscaler-ema.ckpt -o cat.png',
+        'sd-cli upscale "a harbour" -i harbour.png -m x4-upscaler-ema.ckpt --tile 128 --vae-tiling',
+    ),
     "info": ("sd-cli info circle.png", "sd-cli info --json out/*.png"),
     "verify": ("sd-cli verify circle.png", "sd-cli verify --json out/*.png"),
     "defaults": ("sd-cli defaults", "SD_CLI_DEFAULTS=ci-defaults.toml sd-cli defaults"),

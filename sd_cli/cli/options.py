@@ -35,6 +35,11 @@ class Emphasis(str, Enum):
     none = "none"
 
 
+class UpscaleFit(str, Enum):  # upscale --upscale-fit (files/low_res.py)
+    floor = "floor"
+    pad = "pad"
+
+
 # The help's panels, in the order `--help` shows them (sd_cli.cli.help sorts by it).
 ESSENTIALS = "Essentials"
 BATCH = "Batch and prompt files"
@@ -135,6 +140,13 @@ CropTopOpt = Annotated[Optional[int], typer.Option(*flags("crop_top"), help="Cro
 CropLeftOpt = Annotated[Optional[int], typer.Option(*flags("crop_left"), help="Crop conditioning: pixels cropped from the left (default 0).", metavar="N", show_default=False, rich_help_panel=SDXL)]
 TargetWidthOpt = Annotated[Optional[int], typer.Option(*flags("target_width"), help="Size conditioning: the target width (default: the image's).", metavar="N", show_default=False, rich_help_panel=SDXL)]
 TargetHeightOpt = Annotated[Optional[int], typer.Option(*flags("target_height"), help="Size conditioning: the target height (default: the image's).", metavar="N", show_default=False, rich_help_panel=SDXL)]
+# -- upscale: the SD 2 x4 upscaler (#21) --
+UpscaleImageOpt = Annotated[Optional[Path], typer.Option("--image", *flags("init_img"), help="The image to upscale 4x.", metavar="PATH", rich_help_panel=ESSENTIALS)]
+NoiseLevelOpt = Annotated[int, typer.Option("--noise-level", "--noise_level", help="Noise added to the input first, 0..350.", metavar="N", rich_help_panel=ESSENTIALS)]
+UpscaleFitOpt = Annotated[UpscaleFit, typer.Option("--upscale-fit", help="floor: resize to multiples of 64; pad: repeat edges.", metavar="MODE", case_sensitive=False, rich_help_panel=ESSENTIALS)]
+UpscaleTileOpt = Annotated[int, typer.Option("--tile", help="UNet tiles of N input pixels (0 = whole; pixels differ).", metavar="N", rich_help_panel=QUALITY)]
+UPSCALE_DEFAULTS = {"steps": 75, "scale": 9.0}  # the x4 scripts' DDIM steps (gradio) and guidance (streamlit)
+# -- end of upscale --
 # info and verify.
 ImagesArg = Annotated[list[Path], typer.Argument(help="PNG files.", metavar="IMAGE", show_default=False)]
 InfoJsonOpt = Annotated[bool, typer.Option("--json", help="One JSON object per image: the fields of txt2img --json, and every recorded field under \"parameters\".")]
@@ -243,5 +255,17 @@ def depth2img_options(
     The checkpoint is 512-depth-ema. The depth comes from MiDaS DPT-Hybrid, built from the
     checkpoint's own depth_model.* weights (or --depth-model), or from --depth-map. The image's
     size is floored to multiples of 64.
+    """
+
+
+def upscale_options(
+    init_img: UpscaleImageOpt = default("init_img"), noise_level: NoiseLevelOpt = 20,
+    upscale_fit: UpscaleFitOpt = UpscaleFit.floor, tile: UpscaleTileOpt = 0,
+):
+    """Upscale an image 4x following a prompt (the SD 2 x4 upscaler, x4-upscaler-ema.ckpt).
+
+    The input is fitted to multiples of 64 (--upscale-fit), noised to --noise-level and given to the
+    UNet beside the latent, as the original superresolution scripts do. --tile and --vae-tiling bound
+    the memory of large inputs (a 512x512 input makes a 2048x2048 image).
     """
 

@@ -22,13 +22,19 @@ ORIGINAL_DEFAULTS = {
     # v2 scripts/streamlit/depth2img.py: seed 0, one sample, scale 9.0, strength 0.9, η 0
     "depth2img": ["--n_samples", "1", "--seed", "0", "--scale", "9.0", "--strength", "0.9",
                   "--outdir", "outputs/depth2img-samples"],
+    # v2 scripts/streamlit/superresolution.py (the x4 upscaler): seed 0, one sample, scale 9.0, 50 DDIM steps,
+    # η 0, noise augmentation 20, the input floored to multiples of 64
+    "upscale": ["--n_samples", "1", "--seed", "0", "--scale", "9.0", "--steps", "50", "--ddim_eta", "0.0",
+                "--noise-level", "20", "--upscale-fit", "floor", "--outdir", "outputs/superresolution-samples"],
 }
+# The streamlit script's own prompt field default, where the other scripts' is ORIGINAL_PROMPT.
+ORIGINAL_PROMPTS = {"upscale": "a high quality professional photograph"}
 
 
 def run_original_script(mode: str, user_args: list[str]) -> None:
     args = [mode, *ORIGINAL_DEFAULTS[mode], *user_args]
     if not _gives_prompt(user_args):
-        args += ["--prompt", ORIGINAL_PROMPT]
+        args += ["--prompt", ORIGINAL_PROMPTS.get(mode, ORIGINAL_PROMPT)]
     with blank_lines_are_prompts():
         main(args)
 

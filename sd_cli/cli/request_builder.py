@@ -58,6 +58,7 @@ def _request(mode: str, args: dict):
         on_error=args["on_error"].value, json=args["json_out"], compile=args["compile_unet"],
         inpaint=_mask_options(args) if mode == "inpaint" else None,
         depth=_depth_options(args) if mode == "depth2img" else None, **_addon_options(args), **_refiner_options(args),
+        upscale=_upscale_options(args) if mode == "upscale" else None,
         emphasis=args["emphasis"].value, clip_skip=_clip_skip(args["clip_skip"]), embeddings=_embeddings_dir(args["embeddings"]),
         random_seed=random_seed,
         preview=_preview(args["preview"]),
@@ -90,7 +91,7 @@ def _requests(mode: str, args: dict, png_values: dict) -> tuple[list, int]:
     if prompt is None:
         raise UsageError("no prompt: pass it as the first argument, with --prompt, or use --from-file")
     if mode != "txt2img" and args["init_img"] is None:
-        raise UsageError(f"{mode} needs an input image: pass {'--image' if mode == 'inpaint' else '--init-img'} PATH")
+        raise UsageError(f"{mode} needs an input image: pass {'--image' if mode in ('inpaint', 'upscale') else '--init-img'} PATH")
     return [jobs.Request({"prompt": prompt})], 0
 
 
@@ -232,6 +233,25 @@ def _depth_options(args: dict):
     if args["depth_map"] is not None and args["depth_model"] is not None:
         raise UsageError("--depth-map replaces MiDaS, so --depth-model would not be used; give one of them")
     return DepthOptions(depth_map=args["depth_map"], depth_model=args["depth_model"], save_depth=args["save_depth"])
+
+
+# -- upscale: the SD 2 x4 upscaler (#21) --
+MAX_NOISE_LEVEL = 350  # x4-upscaling.yaml's max_noise_level, the scripts' UI limit (the model checks its own)
+TILE_MULTIPLE = 8  # the x4 UNet halves its latent three times
+
+
+def _upscale_options(args: dict):
+    from sd_cli.pipelines.upscale import UpscaleOptions
+
+    if not 0 <= args["noise_level"] <= MAX_NOISE_LEVEL:
+        raise UsageError(f"--noise-level {args['noise_level']} is out of range: the x4 upscaler takes 0 to "
+                         f"{MAX_NOISE_LEVEL}")
+    tile = args["tile"]
+    if tile < 0 or tile % TILE_MULTIPLE or 0 < tile < 2 * TILE_MULTIPLE:
+        raise UsageError(f"--tile {tile}: give a multiple of {TILE_MULTIPLE} of at least {2 * TILE_MULTIPLE} "
+                         "input pixels, or 0 for no tiling")
+    return UpscaleOptions(noise_level=args["noise_level"], fit=args["upscale_fit"].value, tile=tile)
+# -- end of upscale --
 
 
 def _sampler(args: dict) -> str:

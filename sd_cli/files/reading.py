@@ -21,7 +21,7 @@ RENDER_FIELDS = tuple(f.name for f in JOB_FIELDS if f.name not in ("init_img", "
 RECORD_FIELDS = tuple(f for f in FIELDS if f.json and f.label is not None) + (
     BY_NAME["size"], BY_NAME["sampler_id"], BY_NAME["schedule_type"])
 # The run-wide settings --from-png takes back, besides the hires fix.
-RUN_FIELDS = (BY_NAME["clip_skip"], BY_NAME["emphasis"], BY_NAME["vae"], *SIZE_CONDITIONING_FIELDS)
+RUN_FIELDS = (BY_NAME["clip_skip"], BY_NAME["emphasis"], BY_NAME["vae"], BY_NAME["noise_level"], *SIZE_CONDITIONING_FIELDS)
 
 
 def read_infotext(path: str | Path) -> str:
@@ -96,7 +96,7 @@ def render_values(path: str | Path) -> tuple[dict, dict]:
 
 def run_options(path: str | Path) -> dict:
     """The recorded run-wide settings a re-render needs, as CLI option names: clip skip, emphasis,
-    hires fix, and the name of a separate VAE (which --from-png cannot find by itself)."""
+    hires fix, upscale's noise level, and the name of a separate VAE (which --from-png cannot find by itself)."""
     fields = info_record(path)["parameters"]
     options = recorded_values(fields, RUN_FIELDS, path)
     if options.get("emphasis") != "none":  # the default, or another tool's mode sd_cli does not have

@@ -131,6 +131,8 @@ class ImageWriter:
         values = {**self._job_values(job, shape), **self._addon_values(job)}
         if self.request.inpaint is not None:
             values["mask_blur"] = self.request.inpaint.blur
+        if self.request.upscale is not None:
+            values["noise_level"] = self.request.upscale.noise_level
         values["eta"] = job.eta or None  # AUTOMATIC1111 writes Eta only when it is not 0
         if sampler_id(sampler_label(job.sampler)) != job.sampler:  # "DPM++ 2M" reads back as dpmpp_2m, not dpm
             values["sampler_id"] = job.sampler
@@ -146,7 +148,7 @@ class ImageWriter:
         values = {"steps": job.steps, "sampler": job.sampler, "scale": job.scale, "seed": job.seed,
                   "size": (shape[1], shape[0]), "model_hash": model_hash(self.loaded.checkpoint_path),
                   "model": self.loaded.name, "eta": job.eta}
-        if job.init_img is not None:
+        if job.init_img is not None and self.request.upscale is None:  # upscale has no strength
             values["strength"] = job.strength
         return values
 

@@ -15,6 +15,8 @@ ALLOWED_TARGETS = {
     "ldm.models.diffusion.ddpm.LatentDiffusion": "txt2img",
     "ldm.models.diffusion.ddpm.LatentInpaintDiffusion": "inpaint",
     "ldm.models.diffusion.ddpm.LatentDepth2ImageDiffusion": "depth",
+    "ldm.models.diffusion.ddpm.LatentUpscaleDiffusion": "upscale",  # the SD 2 x4 upscaler
+    "ldm.modules.diffusionmodules.upscaling.ImageConcatWithNoiseAugmentation": "noise-augmentation",
     "ldm.modules.diffusionmodules.openaimodel.UNetModel": "unet",
     "ldm.models.autoencoder.AutoencoderKL": "vae",
     "ldm.modules.encoders.modules.FrozenCLIPEmbedder": "clip",
@@ -36,7 +38,7 @@ ALLOWED_TARGETS = {
     "sgm.models.autoencoder.AutoencoderKL": "vae",
     "sgm.models.autoencoder.AutoencoderKLInferenceWrapper": "vae",
 }
-MODEL_KINDS = ("txt2img", "inpaint", "depth")
+MODEL_KINDS = ("txt2img", "inpaint", "depth", "upscale")
 TEXT_ENCODERS = ("clip", "openclip")
 
 # Training-only keys of the model params; inference ignores them, as the original scripts do.
@@ -48,8 +50,10 @@ _TRAINING_ONLY = {
     "original_elbo_weight", "v_posterior", "clip_denoised", "scale_by_std", "cosine_s",
     "given_betas", "make_it_fit", "reset_ema", "reset_num_ema_updates", "concat_keys",
     "masked_image_key", "keep_finetune_dims", "c_concat_log_start", "c_concat_log_end",
-    "unet_trainable", "concat_mode", "num_classes",
+    "unet_trainable", "concat_mode", "num_classes", "low_scale_key", "noise_level_key",
 }
+# The conditioning_key each model class is built with (the original DiffusionWrapper's modes).
+CONDITIONING_KEYS = {"txt2img": "crossattn", "upscale": "hybrid-adm"}  # the others: "hybrid"
 
 
 @dataclass(frozen=True)
@@ -57,7 +61,7 @@ class ModelConfig:
     """Everything sd_cli needs from an original model YAML."""
 
     source: str  # where the YAML came from, for messages
-    kind: str  # "txt2img", "inpaint" or "depth"
+    kind: str  # "txt2img", "inpaint", "depth" or "upscale"
     parameterization: str  # "eps" or "v"
     linear_start: float
     linear_end: float
@@ -70,6 +74,7 @@ class ModelConfig:
     image_size: int  # latent side the model was trained at (64 for SD: 512 px)
     text_params: dict = field(default_factory=dict)
     depth_params: dict | None = None
+    low_scale_params: dict | None = None  # the x4 upscaler's low_scale_config params (noise augmentation)
     engine: str = "ldm"  # whose code the YAML is for: "ldm" (CompVis/Stability) or "sgm" (generative-models)
 
     @property
@@ -108,6 +113,9 @@ def parse_config(raw: dict, source: str) -> ModelConfig:
     depth = params.pop("depth_stage_config", None)
     if kind == "depth":
         depth = _component(depth, source, "depth_stage_config", ("midas",))
+    low_scale = params.pop("low_scale_config", None)
+    if kind == "upscale":
+        low_scale = _component(low_scale, source, "low_scale_config", ("noise-augmentation",))
     vae.pop("lossconfig", None)
     vae.pop("monitor", None)
     config = ModelConfig(
@@ -125,6 +133,7 @@ def parse_config(raw: dict, source: str) -> ModelConfig:
         image_size=int(params.pop("image_size", 64)),
         text_params=dict(text_section.get("params") or {}),
         depth_params=depth,
+        low_scale_params=low_scale,
     )
     _check_leftovers(params, kind, source)
     if config.parameterization not in ("eps", "v"):
@@ -134,7 +143,7 @@ def parse_config(raw: dict, source: str) -> ModelConfig:
 
 def _check_leftovers(params: dict, kind: str, source: str) -> None:
     conditioning = params.pop("conditioning_key", None)
-    expected = "crossattn" if kind == "txt2img" else "hybrid"
+    expected = CONDITIONING_KEYS.get(kind, "hybrid")
     if conditioning is not None and conditioning != expected:
         raise UsageError(f"{source}: conditioning_key {conditioning!r} does not fit {kind} models (expected {expected!r})")
     unknown = sorted(set(params) - _TRAINING_ONLY)

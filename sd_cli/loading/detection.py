@@ -31,7 +31,6 @@ TEXT_ENCODER_NAMES = {"clip": "SD 1.x (CLIP text encoder)", "openclip": "SD 2.x 
 FOREIGN_MODELS = (
     (("model.diffusion_model.joint_blocks.",), "a Stable Diffusion 3 checkpoint (MMDiT joint_blocks)"),
     (("double_blocks.", "model.diffusion_model.double_blocks."), "a Flux checkpoint (double_blocks)"),
-    (("low_scale_model.",), "the SD 2 x4 upscaler"),
     (("noise_augmentor.", "embedder.model.visual."), "an SD 2.1 unCLIP checkpoint"),
 )
 # Key prefixes of files with no UNet at all -> what the file is and where it goes instead.
@@ -58,6 +57,7 @@ FAMILIES = {
     ("openclip", 4, False): Family("SD 2.x", "v2-inference.yaml", measure_v=True),
     ("openclip", 9, False): Family("SD 2.x inpainting", "v2-inpainting-inference.yaml"),
     ("openclip", 5, True): Family("SD 2.x depth", "v2-midas-inference.yaml"),
+    ("openclip", 7, False): Family("the SD 2 x4 upscaler", "x4-upscaling.yaml"),
     ("openclip", 5, False): Family("SD 2.x depth (no MiDaS weights: depth2img needs --depth-model or --depth-map)",
                                    "v2-midas-inference.yaml"),
     ("sdxl", 4, False): Family("SDXL", "sd_xl_base.yaml"),

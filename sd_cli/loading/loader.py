@@ -32,6 +32,7 @@ UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
 TEXT_PREFIX = "cond_stage_model."
 DEPTH_PREFIX = "depth_model.model."  # MiDaS, built on first use by depth.py
+LOW_SCALE_PREFIX = "low_scale_model."  # the x4 upscaler's noise-augmentation schedule buffers
 SGM_SIGMAS_KEY = "denoiser.sigmas"  # generative-models: the DiscreteDenoiser's table, computed from the config
 
 
@@ -160,13 +161,17 @@ def build_and_load(config: ModelConfig, weights: dict, name: str, device="cpu", 
         text_encoder = encoder_class.from_checkpoint(weights, **config.text_params)
         model = LatentDiffusion(config, text_encoder)
     weights = select_weights(weights, use_ema, name, [key for key in model.state_dict() if key.startswith(UNET_PREFIX)])
-    module_weights, unexpected = _module_state_dict(weights, encoder_class, model.family.needs_depth)
+    module_weights, unexpected = _module_state_dict(weights, encoder_class, model.family.needs_depth,
+                                                    model.noise_augmentation is not None)
     compare(model.state_dict(), module_weights, unexpected).raise_if_any(
         f"{name} does not match config {config.source}", sides="checkpoint vs config",
         hint=". Pass the config this checkpoint was made for with --config")
     _cast_in_place(module_weights, device, dtype, mapped_file, channels_last_convs)
     model.load_state_dict(module_weights, strict=True, assign=True)
     model.alphas_cumprod = _schedule(weights, config, name)
+    if model.noise_augmentation is not None:
+        _check_augmentation_schedule(weights.get(LOW_SCALE_PREFIX + "alphas_cumprod"), model.noise_augmentation,
+                                     config, name)
     # The depth model's MiDaS weights, kept as they are until depth2img builds it (timm is imported only then).
     if model.family.needs_depth:
         model.depth_weights = {key[len(DEPTH_PREFIX):]: value for key, value in weights.items()
@@ -206,6 +211,16 @@ def _build_engine(config: ModelConfig, weights: dict, name: str, device, dtype, 
     return model
 
 
+def _check_augmentation_schedule(stored, augmentation, config: ModelConfig, name: str) -> None:
+    """The file's low_scale_model.alphas_cumprod against the config's noise_schedule_config; the config's is used."""
+    if stored is None:
+        return
+    computed = augmentation.sqrt_alphas_cumprod.double().square()
+    if stored.shape != computed.shape or not torch.allclose(stored.double().cpu(), computed, rtol=1e-4):
+        log.warn(f"{name}: its low-res noise schedule (low_scale_model.alphas_cumprod) is not the one config "
+                 f"{config.source} defines; using the config's")
+
+
 def _check_sigma_table(stored, computed: torch.Tensor, config: ModelConfig, name: str) -> None:
     """The file's denoiser.sigmas against the config's discretization; a disagreement is said, the config's used."""
     if stored is None:
@@ -215,7 +230,7 @@ def _check_sigma_table(stored, computed: torch.Tensor, config: ModelConfig, name
                  f"(linear_start {config.linear_start}, linear_end {config.linear_end}); using the config's")
 
 
-def _module_state_dict(weights: dict, encoder_class, depth: bool) -> tuple[dict, list[str]]:
+def _module_state_dict(weights: dict, encoder_class, depth: bool, upscaler: bool = False) -> tuple[dict, list[str]]:
     """Checkpoint keys -> module keys, plus the checkpoint keys nobody uses (reported, never dropped)."""
     text_weights, _ignored, text_unknown = encoder_class.module_state_dict_from_checkpoint(weights)
     module = {TEXT_PREFIX + key: value for key, value in text_weights.items()}
@@ -227,6 +242,8 @@ def _module_state_dict(weights: dict, encoder_class, depth: bool) -> tuple[dict,
             continue  # EMA shadows (see --ema), text tower (mapped above), schedule (from the config)
         elif key.startswith(DEPTH_PREFIX) and depth:
             continue  # MiDaS weights: kept aside in build_and_load, loaded strictly by depth.py
+        elif upscaler and key.startswith(LOW_SCALE_PREFIX) and key[len(LOW_SCALE_PREFIX):] in SCHEDULE_KEYS:
+            continue  # the low-res noise schedule: from the config, checked in build_and_load
         else:
             unexpected.append(key)
     return module, unexpected

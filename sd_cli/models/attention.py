@@ -143,11 +143,16 @@ class FeedForward(nn.Module):
 
 
 class BasicTransformerBlock(nn.Module):
-    """Pre-norm self-attention, cross-attention and feed-forward, each with a residual."""
+    """Pre-norm self-attention, cross-attention and feed-forward, each with a residual.
 
-    def __init__(self, dim: int, heads: int, dim_head: int, context_dim: int):
+    With `disable_self_attn` (the x4 upscaler's levels with `disable_self_attentions`) the first
+    attention attends to the context too, as the original's: its keys and values are context_dim wide.
+    """
+
+    def __init__(self, dim: int, heads: int, dim_head: int, context_dim: int, disable_self_attn: bool = False):
         super().__init__()
-        self.attn1 = CrossAttention(dim, None, heads, dim_head)
+        self.disable_self_attn = disable_self_attn
+        self.attn1 = CrossAttention(dim, context_dim if disable_self_attn else None, heads, dim_head)
         self.ff = FeedForward(dim)
         self.attn2 = CrossAttention(dim, context_dim, heads, dim_head)
         self.norm1 = nn.LayerNorm(dim, eps=1e-5)
@@ -156,7 +161,7 @@ class BasicTransformerBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         # x: [B, N, dim]; context: [B, M, context_dim]
-        x = x + self.attn1(self.norm1(x))
+        x = x + self.attn1(self.norm1(x), context if self.disable_self_attn else None)
         x = x + self.attn2(self.norm2(x), context)
         return x + self.ff(self.norm3(x))
 
@@ -170,7 +175,7 @@ class SpatialTransformer(nn.Module):
     """
 
     def __init__(self, channels: int, heads: int, dim_head: int, depth: int,
-                 context_dim: int, use_linear: bool):
+                 context_dim: int, use_linear: bool, disable_self_attn: bool = False):
         super().__init__()
         inner_dim = heads * dim_head
         self.use_linear = use_linear
@@ -182,7 +187,7 @@ class SpatialTransformer(nn.Module):
             self.proj_in = nn.Conv2d(channels, inner_dim, kernel_size=1)
             self.proj_out = nn.Conv2d(inner_dim, channels, kernel_size=1)
         self.transformer_blocks = nn.ModuleList(
-            BasicTransformerBlock(inner_dim, heads, dim_head, context_dim) for _ in range(depth)
+            BasicTransformerBlock(inner_dim, heads, dim_head, context_dim, disable_self_attn) for _ in range(depth)
         )
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:

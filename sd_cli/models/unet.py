@@ -31,8 +31,6 @@ IGNORED_PARAMS = {
 # Original UNetModel params that sd_cli accepts only at their default (no-op) value: architectures
 # that no Stable Diffusion or SDXL checkpoint sd_cli runs has.
 UNSUPPORTED_UNLESS_DEFAULT = {
-    "disable_self_attentions": None,  # x4 upscaler
-    "disable_middle_self_attn": False,
     "disable_middle_transformer": False,
     "num_attention_blocks": None,
     "n_embed": None,  # codebook-id prediction head
@@ -61,12 +59,15 @@ def check_extra_params(extra: dict) -> None:
 
 
 def check_vector_conditioning(num_classes, adm_in_channels) -> None:
-    """Only SDXL's `num_classes: sequential` (a vector y of adm_in_channels) conditions on more than t."""
+    """What conditions the UNet beside t: nothing, SDXL's `num_classes: sequential` (a vector y of
+    adm_in_channels), or an int num_classes (a class label y: the x4 upscaler's noise level)."""
     if num_classes is None and adm_in_channels is None:
         return
+    if isinstance(num_classes, int) and not isinstance(num_classes, bool) and num_classes > 0:
+        return
     if num_classes != "sequential":
-        raise ValueError(f"UNetModel: num_classes={num_classes!r} is not supported (only None or 'sequential'); "
-                         "class-conditional UNets such as the x4 upscaler are out of scope")
+        raise ValueError(f"UNetModel: num_classes={num_classes!r} is not supported (None, 'sequential' "
+                         "or a number of classes)")
     if not isinstance(adm_in_channels, int):
         raise ValueError("UNetModel: num_classes 'sequential' needs an int adm_in_channels (the width of y)")
 
@@ -185,8 +186,9 @@ class UNetModel(nn.Module):
     """The SD UNet, built from the original YAML's `unet_config.params` (ldm) or `network_config.params` (sgm).
 
     forward(x [B, in_channels, h, w], timesteps [B], context [B, M, context_dim], y [B, adm_in_channels])
-    -> [B, out_channels, h, w]. Channels concatenated for inpainting/depth are already in x; y is
-    SDXL's vector conditioning, required exactly when the config has `num_classes: sequential`.
+    -> [B, out_channels, h, w]. Channels concatenated for inpainting/depth/upscaling are already in x;
+    y is SDXL's vector conditioning (`num_classes: sequential`) or the x4 upscaler's int64 class label
+    [B] (an int `num_classes`), required exactly when the config has num_classes.
     """
 
     def __init__(self, *, in_channels: int, out_channels: int, model_channels: int,
@@ -195,7 +197,8 @@ class UNetModel(nn.Module):
                  use_spatial_transformer: bool | None = None, use_linear_in_transformer: bool = False,
                  transformer_depth: int | list[int] = 1, transformer_depth_middle: int | None = None,
                  context_dim: int | list[int] | None = None,
-                 num_classes: str | None = None, adm_in_channels: int | None = None,
+                 num_classes: str | int | None = None, adm_in_channels: int | None = None,
+                 disable_self_attentions: list[bool] | None = None, disable_middle_self_attn: bool = False,
                  spatial_transformer_attn_type: str = "softmax",
                  image_size=None, use_checkpoint: bool = False, use_fp16: bool = False,
                  legacy: bool = True, dropout: float = 0.0, **extra):
@@ -222,13 +225,18 @@ class UNetModel(nn.Module):
         self.context_dim = single_context_dim(context_dim)
         self.use_linear = use_linear_in_transformer
         self.adm_in_channels = adm_in_channels
+        self.num_classes = num_classes if isinstance(num_classes, int) else None
+        # Levels whose first attention attends to the text instead of the pixels (the x4 upscaler).
+        self.disable_self_attentions = self._per_level(disable_self_attentions or False, "disable_self_attentions")
 
         time_embed_dim = model_channels * 4
         self.time_embed = nn.Sequential(
             Linear(model_channels, time_embed_dim), nn.SiLU(),
             Linear(time_embed_dim, time_embed_dim),
         )
-        if adm_in_channels is not None:
+        if self.num_classes is not None:  # a class label y (the x4 upscaler's noise level), key label_emb.weight
+            self.label_emb = nn.Embedding(self.num_classes, time_embed_dim)
+        elif adm_in_channels is not None:
             # sgm nests the MLP one level deeper than time_embed: keys label_emb.0.0.* and label_emb.0.2.*
             self.label_emb = nn.Sequential(nn.Sequential(
                 Linear(adm_in_channels, time_embed_dim), nn.SiLU(), Linear(time_embed_dim, time_embed_dim)))
@@ -237,7 +245,7 @@ class UNetModel(nn.Module):
         middle_depth = self.transformer_depth[-1] if transformer_depth_middle is None else transformer_depth_middle
         self.middle_block = TimestepEmbedSequential(
             ResBlock(ch, time_embed_dim, ch),
-            self._spatial_transformer(ch, middle_depth),  # the middle block always has attention
+            self._spatial_transformer(ch, middle_depth, disable_middle_self_attn),  # the middle always has attention
             ResBlock(ch, time_embed_dim, ch),
         )
         self._build_output_blocks(skip_channels, time_embed_dim)
@@ -246,9 +254,9 @@ class UNetModel(nn.Module):
             conv3x3(model_channels, out_channels),
         )
 
-    def _per_level(self, value, name: str) -> list[int]:
-        """An int for every level, or one entry per channel_mult level."""
-        if isinstance(value, int):
+    def _per_level(self, value, name: str) -> list:
+        """An int (or bool) for every level, or one entry per channel_mult level."""
+        if isinstance(value, (int, bool)):
             return [value] * len(self.channel_mult)
         if len(value) != len(self.channel_mult):
             raise ValueError(f"UNetModel: {name} needs one entry per channel_mult level")
@@ -265,14 +273,16 @@ class UNetModel(nn.Module):
             raise ValueError(f"UNetModel: {channels} channels not divisible by num_heads {self.num_heads}")
         return self.num_heads, channels // self.num_heads
 
-    def _spatial_transformer(self, channels: int, depth: int) -> SpatialTransformer:
+    def _spatial_transformer(self, channels: int, depth: int, disable_self_attn: bool) -> SpatialTransformer:
         heads, dim_head = self._heads(channels)
-        return SpatialTransformer(channels, heads, dim_head, depth, self.context_dim, self.use_linear)
+        return SpatialTransformer(channels, heads, dim_head, depth, self.context_dim, self.use_linear,
+                                  bool(disable_self_attn))
 
     def _res_and_attention(self, ch_in: int, emb: int, ch_out: int, ds: int, level: int) -> list[nn.Module]:
         layers = [ResBlock(ch_in, emb, ch_out)]
         if ds in self.attention_resolutions:
-            layers.append(self._spatial_transformer(ch_out, self.transformer_depth[level]))
+            layers.append(self._spatial_transformer(ch_out, self.transformer_depth[level],
+                                                    self.disable_self_attentions[level]))
         return layers
 
     def _build_input_blocks(self, in_channels: int, emb: int) -> list[int]:
@@ -312,7 +322,7 @@ class UNetModel(nn.Module):
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
                 y: torch.Tensor | None = None) -> torch.Tensor:
         # x: [B, in_channels, h, w]; timesteps: [B] (or []) long or float; context: [B, M, context_dim];
-        # y: [B, adm_in_channels] for a UNet with label_emb, else None
+        # y: [B, adm_in_channels] (SDXL) or [B] long (class labels) for a UNet with label_emb, else None
         if timesteps.dim() == 0:
             timesteps = timesteps.expand(x.shape[0])
         t_emb = timestep_embedding(timesteps, self.model_channels)  # [B, model_channels] float32
@@ -329,7 +339,13 @@ class UNetModel(nn.Module):
         return self.out(h)  # [B, out_channels, h, w]
 
     def _add_vector(self, emb: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
-        """emb + label_emb(y): SDXL's pooled text and size conditioning joins the timestep embedding."""
+        """emb + label_emb(y): SDXL's pooled text and size conditioning, or the class label's embedding,
+        joins the timestep embedding."""
+        if self.num_classes is not None:
+            if y is None or y.shape != (emb.shape[0],) or y.is_floating_point():
+                got = None if y is None else f"{tuple(y.shape)} {y.dtype}"
+                raise ValueError(f"UNetModel: y must be [{emb.shape[0]}] integer class labels, got {got}")
+            return emb + self.label_emb(y).to(emb.dtype)
         if self.adm_in_channels is None:
             if y is not None:
                 raise ValueError("UNetModel: this UNet takes no vector conditioning y "

@@ -1,4 +1,4 @@
-"""The four subcommands as objects: what each reads, what size it renders at, which pipeline runs it,
+"""The five subcommands as objects: what each reads, what size it renders at, which pipeline runs it,
 and how its images are finished. render.py asks the run's Mode instead of testing its name.
 
 A txt2img job that names an init image (a prompt-file line with init_img) renders as img2img, as
@@ -25,6 +25,14 @@ class Mode:
     def passes(self, request, job) -> int:
         """Sampling passes of a batch (progress counts them): the refiner samples after the base."""
         return 2 if request.refining is not None else 1
+
+    def encodes_input(self, init) -> bool:
+        """Whether the VAE encodes the input (the memory check counts its encoder)."""
+        return init is not None
+
+    def unet_tile(self, request) -> int:
+        """The side in latent cells of the UNet's tiles; 0: the whole latent at once."""
+        return 0
 
     def announce(self, family) -> None:
         """What the run should say about how this mode will work with this model."""
@@ -107,7 +115,33 @@ class Depth2Img(Mode):
         return depth2img(model, init, depth, prompts, negatives, seeds, params, job.strength, progress)
 
 
-MODES = {mode.name: mode for mode in (Txt2Img(), Img2Img(), Inpaint(), Depth2Img())}
+# -- upscale: the SD 2 x4 upscaler (#21) --
+class Upscale(Mode):
+    """The input, fitted to multiples of 64, is the UNet's low-res channels; the output is 4x its size."""
+
+    name = "upscale"
+
+    def read_input(self, request, job):
+        return _low_res_image(request, job)
+
+    def size(self, job, family, init) -> tuple[int, int]:
+        return tuple(side * family.vae_downsampling for side in init.shape[-2:])
+
+    def encodes_input(self, init) -> bool:
+        return False  # the low-res image joins the UNet in pixel space
+
+    def unet_tile(self, request) -> int:
+        return request.upscale.tile
+
+    def render(self, model, request, job, init, prompts, negatives, seeds, params, progress):
+        from sd_cli.pipelines.upscale import upscale
+
+        options = request.upscale
+        return upscale(model, init, prompts, negatives, seeds, params, options.noise_level, progress, options.tile)
+# -- end of upscale --
+
+
+MODES = {mode.name: mode for mode in (Txt2Img(), Img2Img(), Inpaint(), Depth2Img(), Upscale())}
 
 
 def mode_of(request) -> Mode:
@@ -153,6 +187,21 @@ def _inpaint_canvas(request, job):
         _canvas_cache.clear()
         _canvas_cache[key] = load_inpaint_canvas(job.init_img, job.mask, request.inpaint)
     return _canvas_cache[key]
+
+
+def _low_res_image(request, job):
+    """The upscaler's input ([1, 3, h, w], files/low_res.py); the last one read is kept."""
+    if job.mask is not None:
+        raise UsageError(f"a mask ({job.mask}) needs the inpaint subcommand; upscale takes none")
+    if job.init_img is None:
+        raise UsageError("upscale needs an input image: pass --image PATH (or init_img on the line)")
+    from sd_cli.files.low_res import load_low_res
+
+    key = ("low-res", job.init_img, request.upscale.fit)
+    if key not in _init_cache:
+        _init_cache.clear()
+        _init_cache[key] = load_low_res(job.init_img, request.upscale.fit)
+    return _init_cache[key]
 
 
 def _depth_source(request):

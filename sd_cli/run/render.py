@@ -22,9 +22,9 @@ from sd_cli.run.jobs import Job
 
 @dataclass
 class RunRequest:
-    """Everything a txt2img/img2img/inpaint/depth2img command asks for, in sd_cli's own terms."""
+    """Everything a txt2img/img2img/inpaint/depth2img/upscale command asks for, in sd_cli's own terms."""
 
-    mode: str  # "txt2img", "img2img", "inpaint" or "depth2img"
+    mode: str  # "txt2img", "img2img", "inpaint", "depth2img" or "upscale"
     jobs: list[Job]  # every image of the run, in order (all ranks)
     batch_size: int = 1  # --n-samples: consecutive jobs with equal settings share a batch
     bad_lines: int = 0  # prompt-file lines skipped under --on-error continue (count as failed)
@@ -44,6 +44,7 @@ class RunRequest:
     json: bool = False  # one JSON object per written image on stdout instead of its path
     inpaint: "MaskOptions | None" = None  # inpaint: mask blur, invert, paste-back, outpaint (masks.py)
     depth: "DepthOptions | None" = None  # depth2img: --depth-map, --depth-model, --save-depth (depth.py)
+    upscale: "UpscaleOptions | None" = None  # upscale: --noise-level, --upscale-fit, --tile (pipelines/upscale.py)
     compile: bool = False  # --compile: torch.compile the UNet (speed.py)
     vae_tiling: bool = False  # --vae-tiling: decode large images in tiles (tiling.py)
     offload: bool = False  # --offload: weights in host memory, one part on the GPU at a time (offload.py)
@@ -316,7 +317,7 @@ def _render_batch(session, request: RunRequest, batch: list[Job], progress):
     init = mode.read_input(request, job)
     height, width = mode.size(job, session.family, init)
     memory.check_fits(model, len(batch), height, width, guided=job.scale != 1.0, vae_tiling=session.vae_tiling,
-                      encodes_input=init is not None)
+                      encodes_input=mode.encodes_input(init), unet_tile=mode.unet_tile(request))
     prompts, negatives, seeds = _apply_loras(session, request, batch), [j.negative_prompt for j in batch], [j.seed for j in batch]
     params = SamplingParams(sampler=job.sampler, steps=job.steps, scale=job.scale, eta=job.eta)
     if request.on_step is not None:

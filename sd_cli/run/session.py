@@ -69,6 +69,11 @@ class Session:
     def dtype(self) -> torch.dtype:
         return self.model.dtype
 
+    @property
+    def noise_augmentation(self):
+        """The x4 upscaler's low-res noising (models/noise_augmentation.py); None for other models."""
+        return self.model.noise_augmentation
+
     def encode_text(self, prompts: list[str]) -> torch.Tensor:
         return self.model.encode_text(prompts, self.text)
 

@@ -20,15 +20,20 @@ USABLE = 0.9  # leave room for the allocator and everything else
 
 
 def needed_parts(model, batch: int, height: int, width: int, guided: bool, vae_tiling: bool = False,
-                 encodes_input: bool = False) -> dict[str, int]:
+                 encodes_input: bool = False, unet_tile: int = 0) -> dict[str, int]:
     """Lower bounds on the activation bytes of each stage of one batch: "UNet", "VAE decoder" and,
-    when an input image is encoded, "VAE encoder" (once per batch: the input is shared)."""
+    when an input image is encoded, "VAE encoder" (once per batch: the input is shared).
+    `unet_tile`: the UNet runs on tiles of that many latent cells a side (upscale --tile)."""
     element = model.dtype.itemsize
-    latent_pixels = (height // 8) * (width // 8)
+    factor = 2 ** (len(model.config.vae_params["ddconfig"]["ch_mult"]) - 1)  # 8; the x4 upscaler's VAE: 4
+    latent_h, latent_w = height // factor, width // factor
+    if unet_tile:
+        latent_h, latent_w = min(latent_h, unet_tile), min(latent_w, unet_tile)
+    latent_pixels = latent_h * latent_w
     unet_channels = int(model.config.unet_params["model_channels"])
     ddconfig = model.config.vae_params["ddconfig"]
     vae_channels = int(ddconfig["ch"]) * int(ddconfig["ch_mult"][0])
-    vae_pixels = _vae_pixels(height, width, vae_tiling)
+    vae_pixels = _vae_pixels(height, width, vae_tiling, factor)
     parts = {"UNet": (2 if guided else 1) * batch * latent_pixels * unet_channels * UNET_MAPS * element,
              "VAE decoder": batch * vae_pixels * vae_channels * VAE_MAPS * element}
     if encodes_input:
@@ -42,13 +47,13 @@ def needed_bytes(model, batch: int, height: int, width: int, guided: bool, vae_t
     return max(needed_parts(model, batch, height, width, guided, vae_tiling, encodes_input).values())
 
 
-def _vae_pixels(height: int, width: int, vae_tiling: bool) -> int:
+def _vae_pixels(height: int, width: int, vae_tiling: bool, factor: int = 8) -> int:
     """Pixels the VAE works on at once: the whole image, or one tile with --vae-tiling."""
     if not vae_tiling:
         return height * width
     from sd_cli.runtime.tiling import TILE
 
-    return min(height * width, (TILE * 8) ** 2)
+    return min(height * width, (TILE * factor) ** 2)
 
 
 def available_bytes(device) -> int | None:
@@ -64,11 +69,11 @@ def available_bytes(device) -> int | None:
 
 
 def check_fits(model, batch: int, height: int, width: int, guided: bool, vae_tiling: bool = False,
-               encodes_input: bool = False) -> None:
+               encodes_input: bool = False, unet_tile: int = 0) -> None:
     """Raise a UsageError naming the size, the need, the stage and a fix that exists when the batch
     cannot fit. `encodes_input`: the size is an input image's (img2img, inpaint, depth2img)."""
     free = available_bytes(model.device)
-    parts = needed_parts(model, batch, height, width, guided, vae_tiling, encodes_input)
+    parts = needed_parts(model, batch, height, width, guided, vae_tiling, encodes_input, unet_tile)
     stage, need = max(parts.items(), key=lambda item: item[1])
     if free is None or need <= USABLE * free:
         return

@@ -1,4 +1,5 @@
-"""Tiled VAE decoding and encoding (`--vae-tiling`): large images in overlapping tiles.
+"""Tiled VAE decoding and encoding (`--vae-tiling`), and tiled UNet passes (upscale --tile): large images
+in overlapping tiles.
 
 The VAE's memory grows with the image area (its mid-block attention quadratically), so a 2048²
 decode can need more memory than sampling did, and encoding a large img2img input as much again.
@@ -54,6 +55,22 @@ def encode_tiled(encode, images: torch.Tensor, factor: int = 8, tile: int = TILE
     if latent_size[0] <= tile and latent_size[1] <= tile:
         return encode(images)
     return _blend_tiles(encode, images, latent_size, factor, 1, tile, overlap)
+
+
+def unet_tiled(unet, x: torch.Tensor, tile: int, overlap: int, multiple: int = 8) -> torch.Tensor:
+    """unet: x [B, C, h, w] -> [B, C', h, w] (t, context and y bound); same contract, in overlapping tiles.
+
+    For the x4 upscaler, whose latent has the input image's size (128² for a 512 px output, 512² for a
+    2048 px one). Tile sides are multiples of `multiple` (the UNet halves the size three times), so
+    every tile passes through it as a whole image does; the result is blended like the VAE's.
+    """
+    height, width = x.shape[-2:]
+    if height <= tile and width <= tile:
+        return unet(x)
+    if tile % multiple or height % multiple or width % multiple:
+        raise ValueError(f"unet_tiled needs a tile and sides that are multiples of {multiple}, "
+                         f"got tile {tile} for {width}x{height}")
+    return _blend_tiles(unet, x, (height, width), 1, 1, tile, overlap)
 
 
 def _blend_tiles(run, x: torch.Tensor, latent_size: tuple[int, int], in_scale: int, out_scale: int,

@@ -63,6 +63,8 @@ def test_defaults_command_says_where_each_value_comes_from(capsys, defaults_file
             f"{mode} --ckpt env.ckpt  ($SD_CLI_CKPT)",
             f"{mode} --strength 0.5  ({defaults_file} shared)",
             f"{mode} --steps 30  ({defaults_file} shared)")],
+        "upscale --ckpt env.ckpt  ($SD_CLI_CKPT)",
+        f"upscale --steps 30  ({defaults_file} shared)",
     ]
 
 

@@ -13,7 +13,7 @@ from sd_cli.cli.app import app
 from sd_cli.cli.help import EXAMPLES
 from sd_cli.sampling import samplers
 
-RENDER_COMMANDS = ("txt2img", "img2img", "inpaint", "depth2img")
+RENDER_COMMANDS = ("txt2img", "img2img", "inpaint", "depth2img", "upscale")
 
 
 # -- flags of other tools: aliases with our meaning ------------------------------------------------

@@ -250,8 +250,6 @@ def test_inpainting_weights_with_an_ordinary_yaml(tmp_path):
 @pytest.mark.parametrize("keys, expected", [
     ({"model.diffusion_model.joint_blocks.0.x_block.attn.qkv.weight": (6, 2)}, "is a Stable Diffusion 3 checkpoint"),
     ({"double_blocks.0.img_attn.qkv.weight": (6, 2)}, "is a Flux checkpoint"),
-    ({"low_scale_model.betas": (4,), "model.diffusion_model.input_blocks.0.0.weight": (8, 7, 3, 3)},
-     "is the SD 2 x4 upscaler"),
     ({"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": (4, 8)}, "is a LoRA, not a checkpoint"),
     ({"encoder.conv_in.weight": (8, 3, 3, 3), "decoder.conv_in.weight": (8, 4, 3, 3)}, "is a VAE file"),
     ({"emb_params": (2, 8)}, "is a textual-inversion embedding"),

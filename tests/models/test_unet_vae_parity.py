@@ -179,8 +179,8 @@ def test_builds_on_meta_and_loads_strictly(build, inputs):
 @pytest.mark.parametrize(
     "override, message",
     [
-        ({"num_classes": 1000}, "num_classes"),
-        ({"disable_self_attentions": [True, False]}, "disable_self_attentions"),
+        ({"num_classes": "continuous"}, "num_classes"),
+        ({"disable_self_attentions": [True]}, "disable_self_attentions needs one entry per channel_mult level"),
         ({"use_spatial_transformer": False}, "use_spatial_transformer"),
         ({"num_heads": -1}, "num_heads or num_head_channels"),
         ({"no_such_param": 1}, "unknown"),

@@ -30,6 +30,7 @@ FAMILIES = {
     "sd1-inpaint": ("v1-inpainting-inference.yaml", 9),
     "sd2-inpaint": ("v2-inpainting-inference.yaml", 9),
     "sd2-depth": ("v2-midas-inference.yaml", 5),  # with a tiny MiDaS under depth_model.model.* (tiny_midas.py)
+    "sd2-x4": ("x4-upscaling.yaml", 7),  # the x4 upscaler: VAE factor 4, label_emb, low_scale_model.* buffers
 }
 SGM_FAMILIES = {
     # name: (original YAML, tiny network_config sizes)
@@ -59,6 +60,9 @@ def tiny_config(family: str) -> dict:
         unet["num_head_channels"] = 16
     ddconfig = params["first_stage_config"]["params"]["ddconfig"]
     ddconfig.update(ch=32, ch_mult=[1, 1, 2, 2], num_res_blocks=1)
+    if family == "sd2-x4":
+        unet["disable_self_attentions"] = [True, False]  # one level attending to the text in attn1, one not
+        ddconfig["ch_mult"] = [1, 1, 2]  # downsampling by 4, as the released VAE
     return config
 
 
@@ -183,6 +187,19 @@ def schedule_buffers(config: dict) -> dict:
             "sqrt_one_minus_alphas_cumprod": as_tensor(np.sqrt(1 - alphas_cumprod))}
 
 
+def low_scale_buffers(config: dict) -> dict:
+    """ImageConcatWithNoiseAugmentation's registered schedule, as the released x4 file stores it."""
+    schedule = config["model"]["params"]["low_scale_config"]["params"]["noise_schedule_config"]
+    betas = np.linspace(schedule["linear_start"] ** 0.5, schedule["linear_end"] ** 0.5, 1000, dtype=np.float64) ** 2
+    alphas_cumprod = np.cumprod(1 - betas)
+    arrays = {"betas": betas, "alphas_cumprod": alphas_cumprod, "alphas_cumprod_prev": np.append(1.0, alphas_cumprod[:-1]),
+              "sqrt_alphas_cumprod": np.sqrt(alphas_cumprod), "sqrt_one_minus_alphas_cumprod": np.sqrt(1 - alphas_cumprod),
+              "log_one_minus_alphas_cumprod": np.log(1 - alphas_cumprod),
+              "sqrt_recip_alphas_cumprod": np.sqrt(1 / alphas_cumprod),
+              "sqrt_recipm1_alphas_cumprod": np.sqrt(1 / alphas_cumprod - 1)}
+    return {f"low_scale_model.{k}": torch.tensor(v, dtype=torch.float32) for k, v in arrays.items()}
+
+
 def ema_shadows(weights: dict, seed: int) -> dict:
     """model_ema.* as LitEma stores them: parameter names without dots, slightly different values."""
     g = torch.Generator().manual_seed(seed)
@@ -214,6 +231,8 @@ def tiny_state_dict(family: str, seed: int = 0, ema: bool = False) -> tuple[dict
     weights.update(schedule_buffers(config))
     if ema:
         weights.update(ema_shadows(weights, seed + 2))
+    if family == "sd2-x4":
+        weights.update(low_scale_buffers(config))
     if family == "sd2-depth":
         from tiny_midas import tiny_dpt_weights
 

@@ -13,9 +13,11 @@ REFUSALS = {
                "inpainting (9) or ordinary (4) checkpoint; use {alternative} for it",
     "depth2img": "depth2img needs the SD 2 depth model (a UNet with 5 input channels, e.g. 512-depth-ema.ckpt); "
                  "this checkpoint's UNet takes {channels}; use {alternative} for it",
+    "upscale": "upscale needs the SD 2 x4 upscaler (x4-upscaler-ema.ckpt: a UNet with 7 input channels and a "
+               "noise-level embedding); this checkpoint is {description}; use {alternative} for it",
 }
 # The subcommand to point to instead, best first: the nearest one that also starts from an image.
-ALTERNATIVES = ("img2img", "inpaint", "depth2img", "txt2img")
+ALTERNATIVES = ("img2img", "inpaint", "depth2img", "txt2img", "upscale")
 
 
 @dataclass(frozen=True)
