@@ -32,6 +32,7 @@ UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
 TEXT_PREFIX = "cond_stage_model."
 DEPTH_PREFIX = "depth_model.model."  # MiDaS, built on first use by depth.py
+CONTROL_PREFIX = "control_model."  # a ControlNet v1.0 full file's ControlNet (loading/controlnet_file.py)
 SGM_SIGMAS_KEY = "denoiser.sigmas"  # generative-models: the DiscreteDenoiser's table, computed from the config
 
 
@@ -143,6 +144,8 @@ def build_and_load(config: ModelConfig, weights: dict, name: str, device="cpu", 
     if model.family.needs_depth:
         model.depth_weights = {key[len(DEPTH_PREFIX):]: value for key, value in weights.items()
                                if key.startswith(DEPTH_PREFIX)}
+    # A ControlNet v1.0 file's own ControlNet, kept as it is until a run asks for it (--control-image).
+    model.control_weights = {key: value for key, value in weights.items() if key.startswith(CONTROL_PREFIX)} or None
     return model
 
 
@@ -199,6 +202,8 @@ def _module_state_dict(weights: dict, encoder_class, depth: bool) -> tuple[dict,
             continue  # EMA shadows (see --ema), text tower (mapped above), schedule (from the config)
         elif key.startswith(DEPTH_PREFIX) and depth:
             continue  # MiDaS weights: kept aside in build_and_load, loaded strictly by depth.py
+        elif key.startswith(CONTROL_PREFIX):
+            continue  # a ControlNet v1.0 file's ControlNet: kept aside in build_and_load, loaded strictly when used
         else:
             unexpected.append(key)
     return module, unexpected

@@ -56,6 +56,7 @@ class RunRequest:
     hires: "HiresOptions | None" = None  # txt2img --hires-scale/--hires-steps/--hires-strength (hires.py)
     random_seed: int | None = None  # the seed drawn when none was given, announced when the run starts
     preview: Path | None = None  # --preview: a small PNG of the batch being sampled, rewritten every few steps (preview.py)
+    control: "ControlOptions | None" = None  # --control-net, --control-image, ...: ControlNet units (control/units.py)
     on_step: "Callable[[int, int], None] | None" = None  # told (done, total) after every step; may raise to stop
 
 
@@ -229,7 +230,23 @@ def _load(request: RunRequest, rank):
 
         compile_model(loaded.model)
         weights_frozen = freezes_weights(loaded.model.device)
-    return Session(loaded, text, LoraMerger(loaded.model, weights_frozen), vae_tiling=request.vae_tiling)
+    session = Session(loaded, text, LoraMerger(loaded.model, weights_frozen), vae_tiling=request.vae_tiling)
+    _attach_control(session, request)
+    return session
+
+
+def _attach_control(session, request: RunRequest) -> None:
+    """--control-net/--control-image: the ControlNets and control images, loaded before any rendering; a
+    v1.0 ControlNet checkpoint given without --control-image is said to render as plain SD 1.5."""
+    model = session.model
+    if request.control is None:
+        if getattr(model, "control_weights", None) is not None:
+            log.info(f"{session.name} carries a ControlNet (control_model.*); pass --control-image to use it "
+                     "(without, it renders as plain Stable Diffusion)")
+        return
+    from sd_cli.control.steering import load_control_set
+
+    session.control = load_control_set(request.control, model, session.checkpoint_path)
 
 
 def _wants_offload(request: RunRequest, device) -> bool:
