@@ -40,7 +40,7 @@ def _top_level(version: Annotated[bool, typer.Option("--version", help="Print th
     """The options of sd-cli itself; its help text is the Typer's above."""
 
 
-def _render_command(mode: str, own_options, size_options=None):
+def _render_command(mode: str, own_options, size_options=None, family_options=()):
     """Register subcommand `mode` with the options every rendering command shares.
 
     Typer reads a command's options from its signature, so the shared ones are written once (three
@@ -48,7 +48,7 @@ def _render_command(mode: str, own_options, size_options=None):
     and the model, then `size_options`. The docstring of `own_options` is the help text; --help sorts
     the options into panels (cli.help).
     """
-    parts = [opt.leading_options, own_options, size_options, opt.sampling_options, opt.run_options]
+    parts = [opt.leading_options, own_options, size_options, opt.sampling_options, opt.run_options, *family_options]
     params = [p for part in parts if part is not None for p in inspect.signature(part).parameters.values()]
 
     def command(**args):
@@ -73,9 +73,9 @@ def _render_command(mode: str, own_options, size_options=None):
     app.command(mode, cls=ReadableCommand)(command)
 
 
-_render_command("txt2img", opt.txt2img_options, size_options=opt.txt2img_size_options)
-_render_command("img2img", opt.img2img_options)
-_render_command("inpaint", opt.inpaint_options)
+_render_command("txt2img", opt.txt2img_options, size_options=opt.txt2img_size_options, family_options=[opt.control_options])
+_render_command("img2img", opt.img2img_options, family_options=[opt.control_options])
+_render_command("inpaint", opt.inpaint_options, family_options=[opt.control_options])
 _render_command("depth2img", opt.depth2img_options)
 
 

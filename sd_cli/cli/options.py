@@ -117,6 +117,19 @@ DepthStrengthOpt = Annotated[float, typer.Option(*flags("strength"), help="How m
 DepthMapOpt = Annotated[Optional[Path], typer.Option("--depth-map", help="Use this depth image (white = near) instead of MiDaS.", metavar="PNG", rich_help_panel=ESSENTIALS)]
 DepthModelOpt = Annotated[Optional[Path], typer.Option("--depth-model", help="MiDaS weights for a checkpoint without depth_model.*.", metavar="PATH", rich_help_panel=QUALITY)]
 SaveDepthOpt = Annotated[Optional[Path], typer.Option("--save-depth", help="Also write the depth map used (white = near).", metavar="PNG", rich_help_panel=AUTOMATION)]
+# ControlNet (docs/controlnet.md): txt2img, img2img and inpaint; the unit flags repeat, one per --control-net.
+ControlNetOpt = Annotated[Optional[list[Path]], typer.Option("--control-net", help="ControlNet file (v1.1, diffusers, fp16); repeat for several.", metavar="FILE", rich_help_panel=CONTROL)]
+ControlNetConfigOpt = Annotated[Optional[Path], typer.Option("--control-net-config", help="ControlNet YAML (default: beside the file, or cldm_v15.yaml).", metavar="YAML", rich_help_panel=CONTROL)]
+ControlImageOpt = Annotated[Optional[list[Path]], typer.Option("--control-image", help="The image the ControlNet follows; one per --control-net.", metavar="IMG", rich_help_panel=CONTROL)]
+ControlPreprocessOpt = Annotated[Optional[list[str]], typer.Option("--control-preprocess", help="Hint from the image: none (the image is the hint), canny, ...", metavar="NAME", show_default=False, rich_help_panel=CONTROL)]
+CannyLowOpt = Annotated[int, typer.Option("--canny-low", help="Canny's low threshold.", metavar="N", rich_help_panel=CONTROL)]
+CannyHighOpt = Annotated[int, typer.Option("--canny-high", help="Canny's high threshold.", metavar="N", rich_help_panel=CONTROL)]
+DetectResolutionOpt = Annotated[Optional[int], typer.Option("--detect-resolution", help="Run the preprocessor at this short side (default: the output's).", metavar="N", show_default=False, rich_help_panel=CONTROL)]
+ControlStrengthOpt = Annotated[Optional[list[float]], typer.Option("--control-strength", help="How strongly it steers (default 1); one, or one per --control-net.", metavar="S", show_default=False, rich_help_panel=CONTROL)]
+GuessModeOpt = Annotated[bool, typer.Option("--guess-mode", help="Guess mode: decaying scales, no control on the negative pass.", rich_help_panel=CONTROL)]
+ControlStartOpt = Annotated[float, typer.Option("--control-start", help="Steer from this fraction of the steps.", metavar="X", rich_help_panel=CONTROL)]
+ControlEndOpt = Annotated[float, typer.Option("--control-end", help="Stop steering after this fraction of the steps.", metavar="X", rich_help_panel=CONTROL)]
+SaveHintOpt = Annotated[Optional[Path], typer.Option("--save-hint", help="Also write the hint the model saw (more units: name-1.png, ...).", metavar="PNG", rich_help_panel=CONTROL)]
 # info and verify.
 ImagesArg = Annotated[list[Path], typer.Argument(help="PNG files.", metavar="IMAGE", show_default=False)]
 InfoJsonOpt = Annotated[bool, typer.Option("--json", help="One JSON object per image: the fields of txt2img --json, and every recorded field under \"parameters\".")]
@@ -167,6 +180,14 @@ def run_options(
     debug: DebugOpt = False,
     C: ChannelsOpt = 4, f: FactorOpt = 8,
     laion400m: Laion400mOpt = False, torchscript: TorchscriptOpt = False, ipex: IpexOpt = False, bf16: Bf16FlagOpt = False,
+): ...
+
+
+def control_options(
+    control_net: ControlNetOpt = None, control_net_config: ControlNetConfigOpt = None, control_image: ControlImageOpt = None,
+    control_preprocess: ControlPreprocessOpt = None, canny_low: CannyLowOpt = 100, canny_high: CannyHighOpt = 200,
+    detect_resolution: DetectResolutionOpt = None, control_strength: ControlStrengthOpt = None, guess_mode: GuessModeOpt = False,
+    control_start: ControlStartOpt = 0.0, control_end: ControlEndOpt = 1.0, save_hint: SaveHintOpt = None,
 ): ...
 
 

@@ -59,7 +59,7 @@ def _request(mode: str, args: dict):
         depth=_depth_options(args) if mode == "depth2img" else None, **_addon_options(args),
         emphasis=args["emphasis"].value, clip_skip=_clip_skip(args["clip_skip"]), embeddings=_embeddings_dir(args["embeddings"]),
         random_seed=random_seed,
-        preview=_preview(args["preview"]),
+        preview=_preview(args["preview"]), control=_control(mode, args),
         **{name: args[name] for name in AS_GIVEN},
     )
     if request.offload and request.compile:
@@ -176,6 +176,84 @@ def _depth_options(args: dict):
     return DepthOptions(depth_map=args["depth_map"], depth_model=args["depth_model"], save_depth=args["save_depth"])
 
 
+# -- ControlNet (docs/controlnet.md) ----------------------------------------------------------------
+
+CONTROL_FLAGS = ("control_net", "control_net_config", "control_preprocess", "control_strength", "guess_mode",
+                 "save_hint", "detect_resolution")
+
+
+def _control(mode: str, args: dict):
+    """ControlOptions from the --control-* flags (and --from-png's ControlNet fields), or None without
+    --control-image; each unit flag gives one value for every unit or one per --control-net."""
+    from sd_cli.control.units import ControlOptions, ControlUnit
+
+    images = args.get("control_image") or []
+    if not images:
+        given = [fields_flag(name) for name in CONTROL_FLAGS if args.get(name)]
+        if given:
+            raise UsageError(f"{', '.join(given)} steer with a control image: add --control-image IMG")
+        return None
+    nets = list(args.get("control_net") or [])
+    if nets and len(images) != len(nets):
+        raise UsageError(f"{len(nets)} --control-net but {len(images)} --control-image: give one image per ControlNet")
+    if not nets and len(images) > 1:
+        raise UsageError(f"{len(images)} --control-image but no --control-net: give one --control-net per image "
+                         "(a v1.0 ControlNet checkpoint as --ckpt takes one image)")
+    count = len(images)
+    strengths = _per_unit("--control-strength", args.get("control_strength"), count, 1.0)
+    preprocess = _per_unit("--control-preprocess", args.get("control_preprocess"), count, "none")
+    for strength in strengths:
+        if strength < 0:
+            raise UsageError(f"--control-strength {strength} must be 0 or more")
+    _check_control_run(mode, args)
+    units = tuple(ControlUnit(net, image, name, strength) for net, image, name, strength
+                  in zip(nets or [None], images, preprocess, strengths))
+    return ControlOptions(units, net_config=args.get("control_net_config"), guess_mode=args["guess_mode"],
+                          start=args["control_start"], end=args["control_end"], canny_low=args["canny_low"],
+                          canny_high=args["canny_high"], detect_resolution=args.get("detect_resolution"),
+                          save_hint=args.get("save_hint"))
+
+
+def _check_control_run(mode: str, args: dict) -> None:
+    from sd_cli.control.preprocessors import PREPROCESSORS
+
+    start, end = args["control_start"], args["control_end"]
+    if not 0.0 <= start <= end <= 1.0:
+        raise UsageError(f"--control-start {start} and --control-end {end}: need 0 <= start <= end <= 1")
+    for flag in ("canny_low", "canny_high"):
+        if not 0 <= args[flag] <= 255:
+            raise UsageError(f"{fields_flag(flag)} {args[flag]} must be 0 to 255 (the image's grey levels)")
+    if args.get("detect_resolution") is not None and args["detect_resolution"] < 64:
+        raise UsageError(f"--detect-resolution {args['detect_resolution']} must be at least 64")
+    for name in args.get("control_preprocess") or ():
+        if name not in PREPROCESSORS:
+            raise UsageError(f"--control-preprocess {name}: unknown; choose from {', '.join(PREPROCESSORS)}")
+    if args.get("save_hint") is not None and args["save_hint"].suffix.lower() != ".png":
+        raise UsageError(f"--save-hint {args['save_hint']}: the hint is a PNG; give a name ending in .png")
+    if args.get("hires_scale") is not None:
+        raise UsageError("--hires-scale with ControlNet is not supported (the second pass would need a hint at "
+                         "its own size); drop one of them")
+    if args["guess_mode"] and args.get("preview") is not None:
+        raise UsageError("--preview reads the batched negative and positive passes, which guess mode runs apart; "
+                         "drop --preview or --guess-mode")
+    if args.get("server"):
+        raise UsageError("--server does not send ControlNet units; render ControlNet runs locally")
+
+
+def _per_unit(flag: str, values, count: int, default):
+    """One value for every unit, or one per unit."""
+    values = list(values or [default])
+    if len(values) == 1:
+        return values * count
+    if len(values) != count:
+        raise UsageError(f"{len(values)} {flag} for {count} ControlNet unit(s): give one value, or one per --control-net")
+    return values
+
+
+def fields_flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
 def _sampler(args: dict) -> str:
     """The canonical sampler name (samplers.py): "euler_a", "dpmpp_2m_karras", ..."""
     from sd_cli.sampling import samplers
@@ -222,6 +300,44 @@ def _take_png_run_options(args: dict) -> None:
     for key, value in recorded.items():
         if key in args and not _explicit(args, key):
             args[key] = Emphasis(value) if key == "emphasis" else value
+    _take_png_control(args)
+
+
+def _take_png_control(args: dict) -> None:
+    """The recorded ControlNet units' settings (AUTOMATIC1111's extension's fields), unless flags say otherwise;
+    the control image and the ControlNet file are not recorded, so a unit needs --control-image again."""
+    from sd_cli.files.reading import control_units
+
+    units = control_units(args["from_png"])
+    if not units or "control_image" not in args:
+        return
+    if not args.get("control_image"):
+        models = ", ".join(unit.get("Model", "?") for unit in units)
+        log.warn(f"{args['from_png']} was made with ControlNet {models}; pass --control-net and --control-image "
+                 "to use it again")
+        return
+    try:
+        recorded = _recorded_control(units)
+    except ValueError as err:
+        raise UsageError(f"{args['from_png']}: recorded ControlNet field {err}") from None
+    for key, value in recorded.items():
+        if value is not None and not _explicit(args, key):
+            args[key] = value
+
+
+def _recorded_control(units: list[dict]) -> dict:
+    """CLI option values from the recorded units: per-unit lists, and the shared settings from unit 0."""
+    first = units[0]
+
+    def number(key: str, kind=float):
+        return kind(float(first[key])) if key in first else None
+
+    return {"control_preprocess": [unit.get("Module", "none") for unit in units],
+            "control_strength": [float(unit.get("Weight", 1.0)) for unit in units],
+            "control_start": number("Guidance Start"), "control_end": number("Guidance End"),
+            "canny_low": number("Threshold A", int), "canny_high": number("Threshold B", int),
+            "detect_resolution": number("Processor Res", int),
+            "guess_mode": first.get("Control Mode") == "ControlNet is more important"}
 
 
 def _checkpoint(args: dict, png_model: dict):
