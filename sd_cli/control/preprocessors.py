@@ -33,7 +33,7 @@ def make_hint(image, preprocessor: str, width: int, height: int, *, detect_resol
 
 def hint_tensor(hint: np.ndarray) -> torch.Tensor:
     """float32 in [0, 1], (1, 3, H, W): the scripts' `float32(hint) / 255`, HWC -> BCHW."""
-    return torch.from_numpy(np.ascontiguousarray(hint)).float().div(255.0).permute(2, 0, 1)[None].contiguous()
+    return torch.from_numpy(np.array(hint, copy=True)).float().div(255.0).permute(2, 0, 1)[None].contiguous()
 
 
 def hwc3(image: np.ndarray) -> np.ndarray:
