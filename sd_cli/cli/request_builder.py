@@ -199,6 +199,8 @@ def _control(mode: str, args: dict):
     if not nets and len(images) > 1:
         raise UsageError(f"{len(images)} --control-image but no --control-net: give one --control-net per image "
                          "(a v1.0 ControlNet checkpoint as --ckpt takes one image)")
+    _check_files("--control-image", images, "the image the ControlNet follows")
+    _check_files("--control-net", nets, "a ControlNet file (control_v11p_sd15_*.pth, .safetensors)")
     count = len(images)
     strengths = _per_unit("--control-strength", args.get("control_strength"), count, 1.0)
     preprocess = _per_unit("--control-preprocess", args.get("control_preprocess"), count, "none")
@@ -238,6 +240,12 @@ def _check_control_run(mode: str, args: dict) -> None:
                          "drop --preview or --guess-mode")
     if args.get("server"):
         raise UsageError("--server does not send ControlNet units; render ControlNet runs locally")
+
+
+def _check_files(flag: str, paths, what: str) -> None:
+    for path in paths:
+        if not Path(path).is_file():
+            raise UsageError(f"{flag} {path}: no such file; pass {what}")
 
 
 def _per_unit(flag: str, values, count: int, default):
