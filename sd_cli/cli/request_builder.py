@@ -189,7 +189,7 @@ def _control(mode: str, args: dict):
 
     images = args.get("control_image") or []
     if not images:
-        given = [fields_flag(name) for name in CONTROL_FLAGS if args.get(name)]
+        given = [_flag_name(name) for name in CONTROL_FLAGS if args.get(name)]
         if given:
             raise UsageError(f"{', '.join(given)} steer with a control image: add --control-image IMG")
         return None
@@ -224,7 +224,7 @@ def _check_control_run(mode: str, args: dict) -> None:
         raise UsageError(f"--control-start {start} and --control-end {end}: need 0 <= start <= end <= 1")
     for flag in ("canny_low", "canny_high"):
         if not 0 <= args[flag] <= 255:
-            raise UsageError(f"{fields_flag(flag)} {args[flag]} must be 0 to 255 (the image's grey levels)")
+            raise UsageError(f"{_flag_name(flag)} {args[flag]} must be 0 to 255 (the image's grey levels)")
     if args.get("detect_resolution") is not None and args["detect_resolution"] < 64:
         raise UsageError(f"--detect-resolution {args['detect_resolution']} must be at least 64")
     for name in args.get("control_preprocess") or ():
@@ -258,7 +258,8 @@ def _per_unit(flag: str, values, count: int, default):
     return values
 
 
-def fields_flag(name: str) -> str:
+def _flag_name(name: str) -> str:
+    """control_net -> --control-net"""
     return "--" + name.replace("_", "-")
 
 

@@ -4,6 +4,8 @@ the settings they share. Plain data, no torch: the request builder makes it befo
 from dataclasses import dataclass
 from pathlib import Path
 
+from sd_cli.errors import UsageError
+
 # lllyasviel/ControlNet's guess mode ("ControlNet is more important" in AUTOMATIC1111's extension):
 # residual i of 13 gets strength * GUESS_DECAY ** (12 - i).
 GUESS_DECAY = 0.825
@@ -38,7 +40,8 @@ def control_scales(strength: float, guess_mode: bool, count: int) -> list[float]
         return [strength] * count
     scales = [strength * GUESS_DECAY ** float(12 - i) for i in range(GUESS_SCALES)]
     if count > len(scales):
-        raise ValueError(f"guess mode scales {len(scales)} residuals; this ControlNet makes {count}")
+        raise UsageError(f"--guess-mode: the original's guess mode scales {len(scales)} residuals and this "
+                         f"ControlNet makes {count}; drop --guess-mode")
     return scales[:count]
 
 

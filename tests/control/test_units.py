@@ -21,7 +21,7 @@ def test_scales_are_the_strength_or_guess_modes_decay():
     assert guess[6] == pytest.approx(2.0 * 0.825 ** 6)
     # fewer residuals (the tiny test ControlNet's 5): the first entries, as the original's zip takes them
     assert control_scales(1.0, True, 5) == pytest.approx([0.825 ** 12, 0.825 ** 11, 0.825 ** 10, 0.825 ** 9, 0.825 ** 8])
-    with pytest.raises(ValueError):
+    with pytest.raises(UsageError, match="guess mode scales 13 residuals and this ControlNet makes 14"):
         control_scales(1.0, True, 14)
 
 
