@@ -129,6 +129,7 @@ ControlStrengthOpt = Annotated[Optional[list[float]], typer.Option("--control-st
 GuessModeOpt = Annotated[bool, typer.Option("--guess-mode", help="Guess mode: decaying scales, no control on the negative pass.", rich_help_panel=CONTROL)]
 ControlStartOpt = Annotated[float, typer.Option("--control-start", help="Steer from this fraction of the steps.", metavar="X", rich_help_panel=CONTROL)]
 ControlEndOpt = Annotated[float, typer.Option("--control-end", help="Stop steering after this fraction of the steps.", metavar="X", rich_help_panel=CONTROL)]
+AnnotatorWeightsOpt = Annotated[Optional[Path], typer.Option("--annotator-weights", help="The annotator's local weights (hed, lineart, mlsd, depth).", metavar="FILE", rich_help_panel=CONTROL)]
 SaveHintOpt = Annotated[Optional[Path], typer.Option("--save-hint", help="Also write the hint the model saw (unit k: name-k.png).", metavar="PNG", rich_help_panel=CONTROL)]
 # info and verify.
 ImagesArg = Annotated[list[Path], typer.Argument(help="PNG files.", metavar="IMAGE", show_default=False)]
@@ -188,6 +189,7 @@ def control_options(
     control_preprocess: ControlPreprocessOpt = None, canny_low: CannyLowOpt = 100, canny_high: CannyHighOpt = 200,
     detect_resolution: DetectResolutionOpt = None, control_strength: ControlStrengthOpt = None, guess_mode: GuessModeOpt = False,
     control_start: ControlStartOpt = 0.0, control_end: ControlEndOpt = 1.0, save_hint: SaveHintOpt = None,
+    annotator_weights: AnnotatorWeightsOpt = None,
 ): ...
 
 

@@ -179,12 +179,13 @@ def _depth_options(args: dict):
 # -- ControlNet (docs/controlnet.md) ----------------------------------------------------------------
 
 CONTROL_FLAGS = ("control_net", "control_net_config", "control_preprocess", "control_strength", "guess_mode",
-                 "save_hint", "detect_resolution")
+                 "save_hint", "detect_resolution", "annotator_weights")
 
 
 def _control(mode: str, args: dict):
     """ControlOptions from the --control-* flags (and --from-png's ControlNet fields), or None without
     --control-image; each unit flag gives one value for every unit or one per --control-net."""
+    from sd_cli.control.preprocessors import preprocessor_name
     from sd_cli.control.units import ControlOptions, ControlUnit
 
     images = args.get("control_image") or []
@@ -203,33 +204,40 @@ def _control(mode: str, args: dict):
     _check_files("--control-net", nets, "a ControlNet file (control_v11p_sd15_*.pth, .safetensors)")
     count = len(images)
     strengths = _per_unit("--control-strength", args.get("control_strength"), count, 1.0)
-    preprocess = _per_unit("--control-preprocess", args.get("control_preprocess"), count, "none")
+    preprocess = [preprocessor_name(name) for name in
+                  _per_unit("--control-preprocess", args.get("control_preprocess"), count, "none")]
     for strength in strengths:
         if strength < 0:
             raise UsageError(f"--control-strength {strength} must be 0 or more")
     _check_control_run(mode, args)
+    _check_hints(preprocess, args)
     units = tuple(ControlUnit(net, image, name, strength) for net, image, name, strength
                   in zip(nets or [None], images, preprocess, strengths))
     return ControlOptions(units, net_config=args.get("control_net_config"), guess_mode=args["guess_mode"],
                           start=args["control_start"], end=args["control_end"], canny_low=args["canny_low"],
                           canny_high=args["canny_high"], detect_resolution=args.get("detect_resolution"),
-                          save_hint=args.get("save_hint"))
+                          save_hint=args.get("save_hint"), annotator_weights=args.get("annotator_weights"))
+
+
+def _check_hints(preprocess: list[str], args: dict) -> None:
+    """The hint flags' own checks (control/preprocessors.py), before any model loads; --annotator-weights goes
+    to the units whose preprocessor needs weights."""
+    from sd_cli.control.preprocessors import NEEDS_WEIGHTS, SMALLEST_SIDE, check_hint_options
+
+    weights = args.get("annotator_weights")
+    if weights is not None:
+        _check_files("--annotator-weights", [weights], "the annotator's weights file")
+    for name in preprocess:
+        check_hint_options(name, SMALLEST_SIDE, SMALLEST_SIDE, args.get("detect_resolution"), args["canny_low"],
+                           args["canny_high"], weights if name in NEEDS_WEIGHTS else None)
+    if weights is not None and not any(name in NEEDS_WEIGHTS for name in preprocess):
+        check_hint_options(preprocess[0], SMALLEST_SIDE, SMALLEST_SIDE, weights=weights)  # says what it needs
 
 
 def _check_control_run(mode: str, args: dict) -> None:
-    from sd_cli.control.preprocessors import PREPROCESSORS
-
     start, end = args["control_start"], args["control_end"]
     if not 0.0 <= start <= end <= 1.0:
         raise UsageError(f"--control-start {start} and --control-end {end}: need 0 <= start <= end <= 1")
-    for flag in ("canny_low", "canny_high"):
-        if not 0 <= args[flag] <= 255:
-            raise UsageError(f"{_flag_name(flag)} {args[flag]} must be 0 to 255 (the image's grey levels)")
-    if args.get("detect_resolution") is not None and args["detect_resolution"] < 64:
-        raise UsageError(f"--detect-resolution {args['detect_resolution']} must be at least 64")
-    for name in args.get("control_preprocess") or ():
-        if name not in PREPROCESSORS:
-            raise UsageError(f"--control-preprocess {name}: unknown; choose from {', '.join(PREPROCESSORS)}")
     if args.get("save_hint") is not None and args["save_hint"].suffix.lower() != ".png":
         raise UsageError(f"--save-hint {args['save_hint']}: the hint is a PNG; give a name ending in .png")
     if args.get("hires_scale") is not None:

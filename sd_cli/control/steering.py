@@ -24,13 +24,14 @@ from sd_cli.sampling.steps import StepHooks
 @dataclass
 class SteeringUnit:
     net: torch.nn.Module  # models/controlnet.py's ControlNet
-    hint: torch.Tensor  # [1, 3, H, W] in [0, 1], on the net's device and dtype
+    hint: torch.Tensor  # [B, 3, H, W] in [0, 1] (inpaint's masked pixels -1), on the net's device and dtype
     scales: list[float]
     only_mid: bool = False
     pooling: bool = False
 
     def residuals(self, x, t, context) -> list[torch.Tensor | None]:
-        hint = self.hint.expand(x.shape[0], -1, -1, -1)
+        # one hint per image; the batched guidance's [uncond, cond] halves each get them all
+        hint = self.hint.repeat(x.shape[0] // self.hint.shape[0], 1, 1, 1)
         dtype = self.hint.dtype
         outs = self.net(x.to(dtype), hint, t, context.to(dtype))
         outs = [out * scale for out, scale in zip(outs, self.scales)]
@@ -87,33 +88,40 @@ class ControlSet:
     options: ControlOptions
     nets: list  # controlnet_file.LoadedControlNet, one per unit
     images: list  # PIL images, one per unit
-    _hints: dict = field(default_factory=dict)  # (height, width) -> [hint uint8 HWC] per unit
+    device: str = "cpu"  # where the annotator networks run (the run's device)
+    seeds: list = field(default_factory=lambda: [0])  # the batch's seeds: the shuffle hint draws from each
+    _hints: dict = field(default_factory=dict)  # (unit, height, width, seed) -> hint
 
     def steering(self, height: int, width: int) -> Steering:
-        hints = self._hints.get((height, width))
-        if hints is None:
-            hints = self._hints[(height, width)] = self._make_hints(height, width)
         units = []
-        for unit, loaded, hint in zip(self.options.units, self.nets, hints):
+        for index, (unit, loaded) in enumerate(zip(self.options.units, self.nets)):
             net = loaded.net
             dtype, device = next(net.parameters()).dtype, next(net.parameters()).device
-            count = len(net.zero_convs) + 1
-            units.append(SteeringUnit(net, _tensor(hint).to(device, dtype),
-                                      control_scales(unit.strength, self.options.guess_mode, count),
+            hints = torch.cat([_tensor(self._hint(index, height, width, seed)) for seed in self.seeds])
+            units.append(SteeringUnit(net, hints.to(device, dtype),
+                                      control_scales(unit.strength, self.options.guess_mode, len(net.zero_convs) + 1),
                                       loaded.config.only_mid_control, loaded.config.global_average_pooling))
         return Steering(units, self.options.guess_mode, self.options.start, self.options.end)
 
-    def _make_hints(self, height: int, width: int) -> list[np.ndarray]:
-        from sd_cli.control.preprocessors import make_hint
+    def _hint(self, index: int, height: int, width: int, seed: int) -> np.ndarray:
+        """Unit `index`'s hint at this size, made once; only the shuffle depends on the image's seed."""
+        from sd_cli.control.preprocessors import NEEDS_WEIGHTS, hint_picture, make_hint
 
-        o = self.options
-        hints = [make_hint(image, unit.preprocess, width, height, detect_resolution=o.detect_resolution,
-                           canny_low=o.canny_low, canny_high=o.canny_high)
-                 for unit, image in zip(o.units, self.images)]
-        if o.save_hint is not None:
-            for index, hint in enumerate(hints):
-                _save_hint(hint, hint_path(o.save_hint, index))
-        return hints
+        o, unit = self.options, self.options.units[index]
+        key = (index, height, width, seed if unit.preprocess == "shuffle" else 0)
+        if key not in self._hints:
+            weights = o.annotator_weights if unit.preprocess in NEEDS_WEIGHTS else None
+            hint = make_hint(self.images[index], unit.preprocess, width, height, detect_resolution=o.detect_resolution,
+                             canny_low=o.canny_low, canny_high=o.canny_high, weights=weights, seed=key[3],
+                             device=self.device)
+            if o.save_hint is not None and not self._hints_saved(index):
+                _save_hint(hint_picture(hint), hint_path(o.save_hint, index))
+            self._hints[key] = hint
+        return self._hints[key]
+
+    def _hints_saved(self, index: int) -> bool:
+        """--save-hint writes each unit's first hint (the first size and image it is made for)."""
+        return any(key[0] == index for key in self._hints)
 
     def infotext(self) -> dict[str, str]:
         """AUTOMATIC1111's extension's fields: "ControlNet 0": "Module: canny, Model: name [hash], Weight: 1, ..."."""
@@ -160,7 +168,8 @@ def load_control_set(options: ControlOptions, model, checkpoint_path: Path) -> C
             loaded[key] = (load_embedded(model, checkpoint_path) if unit.net is None
                            else load_controlnet(unit.net, options.net_config, model))
         nets.append(loaded[key])
-    return ControlSet(options, nets, [read_control_image(unit.image) for unit in options.units])
+    return ControlSet(options, nets, [read_control_image(unit.image) for unit in options.units],
+                      device=str(model.device))
 
 
 def read_control_image(path: Path):

@@ -31,6 +31,7 @@ class ControlOptions:
     canny_high: int = 200
     detect_resolution: int | None = None  # None: the preprocessor runs at the output size
     save_hint: Path | None = None  # --save-hint: the hint the model saw (unit k > 0: "-k" before the suffix)
+    annotator_weights: Path | None = None  # --annotator-weights: the weights of the units' annotator network
 
 
 def control_scales(strength: float, guess_mode: bool, count: int) -> list[float]:

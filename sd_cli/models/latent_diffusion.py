@@ -108,6 +108,8 @@ class LatentDiffusion(nn.Module):
         """control: the ControlNets' residuals (control/steering.py), added at the skips and the middle block."""
         self._ready("UNet")
         dtype = self.dtype
+        if control is None:
+            return self.model.diffusion_model(x.to(dtype), t, context.to(dtype))
         return self.model.diffusion_model(x.to(dtype), t, context.to(dtype), control=control)
 
     def encode_image(self, image: torch.Tensor, tiled: bool = False) -> torch.Tensor:

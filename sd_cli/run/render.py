@@ -305,6 +305,8 @@ def _render_batch(session, request: RunRequest, batch: list[Job], progress):
                       encodes_input=init is not None)
     prompts, negatives, seeds = _apply_loras(session, request, batch), [j.negative_prompt for j in batch], [j.seed for j in batch]
     params = SamplingParams(sampler=job.sampler, steps=job.steps, scale=job.scale, eta=job.eta)
+    if session.control is not None:  # the shuffle hint draws from each image's seed
+        session.control.seeds = seeds
     if request.on_step is not None:
         progress = _AlsoTelling(progress, request.on_step)
     return mode.render(model, request, job, init, prompts, negatives, seeds, params, progress)
