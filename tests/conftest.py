@@ -19,6 +19,7 @@ SLOW_MODULES = {
     "test_k_samplers_extras", "test_unet_vae_parity", "test_text_encoder", "test_sdxl_models", "test_builtin_model", "test_addons",
     "test_automation", "test_cli", "test_training_script", "test_speed_flags", "test_bench", "test_allocator",
     "test_offload", "test_attention", "test_tiling", "test_mapped_pages", "test_readme_examples", "test_serve",
+    "test_controlnet_parity", "test_controlnet_files",
 }
 SLOW_FIXTURES = {"run_cli", "sd1_ckpt", "sd1_safetensors", "sd2_ckpt", "sd2v_ckpt", "sd2_depth_ckpt", "depth_model",
                  "one_thread"}

@@ -86,9 +86,10 @@ def _render_command(mode: str, own_options, size_options=None, family_options=()
 
 
 _render_command("txt2img", opt.txt2img_options, size_options=opt.txt2img_size_options,
-                family_options=(opt.sdxl_size_options, opt.refiner_options))
-_render_command("img2img", opt.img2img_options, family_options=(opt.sdxl_size_options, opt.refiner_options))
-_render_command("inpaint", opt.inpaint_options)
+                family_options=(opt.sdxl_size_options, opt.refiner_options, opt.control_options))
+_render_command("img2img", opt.img2img_options,
+                family_options=(opt.sdxl_size_options, opt.refiner_options, opt.control_options))
+_render_command("inpaint", opt.inpaint_options, family_options=(opt.control_options,))
 _render_command("depth2img", opt.depth2img_options)
 _render_command("upscale", opt.upscale_options, defaults=opt.UPSCALE_DEFAULTS)  # the SD 2 x4 upscaler (#21)
 

@@ -147,10 +147,10 @@ def _value(param, value, command, where: str):
 
 
 def _suggestion(key: str, command) -> str:
-    from sd_cli.cli.suggestions import suggestions
+    from sd_cli.cli.suggestions import either, suggestions
 
     close = suggestions("--" + key, [param.opts for param in command.params])
-    return f"; did you mean {' or '.join(c.lstrip('-') for c in close)}?" if close else "; see --help for the options"
+    return f"; did you mean {either([c.lstrip('-') for c in close])}?" if close else "; see --help for the options"
 
 
 def print_sources(commands: dict) -> None:

@@ -147,6 +147,20 @@ UpscaleFitOpt = Annotated[UpscaleFit, typer.Option("--upscale-fit", help="floor:
 UpscaleTileOpt = Annotated[int, typer.Option("--tile", help="UNet tiles of N input pixels (0 = whole; pixels differ).", metavar="N", rich_help_panel=QUALITY)]
 UPSCALE_DEFAULTS = {"steps": 75, "scale": 9.0}  # the x4 scripts' DDIM steps (gradio) and guidance (streamlit)
 # -- end of upscale --
+# ControlNet (docs/controlnet.md): txt2img, img2img and inpaint; the unit flags repeat, one per --control-net.
+ControlNetOpt = Annotated[Optional[list[Path]], typer.Option("--control-net", help="ControlNet file (v1.1, diffusers, fp16); repeat for several.", metavar="FILE", rich_help_panel=CONTROL)]
+ControlNetConfigOpt = Annotated[Optional[Path], typer.Option("--control-net-config", help="ControlNet YAML (default: beside the file, or cldm_v15.yaml).", metavar="YAML", rich_help_panel=CONTROL)]
+ControlImageOpt = Annotated[Optional[list[Path]], typer.Option("--control-image", help="The image the ControlNet follows; one per --control-net.", metavar="IMG", rich_help_panel=CONTROL)]
+ControlPreprocessOpt = Annotated[Optional[list[str]], typer.Option("--control-preprocess", help="Hint from the image: none (the image is the hint), canny, ...", metavar="NAME", show_default=False, rich_help_panel=CONTROL)]
+CannyLowOpt = Annotated[int, typer.Option("--canny-low", help="Canny's low threshold.", metavar="N", rich_help_panel=CONTROL)]
+CannyHighOpt = Annotated[int, typer.Option("--canny-high", help="Canny's high threshold.", metavar="N", rich_help_panel=CONTROL)]
+DetectResolutionOpt = Annotated[Optional[int], typer.Option("--detect-resolution", help="Preprocess at this short side (default: the output's).", metavar="N", show_default=False, rich_help_panel=CONTROL)]
+ControlStrengthOpt = Annotated[Optional[list[float]], typer.Option("--control-strength", help="How strongly it steers (default 1); one per --control-net.", metavar="S", show_default=False, rich_help_panel=CONTROL)]
+GuessModeOpt = Annotated[bool, typer.Option("--guess-mode", help="Guess mode: decaying scales, no control on the negative pass.", rich_help_panel=CONTROL)]
+ControlStartOpt = Annotated[float, typer.Option("--control-start", help="Steer from this fraction of the steps.", metavar="X", rich_help_panel=CONTROL)]
+ControlEndOpt = Annotated[float, typer.Option("--control-end", help="Stop steering after this fraction of the steps.", metavar="X", rich_help_panel=CONTROL)]
+AnnotatorWeightsOpt = Annotated[Optional[Path], typer.Option("--annotator-weights", help="The annotator's local weights (hed, lineart, mlsd, depth).", metavar="FILE", rich_help_panel=CONTROL)]
+SaveHintOpt = Annotated[Optional[Path], typer.Option("--save-hint", help="Also write the hint the model saw (unit k: name-k.png).", metavar="PNG", rich_help_panel=CONTROL)]
 # info and verify.
 ImagesArg = Annotated[list[Path], typer.Argument(help="PNG files.", metavar="IMAGE", show_default=False)]
 InfoJsonOpt = Annotated[bool, typer.Option("--json", help="One JSON object per image: the fields of txt2img --json, and every recorded field under \"parameters\".")]
@@ -213,6 +227,15 @@ def sdxl_size_options(
     original_width: OriginalWidthOpt = None, original_height: OriginalHeightOpt = None,
     crop_top: CropTopOpt = None, crop_left: CropLeftOpt = None,
     target_width: TargetWidthOpt = None, target_height: TargetHeightOpt = None,
+): ...
+
+
+def control_options(
+    control_net: ControlNetOpt = None, control_net_config: ControlNetConfigOpt = None, control_image: ControlImageOpt = None,
+    control_preprocess: ControlPreprocessOpt = None, canny_low: CannyLowOpt = 100, canny_high: CannyHighOpt = 200,
+    detect_resolution: DetectResolutionOpt = None, control_strength: ControlStrengthOpt = None, guess_mode: GuessModeOpt = False,
+    control_start: ControlStartOpt = 0.0, control_end: ControlEndOpt = 1.0, save_hint: SaveHintOpt = None,
+    annotator_weights: AnnotatorWeightsOpt = None,
 ): ...
 
 

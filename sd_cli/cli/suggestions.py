@@ -14,8 +14,13 @@ MOST = 3
 def unknown_option_message(typed: str, options: list[list[str]]) -> str:
     """The one-line error for `typed`, given each option's spellings."""
     close = suggestions(typed, options)
-    hint = f"; did you mean {' or '.join(close)}?" if close else "; see --help for the options"
+    hint = f"; did you mean {either(close)}?" if close else "; see --help for the options"
     return f"no such option {typed}{hint}"
+
+
+def either(names: list[str]) -> str:
+    """'a', 'a or b', 'a, b or c'."""
+    return " or ".join(names) if len(names) < 3 else f"{', '.join(names[:-1])} or {names[-1]}"
 
 
 def suggestions(typed: str, options: list[list[str]]) -> list[str]:

@@ -127,6 +127,17 @@ def _refiner_options(fields: dict[str, str], path) -> dict:
     return options
 
 
+def control_units(path: str | Path) -> list[dict[str, str]]:
+    """The recorded ControlNet units ("ControlNet 0: Module: canny, Model: name [hash], Weight: 1, ..."),
+    AUTOMATIC1111's extension's fields, each as {"Module": "canny", ...} in unit order."""
+    fields = info_record(path)["parameters"]
+    units = []
+    while f"ControlNet {len(units)}" in fields:
+        parts = (part.partition(":") for part in fields[f"ControlNet {len(units)}"].split(","))
+        units.append({key.strip(): value.strip() for key, _, value in parts if key.strip()})
+    return units
+
+
 def verify_record(path: str | Path) -> dict:
     """Which known watermark text the image carries (None if none), with the match score."""
     import numpy as np

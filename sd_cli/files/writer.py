@@ -139,7 +139,18 @@ class ImageWriter:
         values.update(infotext_values(self.loaded, job.prompt, job.negative_prompt))
         values.update(self._sgm_values(job))
         values["version"] = f"sd_cli {__version__}"
-        return format_infotext(job.prompt, job.negative_prompt, {**infotext_fields(values), **(extra or {})})
+        return format_infotext(job.prompt, job.negative_prompt, self._with_control({**infotext_fields(values), **(extra or {})}))
+
+    def _with_control(self, fields: dict) -> dict:
+        """AUTOMATIC1111's extension's "ControlNet N" fields, before Version as the extension writes them."""
+        control = getattr(self.loaded, "control", None)
+        if control is None:
+            return fields
+        version = fields.pop("Version", None)
+        fields.update(control.infotext())
+        if version is not None:
+            fields["Version"] = version
+        return fields
 
     def _job_values(self, job: Job, shape) -> dict:
         """What the --json record and the infotext share: the job's sampling values, size and model."""

@@ -37,6 +37,11 @@ ALLOWED_TARGETS = {
     "sgm.modules.encoders.modules.ConcatTimestepEmbedderND": "size-embedding",
     "sgm.models.autoencoder.AutoencoderKL": "vae",
     "sgm.models.autoencoder.AutoencoderKLInferenceWrapper": "vae",
+    # lllyasviel/ControlNet (docs/controlnet.md): ControlLDM is a LatentDiffusion with a control_stage_config,
+    # its ControlledUnetModel the UNet taking the ControlNet's residuals
+    "cldm.cldm.ControlLDM": "txt2img",
+    "cldm.cldm.ControlledUnetModel": "unet",
+    "cldm.cldm.ControlNet": "controlnet",
 }
 MODEL_KINDS = ("txt2img", "inpaint", "depth", "upscale")
 TEXT_ENCODERS = ("clip", "openclip")
@@ -51,9 +56,20 @@ _TRAINING_ONLY = {
     "given_betas", "make_it_fit", "reset_ema", "reset_num_ema_updates", "concat_keys",
     "masked_image_key", "keep_finetune_dims", "c_concat_log_start", "c_concat_log_end",
     "unet_trainable", "concat_mode", "num_classes", "low_scale_key", "noise_level_key",
+    "control_key",  # ControlLDM: the training batch's key for the hint
 }
 # The conditioning_key each model class is built with (the original DiffusionWrapper's modes).
 CONDITIONING_KEYS = {"txt2img": "crossattn", "upscale": "hybrid-adm"}  # the others: "hybrid"
+
+
+@dataclass(frozen=True)
+class ControlConfig:
+    """A ControlLDM YAML's ControlNet: its control_stage_config params and how the UNet takes its residuals."""
+
+    source: str
+    params: dict  # cldm.cldm.ControlNet's params (UNet encoder sizes, hint_channels)
+    only_mid_control: bool = False  # ControlLDM: the residuals join after the middle block only
+    global_average_pooling: bool = False  # v1.1 shuffle: each residual averaged over its pixels
 
 
 @dataclass(frozen=True)
@@ -76,6 +92,7 @@ class ModelConfig:
     depth_params: dict | None = None
     low_scale_params: dict | None = None  # the x4 upscaler's low_scale_config params (noise augmentation)
     engine: str = "ldm"  # whose code the YAML is for: "ldm" (CompVis/Stability) or "sgm" (generative-models)
+    control: ControlConfig | None = None  # a ControlLDM YAML's ControlNet (lllyasviel/ControlNet's cldm_v15.yaml)
 
     @property
     def native_size(self) -> int:
@@ -118,6 +135,7 @@ def parse_config(raw: dict, source: str) -> ModelConfig:
         low_scale = _component(low_scale, source, "low_scale_config", ("noise-augmentation",))
     vae.pop("lossconfig", None)
     vae.pop("monitor", None)
+    control = _control_stage(params, source)
     config = ModelConfig(
         source=source,
         kind=kind,
@@ -134,11 +152,31 @@ def parse_config(raw: dict, source: str) -> ModelConfig:
         text_params=dict(text_section.get("params") or {}),
         depth_params=depth,
         low_scale_params=low_scale,
+        control=control,
     )
     _check_leftovers(params, kind, source)
     if config.parameterization not in ("eps", "v"):
         raise UsageError(f"{source}: parameterization {config.parameterization!r} is not supported (eps or v)")
     return config
+
+
+def _control_stage(params: dict, source: str) -> ControlConfig | None:
+    """ControlLDM's control_stage_config and only_mid_control, taken out of the model params (None without)."""
+    section = params.pop("control_stage_config", None)
+    only_mid = bool(params.pop("only_mid_control", False))
+    if section is None:
+        return None
+    control = _component(section, source, "control_stage_config", ("controlnet",))
+    pooling = bool(control.pop("global_average_pooling", False))
+    return ControlConfig(source=source, params=control, only_mid_control=only_mid, global_average_pooling=pooling)
+
+
+def load_control_config(path: str | Path) -> ControlConfig:
+    """The ControlNet of a ControlLDM YAML (cldm_v15.yaml, control_v11p_sd15_*.yaml); UsageError otherwise."""
+    config = load_config(path)
+    if config.control is None:
+        raise UsageError(f"{path}: has no control_stage_config; pass a ControlNet YAML such as cldm_v15.yaml")
+    return config.control
 
 
 def _check_leftovers(params: dict, kind: str, source: str) -> None:

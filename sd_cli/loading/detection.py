@@ -38,6 +38,8 @@ NOT_A_MODEL = (
     (("lora_unet_", "lora_te_"), "a LoRA, not a checkpoint; pass it with --lora (or <lora:name:weight> in the prompt)"),
     (("encoder.conv_in.", "decoder.conv_in.", "first_stage_model.encoder.conv_in."),
      "a VAE file, not a whole checkpoint; pass it with --vae beside --ckpt"),
+    (("control_model.", "input_hint_block.", "controlnet_cond_embedding."),
+     "a ControlNet, not a whole checkpoint; pass it with --control-net beside --ckpt (an SD 1.5 checkpoint)"),
     (("emb_params", "string_to_param."), "a textual-inversion embedding, not a checkpoint; put it in the "
                                          "embeddings folder (--embeddings) and use its name in the prompt"),
 )

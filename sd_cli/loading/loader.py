@@ -33,6 +33,7 @@ VAE_PREFIX = "first_stage_model."
 TEXT_PREFIX = "cond_stage_model."
 DEPTH_PREFIX = "depth_model.model."  # MiDaS, built on first use by depth.py
 LOW_SCALE_PREFIX = "low_scale_model."  # the x4 upscaler's noise-augmentation schedule buffers
+CONTROL_PREFIX = "control_model."  # a ControlNet v1.0 full file's ControlNet (loading/controlnet_file.py)
 SGM_SIGMAS_KEY = "denoiser.sigmas"  # generative-models: the DiscreteDenoiser's table, computed from the config
 
 
@@ -176,6 +177,8 @@ def build_and_load(config: ModelConfig, weights: dict, name: str, device="cpu", 
     if model.family.needs_depth:
         model.depth_weights = {key[len(DEPTH_PREFIX):]: value for key, value in weights.items()
                                if key.startswith(DEPTH_PREFIX)}
+    # A ControlNet v1.0 file's own ControlNet, kept as it is until a run asks for it (--control-image).
+    model.control_weights = {key: value for key, value in weights.items() if key.startswith(CONTROL_PREFIX)} or None
     return model
 
 
@@ -244,6 +247,8 @@ def _module_state_dict(weights: dict, encoder_class, depth: bool, upscaler: bool
             continue  # MiDaS weights: kept aside in build_and_load, loaded strictly by depth.py
         elif upscaler and key.startswith(LOW_SCALE_PREFIX) and key[len(LOW_SCALE_PREFIX):] in SCHEDULE_KEYS:
             continue  # the low-res noise schedule: from the config, checked in build_and_load
+        elif key.startswith(CONTROL_PREFIX):
+            continue  # a ControlNet v1.0 file's ControlNet: kept aside in build_and_load, loaded strictly when used
         else:
             unexpected.append(key)
     return module, unexpected

@@ -49,6 +49,7 @@ class LatentDiffusion(nn.Module):
         self.cond_stage_model = text_encoder
         self.offload = None  # --offload: sd_cli/offload.py puts each part on the GPU when it is used
         self.depth_weights = None  # a depth model's MiDaS weights until depth2img builds it (loader.py)
+        self.control_weights = None  # a ControlNet v1.0 file's control_model.* until a run uses them (loader.py)
         self.alphas_cumprod = linear_alphas_cumprod(config.linear_start, config.linear_end, config.timesteps)
         self.noise_augmentation = None  # the x4 upscaler's low-res noising (noise_augmentation.py)
         if config.low_scale_params is not None:
@@ -114,11 +115,15 @@ class LatentDiffusion(nn.Module):
         self._ready("text encoder")
         return encode_prompts(self.cond_stage_model, prompts, options or TextOptions())
 
-    def unet(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        """y: the x4 upscaler's noise level, int64 [B] (class labels stay integers)."""
+    def unet(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, y: torch.Tensor | None = None,
+             control=None) -> torch.Tensor:
+        """y: the x4 upscaler's noise level, int64 [B] (class labels stay integers); control: the ControlNets'
+        residuals (control/steering.py), added at the skips and the middle block."""
         self._ready("UNet")
         dtype = self.dtype
-        return self.model.diffusion_model(x.to(dtype), t, context.to(dtype), y)
+        if control is None:
+            return self.model.diffusion_model(x.to(dtype), t, context.to(dtype), y)
+        return self.model.diffusion_model(x.to(dtype), t, context.to(dtype), y, control=control)
 
     def encode_image(self, image: torch.Tensor, tiled: bool = False) -> torch.Tensor:
         """[B, 3, H, W] in [-1, 1] -> scaled latent [B, 4, H/8, W/8]: the posterior mean (no sampling).

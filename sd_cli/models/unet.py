@@ -248,10 +248,14 @@ class UNetModel(nn.Module):
             self._spatial_transformer(ch, middle_depth, disable_middle_self_attn),  # the middle always has attention
             ResBlock(ch, time_embed_dim, ch),
         )
-        self._build_output_blocks(skip_channels, time_embed_dim)
+        self._build_head(skip_channels, time_embed_dim, out_channels)
+
+    def _build_head(self, skip_channels: list[int], emb: int, out_channels: int) -> None:
+        """What follows the middle block: the decoder and the output conv (a ControlNet builds its zero convs)."""
+        self._build_output_blocks(skip_channels, emb)
         self.out = nn.Sequential(
-            GroupNorm32(model_channels, RESBLOCK_NORM_EPS), nn.SiLU(),
-            conv3x3(model_channels, out_channels),
+            GroupNorm32(self.model_channels, RESBLOCK_NORM_EPS), nn.SiLU(),
+            conv3x3(self.model_channels, out_channels),
         )
 
     def _per_level(self, value, name: str) -> list:
@@ -320,23 +324,31 @@ class UNetModel(nn.Module):
                 self.output_blocks.append(TimestepEmbedSequential(*layers))
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
-                y: torch.Tensor | None = None) -> torch.Tensor:
+                y: torch.Tensor | None = None, control: list | None = None) -> torch.Tensor:
         # x: [B, in_channels, h, w]; timesteps: [B] (or []) long or float; context: [B, M, context_dim];
-        # y: [B, adm_in_channels] (SDXL) or [B] long (class labels) for a UNet with label_emb, else None
-        if timesteps.dim() == 0:
-            timesteps = timesteps.expand(x.shape[0])
-        t_emb = timestep_embedding(timesteps, self.model_channels)  # [B, model_channels] float32
-        emb = self.time_embed(t_emb.to(self.time_embed[0].weight.dtype))  # [B, 4*model_channels]
-        emb = self._add_vector(emb, y)
+        # y: [B, adm_in_channels] (SDXL) or [B] long (class labels) for a UNet with label_emb, else None;
+        # control: a ControlNet's residuals, one per input block then the middle block's (None entries add nothing)
+        emb = self._embedding(x, timesteps, y)
         skips = []
         h = x
         for block in self.input_blocks:
             h = block(h, emb, context)
             skips.append(h)
         h = self.middle_block(h, emb, context)
+        residuals = _residuals(control, len(skips) + 1)
+        h = _plus(h, residuals.pop())
         for block in self.output_blocks:
-            h = block(torch.cat([h, skips.pop()], dim=1), emb, context)
+            # cldm's ControlledUnetModel: each skip gets its residual before the concatenation, consumed from the end
+            h = block(torch.cat([h, _plus(skips.pop(), residuals.pop())], dim=1), emb, context)
         return self.out(h)  # [B, out_channels, h, w]
+
+    def _embedding(self, x: torch.Tensor, timesteps: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        """The timestep embedding [B, 4*model_channels], plus label_emb(y) (SDXL's vector or a class label)."""
+        if timesteps.dim() == 0:
+            timesteps = timesteps.expand(x.shape[0])
+        t_emb = timestep_embedding(timesteps, self.model_channels)  # [B, model_channels] float32
+        emb = self.time_embed(t_emb.to(self.time_embed[0].weight.dtype))
+        return self._add_vector(emb, y)
 
     def _add_vector(self, emb: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         """emb + label_emb(y): SDXL's pooled text and size conditioning, or the class label's embedding,
@@ -355,3 +367,16 @@ class UNetModel(nn.Module):
             got = None if y is None else tuple(y.shape)
             raise ValueError(f"UNetModel: y must be [{emb.shape[0]}, {self.adm_in_channels}], got {got}")
         return emb + self.label_emb(y.to(emb.dtype))
+
+
+def _residuals(control: list | None, count: int) -> list:
+    """The ControlNet residuals as a list to pop from (all None without control); their count is the UNet's."""
+    if control is None:
+        return [None] * count
+    if len(control) != count:
+        raise ValueError(f"UNetModel: {len(control)} control residuals for a UNet with {count} skips and middle block")
+    return list(control)
+
+
+def _plus(h: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
+    return h if residual is None else h + residual.to(h.dtype)

@@ -16,7 +16,11 @@ def guided_model(model, prompts: list[str], negative_prompts: list[str], scale: 
     uncond = model.encode_text(negative_prompts) if scale != 1.0 else None
     # a long prompt or negative: pad the other
     cond, uncond = match_lengths(lambda batch: model.encode_text([""] * batch), cond, uncond)
-    return GuidedModel(model.unet, cond, uncond, scale, model.parameterization)
+    guided = GuidedModel(model.unet, cond, uncond, scale, model.parameterization)
+    control = getattr(model, "control", None)  # a run's ControlNets (run/session.py); a bare model has none
+    if control is not None:
+        guided.control = control.steering(*size)
+    return guided
 
 
 def _engine_guided_model(model, prompts, negative_prompts, scale, size, aesthetic_scores) -> GuidedModel:

@@ -102,8 +102,8 @@ class _WatchedSession:
     def __getattr__(self, name):
         return getattr(self._session, name)
 
-    def unet(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, *vector) -> torch.Tensor:
-        out = self._session.unet(x, t, context, *vector)
+    def unet(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, *vector, **control) -> torch.Tensor:
+        out = self._session.unet(x, t, context, *vector, **control)
         self._preview.last_call = (x, t, out)
         return out
 

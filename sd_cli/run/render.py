@@ -62,6 +62,7 @@ class RunRequest:
     refiner_config: Path | None = None  # --refiner-config; None: a YAML beside it, else detected
     refining: "RefinerOptions | None" = None  # its strength, steps and scores; set exactly when refiner is
     aesthetic_scores: tuple[float, float] = AESTHETIC_SCORES  # --aesthetic-score, --negative-aesthetic-score
+    control: "ControlOptions | None" = None  # --control-net, --control-image, ...: ControlNet units (control/units.py)
     on_step: "Callable[[int, int], None] | None" = None  # told (done, total) after every step; may raise to stop
     xy: "Plot | None" = None  # --xy: the X/Y/Z plot the jobs are the cells of (plot.py); its grid replaces the plain one
     size_flags: "SizeFlags | None" = None  # SDXL's --original-*, --crop-*, --target-* (models/sdxl_conditioning.py)
@@ -261,7 +262,22 @@ def _load(request: RunRequest, rank):
         from sd_cli.run.refiner import load_refiner
 
         session.refiner = load_refiner(request, refiner, session, device, dtype, offload)
+    _attach_control(session, request)
     return session
+
+
+def _attach_control(session, request: RunRequest) -> None:
+    """--control-net/--control-image: the ControlNets and control images, loaded before any rendering; a
+    v1.0 ControlNet checkpoint given without --control-image is said to render as plain SD 1.5."""
+    model = session.model
+    if request.control is None:
+        if getattr(model, "control_weights", None) is not None:
+            log.info(f"{session.name} carries a ControlNet (control_model.*); pass --control-image to use it "
+                     "(without, it renders as plain Stable Diffusion)")
+        return
+    from sd_cli.control.steering import load_control_set
+
+    session.control = load_control_set(request.control, model, session.checkpoint_path)
 
 
 def _wants_offload(request: RunRequest, device) -> bool:
@@ -320,6 +336,8 @@ def _render_batch(session, request: RunRequest, batch: list[Job], progress):
                       encodes_input=mode.encodes_input(init), unet_tile=mode.unet_tile(request))
     prompts, negatives, seeds = _apply_loras(session, request, batch), [j.negative_prompt for j in batch], [j.seed for j in batch]
     params = SamplingParams(sampler=job.sampler, steps=job.steps, scale=job.scale, eta=job.eta)
+    if session.control is not None:  # the shuffle hint draws from each image's seed
+        session.control.seeds = seeds
     if request.on_step is not None:
         progress = _AlsoTelling(progress, request.on_step)
     return mode.render(model, request, job, init, prompts, negatives, seeds, params, progress)

@@ -7,6 +7,7 @@ encode_text, encode_image and decode_latents applying the run's options.
 """
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -15,6 +16,9 @@ from sd_cli.loading.lora import LoraMerger
 from sd_cli.models.families import ModelFamily
 from sd_cli.models.sdxl_conditioning import SizeConditioning, SizeFlags
 from sd_cli.prompting.prompts import TextOptions
+
+if TYPE_CHECKING:
+    from sd_cli.control.steering import ControlSet
 
 
 @dataclass
@@ -25,6 +29,7 @@ class Session:
     vae_tiling: bool = False  # --vae-tiling: encode and decode in overlapping tiles (runtime/tiling.py)
     refiner: "Session | None" = None  # --refiner: the SDXL refiner beside its base (run/refiner.py)
     size_flags: SizeFlags | None = None  # SDXL's --original-*, --crop-*, --target-*; None: the demo's defaults
+    control: "ControlSet | None" = None  # --control-net/--control-image: the ControlNets (control/steering.py)
 
     @property
     def model(self):
@@ -77,8 +82,10 @@ class Session:
     def encode_text(self, prompts: list[str]) -> torch.Tensor:
         return self.model.encode_text(prompts, self.text)
 
-    def unet(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, *vector) -> torch.Tensor:
-        """SDXL's UNet takes its vector y after the context."""
+    def unet(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, *vector, control=None) -> torch.Tensor:
+        """SDXL's UNet takes its vector y after the context; SD 1.5's the ControlNets' residuals."""
+        if control is not None:
+            return self.model.unet(x, t, context, control=control)
         return self.model.unet(x, t, context, *vector)
 
     def vector(self, text, sizes):

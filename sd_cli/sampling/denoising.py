@@ -152,6 +152,9 @@ def k_sigmas(model, params: SamplingParams, strength: float = 1.0) -> torch.Tens
 def denoise(model, guided: GuidedModel, begin: Start, noise: NoiseSource, params: SamplingParams,
             hooks: StepHooks = NO_HOOKS) -> torch.Tensor:
     """Run params' sampler from the start down to clean latents; every step ends through hooks."""
+    control = getattr(guided, "control", None)  # a GuidedModel's ControlNets; other denoisers have none
+    if control is not None:  # --control-start/--control-end follow the steps done
+        hooks = control.tracking(hooks)
     with reusing_freed_memory(model.device):
         if begin.sigmas is not None:
             return _run_k(model, guided, begin, noise, params, hooks)

@@ -96,7 +96,7 @@ def test_help_and_version_switches(capsys):
     ("--Steps", "error: no such option --Steps; did you mean --steps?"),
     ("--negative-promt", "error: no such option --negative-promt; did you mean --negative-prompt?"),
     ("--cfg-scal", "error: no such option --cfg-scal; did you mean --cfg-scale?"),
-    ("--samples", "error: no such option --samples; did you mean --n-samples or --sampler or --scale?"),
+    ("--samples", "error: no such option --samples; did you mean --n-samples, --sampler or --scale?"),
     ("--zzz", "error: no such option --zzz; see --help for the options"),
 ])
 def test_mistyped_flag_gets_a_suggestion(capsys, typed, message):
@@ -161,7 +161,7 @@ def test_txt2img_help_panels_essentials_first_and_short(help_text):
     text = help_text("txt2img")
     lines = text.splitlines()
     assert panel_titles(text) == ["Arguments", "Essentials", "Batch and prompt files", "Quality and speed",
-                                  "Automation and output", "Original scripts' flags", "SDXL and its refiner",
+                                  "Automation and output", "Original scripts' flags", "SDXL and its refiner", "ControlNet",
                                   "Other spellings: the original scripts, stable-diffusion.cpp, AUTOMATIC1111 "
                                   "(same meaning)"]
     before_aliases = next(i for i, line in enumerate(lines) if "Original scripts' flags" in line)
