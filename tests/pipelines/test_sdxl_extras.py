@@ -40,10 +40,11 @@ def hf_ids(text: str) -> list[int]:
 
 
 def reference_chunks(pieces):
-    """[(ids [77], weights [77])]: the pieces' tokens in chunks of 75 between SOT and EOT."""
+    """[(ids [77], weights [77])]: the pieces' tokens in chunks of 75 between SOT and EOT; a piece is
+    text, or a list of token ids (an embedding's added tokens)."""
     ids, weights = [], []
     for text, weight in pieces:
-        tokens = hf_ids(text)
+        tokens = text if isinstance(text, list) else hf_ids(text)
         ids += tokens
         weights += [weight] * len(tokens)
     chunks = []
@@ -54,15 +55,29 @@ def reference_chunks(pieces):
     return chunks
 
 
+def with_added_tokens(model, vectors):
+    """The tower with `vectors` as new tokens 49408, 49409, ... (as diffusers' load_textual_inversion adds
+    them), pooling at the first end token (transformers pools at the largest id otherwise)."""
+    model.resize_token_embeddings(49408 + len(vectors))
+    model.get_input_embeddings().weight.data[49408:] = vectors
+    for module in model.modules():
+        if hasattr(module, "eos_token_id"):
+            module.eos_token_id = EOT
+    return model
+
+
 @torch.no_grad()
-def reference_text(weights, config, pieces):
-    """(crossattn [1, 77·chunks, 64 + 128], pooled [1, 96]) as AUTOMATIC1111 computes them for SDXL."""
+def reference_text(weights, config, pieces, added=None):
+    """(crossattn [1, 77·chunks, 64 + 128], pooled [1, 96]) as AUTOMATIC1111 computes them for SDXL;
+    added: {"clip_l": [N, 64], "clip_g": [N, 128]}, an embedding's vectors as tokens 49408.. of each tower."""
     towers = []
     pooled = None
     for index, entry in enumerate(emb_models(config)):
         if entry["input_key"] != "txt":
             continue
         model, is_g = hf_tower(weights, index, entry["target"]), entry["target"].endswith("Embedder2")
+        if added is not None:
+            model = with_added_tokens(model, added["clip_g" if is_g else "clip_l"])
         hidden = []
         for number, (ids, chunk_weights) in enumerate(reference_chunks(pieces)):
             tokens = torch.tensor([ids])
@@ -87,7 +102,7 @@ def assert_close(ours, theirs, tolerance=1e-5):
 
 # -- 1. prompts ------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("prompt, pieces", [
+@pytest.mark.parametrize("prompt, pieces", ids=["emphasis", "long"], argvalues=[
     ("a (red:1.5) circle on [blue] paper", [("a ", 1.0), ("red", 1.5), (" circle on ", 1.0), ("blue", 1 / 1.1),
                                             (" paper", 1.0)]),
     (LONG + " (green:1.3)", [(LONG + " ", 1.0), ("green", 1.3)]),
@@ -118,3 +133,49 @@ def test_a_long_negative_prompt_is_chunked_and_the_prompt_padded(sdxl):
     assert_close(guided.cond, torch.cat([prompt, empty], dim=1))
     assert_close(guided.uncond_vector[:, :96], negative_pooled)
     assert_close(guided.vector[:, :96], prompt_pooled)
+
+
+# -- 2. textual inversion ----------------------------------------------------------------------------
+
+def write_sdxl_embedding(folder, count=2):
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    g = torch.Generator().manual_seed(11)
+    vectors = {"clip_l": torch.randn(count, 64, generator=g), "clip_g": torch.randn(count, 128, generator=g)}
+    save_file(vectors, str(folder / "xlstyle.safetensors"))
+    return vectors
+
+
+def test_an_sdxl_embedding_gives_each_tower_its_own_vectors(sdxl, tmp_path):
+    """Its clip_l vectors in CLIP-L, its clip_g ones in bigG, the pooled vector included."""
+    from sd_cli.prompting.prompts import text_options
+
+    path, weights, config = sdxl
+    model = load_model(path).model
+    vectors = write_sdxl_embedding(tmp_path / "emb")
+    options = text_options(model.text_towers[0], "original", None, tmp_path / "emb")
+    with torch.no_grad():
+        ours = model.encode_text(["a (xlstyle:1.2) circle"], options)
+    pieces = [("a ", 1.0), ([49408, 49409], 1.2), (" circle", 1.0)]
+    crossattn, pooled = reference_text(weights, config, pieces, added=vectors)
+    assert_close(ours.crossattn, crossattn)
+    assert_close(ours.pooled, pooled)
+    plain, plain_pooled = reference_text(weights, config, [("a ", 1.0), ("xlstyle", 1.2), (" circle", 1.0)])
+    assert (ours.pooled - plain_pooled).abs().max() > 1e-3  # the vectors reach the pooled vector too
+
+
+def test_an_sd1_embedding_on_sdxl_is_a_one_line_error(sdxl, tmp_path, run_cli):
+    from safetensors.torch import save_file
+
+    path, _, _ = sdxl
+    (tmp_path / "emb").mkdir()
+    save_file({"emb_params": torch.randn(2, 768)}, str(tmp_path / "emb" / "oldstyle.safetensors"))
+    result = run_cli("txt2img", "a oldstyle circle", "--ckpt", path, "--embeddings", tmp_path / "emb", "--steps", "1",
+                     "--height", "64", "--width", "64", "--no-watermark", "-o", tmp_path / "x.png")
+    assert result.code == 2, result.stderr
+    message = [line for line in result.stderr.splitlines() if "oldstyle" in line]
+    assert message == [f"error: embedding {tmp_path / 'emb' / 'oldstyle.safetensors'}: a one-tower embedding "
+                       "(SD 1.x, 768 wide), this model's text encoders take clip_l and clip_g (an SDXL model); "
+                       "use an embedding made for it"], result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "x.png").exists()
