@@ -179,3 +179,112 @@ def test_an_sd1_embedding_on_sdxl_is_a_one_line_error(sdxl, tmp_path, run_cli):
                        "(SD 1.x, 768 wide), this model's text encoders take clip_l and clip_g (an SDXL model); "
                        "use an embedding made for it"], result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "x.png").exists()
+
+
+# -- 3. LoRA in kohya's SDXL naming -----------------------------------------------------------------
+
+RANK, ALPHA, WEIGHT = 4, 2.0, 0.7
+# kohya's key stem -> (where the test merges it by hand, the shape of that weight)
+UNET_ORIGINAL = {  # kohya's SDXL names are the original UNet's: merged into the original tensors
+    "lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q": "model.diffusion_model.input_blocks.4.1."
+                                                                 "transformer_blocks.0.attn1.to_q.weight",
+    "lora_unet_input_blocks_1_0_in_layers_2": "model.diffusion_model.input_blocks.1.0.in_layers.2.weight",
+    "lora_unet_label_emb_0_0": "model.diffusion_model.label_emb.0.0.weight",
+}
+UNET_DIFFUSERS = {  # diffusers-named files: merged into diffusers' converted UNet
+    "lora_unet_mid_block_attentions_0_proj_in": "mid_block.attentions.0.proj_in.weight",
+    "lora_unet_up_blocks_0_attentions_1_transformer_blocks_1_attn2_to_k": "up_blocks.0.attentions.1."
+                                                                         "transformer_blocks.1.attn2.to_k.weight",
+}
+TE = {  # kohya's text names are transformers' module paths: merged into transformers' towers
+    "lora_te1_text_model_encoder_layers_0_self_attn_q_proj": (0, "self_attn.q_proj.weight"),
+    "lora_te1_text_model_encoder_layers_10_mlp_fc2": (0, "mlp.fc2.weight"),
+    "lora_te2_text_model_encoder_layers_1_self_attn_v_proj": (1, "self_attn.v_proj.weight"),
+    "lora_te2_text_model_encoder_layers_2_self_attn_out_proj": (1, "self_attn.out_proj.weight"),
+    "lora_te2_text_model_encoder_layers_0_mlp_fc1": (1, "mlp.fc1.weight"),
+}
+
+
+def lora_pair(shape, generator):
+    """(down, up) for a weight of `shape`: convolutions down [r, in, kh, kw], up [out, r, 1, 1]."""
+    down = torch.randn(RANK, *shape[1:], generator=generator) * 0.3
+    up = torch.randn(shape[0], RANK, *([1, 1] if len(shape) == 4 else []), generator=generator) * 0.3
+    return down, up
+
+
+def by_hand(weight, down, up):
+    """W + weight · (alpha / rank) · up @ down, reshaped to W."""
+    return weight + WEIGHT * (ALPHA / RANK) * (up.flatten(1) @ down.flatten(1)).reshape(weight.shape)
+
+
+def hf_layer_key(model, stem, part):
+    layer = stem.split("_layers_")[1].split("_")[0]
+    names = dict(model.named_parameters())
+    return next(name for name in names if name.endswith(f"encoder.layers.{layer}.{part}"))
+
+
+def test_kohya_sdxl_lora_matches_a_merge_by_hand(sdxl, tmp_path):
+    from safetensors.torch import save_file
+    from sdxl_reference import diffusers_unet, time_ids
+
+    from sd_cli.loading.lora import LoraMerger, LoraUse
+    from sd_cli.models.sdxl_conditioning import SizeConditioning
+
+    path, weights, config = sdxl
+    g = torch.Generator().manual_seed(3)
+    unet_ref = diffusers_unet(weights, config)
+    towers = {0: hf_tower(weights, 0, emb_models(config)[0]["target"]), 1: hf_tower(weights, 1, emb_models(config)[1]["target"])}
+    lora, merged = {}, dict(weights)
+    diffusers_params = dict(unet_ref.named_parameters())
+    pairs = {}
+    for stem, key in UNET_ORIGINAL.items():
+        pairs[stem] = lora_pair(weights[key].shape, g)
+        merged[key] = by_hand(weights[key], *pairs[stem])
+    for stem, name in UNET_DIFFUSERS.items():
+        pairs[stem] = lora_pair(diffusers_params[name].shape, g)
+    for stem, (index, part) in TE.items():
+        pairs[stem] = lora_pair(dict(towers[index].named_parameters())[hf_layer_key(towers[index], stem, part)].shape, g)
+    for stem, (down, up) in pairs.items():
+        lora.update({f"{stem}.lora_down.weight": down, f"{stem}.lora_up.weight": up, f"{stem}.alpha": torch.tensor(ALPHA)})
+    save_file(lora, str(tmp_path / "xl.safetensors"))
+
+    unet_ref = diffusers_unet(merged, config)  # the original-named merges, converted
+    with torch.no_grad():
+        params = dict(unet_ref.named_parameters())
+        for stem, name in UNET_DIFFUSERS.items():
+            params[name].copy_(by_hand(params[name], *pairs[stem]))
+        for stem, (index, part) in TE.items():
+            param = dict(towers[index].named_parameters())[hf_layer_key(towers[index], stem, part)]
+            param.copy_(by_hand(param, *pairs[stem]))
+
+    model = load_model(path).model
+    merger = LoraMerger(model)
+    before = model.encode_text(["a red circle"], TextOptions()).crossattn.detach()
+    merger.apply((LoraUse(tmp_path / "xl.safetensors", WEIGHT),))
+    sizes = SizeConditioning((128, 128), target_size=(128, 128))
+    x, t = torch.randn(1, 4, 16, 16, generator=g), torch.tensor([500])
+    with torch.no_grad():
+        text = model.encode_text(["a red circle"], TextOptions())
+        ours = model.unet(x, t, text.crossattn, model.vector(text, sizes))
+        hidden, pooled = [], None
+        for index, tower in towers.items():
+            ids = hf_tokens_for(index)
+            out = tower(input_ids=ids, output_hidden_states=True)
+            hidden.append(out.hidden_states[11] if index == 0 else out.hidden_states[-2])
+            pooled = out.text_embeds if index == 1 else pooled
+        crossattn = torch.cat(hidden, dim=2)
+        theirs = unet_ref(x, t, encoder_hidden_states=crossattn,
+                          added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids(sizes, 1)}).sample
+    assert (text.crossattn - before).abs().max() > 1e-2  # the LoRA changes the conditioning
+    assert_close(text.crossattn, crossattn)
+    assert_close(text.pooled, pooled)
+    assert_close(ours, theirs, tolerance=1e-4)
+    merger.restore()
+    after = model.encode_text(["a red circle"], TextOptions()).crossattn.detach()
+    assert torch.equal(before, after)
+
+
+def hf_tokens_for(index):
+    from sdxl_reference import hf_tokens
+
+    return hf_tokens(["a red circle"], pad_with_zero=index == 1)
