@@ -288,3 +288,39 @@ def hf_tokens_for(index):
     from sdxl_reference import hf_tokens
 
     return hf_tokens(["a red circle"], pad_with_zero=index == 1)
+
+
+# -- 4. --vae ----------------------------------------------------------------------------------------
+
+def test_vae_file_decodes_sdxl_as_diffusers_does_with_it(sdxl, run_cli, tmp_path):
+    """An fp16 diffusers-layout VAE (as the SDXL fp16-fix VAE ships): the PNG is that VAE's decode."""
+    import numpy as np
+    from PIL import Image
+    from safetensors.torch import save_file
+
+    from sd_cli.files.images import to_uint8
+    from sd_cli.files.infotext import parse_infotext
+    from sd_cli.pipelines.txt2img import txt2img_latents
+    from sd_cli.sampling.denoising import SamplingParams
+
+    path, _, _ = sdxl
+    torch.manual_seed(5)
+    theirs = diffusers.AutoencoderKL(in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 4,
+                                     up_block_types=["UpDecoderBlock2D"] * 4, block_out_channels=(32, 32, 64, 64),
+                                     layers_per_block=1, latent_channels=4, norm_num_groups=32).eval()
+    halves = {key: value.half().contiguous() for key, value in theirs.state_dict().items()}
+    save_file(halves, str(tmp_path / "sdxl-vae-fp16-fix.safetensors"))
+    theirs.load_state_dict({key: value.float() for key, value in halves.items()})
+    common = ["a red circle", "--ckpt", path, "--sampler", "euler", "--steps", "2", "--scale", "4", "--height", "128",
+              "--width", "128", "--seed", "7", "--no-watermark"]
+    assert run_cli("txt2img", *common, "-o", tmp_path / "own.png").code == 0
+    result = run_cli("txt2img", *common, "--vae", tmp_path / "sdxl-vae-fp16-fix.safetensors", "-o", tmp_path / "vae.png")
+    assert result.code == 0, result.stderr
+    model = load_model(path).model
+    latents = txt2img_latents(model, ["a red circle"], [""], [7], SamplingParams("euler", 2, 4.0), 128, 128)
+    with torch.no_grad():
+        expected = to_uint8(theirs.decode(latents / 0.13025).sample)[0].astype(np.int16)
+    written = np.asarray(Image.open(tmp_path / "vae.png").convert("RGB")).astype(np.int16)
+    own = np.asarray(Image.open(tmp_path / "own.png").convert("RGB")).astype(np.int16)
+    assert np.abs(written - expected).max() <= 1 and np.abs(written - own).max() > 20
+    assert parse_infotext(Image.open(tmp_path / "vae.png").info["parameters"])[2]["VAE"] == "sdxl-vae-fp16-fix.safetensors"
