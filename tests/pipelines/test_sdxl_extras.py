@@ -324,3 +324,62 @@ def test_vae_file_decodes_sdxl_as_diffusers_does_with_it(sdxl, run_cli, tmp_path
     own = np.asarray(Image.open(tmp_path / "own.png").convert("RGB")).astype(np.int16)
     assert np.abs(written - expected).max() <= 1 and np.abs(written - own).max() > 20
     assert parse_infotext(Image.open(tmp_path / "vae.png").info["parameters"])[2]["VAE"] == "sdxl-vae-fp16-fix.safetensors"
+
+
+# -- 5. prompt files, --json, info and torchrun on an SDXL file ----------------------------------------
+
+def _pixels(path):
+    import numpy as np
+    from PIL import Image
+
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def test_prompt_file_json_info_and_torchrun_on_sdxl(sdxl, run_cli, tmp_path):
+    """A prompt file with an SDXL embedding and a LoRA tag: --json records what info reads back, and two
+    torchrun processes write the very files one process does."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    path, _, _ = sdxl
+    write_sdxl_embedding(tmp_path / "emb")
+    (tmp_path / "loras").mkdir()
+    g = torch.Generator().manual_seed(1)
+    down, up = lora_pair((64, 256), g)
+    save_file({"lora_te1_text_model_encoder_layers_0_mlp_fc2.lora_down.weight": down,
+               "lora_te1_text_model_encoder_layers_0_mlp_fc2.lora_up.weight": up}, str(tmp_path / "loras" / "xl.safetensors"))
+    prompts = tmp_path / "p.txt"
+    prompts.write_text('a xlstyle circle\n{"prompt": "a <lora:xl:0.5> square", "seed": 50, "negative_prompt": "green"}\n'
+                       '--prompt "a (green:1.2) triangle" --cfg_scale 3\n')
+    common = ["--from-file", prompts, "--ckpt", path, "--sampler", "euler", "--steps", "1", "--seed", "7", "--height",
+              "64", "--width", "64", "--no-watermark", "--embeddings", tmp_path / "emb", "--lora-dir", tmp_path / "loras",
+              "--name", "{index}-{seed}", "--json"]
+    # both runs in subprocesses with one thread each: a different thread count may round a pixel differently
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+
+    def sd_cli(*launcher, outdir):
+        return subprocess.run([sys.executable, *launcher, "-m", "sd_cli", "txt2img", *map(str, common), "--outdir",
+                               str(tmp_path / outdir)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+
+    single = sd_cli(outdir="one")
+    assert single.returncode == 0, single.stderr[-3000:]
+    records = [json.loads(line) for line in single.stdout.splitlines()]
+    assert [(r["seed"], r["scale"], r["negative_prompt"]) for r in records] == [(7, 7.5, ""), (50, 7.5, "green"), (9, 3.0, "")]
+    assert records[0]["parameters"]["TI hashes"].startswith("xlstyle: ")
+    assert records[1]["parameters"]["Lora hashes"].startswith("xl: ")
+    for record in records:
+        info = run_cli("info", "--json", tmp_path / record["path"])
+        assert info.code == 0 and json.loads(info.stdout)["parameters"] == record["parameters"]
+    result = sd_cli("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", outdir="two")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stderr.count("wrote 3 image(s) by 2 processes") == 1
+    names = sorted(p.name for p in (tmp_path / "one").iterdir())
+    assert names == ["0-7.png", "1-50.png", "2-9.png"]
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == names
+    for name in names:
+        assert (_pixels(tmp_path / "one" / name) == _pixels(tmp_path / "two" / name)).all(), name
