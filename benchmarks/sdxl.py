@@ -13,6 +13,7 @@ Every figure is taken in a fresh process per side; full-size runs take ~8 GB eac
 import argparse
 import json
 import math
+import os
 import statistics
 import struct
 import sys
@@ -40,13 +41,17 @@ def main(argv=None) -> None:
     only = set(args.only.split(",")) if args.only else {"load", "cpu-step"}
     path = checkpoint()
     config_dir = diffusers_config_dir(path)
-    results = {"file_gb": round(path.stat().st_size / 1e9, 3), "precision": "bf16", "device": "cpu"}
+    # the machine may be shared: its load average says how much else ran beside the figures
+    results = {"file_gb": round(path.stat().st_size / 1e9, 3), "precision": "bf16", "device": "cpu",
+               "cpus": os.cpu_count(), "load_average_at_start": os.getloadavg()}
     if "load" in only:
         results["load"] = bench_load(path, config_dir, args.repeats)
         _save(results, args.json_out)
     if "cpu-step" in only:
         results["cpu-step"] = bench_steps(path, config_dir, args.steps)
         _save(results, args.json_out)
+    results["load_average_at_end"] = os.getloadavg()
+    _save(results, args.json_out)
     print(json.dumps(results, indent=2))
 
 
