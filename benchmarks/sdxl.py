@@ -7,7 +7,7 @@ The checkpoint is a full-size SDXL base in `sd_xl_base_1.0.safetensors`' key nam
 6.9 GB) with random weights, written here tensor by tensor (never the whole model in memory) into
 SD_CLI_BENCH_DIR. diffusers runs it as StableDiffusionXLPipeline.from_single_file with a local config
 folder converted from the same file and the packaged YAML, so nothing is downloaded. Both run in bf16.
-Every figure is taken in a fresh process per side; full-size runs take ~8 GB each, one at a time.
+Every figure is taken in a fresh process per side, one at a time: sd_cli peaks at about 8 GB, diffusers at 15.
 """
 
 import argparse
