@@ -6,9 +6,10 @@ A file holds, per adapted module, `<name>.lora_down.weight` [r, in(, kh, kw)], `
     ΔW = weight · (alpha / r) · up @ down        (convolutions: flattened, then reshaped to W)
 
 Names: `lora_unet_<module path with _>` in diffusers' UNet naming (kohya) or the original's
-(`lora_unet_input_blocks_1_1_proj_in`), and `lora_te_text_model_encoder_layers_N_<part>` for the text
-encoder (Hugging Face CLIP names: q/k/v land in slices of our fused `attn.in_proj_weight`).
-A name that matches no module is an error naming it.
+(`lora_unet_input_blocks_1_1_proj_in`, kohya's SDXL naming), and `lora_te_text_model_encoder_layers_N_<part>`
+for the text encoder (Hugging Face CLIP names: q/k/v land in slices of our fused `attn.in_proj_weight`).
+SDXL's files name its towers `lora_te1_` (CLIP-L) and `lora_te2_` (OpenCLIP bigG, in the same Hugging
+Face names, which kohya converts bigG to). A name that matches no module is an error naming it.
 
 Prompts use `<lora:name:0.8>` (weight 1 when left out); the tags are stripped before the prompt
 reaches the text encoder, and the prompt is recorded as typed.
@@ -170,13 +171,14 @@ def lora_deltas(model, tensors: dict, name: str) -> list:
         stem, _, part = key.partition(".")
         groups.setdefault(stem, {})[part] = value
     modules = _module_names(model)
+    towers = text_tower_prefixes(model)
     per = int(model.config.unet_params.get("num_res_blocks", 2)) + 1  # diffusers' blocks per UNet level
     deltas = []
     for stem, parts in groups.items():
         if "lora_down.weight" not in parts or "lora_up.weight" not in parts:
             raise CheckpointError(f"LoRA {name}: {stem} has no lora_down/lora_up weights "
                                   f"({', '.join(sorted(parts))}); only plain LoRA is supported")
-        target, rows = _target(stem, modules, per)
+        target, rows = _target(stem, modules, per, towers)
         if target is None:
             raise CheckpointError(f"LoRA {name}: {stem} matches no module of this model "
                                   "(a LoRA for another model family?)")
@@ -206,10 +208,21 @@ def _parameters(model) -> dict:
 def _module_names(model) -> dict[str, tuple]:
     """Parameter name -> shape, for the UNet and text encoder weights a LoRA may adapt."""
     return {name: tuple(p.shape) for name, p in _parameters(model).items()
-            if name.endswith("weight") and name.startswith(("model.diffusion_model.", "cond_stage_model."))}
+            if name.endswith("weight") and name.startswith(("model.diffusion_model.", "cond_stage_model.",
+                                                            "conditioner.embedders."))}
 
 
-def _target(stem: str, modules: dict, per: int) -> tuple[str | None, tuple[int, int] | None]:
+def text_tower_prefixes(model) -> dict[str, str]:
+    """The LoRA name part of each text tower -> its parameters' prefix: `te` for SD 1.x/2.x's one tower,
+    `te1` / `te2` for SDXL's CLIP-L and bigG (the refiner has bigG alone, still `te2`)."""
+    from sd_cli.models import text_encoder
+
+    named = {id(module): name for name, module in model.named_modules()}
+    kinds = {text_encoder.SDXLCLIPTextEncoder: "te1", text_encoder.SDXLOpenCLIPTextEncoder: "te2"}
+    return {kinds.get(type(tower), "te"): named[id(tower)] + "." for tower in model.text_towers}
+
+
+def _target(stem: str, modules: dict, per: int, towers: dict[str, str]) -> tuple[str | None, tuple[int, int] | None]:
     if stem.startswith("lora_unet_"):
         flat = _unet_flat_index(modules)
         name = stem[len("lora_unet_"):]
@@ -217,8 +230,9 @@ def _target(stem: str, modules: dict, per: int) -> tuple[str | None, tuple[int, 
             if candidate in flat:
                 return flat[candidate], None
         return None, None
-    if stem.startswith("lora_te_"):
-        return _text_target(stem[len("lora_te_"):], modules)
+    kind, _, name = stem.removeprefix("lora_").partition("_")
+    if stem.startswith("lora_") and kind in towers:
+        return _text_target(name, modules, towers[kind])
     return None, None
 
 
@@ -228,11 +242,11 @@ def _unet_flat_index(modules: dict) -> dict[str, str]:
             for name in modules if name.startswith(prefix)}
 
 
-def _text_target(name: str, modules: dict):
+def _text_target(name: str, modules: dict, tower: str):
     m = re.fullmatch(r"text_model_encoder_layers_(\d+)_(\w+)", name)
     if not m:
         return None, None
-    block = f"cond_stage_model.transformer.resblocks.{m[1]}."
+    block = f"{tower}transformer.resblocks.{m[1]}."
     if m[2] in TEXT_PARTS:
         target = block + TEXT_PARTS[m[2]] + ".weight"
         return (target, None) if target in modules else (None, None)

@@ -56,17 +56,14 @@ class DiffusionEngine(LatentDiffusion):
         embeddings, clip skip), and the pooled vector comes from each prompt's first chunk, as
         AUTOMATIC1111 does; a plain prompt of up to 75 tokens gives the original conditioner's values.
         """
-        from sd_cli.prompting.prompts import TextOptions, encode_prompts, first_chunk_tokens
+        from sd_cli.prompting.prompts import TextOptions, encode_prompts, first_chunk_pooled
 
         options = options or TextOptions()
         self._ready("text encoder")
         outputs = []
         for tower in self.conditioner.text_encoders:
-            hidden = encode_prompts(tower, prompts, options)
-            pooled = None
-            if returns_pooled(tower):
-                _, pooled = tower.encode_with_pooled(first_chunk_tokens(tower, prompts, options))
-            outputs.append((hidden, pooled))
+            pooled = first_chunk_pooled(tower, prompts, options) if returns_pooled(tower) else None
+            outputs.append((encode_prompts(tower, prompts, options), pooled))
         return self.conditioner.join_text(outputs)
 
     def vector(self, text: TextConditioning, sizes: SizeConditioning) -> torch.Tensor | None:

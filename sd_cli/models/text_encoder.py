@@ -71,6 +71,7 @@ class _TextTower(nn.Module):
     quick_gelu: ClassVar[bool]
     hf_cleaning: ClassVar[bool]  # clean prompts as transformers' CLIPTokenizer did (SD1), else as open_clip
     layers_supported: ClassVar[tuple[str, ...]]
+    embedding_key: ClassVar[str | None] = None  # this tower's tensor in an SDXL embedding file; None: one tower
     raw_layers: ClassVar[tuple[str, ...]] = ()  # layers whose output skips ln_final
     yaml_params: ClassVar[frozenset[str]] = YAML_PARAMS
     # Constructor arguments that change the output and are built only at one value:
@@ -355,6 +356,7 @@ class SDXLCLIPTextEncoder(CLIPTextEncoder):
     """
 
     checkpoint_prefix = "conditioner.embedders.0.transformer."
+    embedding_key = "clip_l"
     layers_supported = ("last", "hidden")
     raw_layers = ("hidden",)
     yaml_params = YAML_PARAMS | {"layer_idx", "always_return_pooled"}
@@ -371,6 +373,7 @@ class SDXLOpenCLIPTextEncoder(OpenCLIPTextEncoder):
     """
 
     checkpoint_prefix = "conditioner.embedders.1.model."
+    embedding_key = "clip_g"
     layers_supported = ("last", "penultimate")
     raw_layers = ("last", "penultimate")
     yaml_params = YAML_PARAMS | {"always_return_pooled", "legacy"}

@@ -7,10 +7,11 @@ first. A file is read when a prompt first uses it:
 
 - `.pt`: {"string_to_param": {"*": tensor [N, D]}, "name": ..., "step": ...}, read by sd_cli's
   weights-only unpickler (checkpoint.py): anything but tensors and plain data is refused;
-- `.safetensors`: {"emb_params": tensor [N, D]}.
+- `.safetensors`: {"emb_params": tensor [N, D]}, or SDXL's {"clip_l": [N, 768], "clip_g": [N, 1280]},
+  one set of vectors per text tower (each tower's `embedding_key`, models/text_encoder.py).
 
 D must be the text encoder's width (768 for SD 1.x, 1024 for SD 2.x); a mismatch is an error naming
-the file. Its hash for the PNG's "TI hashes" is AUTOMATIC1111's: the file's sha256, 10 hex digits.
+the file, and so is a one-tower embedding on SDXL's two towers or an SDXL embedding on SD 1.x/2.x. Its hash for the PNG's "TI hashes" is AUTOMATIC1111's: the file's sha256, 10 hex digits.
 """
 
 from __future__ import annotations
@@ -25,27 +26,37 @@ from sd_cli.errors import CheckpointError, UsageError
 from sd_cli.fields import EMBEDDINGS_DIR as DEFAULT_DIR
 
 SUFFIXES = (".pt", ".safetensors")
+SDXL_KEYS = ("clip_l", "clip_g")  # the SDXL embedding format's tensors, one per text tower
 
 
 @dataclass
 class Embedding:
     name: str
     path: Path
-    _vectors: torch.Tensor | None = field(default=None, repr=False)
+    _vectors: dict | None = field(default=None, repr=False)  # tower key (None: any one tower) -> [N, D]
 
     @property
-    def vectors(self) -> torch.Tensor:
-        """[N, D] float32, read on first use."""
+    def count(self) -> int:
+        """N, the number of tokens the embedding takes in a prompt (the same for every tower)."""
+        return len(next(iter(self._read().values())))
+
+    def vectors_for(self, encoder) -> torch.Tensor:
+        """[N, D] float32 for this text tower: its own tensor of an SDXL file, else the file's one tensor."""
+        vectors, key, width = self._read(), encoder.embedding_key, encoder.token_embedding.embedding_dim
+        if (key is None) != (None in vectors):
+            raise UsageError(f"embedding {self.path}: {_kind(vectors)}, this model's text encoders take "
+                             f"{'one tensor' if key is None else ' and '.join(SDXL_KEYS)} (an "
+                             f"{'SD 1.x/2.x' if key is None else 'SDXL'} model); use an embedding made for it")
+        chosen = vectors[key]
+        if chosen.shape[1] != width:
+            raise UsageError(f"embedding {self.path}: its {key or 'vectors'} are {chosen.shape[1]} wide, this model's "
+                             f"text encoder is {width} wide ({_family(chosen.shape[1])}); use it with a matching model")
+        return chosen
+
+    def _read(self) -> dict:
         if self._vectors is None:
             self._vectors = read_embedding(self.path)
         return self._vectors
-
-    def vectors_for(self, width: int) -> torch.Tensor:
-        vectors = self.vectors
-        if vectors.shape[1] != width:
-            raise UsageError(f"embedding {self.path}: its vectors are {vectors.shape[1]} wide, this model's text "
-                             f"encoder is {width} wide ({_family(vectors.shape[1])}); use it with a matching model")
-        return vectors
 
     @property
     def hash(self) -> str:
@@ -91,12 +102,22 @@ def scan_folder(folder: Path | None, encode_name) -> EmbeddingLibrary | None:
     return EmbeddingLibrary(list(found.values()), encode_name) if found else None
 
 
-def read_embedding(path: Path) -> torch.Tensor:
-    """[N, D] float32 vectors from an AUTOMATIC1111 `.pt` or `.safetensors` file."""
+def read_embedding(path: Path) -> dict:
+    """{None: [N, D]} from an AUTOMATIC1111 `.pt` or `.safetensors` file, {"clip_l": .., "clip_g": ..} from
+    an SDXL one; float32."""
     try:
         data = _read_safetensors(path) if path.suffix.lower() == ".safetensors" else _read_pt(path)
     except CheckpointError as err:
         raise UsageError(f"embedding {err}") from None
+    tensors = data if isinstance(data, dict) else {None: data}
+    vectors = {key: _vectors(path, value) for key, value in tensors.items()}
+    if len({len(value) for value in vectors.values()}) != 1:
+        raise UsageError(f"embedding {path}: its clip_l and clip_g have different vector counts "
+                         f"({len(vectors['clip_l'])} and {len(vectors['clip_g'])})")
+    return vectors
+
+
+def _vectors(path: Path, data) -> torch.Tensor:
     vectors = data.detach().float() if isinstance(data, torch.Tensor) else None
     if vectors is None or vectors.ndim not in (1, 2) or vectors.numel() == 0:
         raise UsageError(f"embedding {path}: not a textual inversion embedding ({_expected(path)})")
@@ -116,13 +137,22 @@ def _read_pt(path: Path):
 def _read_safetensors(path: Path):
     from sd_cli.loading.checkpoint import read_checkpoint
 
-    return read_checkpoint(path).state_dict.get("emb_params")
+    tensors = read_checkpoint(path).state_dict
+    if all(key in tensors for key in SDXL_KEYS):
+        return {key: tensors[key] for key in SDXL_KEYS}
+    return tensors.get("emb_params")
 
 
 def _expected(path: Path) -> str:
     if path.suffix.lower() == ".safetensors":
-        return "expected a tensor 'emb_params' [N, D]"
+        return "expected a tensor 'emb_params' [N, D], or SDXL's 'clip_l' and 'clip_g'"
     return "expected {'string_to_param': {'*': tensor [N, D]}}"
+
+
+def _kind(vectors: dict) -> str:
+    if None in vectors:
+        return f"a one-tower embedding ({_family(vectors[None].shape[1])}, {vectors[None].shape[1]} wide)"
+    return "an SDXL embedding (clip_l and clip_g)"
 
 
 def _family(width: int) -> str:

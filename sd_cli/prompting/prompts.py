@@ -162,11 +162,11 @@ class _ChunkBuilder:
         self.chunk.weights.append(weight)
 
     def add_embedding(self, embedding, weight: float) -> None:
-        if len(self.chunk.tokens) + len(embedding.vectors) > CHUNK:
+        if len(self.chunk.tokens) + embedding.count > CHUNK:
             self.close()
         self.chunk.fixes.append((len(self.chunk.tokens), embedding))
-        self.chunk.tokens += [self.pad] * len(embedding.vectors)
-        self.chunk.weights += [weight] * len(embedding.vectors)
+        self.chunk.tokens += [self.pad] * embedding.count
+        self.chunk.weights += [weight] * embedding.count
 
 
 def build_chunks(prompt: str, encoder, options: TextOptions) -> list[Chunk]:
@@ -220,10 +220,13 @@ def encode_prompts(encoder, prompts: list[str], options: TextOptions) -> torch.T
     return torch.cat(parts, dim=1)
 
 
-def first_chunk_tokens(encoder, prompts: list[str], options: TextOptions) -> torch.Tensor:
-    """[B, 77] token ids of each prompt's first chunk (SDXL's pooled vector comes from it)."""
-    device = encoder.token_embedding.weight.device
-    return torch.tensor([build_chunks(prompt, encoder, options)[0].tokens for prompt in prompts], device=device)
+def first_chunk_pooled(encoder, prompts: list[str], options: TextOptions) -> torch.Tensor:
+    """[B, P] the pooled vector of each prompt's first chunk (SDXL's, as AUTOMATIC1111 takes it): its
+    embeddings' vectors in place, its emphasis not applied (AUTOMATIC1111 weights the hidden states only)."""
+    chunks = [build_chunks(prompt, encoder, options)[0] for prompt in prompts]
+    tokens = torch.tensor([chunk.tokens for chunk in chunks], device=encoder.token_embedding.weight.device)
+    embedded = _embedded(encoder, tokens, chunks) if any(chunk.fixes for chunk in chunks) else None
+    return encoder.encode_with_pooled(tokens, clip_skip=options.clip_skip, embedded=embedded)[1]
 
 
 def _encode_chunks(encoder, chunks: list[Chunk], options: TextOptions) -> torch.Tensor:
@@ -245,7 +248,7 @@ def _embedded(encoder, tokens: torch.Tensor, chunks: list[Chunk]) -> torch.Tenso
     x = encoder.token_embedding(tokens).clone()
     for row, chunk in enumerate(chunks):
         for pos, embedding in chunk.fixes:
-            vectors = embedding.vectors_for(x.shape[-1])
+            vectors = embedding.vectors_for(encoder)
             x[row, pos:pos + len(vectors)] = vectors.to(x.device, x.dtype)
     return x
 

@@ -249,3 +249,16 @@ def test_cli_records_clip_skip_ti_hashes_and_emphasis(run_cli, sd1_ckpt, tmp_pat
     assert result.code == 2 and "--clip-skip 3" in result.stderr
     result = run_cli("txt2img", "a", "--ckpt", sd1_ckpt, *FAST, "--embeddings", tmp_path / "none", "-o", out)
     assert result.code == 2 and "no such folder" in result.stderr
+
+
+def test_an_sdxl_embedding_on_sd1_names_the_mismatch(sd1, tmp_path):
+    from safetensors.torch import save_file
+
+    from sd_cli.prompting.embeddings import scan_folder
+
+    (tmp_path / "xl").mkdir()
+    save_file({"clip_l": torch.randn(1, TEXT_WIDTH), "clip_g": torch.randn(1, 1280)}, str(tmp_path / "xl" / "xls.safetensors"))
+    options = TextOptions(embeddings=scan_folder(tmp_path / "xl", sd1.bpe().encode))
+    with pytest.raises(UsageError, match=r"xls\.safetensors: an SDXL embedding \(clip_l and clip_g\), this model's "
+                                         r"text encoders take one tensor \(an SD 1\.x/2\.x model\)"):
+        encode_prompts(sd1, ["a xls"], options)
