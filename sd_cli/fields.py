@@ -37,6 +37,8 @@ SIZE_MULTIPLE = 64  # the SD UNet downsamples the 1/8 latent three times
 # same noise: 32-bit seeds are every distinct image there is (AUTOMATIC1111's UI uses them too).
 MAX_SEED = 2**32 - 1
 MAX_STEPS = 1000
+# The x4 upscaler's own defaults: the scripts' DDIM steps (gradio) and guidance (streamlit).
+UPSCALE_DEFAULTS = {"steps": 75, "scale": 9.0}
 AESTHETIC_SCORES = (6.0, 2.5)  # the SDXL demo's refiner conditioning: the prompt's, the negative pass's
 
 

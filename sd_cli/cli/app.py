@@ -13,6 +13,7 @@ from sd_cli.cli import options as opt
 from sd_cli.cli.help import ReadableCommand, ReadableGroup
 from sd_cli import log
 from sd_cli.errors import SdCliError
+from sd_cli.fields import UPSCALE_DEFAULTS
 
 app = typer.Typer(
     name="sd-cli",
@@ -91,7 +92,7 @@ _render_command("img2img", opt.img2img_options,
                 family_options=(opt.sdxl_size_options, opt.refiner_options, opt.control_options))
 _render_command("inpaint", opt.inpaint_options, family_options=(opt.control_options,))
 _render_command("depth2img", opt.depth2img_options)
-_render_command("upscale", opt.upscale_options, defaults=opt.UPSCALE_DEFAULTS)  # the SD 2 x4 upscaler (#21)
+_render_command("upscale", opt.upscale_options, defaults=UPSCALE_DEFAULTS)  # the SD 2 x4 upscaler (#21)
 
 
 @app.command(cls=ReadableCommand)

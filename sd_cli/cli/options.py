@@ -145,7 +145,6 @@ UpscaleImageOpt = Annotated[Optional[Path], typer.Option("--image", *flags("init
 NoiseLevelOpt = Annotated[int, typer.Option("--noise-level", "--noise_level", help="Noise added to the input first, 0..350.", metavar="N", rich_help_panel=ESSENTIALS)]
 UpscaleFitOpt = Annotated[UpscaleFit, typer.Option("--upscale-fit", help="floor: resize to multiples of 64; pad: repeat edges.", metavar="MODE", case_sensitive=False, rich_help_panel=ESSENTIALS)]
 UpscaleTileOpt = Annotated[int, typer.Option("--tile", help="UNet tiles of N input pixels (0 = whole; pixels differ).", metavar="N", rich_help_panel=QUALITY)]
-UPSCALE_DEFAULTS = {"steps": 75, "scale": 9.0}  # the x4 scripts' DDIM steps (gradio) and guidance (streamlit)
 # -- end of upscale --
 # ControlNet (docs/controlnet.md): txt2img, img2img and inpaint; the unit flags repeat, one per --control-net.
 ControlNetOpt = Annotated[Optional[list[Path]], typer.Option("--control-net", help="ControlNet file (v1.1, diffusers, fp16); repeat for several.", metavar="FILE", rich_help_panel=CONTROL)]

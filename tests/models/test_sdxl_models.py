@@ -280,7 +280,7 @@ def test_unet_refuses_a_missing_or_unexpected_y(sdxl):
 
 
 @pytest.mark.parametrize("change, message", [
-    (dict(num_classes=1000), "num_classes=1000 is not supported"),
+    (dict(num_classes="continuous"), "num_classes='continuous' is not supported"),
     (dict(num_classes="sequential", adm_in_channels=None), "needs an int adm_in_channels"),
     (dict(context_dim=[192, 128]), r"context_dim \[192, 128\] is not supported"),
     (dict(spatial_transformer_attn_type="linear"), "spatial_transformer_attn_type 'linear' is not supported"),

@@ -369,7 +369,7 @@ def test_prompt_file_json_info_and_torchrun_on_sdxl(sdxl, run_cli, tmp_path):
     single = sd_cli(outdir="one")
     assert single.returncode == 0, single.stderr[-3000:]
     records = [json.loads(line) for line in single.stdout.splitlines()]
-    assert [(r["seed"], r["scale"], r["negative_prompt"]) for r in records] == [(7, 7.5, ""), (50, 7.5, "green"), (9, 3.0, "")]
+    assert [(r["seed"], r["scale"], r["negative_prompt"]) for r in records] == [(7, 5.0, ""), (50, 5.0, "green"), (9, 3.0, "")]
     assert records[0]["parameters"]["TI hashes"].startswith("xlstyle: ")
     assert records[1]["parameters"]["Lora hashes"].startswith("xl: ")
     for record in records:

@@ -5,6 +5,7 @@ level as a class label; its VAE downsamples by 4, so the latent has the low-res 
 the output is four times it. Only `sd-cli upscale` runs it.
 """
 
+from sd_cli.fields import UPSCALE_DEFAULTS
 from sd_cli.models.families.family import ModelFamily
 
 UPSCALE_FACTOR = 4  # output side / input side: the VAE's downsampling, the latent being the input's size
@@ -24,4 +25,5 @@ def decide(config) -> ModelFamily | None:
         native_size=config.native_size,
         watermark_text="SDV2",  # both superresolution scripts embed it
         vae_downsampling=factor,
+        default_scale=UPSCALE_DEFAULTS["scale"],  # where no flag gives one (run/render.py with_model_defaults)
     )
