@@ -45,6 +45,7 @@ class RunRequest:
     inpaint: "MaskOptions | None" = None  # inpaint: mask blur, invert, paste-back, outpaint (masks.py)
     depth: "DepthOptions | None" = None  # depth2img: --depth-map, --depth-model, --save-depth (depth.py)
     compile: bool = False  # --compile: torch.compile the UNet (speed.py)
+    backend: str = "torch"  # --backend: torch, or openvino (runtime/openvino_backend.py)
     vae_tiling: bool = False  # --vae-tiling: decode large images in tiles (tiling.py)
     offload: bool = False  # --offload: weights in host memory, one part on the GPU at a time (offload.py)
     emphasis: str = "original"  # --emphasis: AUTOMATIC1111's (text:1.2) weights, or "none" (prompts.py)
@@ -213,6 +214,10 @@ def _load(request: RunRequest, rank):
     checkpoint = resolve_checkpoint(request.checkpoint)
     device = resolve_device(distributed.device_name(request.device, rank))
     dtype = resolve_dtype(request.precision, device)
+    if request.backend == "openvino":
+        from sd_cli.runtime.openvino_backend import check_device
+
+        check_device(device, dtype)
     offload = _wants_offload(request, device)
     started = time.perf_counter()
     loaded = load_model(checkpoint, request.config, device=device, dtype=dtype, use_ema=request.ema, offload=offload,
@@ -229,7 +234,21 @@ def _load(request: RunRequest, rank):
 
         compile_model(loaded.model)
         weights_frozen = freezes_weights(loaded.model.device)
-    return Session(loaded, text, LoraMerger(loaded.model, weights_frozen), vae_tiling=request.vae_tiling)
+    merger = LoraMerger(loaded.model, weights_frozen or request.backend == "openvino")
+    if request.backend == "openvino":
+        from sd_cli.runtime.openvino_backend import use_openvino
+
+        use_openvino(loaded.model, lambda: _weights_key(request, checkpoint, merger))
+    return Session(loaded, text, merger, vae_tiling=request.vae_tiling)
+
+
+def _weights_key(request: RunRequest, checkpoint: Path, merger) -> str:
+    """What decides the weights a --backend openvino graph is converted with (its cache key)."""
+    from sd_cli.loading.checkpoint import model_hash
+    from sd_cli.loading.lora import lora_hashes
+
+    vae = model_hash(request.vae) if request.vae is not None else "-"
+    return f"{model_hash(checkpoint)}|ema={request.ema}|vae={vae}|lora={lora_hashes(merger.current)}|{[u.weight for u in merger.current]}"
 
 
 def _wants_offload(request: RunRequest, device) -> bool:
