@@ -73,8 +73,11 @@ def main(argv=None) -> None:
     if "peers" in only:
         from benchmarks.peers import bench_peers
 
-        results["peers"] = bench_peers(st, BENCH_DIR, max(args.rounds, 1), diffusers_config_dir(st))
-        _save(results, args.json_out)
+        def save(peers):
+            results["peers"] = peers
+            _save(results, args.json_out)
+
+        save(bench_peers(st, BENCH_DIR, max(args.rounds, 1), diffusers_config_dir(st), save))
     if "gpu-step" in only:
         results["gpu-step"] = bench_steps(st, args.device, args.precision or "fp16", args.repeats, args.steps, 512,
                                           compile_unet=args.compile, rounds=args.rounds)

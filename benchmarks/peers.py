@@ -114,22 +114,31 @@ print("DONE", json.dumps({"peak_rss": resource.getrusage(resource.RUSAGE_SELF).r
 """
 
 
-def bench_peers(st: Path, bench_dir: Path, rounds: int, config_dir: Path) -> dict:
-    """Alternating rounds of every available tool; medians, ratios to sd_cli, and the skipped tools' notes."""
+def bench_peers(st: Path, bench_dir: Path, rounds: int, config_dir: Path, save=lambda result: None) -> dict:
+    """Alternating rounds of every available tool; medians, ratios to sd_cli, and the skipped tools' notes.
+
+    `save(result)` is called after every process, so a run cut off keeps what it measured; a tool
+    whose process fails is reported with its error and left out of later rounds."""
     commands, notes = _available_tools(st, bench_dir, config_dir)
-    cold = {}
+    result = {"size": SIZE, "sampler": "euler", "scale": SCALE, "threads": THREADS, "rounds": rounds,
+              "load_average": [os.getloadavg()], "skipped": notes, "failed": {}, "cold_first_run": {}, "tools": {}}
     if "sd_cli_openvino" in commands:  # the first run converts and fills the cache; the rounds read it
-        cold["sd_cli_openvino"] = _one_round(commands["sd_cli_openvino"], steps=(STEPS[0],))
+        result["cold_first_run"]["sd_cli_openvino"] = _one_round(commands["sd_cli_openvino"], steps=(STEPS[0],))
+        save(result)
     runs = {tool: [] for tool in commands}
     for _ in range(rounds):
         for tool, command in commands.items():
-            runs[tool].append(_one_round(command))
-    result = {"size": SIZE, "sampler": "euler", "scale": SCALE, "threads": THREADS, "rounds": rounds,
-              "load_average_before": os.getloadavg(), "skipped": notes, "cold_first_run": cold, "tools": {}}
-    for tool, rounds_of_tool in runs.items():
-        result["tools"][tool] = _summary(rounds_of_tool)
-    _add_ratios(result["tools"])
-    result["load_average_after"] = os.getloadavg()
+            if tool in result["failed"]:
+                continue
+            try:
+                runs[tool].append(_one_round(command))
+            except RuntimeError as err:
+                result["failed"][tool] = str(err)[-2000:]
+                continue
+            result["tools"][tool] = _summary(runs[tool])
+            result["load_average"].append(os.getloadavg())
+            _add_ratios(result["tools"])
+            save(result)
     return result
 
 

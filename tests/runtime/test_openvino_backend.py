@@ -89,8 +89,21 @@ def test_the_cache_is_read_by_the_next_model_rewritten_when_broken_and_keyed(sd1
     assert torch.equal(txt2img(routed(sd1_ckpt), *ARGS), first)
     assert "cannot be read" in capsys.readouterr().err
     assert all(blob.stat().st_size > 1000 for blob in blobs)  # rewritten
-    txt2img(routed(sd1_ckpt, key="other weights"), *ARGS)
-    assert len(list(cache.iterdir())) == 6  # text encoder, UNet and decoder for each key
+
+
+def test_the_key_names_the_weights_shapes_and_precision(sd1_ckpt):
+    model = load_model(sd1_ckpt).model
+    part = openvino_backend.OpenVinoPart("unet", model.model.diffusion_model, lambda: "weights A", torch.float32,
+                                         torch.float32)
+    signature = (((2, 4, 8, 8), "torch.float32"),)
+    config = {"INFERENCE_PRECISION_HINT": "f32"}
+    key = part._key(ov, signature, config)
+    assert key == part._key(ov, signature, config)
+    part.weights_key = lambda: "weights B"  # e.g. another --vae or LoRA
+    assert part._key(ov, signature, config) != key
+    part.weights_key = lambda: "weights A"
+    assert part._key(ov, (((2, 4, 16, 8), "torch.float32"),), config) != key
+    assert part._key(ov, signature, {"INFERENCE_PRECISION_HINT": "bf16"}) != key
 
 
 @pytest.mark.skipif("BF16" not in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"),
