@@ -27,6 +27,8 @@ from sd_cli.errors import UsageError
 
 INSTALL_HINT = "pip install openvino (or pip install 'sd-cli[openvino]')"
 # Precisions the CPU plugin can run, by the capability it lists for them.
+# Changes whenever the way a part is converted changes, so older cached graphs are not read.
+CONVERSION = "float32-trace-1"
 _HINTS = {torch.float32: ("f32", "FP32"), torch.bfloat16: ("bf16", "BF16"), torch.float16: ("f16", "FP16")}
 
 
@@ -96,31 +98,40 @@ class OpenVinoPart:
                 return compiled
             except RuntimeError as err:  # a blob of another OpenVINO build or a cut-off file: convert again
                 log.warn(f"openvino: the cached {self.name} graph cannot be read ({str(err).splitlines()[0]}); converting again")
-        model = _convert(ov, self.module, inputs)
-        compiled = core.compile_model(model, "CPU", config)
-        del model
+        compiled = _convert_and_compile(ov, core, config, self.module, inputs)
         log.info(f"openvino: {self.name} {_shapes(signature)} converted and compiled in {time.perf_counter() - started:.1f}s")
         _write_atomically(blob, compiled.export_model().getbuffer())
         return compiled
 
     def _key(self, ov, signature: tuple, config: dict) -> str:
-        text = "|".join([self.weights_key(), repr(signature), repr(sorted(config.items())), ov.__version__,
+        text = "|".join([CONVERSION, self.weights_key(), repr(signature), repr(sorted(config.items())), ov.__version__,
                          str(self.dtype), _cpu_flags()])
         return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
-def _convert(ov, module: nn.Module, inputs: tuple):
-    """Trace `module` with sd_cli's oneDNN linear layers and bf16 CPU attention switched off: they are
-    ops OpenVINO cannot read, and their standard ATen forms (F.linear, scaled_dot_product_attention)
-    compute the same; OpenVINO's own kernels replace both."""
+def _convert_and_compile(ov, core, config: dict, module: "_FromFloat32", inputs: tuple):
+    """Trace `module` in float32 and compile it, with sd_cli's oneDNN linear layers and bf16 CPU attention switched off.
+
+    Float32: the inference precision hint then decides the precision, so bf16 is OpenVINO's own
+    lowering of the float32 graph (the one it is tuned for: GroupNorm, convolution and SiLU fused,
+    bf16 between them) rather than a graph with a cast around every float32 GroupNorm; a bf16 or
+    fp16 module goes to float32 for the trace and back after it, which is exact. The oneDNN and
+    attention ops are ones OpenVINO cannot read; their ATen forms (F.linear,
+    scaled_dot_product_attention) compute the same, and OpenVINO's kernels replace both."""
     from sd_cli.models import cpu_attention, linear
 
     switches = (linear.ONEDNN_LINEAR, cpu_attention.AVAILABLE)
     linear.ONEDNN_LINEAR = cpu_attention.AVAILABLE = False
+    dtype, module.dtype = module.dtype, torch.float32
+    module.owner.float()
     try:
         with torch.inference_mode(False), torch.no_grad():
-            return ov.convert_model(module, example_input=inputs)
+            model = ov.convert_model(module, example_input=inputs)
+        # The converted model shares the float32 weights with the module: compile before they go.
+        return core.compile_model(model, "CPU", config)
     finally:
+        module.owner.to(dtype)
+        module.dtype = dtype
         linear.ONEDNN_LINEAR, cpu_attention.AVAILABLE = switches
 
 
