@@ -88,7 +88,7 @@ import json, resource, sys, time
 from optimum.intel import OVStableDiffusionPipeline
 from diffusers import EulerDiscreteScheduler
 pipe = OVStableDiffusionPipeline.from_pretrained(sys.argv[1], ov_config={"INFERENCE_NUM_THREADS": int(sys.argv[3])},
-                                                 compile=False)
+                                                 compile=False, local_files_only=True)
 pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
 pipe.reshape(batch_size=1, height=512, width=512, num_images_per_prompt=1)
 pipe.compile()
@@ -145,16 +145,12 @@ def bench_peers(st: Path, bench_dir: Path, rounds: int, config_dir: Path, save=l
 def _available_tools(st: Path, bench_dir: Path, config_dir: Path) -> tuple[dict, dict]:
     """Each tool's child command (steps are appended per run); why each missing tool is skipped."""
     threads = str(THREADS)
-    commands = {"sd_cli": lambda n: [sys.executable, "-c", _SD_CLI_CHILD, str(st), str(n), "torch", threads],
-                "sd_cli_openvino": lambda n: [sys.executable, "-c", _SD_CLI_CHILD, str(st), str(n), "openvino", threads]}
-    notes = {}
-    if not _importable(sys.executable, "openvino"):
-        del commands["sd_cli_openvino"]
-        notes["sd_cli_openvino"] = "openvino is not installed here (pip install -e '.[openvino]')"
-    if _importable(sys.executable, "diffusers"):
-        commands["diffusers"] = lambda n: [sys.executable, "-c", _DIFFUSERS_CHILD, str(st), str(n), str(config_dir), threads]
+    # The OpenVINO pair first, so that a run cut off keeps the comparison issue 22 is about.
+    commands, notes = {}, {}
+    if _importable(sys.executable, "openvino"):
+        commands["sd_cli_openvino"] = lambda n: [sys.executable, "-c", _SD_CLI_CHILD, str(st), str(n), "openvino", threads]
     else:
-        notes["diffusers"] = "diffusers is not installed (pip install -e '.[bench-peers]')"
+        notes["sd_cli_openvino"] = "openvino is not installed here (pip install -e '.[openvino]')"
     ov_python = os.environ.get("SD_CLI_BENCH_OPENVINO_PYTHON")
     if ov_python and _importable(ov_python, "optimum.intel"):
         ov_dir = openvino_pipeline_dir(st, bench_dir, config_dir, ov_python)
@@ -162,6 +158,11 @@ def _available_tools(st: Path, bench_dir: Path, config_dir: Path) -> tuple[dict,
     else:
         notes["openvino"] = ("SD_CLI_BENCH_OPENVINO_PYTHON does not name a Python with optimum-intel "
                              "(docs/benchmarks.md: its own venv)")
+    commands["sd_cli"] = lambda n: [sys.executable, "-c", _SD_CLI_CHILD, str(st), str(n), "torch", threads]
+    if _importable(sys.executable, "diffusers"):
+        commands["diffusers"] = lambda n: [sys.executable, "-c", _DIFFUSERS_CHILD, str(st), str(n), str(config_dir), threads]
+    else:
+        notes["diffusers"] = "diffusers is not installed (pip install -e '.[bench-peers]')"
     if _importable(sys.executable, "stable_diffusion_cpp"):
         commands["sdcpp"] = lambda n: [sys.executable, "-c", _SDCPP_CHILD, str(st), str(n), threads]
     else:
@@ -199,7 +200,7 @@ def _one_round(command, steps=STEPS) -> dict:
     for steps in steps:
         started = time.time()
         out = subprocess.run(command(steps), capture_output=True, text=True, cwd=ROOT,
-                             env={**os.environ, "OMP_NUM_THREADS": str(THREADS)})
+                             env={**os.environ, "OMP_NUM_THREADS": str(THREADS), "HF_HUB_OFFLINE": "1"})
         wall = time.time() - started
         ready = [float(line.split()[1]) for line in out.stdout.splitlines() if line.startswith("READY ")]
         done = [json.loads(line[5:]) for line in out.stdout.splitlines() if line.startswith("DONE ")]
@@ -229,12 +230,15 @@ def _summary(rounds_of_tool: list[dict]) -> dict:
 
 
 def _add_ratios(tools: dict) -> None:
-    base = tools.get("sd_cli")
-    if base is None:
-        return
-    for summary in tools.values():
-        summary["ratio_to_sd_cli"] = {key: round(summary[key] / base[key], 3) for key in
-                                      ("s_per_step", "load_to_ready_s", "image_20_steps_whole_process_s", "peak_rss_gb")}
+    """Each tool over sd_cli eager, and over OpenVINO (the figure issue 22 is about), where measured."""
+    for base_name in ("sd_cli", "openvino"):
+        base = tools.get(base_name)
+        if base is None:
+            continue
+        for summary in tools.values():
+            summary[f"ratio_to_{base_name}"] = {key: round(summary[key] / base[key], 3) for key in
+                                                ("s_per_step", "load_to_ready_s", "image_20_steps_whole_process_s",
+                                                 "peak_rss_gb")}
 
 
 def _median(values: list[float]) -> float:
