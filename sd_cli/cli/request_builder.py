@@ -61,7 +61,7 @@ def _request(mode: str, args: dict):
         random_seed=random_seed,
         preview=_preview(args["preview"]),
         **{name: args[name] for name in AS_GIVEN},
-        backend=_backend(args["backend"], args["compile_unet"], args["offload"]),
+        backend=_backend(args["backend"], args["compile_unet"], args["offload"], args["device"]),
     )
     if request.offload and request.compile:
         raise UsageError("--offload and --compile do not go together (compiled GPU code keeps the UNet's weights "
@@ -294,11 +294,13 @@ def _positive(flag: str, value: int) -> int:
 BACKENDS = ("torch", "openvino")
 
 
-def _backend(value: str, compile_unet: bool, offload: bool) -> str:
+def _backend(value: str, compile_unet: bool, offload: bool, device: str) -> str:
     """--backend: torch (eager), or openvino for the CPU; it replaces --compile and has nothing to offload."""
     backend = value.lower()
     if backend not in BACKENDS:
         raise UsageError(f"--backend {value}: not a backend; use one of {', '.join(BACKENDS)}")
+    if backend == "openvino" and device.lower() not in ("auto", "cpu"):
+        raise UsageError(f"--backend openvino runs on the CPU; drop --device {device} or --backend openvino")
     if backend == "openvino" and (compile_unet or offload):
         flag = "--compile" if compile_unet else "--offload"
         raise UsageError(f"--backend openvino and {flag} do not go together (OpenVINO compiles the model itself, "

@@ -212,7 +212,9 @@ def _load(request: RunRequest, rank):
     from sd_cli.run.session import Session
 
     checkpoint = resolve_checkpoint(request.checkpoint)
-    device = resolve_device(distributed.device_name(request.device, rank))
+    # --backend openvino computes on the CPU, so there "auto" is the CPU (request_builder refuses others).
+    asked = "cpu" if request.backend == "openvino" else request.device
+    device = resolve_device(distributed.device_name(asked, rank))
     dtype = resolve_dtype(request.precision, device)
     if request.backend == "openvino":
         from sd_cli.runtime.openvino_backend import check_device
