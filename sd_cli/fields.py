@@ -37,6 +37,7 @@ SIZE_MULTIPLE = 64  # the SD UNet downsamples the 1/8 latent three times
 # same noise: 32-bit seeds are every distinct image there is (AUTOMATIC1111's UI uses them too).
 MAX_SEED = 2**32 - 1
 MAX_STEPS = 1000
+AESTHETIC_SCORES = (6.0, 2.5)  # the SDXL demo's refiner conditioning: the prompt's, the negative pass's
 
 
 @dataclass(frozen=True)
@@ -121,6 +122,14 @@ def size_problem(value: int) -> Optional[str]:
             f"try {' or '.join(map(str, options))}")
 
 
+def _pixels_problem(value: int) -> Optional[str]:
+    return None if value >= 1 else "must be at least 1 (pixels)"
+
+
+def _offset_problem(value: int) -> Optional[str]:
+    return None if value >= 0 else "must be 0 or more (pixels)"
+
+
 def name_problem(name: str) -> Optional[str]:
     path = Path(name)
     if not name or path.is_absolute() or ".." in path.parts:
@@ -188,6 +197,7 @@ FIELDS: tuple[Field, ...] = (
     Field("sampler", "job", str, "ddim", ("--sampler", "--sampling-method"), "Sampler",
           ("sampler_name", "sampler_index", "sampling_method"), json=True,
           to_text=_sampler_label, from_text=_sampler_from_label),
+    Field("schedule_type", "recorded", label="Schedule type"),  # sgm models, as AUTOMATIC1111 1.9: "Sampler: Euler, Schedule type: EDM"
     Field("scale", "job", float, 7.5, ("--scale", "--cfg-scale"), "CFG scale", ("cfg_scale",), json=True,
           check=_scale_problem),
     Field("seed", "job", int, None, ("--seed", "-s"), "Seed", json=True, check=_seed_problem),
@@ -205,6 +215,16 @@ FIELDS: tuple[Field, ...] = (
     Field("hires_steps", "run", int, 0, ("--hires-steps",), "Hires steps"),
     Field("hires_upscaler", "run", str, "latent", ("--hires-upscaler",), "Hires upscaler",
           to_text=_upscaler_label, from_text=_upscaler_from_label),
+    # -- the SDXL refiner (pipelines/refine.py): AUTOMATIC1111's Refiner and Refiner switch at, then
+    # what sd_cli needs to repeat the demo's hand-off exactly (--from-png)
+    Field("refiner", "run", flags=("--refiner",), label="Refiner"),  # "NAME [hash]", as AUTOMATIC1111 writes it
+    Field("refiner_switch_at", "recorded", float, label="Refiner switch at"),  # the share of steps the base ran
+    Field("refiner_strength", "run", float, 0.15, ("--refiner-strength",), "Refiner strength"),
+    Field("refiner_steps", "run", int, 0, ("--refiner-steps",), "Refiner steps"),
+    Field("aesthetic_score", "run", float, AESTHETIC_SCORES[0], ("--aesthetic-score",), "Aesthetic score", to_text=_whole_if_integral),
+    Field("negative_aesthetic_score", "run", float, AESTHETIC_SCORES[1], ("--negative-aesthetic-score",), "Negative aesthetic score",
+          to_text=_whole_if_integral),
+    # -- end of the SDXL refiner's rows
     Field("vae_hash", "recorded", label="VAE hash"),
     Field("vae", "run", flags=("--vae",), label="VAE"),  # the file's name: --from-png cannot find the file
     Field("lora_hashes", "recorded", label="Lora hashes"),
@@ -213,6 +233,13 @@ FIELDS: tuple[Field, ...] = (
     Field("ti_hashes", "recorded", label="TI hashes"),
     Field("emphasis", "run", str, "original", ("--emphasis",), "Emphasis",
           to_text=str.capitalize, from_text=str.lower),
+    # SDXL's size and crop conditioning (docs/usage.md): written only where given; None follows the image.
+    Field("original_width", "run", int, None, ("--original-width",), "Original width", check=_pixels_problem),
+    Field("original_height", "run", int, None, ("--original-height",), "Original height", check=_pixels_problem),
+    Field("crop_top", "run", int, None, ("--crop-top",), "Crop top", check=_offset_problem),
+    Field("crop_left", "run", int, None, ("--crop-left",), "Crop left", check=_offset_problem),
+    Field("target_width", "run", int, None, ("--target-width",), "Target width", check=_pixels_problem),
+    Field("target_height", "run", int, None, ("--target-height",), "Target height", check=_pixels_problem),
     Field("version", "recorded", label="Version"),
     Field("init_img", "job", flags=("--init-img", "-i", "--init_img"), aliases=("init_image",), json=True),
     Field("mask", "job", flags=("--mask",), json=True),
@@ -227,6 +254,11 @@ BY_NAME: dict[str, Field] = {f.name: f for f in FIELDS}
 LINE_KEYS: dict[str, Field] = {f.name: f for f in FIELDS if f.line_key}
 JOB_FIELDS: tuple[Field, ...] = tuple(f for f in FIELDS if f.scope == "job")
 HIRES_FIELDS: tuple[Field, ...] = tuple(f for f in FIELDS if f.name.startswith("hires_"))
+# The refiner's settings a PNG records and --from-png takes back (the file itself by name, as --vae).
+REFINER_FIELDS: tuple[Field, ...] = tuple(BY_NAME[name] for name in ("refiner_strength", "refiner_steps",
+                                                                      "aesthetic_score", "negative_aesthetic_score"))
+SIZE_CONDITIONING_FIELDS: tuple[Field, ...] = tuple(BY_NAME[name] for name in (
+    "original_width", "original_height", "crop_top", "crop_left", "target_width", "target_height"))
 
 
 def default(name: str):

@@ -15,7 +15,7 @@ from tiny_models import write_tiny_checkpoint  # noqa: E402
 # `python -m pytest -m "not slow"` runs the fast unit tests alone. Slow: whole modules that render
 # or compare against diffusers/transformers, and any test that asks for a model-building fixture.
 SLOW_MODULES = {
-    "test_golden", "test_sdxl", "test_pipeline_parity", "test_inpaint", "test_depth2img", "test_k_samplers",
+    "test_golden", "test_sdxl", "test_sdxl_refiner", "test_pipeline_parity", "test_inpaint", "test_depth2img", "test_k_samplers",
     "test_k_samplers_extras", "test_unet_vae_parity", "test_text_encoder", "test_sdxl_models", "test_builtin_model", "test_addons",
     "test_automation", "test_cli", "test_training_script", "test_speed_flags", "test_bench", "test_allocator",
     "test_offload", "test_attention", "test_tiling", "test_mapped_pages", "test_readme_examples", "test_serve",

@@ -23,6 +23,10 @@ RECORDED = {
     "hires_steps": 2, "hires_upscaler": "latent-nearest", "vae_hash": "feed", "vae": "ft-mse.safetensors",
     "lora_hashes": "a: 0123, b: 4567", "sampler_id": "dpmpp_2m", "clip_skip": 2, "ti_hashes": "style: 89ab",
     "emphasis": "none", "version": "sd_cli 0.1",
+    "refiner": "sd_xl_refiner_1.0 [7440042bbd]", "refiner_switch_at": 0.9, "refiner_strength": 0.15,
+    "refiner_steps": 12, "aesthetic_score": 7.0, "negative_aesthetic_score": 2.5,
+    "original_width": 768, "original_height": 1024, "crop_top": 32, "crop_left": 0, "target_width": 512,
+    "target_height": 640, "schedule_type": "EDM",
 }
 # Every prompt-file key as a line's text gives it, and the value it stands for.
 LINE_TEXT = {
@@ -32,7 +36,8 @@ LINE_TEXT = {
     "mask": ("mask.png", Path("mask.png")), "n_samples": ("2", 2), "n_iter": ("3", 3), "name": ("x.png", "x.png"),
 }
 OPTION_GROUPS = (options.leading_options, options.sampling_options, options.run_options,
-                 options.txt2img_size_options, options.img2img_options, options.inpaint_options)
+                 options.txt2img_size_options, options.img2img_options, options.inpaint_options,
+                 options.refiner_options, options.sdxl_size_options)
 
 
 def test_every_recorded_field_has_a_sample():
@@ -60,7 +65,7 @@ def test_infotext_follows_the_table_order():
     values = {k: v for k, v in reversed(list(RECORDED.items())) if k != "hires_strength"}
     labels = list(fields.infotext_fields(values))
     assert labels == [f.label for f in fields.FIELDS if f.name in values]
-    assert labels[:5] == ["Steps", "Sampler", "CFG scale", "Seed", "Size"] and labels[-1] == "Version"
+    assert labels[:6] == ["Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Size"] and labels[-1] == "Version"
 
 
 def test_infotext_leaves_out_none_and_unlabelled():

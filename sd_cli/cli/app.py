@@ -18,7 +18,7 @@ app = typer.Typer(
     name="sd-cli",
     help="Stable Diffusion from the command line: original checkpoints and configs, safe loading, faithful numerics.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion, --show-completion (cli/completion.py)
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -34,21 +34,32 @@ def _print_version(wanted: bool) -> None:
         raise typer.Exit()
 
 
+def _print_help_all(ctx: typer.Context, wanted: bool) -> None:
+    if wanted:
+        from sd_cli.cli.manual import print_help_all
+
+        print_help_all(ctx)
+        raise typer.Exit()
+
+
 @app.callback()
 def _top_level(version: Annotated[bool, typer.Option("--version", help="Print the version and exit.", callback=_print_version,
-                                                     is_eager=True)] = False) -> None:
+                                                     is_eager=True)] = False,
+               help_all: Annotated[bool, typer.Option("--help-all", help="Print every command's full help, one after another.",
+                                                      callback=_print_help_all, is_eager=True)] = False) -> None:
     """The options of sd-cli itself; its help text is the Typer's above."""
 
 
-def _render_command(mode: str, own_options, size_options=None):
+def _render_command(mode: str, own_options, size_options=None, family_options=()):
     """Register subcommand `mode` with the options every rendering command shares.
 
     Typer reads a command's options from its signature, so the shared ones are written once (three
     functions in cli.options) and joined here with the command's own: `own_options` after the prompt
-    and the model, then `size_options`. The docstring of `own_options` is the help text; --help sorts
+    and the model, then `size_options`, and last a model family's own (`family_options`: the SDXL
+    refiner's). The docstring of `own_options` is the help text; --help sorts
     the options into panels (cli.help).
     """
-    parts = [opt.leading_options, own_options, size_options, opt.sampling_options, opt.run_options]
+    parts = [opt.leading_options, own_options, size_options, opt.sampling_options, opt.run_options, *family_options]
     params = [p for part in parts if part is not None for p in inspect.signature(part).parameters.values()]
 
     def command(**args):
@@ -73,8 +84,9 @@ def _render_command(mode: str, own_options, size_options=None):
     app.command(mode, cls=ReadableCommand)(command)
 
 
-_render_command("txt2img", opt.txt2img_options, size_options=opt.txt2img_size_options)
-_render_command("img2img", opt.img2img_options)
+_render_command("txt2img", opt.txt2img_options, size_options=opt.txt2img_size_options,
+                family_options=(opt.sdxl_size_options, opt.refiner_options))
+_render_command("img2img", opt.img2img_options, family_options=(opt.sdxl_size_options, opt.refiner_options))
 _render_command("inpaint", opt.inpaint_options)
 _render_command("depth2img", opt.depth2img_options)
 
@@ -135,6 +147,28 @@ def defaults():
     print_sources(_click_commands())
 
 
+@app.command(cls=ReadableCommand)
+def models(json_out: opt.ModelsJsonOpt = False):
+    """List the checkpoints sd-cli finds (here, checkpoints/, $SD_CLI_CKPT, the defaults file) and the built-in model.
+
+    Each file's family is read from its key names (a .safetensors header, a .ckpt memory-mapped),
+    its hash (AUTOMATIC1111's short sha256) shown when sd-cli has hashed the file before.
+    """
+    from sd_cli.cli.defaults import checkpoints
+    from sd_cli.cli.listing import print_models
+
+    print_models(checkpoints(_click_commands()), json_out)
+
+
+@app.command(cls=ReadableCommand)
+def man(ctx: typer.Context):
+    """Print sd-cli's man page (troff): every command and option, as --help-all gives them."""
+    from sd_cli import __version__
+    from sd_cli.cli.manual import man_page
+
+    sys.stdout.write(man_page(ctx.find_root(), __version__))
+
+
 def _register_serve() -> None:
     from sd_cli.serve.command import serve_command
 
@@ -149,6 +183,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv:
         argv = ["--help"]
+    argv = _one_xy_per_axis(argv)
     debug = "--debug" in argv
     try:
         code = app(args=argv, prog_name="sd-cli", standalone_mode=False, default_map=_defaults_for(argv))
@@ -172,6 +207,25 @@ def main(argv: Optional[list[str]] = None) -> None:
         if debug:
             raise
         _fail(f"unexpected {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''} (rerun with --debug for details)", 1)
+
+
+def _one_xy_per_axis(argv: list[str]) -> list[str]:
+    """`--xy "steps=10,20" "scale=5,7.5"` as the parser takes it: `--xy steps=10,20 --xy scale=5,7.5`.
+
+    AUTOMATIC1111 users write the axes one after another; the parser gives an option one value, so
+    each axis word that follows --xy's value gets an --xy of its own (a word without FIELD= stays
+    the prompt)."""
+    from sd_cli.run.plot import looks_like_axis
+
+    spread: list[str] = []
+    in_axes = False  # the word before was --xy's value or one more axis
+    for word in argv:
+        if in_axes and looks_like_axis(word):
+            spread += ["--xy", word]
+            continue
+        in_axes = word.startswith(("--xy=", "--xyz=")) or spread[-1:] in (["--xy"], ["--xyz"])
+        spread.append(word)
+    return spread
 
 
 def _defaults_for(argv: list[str]) -> dict:

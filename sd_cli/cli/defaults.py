@@ -65,6 +65,12 @@ def _file_values(commands: dict) -> dict:
     return values
 
 
+def checkpoints(commands: dict) -> list[str]:
+    """The defaults file's ckpt values, shared and per subcommand (`sd-cli models` lists their folders)."""
+    named = (values.get("ckpt") for values in default_map(commands).values())
+    return list(dict.fromkeys(str(ckpt) for ckpt in named if ckpt is not None))
+
+
 def sources(commands: dict) -> list[tuple[str, str, object, str]]:
     """(subcommand, flag, value, where it comes from) for every default not sd_cli's own."""
     path, why = defaults_file()

@@ -36,6 +36,8 @@ EXAMPLES = {
     "info": ("sd-cli info circle.png", "sd-cli info --json out/*.png"),
     "verify": ("sd-cli verify circle.png", "sd-cli verify --json out/*.png"),
     "defaults": ("sd-cli defaults", "SD_CLI_DEFAULTS=ci-defaults.toml sd-cli defaults"),
+    "models": ("sd-cli models", "sd-cli models --json"),
+    "man": ("sd-cli man > sd-cli.1 && man ./sd-cli.1",),
 }
 
 

@@ -14,6 +14,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from sd_cli.cli.completion import complete_checkpoint, complete_sampler
 from sd_cli.fields import EMBEDDINGS_DIR, LORA_DIR, default, flags
 
 
@@ -52,11 +53,11 @@ PANELS = (ESSENTIALS, BATCH, QUALITY, AUTOMATION, ORIGINAL, SDXL, CONTROL, BACKE
 PromptArg = Annotated[Optional[str], typer.Argument(help="The prompt (same as --prompt).", metavar="PROMPT", show_default=False)]
 PromptOpt = Annotated[Optional[str], typer.Option(*flags("prompt"), help="What to draw.", metavar="TEXT", rich_help_panel=ESSENTIALS)]
 NegativeOpt = Annotated[str, typer.Option(*flags("negative_prompt"), help="What to steer away from.", metavar="TEXT", show_default=False, rich_help_panel=ESSENTIALS)]
-CkptOpt = Annotated[Optional[Path], typer.Option("--ckpt", "-m", "--model", help="Checkpoint file (or $SD_CLI_CKPT); default: the built-in model.", metavar="PATH", envvar="SD_CLI_CKPT", show_envvar=False, rich_help_panel=ESSENTIALS)]
+CkptOpt = Annotated[Optional[Path], typer.Option("--ckpt", "-m", "--model", help="Checkpoint file (or $SD_CLI_CKPT); default: the built-in model.", metavar="PATH", envvar="SD_CLI_CKPT", show_envvar=False, autocompletion=complete_checkpoint, rich_help_panel=ESSENTIALS)]
 StepsOpt = Annotated[int, typer.Option(*flags("steps"), help="Sampling steps.", metavar="N", rich_help_panel=ESSENTIALS)]
 ScaleOpt = Annotated[float, typer.Option(*flags("scale"), help="Guidance scale (CFG); 1 skips the negative pass.", metavar="X", rich_help_panel=ESSENTIALS)]
 SeedOpt = Annotated[Optional[int], typer.Option(*flags("seed"), help="Base seed; image i gets seed+i (default: random, printed).", metavar="N", rich_help_panel=ESSENTIALS)]
-SamplerOpt = Annotated[str, typer.Option(*flags("sampler"), help="euler_a, dpmpp_2m, ... or A1111/sd.cpp names.", metavar="NAME", rich_help_panel=ESSENTIALS)]
+SamplerOpt = Annotated[str, typer.Option(*flags("sampler"), help="euler_a, dpmpp_2m, ... or A1111/sd.cpp names.", metavar="NAME", autocompletion=complete_sampler, rich_help_panel=ESSENTIALS)]
 HeightOpt = Annotated[Optional[int], typer.Option(*flags("height"), help="Height in pixels, a multiple of 64 (default: the model's own).", metavar="N", rich_help_panel=ESSENTIALS)]
 WidthOpt = Annotated[Optional[int], typer.Option(*flags("width"), help="Width in pixels, a multiple of 64 (default: the model's own).", metavar="N", rich_help_panel=ESSENTIALS)]
 OutdirOpt = Annotated[Optional[Path], typer.Option("--outdir", help="Folder for samples/NNNNN.png and grid-NNNN.png.", metavar="DIR", rich_help_panel=ESSENTIALS)]
@@ -73,9 +74,11 @@ IterOpt = Annotated[int, typer.Option(*flags("n_iter"), help="Repeat the whole r
 RowsOpt = Annotated[int, typer.Option("--n-rows", "--n_rows", help="Grid images per row (0 = the batch size).", metavar="N", rich_help_panel=BATCH)]
 SkipGridOpt = Annotated[bool, typer.Option("--skip-grid", "--skip_grid", help="Do not write the grid.", rich_help_panel=BATCH)]
 SkipSaveOpt = Annotated[bool, typer.Option("--skip-save", "--skip_save", help="Write only the grid.", rich_help_panel=BATCH)]
-FixedCodeOpt = Annotated[bool, typer.Option("--fixed-code", "--fixed_code", help="Every image uses the base seed's noise.", rich_help_panel=BATCH)]
+FixedCodeOpt = Annotated[bool, typer.Option("--fixed-code", "--fixed_code", help="Every image uses the base seed's noise.", rich_help_panel=ORIGINAL)]
 FromFileOpt = Annotated[Optional[str], typer.Option("--from-file", help="Prompt file, a line an image, blank lines skipped ('-': stdin).", metavar="FILE", rich_help_panel=BATCH)]
 RepeatOpt = Annotated[int, typer.Option("--repeat", help="Images per line of --from-file.", metavar="N", rich_help_panel=BATCH)]
+# X/Y/Z plots (run/plot.py): `--xy "steps=10,20" "scale=5,7.5"`; app.py gives each axis word after --xy its own --xy.
+XyOpt = Annotated[Optional[list[str]], typer.Option("--xy", "--xyz", help="X/Y/Z plot: every combination of FIELD=V1,V2 axes (1-3), one grid.", metavar="AXIS", show_default=False, rich_help_panel=BATCH)]
 OnErrorOpt = Annotated[OnError, typer.Option("--on-error", help="On a failure: stop, or continue and exit 3.", metavar="MODE", case_sensitive=False, rich_help_panel=AUTOMATION)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="stdout: one JSON object per image written.", rich_help_panel=AUTOMATION)]
 NameOpt = Annotated[Optional[str], typer.Option(*flags("name"), help="File names in --outdir, e.g. '{index:05}-{seed}.png'.", metavar="TEMPLATE", rich_help_panel=AUTOMATION)]
@@ -92,7 +95,7 @@ VaeTilingOpt = Annotated[bool, typer.Option("--vae-tiling", help="Encode and dec
 BackendOpt = Annotated[str, typer.Option("--backend", help="torch, or openvino: compiled CPU graphs, cached (pip install openvino).", metavar="NAME", rich_help_panel=BACKENDS)]
 OffloadOpt = Annotated[bool, typer.Option("--offload", help="Low GPU memory: only the part at work on the GPU.", rich_help_panel=QUALITY)]
 EmphasisOpt = Annotated[Emphasis, typer.Option(*flags("emphasis"), help="Prompt weights: original (A1111's) or none.", metavar="MODE", case_sensitive=False, rich_help_panel=QUALITY)]
-ClipSkipOpt = Annotated[Optional[int], typer.Option(*flags("clip_skip"), help="Text encoder layer N from the end (default: the model's).", metavar="N", show_default=False, rich_help_panel=QUALITY)]
+ClipSkipOpt = Annotated[Optional[int], typer.Option(*flags("clip_skip"), help="Text encoder layer N from the end (-1 or unset: the model's).", metavar="N", show_default=False, rich_help_panel=QUALITY)]
 EmbeddingsOpt = Annotated[Optional[Path], typer.Option("--embeddings", help=f"Textual inversion folder (default {EMBEDDINGS_DIR.as_posix()}).", metavar="DIR", show_default=False, rich_help_panel=QUALITY)]
 VaeOpt = Annotated[Optional[Path], typer.Option(*flags("vae"), help="A separate VAE file, e.g. the ft-MSE VAE.", metavar="PATH", rich_help_panel=QUALITY)]
 LoraOpt = Annotated[Optional[list[str]], typer.Option("--lora", help="LoRA file or name, PATH:WEIGHT; repeatable; or <lora:name:w>.", metavar="PATH", rich_help_panel=QUALITY)]
@@ -120,10 +123,26 @@ DepthStrengthOpt = Annotated[float, typer.Option(*flags("strength"), help="How m
 DepthMapOpt = Annotated[Optional[Path], typer.Option("--depth-map", help="Use this depth image (white = near) instead of MiDaS.", metavar="PNG", rich_help_panel=ESSENTIALS)]
 DepthModelOpt = Annotated[Optional[Path], typer.Option("--depth-model", help="MiDaS weights for a checkpoint without depth_model.*.", metavar="PATH", rich_help_panel=QUALITY)]
 SaveDepthOpt = Annotated[Optional[Path], typer.Option("--save-depth", help="Also write the depth map used (white = near).", metavar="PNG", rich_help_panel=AUTOMATION)]
+# -- the SDXL refiner (pipelines/refine.py), txt2img and img2img, in the SDXL panel
+RefinerOpt = Annotated[Optional[Path], typer.Option(*flags("refiner"), help="SDXL refiner file: the base hands its noisy latent over to it.", metavar="PATH", rich_help_panel=SDXL)]
+RefinerConfigOpt = Annotated[Optional[Path], typer.Option("--refiner-config", help="The refiner's YAML (default: beside it, or detected).", metavar="YAML", rich_help_panel=SDXL)]
+RefinerStrengthOpt = Annotated[float, typer.Option(*flags("refiner_strength"), help="Share of the schedule the refiner runs, 0..1.", metavar="X", rich_help_panel=SDXL)]
+RefinerStepsOpt = Annotated[int, typer.Option(*flags("refiner_steps"), help="The refiner's own steps (0 = --steps).", metavar="N", rich_help_panel=SDXL)]
+AestheticScoreOpt = Annotated[float, typer.Option(*flags("aesthetic_score"), help="Refiner: the aesthetic score the prompt asks for.", metavar="X", rich_help_panel=SDXL)]
+NegativeAestheticScoreOpt = Annotated[float, typer.Option(*flags("negative_aesthetic_score"), help="Refiner: the aesthetic score of the negative pass.", metavar="X", rich_help_panel=SDXL)]
+# -- end of the SDXL refiner's options
+# SDXL's size and crop conditioning (sdxl-base): the demo's value_dict, default the image's size and 0.
+OriginalWidthOpt = Annotated[Optional[int], typer.Option(*flags("original_width"), help="Size conditioning: the original image's width (default: the image's).", metavar="N", show_default=False, rich_help_panel=SDXL)]
+OriginalHeightOpt = Annotated[Optional[int], typer.Option(*flags("original_height"), help="Size conditioning: the original image's height (default: the image's).", metavar="N", show_default=False, rich_help_panel=SDXL)]
+CropTopOpt = Annotated[Optional[int], typer.Option(*flags("crop_top"), help="Crop conditioning: pixels cropped from the top (default 0).", metavar="N", show_default=False, rich_help_panel=SDXL)]
+CropLeftOpt = Annotated[Optional[int], typer.Option(*flags("crop_left"), help="Crop conditioning: pixels cropped from the left (default 0).", metavar="N", show_default=False, rich_help_panel=SDXL)]
+TargetWidthOpt = Annotated[Optional[int], typer.Option(*flags("target_width"), help="Size conditioning: the target width (default: the image's).", metavar="N", show_default=False, rich_help_panel=SDXL)]
+TargetHeightOpt = Annotated[Optional[int], typer.Option(*flags("target_height"), help="Size conditioning: the target height (default: the image's).", metavar="N", show_default=False, rich_help_panel=SDXL)]
 # info and verify.
 ImagesArg = Annotated[list[Path], typer.Argument(help="PNG files.", metavar="IMAGE", show_default=False)]
 InfoJsonOpt = Annotated[bool, typer.Option("--json", help="One JSON object per image: the fields of txt2img --json, and every recorded field under \"parameters\".")]
 VerifyJsonOpt = Annotated[bool, typer.Option("--json", help="One JSON object per image: path, watermark (the text found, or null), score (0.5 is chance), and a note where one applies.")]
+ModelsJsonOpt = Annotated[bool, typer.Option("--json", help="One JSON object per checkpoint: name, path, where, family (or null and a problem), size_bytes, hash (or null), builtin.")]
 # Original flags that cannot apply to sd_cli: accepted by the parser only to give a clear error.
 Laion400mOpt = Annotated[bool, typer.Option("--laion400m", hidden=True)]
 TorchscriptOpt = Annotated[bool, typer.Option("--torchscript", hidden=True)]
@@ -158,7 +177,7 @@ def sampling_options(
 def run_options(
     outdir: OutdirOpt = None, output: OutputOpt = None,
     n_samples: SamplesOpt = default("n_samples"), n_iter: IterOpt = default("n_iter"),
-    from_file: FromFileOpt = None, repeat: RepeatOpt = 1, n_rows: RowsOpt = 0,
+    from_file: FromFileOpt = None, repeat: RepeatOpt = 1, xy: XyOpt = None, n_rows: RowsOpt = 0,
     skip_grid: SkipGridOpt = False, skip_save: SkipSaveOpt = False, fixed_code: FixedCodeOpt = False,
     config: ConfigOpt = None, ema: EmaOpt = False, vae: VaeOpt = default("vae"), lora: LoraOpt = None, lora_dir: LoraDirOpt = LORA_DIR,
     embeddings: EmbeddingsOpt = None, emphasis: EmphasisOpt = Emphasis(default("emphasis")), clip_skip: ClipSkipOpt = default("clip_skip"),
@@ -171,6 +190,21 @@ def run_options(
     debug: DebugOpt = False,
     C: ChannelsOpt = 4, f: FactorOpt = 8,
     laion400m: Laion400mOpt = False, torchscript: TorchscriptOpt = False, ipex: IpexOpt = False, bf16: Bf16FlagOpt = False,
+): ...
+
+
+def refiner_options(
+    refiner: RefinerOpt = None, refiner_config: RefinerConfigOpt = None,
+    refiner_strength: RefinerStrengthOpt = default("refiner_strength"), refiner_steps: RefinerStepsOpt = default("refiner_steps"),
+    aesthetic_score: AestheticScoreOpt = default("aesthetic_score"),
+    negative_aesthetic_score: NegativeAestheticScoreOpt = default("negative_aesthetic_score"),
+): ...
+
+
+def sdxl_size_options(
+    original_width: OriginalWidthOpt = None, original_height: OriginalHeightOpt = None,
+    crop_top: CropTopOpt = None, crop_left: CropLeftOpt = None,
+    target_width: TargetWidthOpt = None, target_height: TargetHeightOpt = None,
 ): ...
 
 

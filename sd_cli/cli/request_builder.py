@@ -47,19 +47,22 @@ def _request(mode: str, args: dict):
     random_seed = None
     if values.get("seed") is None:
         values["seed"] = random_seed = _random_seed()
+    plot, requests = _plot(mode, args, requests, values, count)
     defaults = jobs.Defaults(values=values, count=count,
                              n_iter=_positive("--n-iter", args["n_iter"]), fixed_code=args["fixed_code"],
-                             name_template=args["name"])
+                             name_template=args["name"], model_defaults=_model_defaults(args, png_values))
     request = RunRequest(
         mode=mode, jobs=jobs.build_jobs(requests, defaults), batch_size=_positive("--n-samples", args["n_samples"]),
         bad_lines=bad_lines, checkpoint=_checkpoint(args, png_model), precision=_precision(args["precision"]),
         outdir=args["outdir"] or Path(f"outputs/{mode}-samples"), watermark=not args["no_watermark"],
         on_error=args["on_error"].value, json=args["json_out"], compile=args["compile_unet"],
         inpaint=_mask_options(args) if mode == "inpaint" else None,
-        depth=_depth_options(args) if mode == "depth2img" else None, **_addon_options(args),
+        depth=_depth_options(args) if mode == "depth2img" else None, **_addon_options(args), **_refiner_options(args),
         emphasis=args["emphasis"].value, clip_skip=_clip_skip(args["clip_skip"]), embeddings=_embeddings_dir(args["embeddings"]),
         random_seed=random_seed,
         preview=_preview(args["preview"]),
+        xy=plot,
+        size_flags=_size_flags(args),
         **{name: args[name] for name in AS_GIVEN},
         backend=_backend(args["backend"], args["compile_unet"], args["offload"], args["device"]),
     )
@@ -90,6 +93,21 @@ def _requests(mode: str, args: dict, png_values: dict) -> tuple[list, int]:
     if mode != "txt2img" and args["init_img"] is None:
         raise UsageError(f"{mode} needs an input image: pass {'--image' if mode == 'inpaint' else '--init-img'} PATH")
     return [jobs.Request({"prompt": prompt})], 0
+
+
+def _plot(mode: str, args: dict, requests: list, values: dict, count: int) -> tuple:
+    """--xy: the plot and one request per cell in place of the one prompt; (None, requests) without it."""
+    if not args["xy"]:
+        return None, requests
+    from sd_cli.run.plot import parse_plot
+
+    if args["from_file"] is not None:
+        raise UsageError("--xy plots one prompt; drop --from-file (or plot each prompt in its own run)")
+    if args["output"] is not None:
+        raise UsageError("--xy writes every cell and the plot's grid into --outdir; drop -o (--name names the cells)")
+    prompt, negative = requests[0].values["prompt"], values.get("negative_prompt", "")
+    plot = parse_plot(args["xy"], prompt, negative, mode, per_cell=count)
+    return plot, plot.requests(prompt, negative, values["seed"])
 
 
 def _good_lines(parsed: list, args: dict) -> tuple[list, int]:
@@ -159,6 +177,46 @@ def _hires(args: dict):
     return HiresOptions(**{name.removeprefix("hires_"): value for name, value in hires.items()})
 
 
+# -- the SDXL refiner (pipelines/refine.py)
+
+# Flags meaningless without --refiner, and their defaults.
+REFINER_ONLY = {"refiner_config": None, "refiner_strength": fields.default("refiner_strength"),
+                "refiner_steps": fields.default("refiner_steps")}
+
+
+def _refiner_options(args: dict) -> dict:
+    """--refiner and its settings as RunRequest fields; the aesthetic scores also condition a refiner
+    run on its own (--ckpt refiner)."""
+    if "refiner" not in args:  # inpaint, depth2img: no refiner flags
+        return {}
+    from sd_cli.pipelines.refine import RefinerOptions
+
+    scores = (args["aesthetic_score"], args["negative_aesthetic_score"])
+    if args["refiner"] is None:
+        changed = [f"--{name.replace('_', '-')}" for name, unset in REFINER_ONLY.items() if args[name] != unset]
+        if changed:
+            raise UsageError(f"{', '.join(changed)}: part of the refiner hand-off, which --refiner turns on; add it")
+        return {"aesthetic_scores": scores}
+    if args.get("hires_scale") is not None:
+        raise UsageError("--refiner and --hires-scale do not go together (the refiner finishes the base's own "
+                         "latent); drop one of them")
+    refining = RefinerOptions(strength=args["refiner_strength"], steps=args["refiner_steps"], aesthetic_scores=scores)
+    return {"refiner": args["refiner"], "refiner_config": args["refiner_config"], "refining": refining,
+            "aesthetic_scores": scores}
+def _size_flags(args: dict):
+    """SDXL's size and crop conditioning flags (txt2img and img2img have them), checked; None if none is given."""
+    given = {f.name: args[f.name] for f in fields.SIZE_CONDITIONING_FIELDS if args.get(f.name) is not None}
+    for name, value in given.items():
+        problem = fields.BY_NAME[name].check(value)
+        if problem:
+            raise UsageError(f"{fields.flag(name)} {value} {problem}")
+    if not given:
+        return None
+    from sd_cli.models.sdxl_conditioning import SizeFlags
+
+    return SizeFlags(**given)
+
+
 def _mask_options(args: dict):
     from sd_cli.files.masks import MaskOptions, parse_outpaint
 
@@ -187,6 +245,8 @@ def _sampler(args: dict) -> str:
         schedule = None if args["schedule"] is None else samplers.schedule_id(args["schedule"])
     except samplers.UnknownSampler as err:
         raise UsageError(f"--schedule {err}") from None
+    if schedule in samplers.SCHEDULE_SAMPLERS and not _given(args, "sampler", ("sampler", "plms", "dpm", "dpm_solver")):
+        name = samplers.SCHEDULE_SAMPLERS[schedule]
     try:
         return samplers.canonical(name, schedule)
     except samplers.UnknownSampler as err:
@@ -195,9 +255,25 @@ def _sampler(args: dict) -> str:
 
 def _explicit(args: dict, key: str) -> bool:
     """Whether the flag for `key` was given on the command line (it then wins over --from-png)."""
-    names = {"sampler": ("sampler", "schedule", "plms", "dpm", "dpm_solver")}.get(key, (key,))
+    return _given(args, key, not_by=("DEFAULT", "DEFAULT_MAP"))
+
+
+# Values that, given nowhere, are the model's own (models/families/: SDXL's demo guides at 5.0 with Euler).
+MODEL_DEFAULTS = ("scale", "sampler")
+SAMPLER_FLAGS = ("sampler", "schedule", "plms", "dpm", "dpm_solver")
+
+
+def _model_defaults(args: dict, png_values: dict) -> frozenset[str]:
+    """The MODEL_DEFAULTS given neither on the command line, in the defaults file nor by --from-png."""
+    return frozenset(key for key in MODEL_DEFAULTS if key not in png_values and not _given(args, key))
+
+
+def _given(args: dict, key: str, names: tuple[str, ...] | None = None, not_by: tuple[str, ...] = ("DEFAULT",)) -> bool:
+    """Whether a flag for `key` (`names`: its flags' parameters) has a value from a source other than
+    `not_by`: sd_cli's own default (DEFAULT), or also the defaults file (DEFAULT_MAP)."""
+    names = names or {"sampler": SAMPLER_FLAGS}.get(key, (key,))
     sources = [args["ctx"].get_parameter_source(name) for name in names]
-    return any(source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP") for source in sources)
+    return any(source is not None and source.name not in not_by for source in sources)
 
 
 def _from_png(args: dict) -> tuple[dict, dict]:
@@ -220,9 +296,39 @@ def _take_png_run_options(args: dict) -> None:
     vae_name = recorded.pop("vae_name", None)
     if vae_name and args.get("vae") is None:
         log.warn(f"{args['from_png']} was made with the separate VAE {vae_name}; pass --vae to use it again")
+    _take_png_refiner(args, recorded)
     for key, value in recorded.items():
         if key in args and not _explicit(args, key):
             args[key] = Emphasis(value) if key == "emphasis" else value
+
+
+def _take_png_refiner(args: dict, recorded: dict) -> None:
+    """The recorded SDXL refiner, found by name in checkpoints/ as the recorded model is, unless --refiner
+    is given; txt2img and img2img only. Without a refiner its recorded strength and steps are dropped."""
+    name, recorded_hash = recorded.pop("refiner_name", None), recorded.pop("refiner_hash", None)
+    if name is not None and "refiner" in args and args["refiner"] is None:
+        _find_png_refiner(args, name, recorded_hash)
+    if args.get("refiner") is None:
+        for key in ("refiner_strength", "refiner_steps"):
+            recorded.pop(key, None)
+
+
+def _find_png_refiner(args: dict, name: str, recorded_hash: str | None) -> None:
+    from sd_cli.errors import CheckpointError
+    from sd_cli.loading.checkpoint import model_hash
+    from sd_cli.loading.locations import resolve_checkpoint
+
+    for suffix in (".safetensors", ".ckpt"):
+        try:
+            args["refiner"] = resolve_checkpoint(name + suffix)
+        except CheckpointError:
+            continue
+        if recorded_hash and model_hash(args["refiner"]) != recorded_hash:
+            log.warn(f"{args['from_png']} was made with refiner hash {recorded_hash} ({name}), "
+                     f"{args['refiner']} has {model_hash(args['refiner'])}: the image will differ")
+        return
+    log.warn(f"{args['from_png']} was made with the refiner {name}, not found in checkpoints/; "
+             "rendering without it (pass --refiner)")
 
 
 def _checkpoint(args: dict, png_model: dict):
@@ -267,8 +373,16 @@ def _random_seed() -> int:
     return secrets.randbelow(RANDOM_SEEDS)
 
 
+# stable-diffusion.cpp's --clip-skip default: "the model's own layer", as no --clip-skip is here.
+MODEL_CLIP_SKIP = -1
+
+
 def _clip_skip(value: Optional[int]) -> Optional[int]:
-    return None if value is None else _positive("--clip-skip", value)
+    if value is None or value == MODEL_CLIP_SKIP:
+        return None
+    if value < 1:
+        raise UsageError(f"--clip-skip must be at least 1 (or -1 for the model's own layer), got {value}")
+    return value
 
 
 def _embeddings_dir(folder: Optional[Path]) -> Optional[Path]:

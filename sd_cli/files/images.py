@@ -31,8 +31,11 @@ SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # one channel on t
 FLOAT_MODE = "F"  # one channel on the 0-1 scale
 
 
-def to_uint8(images: "torch.Tensor") -> list[np.ndarray]:
+def to_uint8(images: "torch.Tensor", float_mark: str | None = None) -> list[np.ndarray]:
     """Decoded images [B, 3, H, W] in [-1, 1] -> list of [H, W, 3] uint8, exactly as the scripts do.
+
+    `float_mark`: a watermark generative-models embeds in the float image (files/watermark.py
+    add_float_watermark), embedded here between the clamp and the truncation, as its demo saves.
 
     The original computes ``clamp((x + 1) / 2, 0, 1)``, then ``255. * x`` in numpy and
     ``.astype(np.uint8)``, which truncates (docs/reference/original-scripts.md §3.5). Here it is always float32,
@@ -55,7 +58,11 @@ def to_uint8(images: "torch.Tensor") -> list[np.ndarray]:
         log.warn(f"{bad} image(s) contain NaN values (numerical overflow, often from fp16): "
                  "those pixels are saved black; try running in float32")
         x = torch.nan_to_num(x, nan=0.0)
-    hwc = x.permute(0, 2, 3, 1).numpy()  # [B, H, W, 3] float32 in [0, 1]
+    hwc = list(x.permute(0, 2, 3, 1).numpy())  # [H, W, 3] float32 in [0, 1] each
+    if float_mark is not None:
+        from sd_cli.files.watermark import add_float_watermark
+
+        hwc = [add_float_watermark(image, float_mark) for image in hwc]
     return [(255.0 * image).astype(np.uint8) for image in hwc]
 
 

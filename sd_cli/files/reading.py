@@ -11,16 +11,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from sd_cli.errors import SdCliError
-from sd_cli.fields import BY_NAME, FIELDS, HIRES_FIELDS, JOB_FIELDS, Field
+from sd_cli.fields import BY_NAME, FIELDS, HIRES_FIELDS, JOB_FIELDS, REFINER_FIELDS, SIZE_CONDITIONING_FIELDS, Field
 from sd_cli.files.images import as_mode, open_image
 
 # Fields a re-render takes from the image: every job value but the input images, which the PNG does
 # not record (the model is chosen separately).
 RENDER_FIELDS = tuple(f.name for f in JOB_FIELDS if f.name not in ("init_img", "mask"))
 # The recorded fields `info --json` gives under their own names (Size as width and height).
-RECORD_FIELDS = tuple(f for f in FIELDS if f.json and f.label is not None) + (BY_NAME["size"], BY_NAME["sampler_id"])
+RECORD_FIELDS = tuple(f for f in FIELDS if f.json and f.label is not None) + (
+    BY_NAME["size"], BY_NAME["sampler_id"], BY_NAME["schedule_type"])
 # The run-wide settings --from-png takes back, besides the hires fix.
-RUN_FIELDS = (BY_NAME["clip_skip"], BY_NAME["emphasis"], BY_NAME["vae"])
+RUN_FIELDS = (BY_NAME["clip_skip"], BY_NAME["emphasis"], BY_NAME["vae"], *SIZE_CONDITIONING_FIELDS)
 
 
 def read_infotext(path: str | Path) -> str:
@@ -50,11 +51,25 @@ def info_record(path: str | Path) -> dict:
     record.update(recorded_values(fields, RECORD_FIELDS, path))
     if "size" in record:
         record["width"], record["height"] = record.pop("size")
+    schedule = record.pop("schedule_type", None)  # AUTOMATIC1111 1.9's "Sampler: Euler, Schedule type: EDM"
+    if schedule and "sampler" in record:
+        record["sampler"] = _with_schedule(record["sampler"], schedule)
     sampler_id = record.pop("sampler_id", None)  # sd_cli writes it where the label is ambiguous ("DPM++ 2M")
     if sampler_id and "sampler" in record:
         record["sampler"] = sampler_id
     record["parameters"] = fields
     return record
+
+
+def _with_schedule(sampler: str, schedule_label: str) -> str:
+    """The sampler id with a recorded schedule type; as it is where either is another tool's, or the
+    sampler takes no schedule (DDIM's "Automatic")."""
+    from sd_cli.sampling.samplers import UnknownSampler, canonical, schedule_id
+
+    try:
+        return canonical(sampler, schedule_id(schedule_label))
+    except UnknownSampler:
+        return sampler
 
 
 def recorded_values(fields: dict[str, str], wanted: tuple[Field, ...], path) -> dict:
@@ -91,6 +106,24 @@ def run_options(path: str | Path) -> dict:
         options.update(recorded_values(fields, HIRES_FIELDS, path))
     if "vae" in options:
         options["vae_name"] = options.pop("vae")
+    options.update(_refiner_options(fields, path))
+    return options
+
+
+def _refiner_options(fields: dict[str, str], path) -> dict:
+    """The SDXL refiner's recorded settings, and its file's name and hash ("refiner_name", "refiner_hash").
+
+    An image from AUTOMATIC1111 records only "Refiner switch at" (the share of steps the base ran):
+    its strength is then taken as 1 - switch at, which gives the base about that share of the steps
+    (docs/fidelity.md)."""
+    options = recorded_values(fields, REFINER_FIELDS, path)
+    if BY_NAME["refiner"].label not in fields:
+        return {key: value for key, value in options.items() if key.endswith("aesthetic_score")}
+    name, _, rest = fields[BY_NAME["refiner"].label].partition(" [")
+    options.update(refiner_name=name, refiner_hash=rest.rstrip("]") or None)
+    switch = recorded_values(fields, (BY_NAME["refiner_switch_at"],), path).get("refiner_switch_at")
+    if "refiner_strength" not in options and switch is not None:
+        options["refiner_strength"] = round(1.0 - switch, 4)
     return options
 
 

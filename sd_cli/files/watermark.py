@@ -3,6 +3,10 @@
 The calls mirror the scripts (docs/reference/original-scripts.md §3.1): RGB -> BGR, ``WatermarkEncoder`` with
 the text as bytes, ``encode(bgr, 'dwtDct')``, BGR -> RGB. `imwatermark` (and the OpenCV it pulls
 in) is imported on first use only, and the channel flips are numpy slices, not cv2 calls.
+
+generative-models (SDXL, its refiner, SD-Turbo) embeds a 48-bit message as bits, and in the float
+image before quantisation (docs/reference/sdxl.md §4): add_float_watermark, called by
+files/images.py's to_uint8 between the clamp and the truncation.
 """
 
 from __future__ import annotations
@@ -14,7 +18,12 @@ from sd_cli import log
 WATERMARK_V1 = "StableDiffusionV1"  # v1 txt2img
 WATERMARK_V1_INPAINTING = "StableDiffusionV1-Inpainting"  # runwayml inpaint_st.py
 WATERMARK_V2 = "SDV2"  # every v2 script
-WATERMARK_TEXTS = (WATERMARK_V1, WATERMARK_V1_INPAINTING, WATERMARK_V2)
+WATERMARK_SGM = "0xB3EC907BB19E"  # sgm.inference.helpers' WATERMARK_MESSAGE, named by its hex value
+WATERMARK_TEXTS = (WATERMARK_V1, WATERMARK_V1_INPAINTING, WATERMARK_V2, WATERMARK_SGM)
+# Marks embedded as these bits (set_watermark("bits", ...)), not as the UTF-8 bytes of their name.
+BIT_MESSAGES = {WATERMARK_SGM: 0xB3EC907BB19E}
+# Marks embedded in the float image (255·x in float32), before the uint8 truncation.
+FLOAT_MARKS = frozenset({WATERMARK_SGM})
 
 METHOD = "dwtDct"
 NOTE_KEY = "sd-cli-watermark"  # PNG text chunk: why sd_cli wrote this image without a readable mark
@@ -53,7 +62,8 @@ _encoders: dict[str, object] = {}  # one WatermarkEncoder per text, built on fir
 
 
 def add_watermark(rgb: np.ndarray, text: str) -> np.ndarray:
-    """Embed `text` into an [H, W, 3] uint8 RGB image as the original scripts do.
+    """Embed `text` into an [H, W, 3] uint8 RGB image as the original scripts do (a float mark: see
+    add_float_watermark, on the image's values / 255).
 
     Images of fewer than 256*256 pixels cannot carry the mark (the library refuses them, and the
     original scripts crashed there): they come back unchanged, with one warning per run.
@@ -63,9 +73,34 @@ def add_watermark(rgb: np.ndarray, text: str) -> np.ndarray:
     if height * width < MIN_PIXELS:
         _warn_too_small(width, height)
         return rgb
+    if embeds_in_float(text):  # an already quantised image (a grid): its float values, marked, truncated again
+        return (np.float32(255) * add_float_watermark(rgb.astype(np.float32) / np.float32(255), text)).astype(np.uint8)
     bgr = np.ascontiguousarray(rgb[..., ::-1])
     marked = _encoder(text).encode(bgr, METHOD)
     return np.ascontiguousarray(marked[..., ::-1])
+
+
+def embeds_in_float(text: str) -> bool:
+    """Whether `text` is embedded in the float image, before quantisation (generative-models' way)."""
+    return text in FLOAT_MARKS
+
+
+def add_float_watermark(image: np.ndarray, text: str) -> np.ndarray:
+    """generative-models' embed_watermark on one [H, W, 3] float32 RGB image in [0, 1]: 255·x in float32,
+    RGB -> BGR, encode(bgr, 'dwtDct'), BGR -> RGB, / 255, clamped to [0, 1]; float32 back.
+
+    Images of fewer than 256*256 pixels come back unchanged with one warning per run (the library
+    refuses them; the original crashed there), as add_watermark's do.
+    """
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.float32:
+        raise ValueError(f"expected an [H, W, 3] float32 RGB image, got {image.dtype} {image.shape}")
+    height, width = image.shape[:2]
+    if height * width < MIN_PIXELS:
+        _warn_too_small(width, height)
+        return image
+    bgr = np.ascontiguousarray((np.float32(255) * image)[..., ::-1])
+    marked = _encoder(text).encode(bgr, METHOD)[..., ::-1] / np.float32(255)
+    return np.ascontiguousarray(np.clip(marked, 0.0, 1.0), dtype=np.float32)
 
 
 def unreadable_reason(marked: np.ndarray, text: str) -> str | None:
@@ -95,11 +130,13 @@ def identify_watermark(rgb: np.ndarray) -> tuple[str | None, float]:
     height, width = rgb.shape[:2]
     if height * width < MIN_PIXELS:
         return None, 0.0
-    return identify_reading(read_blocks(rgb))
+    readings = {space: read_blocks(rgb, space) for space in (False, True)}
+    return identify_reading({text: readings[embeds_in_float(text)] for text in WATERMARK_TEXTS})
 
 
-def identify_reading(reading: np.ndarray) -> tuple[str | None, float]:
+def identify_reading(reading: np.ndarray | dict[str, np.ndarray]) -> tuple[str | None, float]:
     """The known text that block readings match, with its score; (None, best score) when none does.
+    `reading`: one reading for every text, or each text's own (a float mark is read in float YUV).
 
     A text matches when its score at its own alignment reaches MATCH_THRESHOLD and beats its score
     at every other alignment (block k read against bit (k + s) mod n). Unmarked content can
@@ -107,7 +144,8 @@ def identify_reading(reading: np.ndarray) -> tuple[str | None, float]:
     (SDV2's 32 bits on an image 256 pixels wide: every column of blocks carries one bit, so only 32
     columns count), but then it correlates as much with other alignments; a mark does not.
     """
-    scores = {text: alignment_scores(reading, text_bits(text)) for text in WATERMARK_TEXTS}
+    readings = reading if isinstance(reading, dict) else dict.fromkeys(WATERMARK_TEXTS, reading)
+    scores = {text: alignment_scores(readings[text], text_bits(text)) for text in WATERMARK_TEXTS}
     matching = {text: s[0] for text, s in scores.items() if s[0] >= MATCH_THRESHOLD and s[0] > s[1:].max()}
     if not matching:
         return None, float(max(s[0] for s in scores.values()))
@@ -117,17 +155,20 @@ def identify_reading(reading: np.ndarray) -> tuple[str | None, float]:
 
 def text_score(rgb: np.ndarray, text: str) -> float:
     """The match score of one text (benchmarks/watermark_scores.py compares readings with it)."""
-    return match_score(read_blocks(rgb), text_bits(text))
+    return match_score(read_blocks(rgb, embeds_in_float(text)), text_bits(text))
 
 
 def text_bits(text: str) -> np.ndarray:
-    """The bits the encoder embeds for `text`: UTF-8 bytes, most significant bit first."""
+    """The bits the encoder embeds for `text`: a bit message's bits, else its UTF-8 bytes, most significant bit first."""
+    if text in BIT_MESSAGES:
+        return np.array([bit == "1" for bit in bin(BIT_MESSAGES[text])[2:]])
     return np.unpackbits(np.frombuffer(text.encode("utf-8"), dtype=np.uint8)).astype(bool)
 
 
-def read_blocks(rgb: np.ndarray) -> np.ndarray:
-    """Each block's reading in raster order: 1, 0, or -1 where it is undecided (see TOLERANCE, MARGIN)."""
-    magnitudes = block_coefficients(rgb)
+def read_blocks(rgb: np.ndarray, float_yuv: bool = False) -> np.ndarray:
+    """Each block's reading in raster order: 1, 0, or -1 where it is undecided (see TOLERANCE, MARGIN);
+    `float_yuv`: in the YUV the encoder saw in a float image (block_coefficients)."""
+    magnitudes = block_coefficients(rgb, float_yuv)
     ordered = np.sort(magnitudes, axis=1)
     one, zero = (_consistent_with(magnitudes, ordered, bit) for bit in (1, 0))
     reading = np.full(len(magnitudes), -1)
@@ -138,16 +179,19 @@ def read_blocks(rgb: np.ndarray) -> np.ndarray:
     return reading
 
 
-def block_coefficients(rgb: np.ndarray) -> np.ndarray:
+def block_coefficients(rgb: np.ndarray, float_yuv: bool = False) -> np.ndarray:
     """|coefficients| of every 4x4 block of the U channel's Haar approximation but [0,0]: [blocks, 15].
 
     The same band the library embeds in: OpenCV's YUV of the BGR image, cropped to multiples of
-    4, one Haar level; an HxW image has (H // 8) x (W // 8) blocks.
+    4, one Haar level; an HxW image has (H // 8) x (W // 8) blocks. The library changes these
+    values themselves, not a transform of them, so U's offset counts: OpenCV adds 128 to a uint8
+    image's U and 0.5 to a float image's, which moves every coefficient by 255 (3 modulo the step).
+    `float_yuv` reads the pixels' values as float32, as the encoder saw generative-models' float image.
     """
     import cv2
     import pywt
 
-    bgr = np.ascontiguousarray(rgb[..., ::-1])
+    bgr = np.ascontiguousarray(rgb[..., ::-1], dtype=np.float32 if float_yuv else np.uint8)
     rows, cols = bgr.shape[0] // 4 * 4, bgr.shape[1] // 4 * 4
     u = cv2.cvtColor(bgr, cv2.COLOR_BGR2YUV)[:rows, :cols, 1].astype(np.float64)
     approximation, _ = pywt.dwt2(u, "haar")
@@ -191,7 +235,10 @@ def _encoder(text: str):
         from imwatermark import WatermarkEncoder
 
         encoder = WatermarkEncoder()
-        encoder.set_watermark("bytes", text.encode("utf-8"))
+        if text in BIT_MESSAGES:
+            encoder.set_watermark("bits", [int(bit) for bit in text_bits(text)])
+        else:
+            encoder.set_watermark("bytes", text.encode("utf-8"))
         _encoders[text] = encoder
     return _encoders[text]
 

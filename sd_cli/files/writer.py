@@ -27,7 +27,9 @@ class ImageWriter:
 
         self.request, self.loaded, self.targets, self.written = request, loaded, targets, written
         self.plan = OutputPlan(request.outdir)
+        self.plot = request.xy  # --xy: the plot's labelled grid instead of the plain one
         self.grid_images = [] if grid else None
+        self.plot_images: dict[tuple, list] = {}  # --xy: each cell's images, by (x, y, z)
         self.first: tuple | None = None  # the first image's job and shape, for the grid's infotext
 
     def add(self, batch: list[Job], images: list, seconds: float) -> None:
@@ -38,6 +40,8 @@ class ImageWriter:
             image, notes = self._watermarked(image)
             if self.grid_images is not None:
                 self.grid_images.append(image)
+                if self.plot is not None:
+                    self.plot_images.setdefault(self.plot.cell_of(job.index), []).append(image)
             if not self.request.skip_save:
                 infotext = self._infotext(job, image.shape)  # once: the PNG and the --json record share it
                 path = self._save(job, image, infotext, notes)
@@ -45,12 +49,31 @@ class ImageWriter:
                 self._announce(path, job, image.shape, infotext, timings)
 
     def finish(self) -> None:
+        if self.plot is not None and self.grid_images:
+            self._save_plot_grid()
+            return
         if self.grid_images is None or len(self.grid_images) < 2:
             return
         from sd_cli.files.images import make_grid
 
-        grid, notes = self._watermarked(make_grid(self.grid_images, self.request.n_rows or self.request.batch_size))
+        grid, notes = self._watermarked(make_grid(self.grid_images, self.request.n_rows or self.request.batch_size),
+                                         grid=True)
         path = self.plan.save_grid(grid, self._infotext(*self.first), notes)  # not counted: the samples are the images
+        log.output(json.dumps({"path": str(path), "grid": True}) if self.request.json else str(path))
+
+    def _save_plot_grid(self) -> None:
+        """--xy: the labelled grid, its infotext the first image's plus the plot's axes."""
+        from sd_cli.files.images import make_grid
+        from sd_cli.files.plot_grid import draw_plot_grid
+
+        plot = self.plot
+        missing = len(plot.cells()) - len(self.plot_images)
+        if missing:
+            log.warn(f"the plot's grid shows {missing} cell(s) grey: their images were not rendered in this run")
+        cells = {cell: make_grid(images, len(images)) for cell, images in self.plot_images.items()}
+        labels = tuple(axis.labels() for axis in plot.axes) + ([],) * (3 - len(plot.axes))
+        grid, notes = self._watermarked(draw_plot_grid(cells, plot.shape, labels))
+        path = self.plan.save_grid(grid, self._infotext(*self.first, extra=plot.recorded()), notes)
         log.output(json.dumps({"path": str(path), "grid": True}) if self.request.json else str(path))
 
     def _save(self, job: Job, image, infotext: str, notes: dict) -> Path:
@@ -68,17 +91,19 @@ class ImageWriter:
         else:
             log.output(str(path))
 
-    def _watermarked(self, image) -> tuple:
+    def _watermarked(self, image, grid: bool = False) -> tuple:
         """The image as it is written, and its PNG notes: why it carries no readable mark, where it does not.
 
-        What was just embedded is read back, so the file itself says when the original algorithm
-        could not carry the mark (or the image is too small for it) and `verify` can tell."""
+        A mark embedded in the float image is already there (run/render.py's float_mark_of), but on
+        the grid, made of quantised images. What was embedded is read back, so the file itself says
+        when the original algorithm could not carry the mark (or the image is too small for it) and
+        `verify` can tell."""
         if not self.request.watermark:
             return image, {}
-        from sd_cli.files.watermark import NOTE_KEY, add_watermark, unreadable_reason
+        from sd_cli.files.watermark import NOTE_KEY, add_watermark, embeds_in_float, unreadable_reason
 
         text = self.loaded.model.watermark_text
-        marked = add_watermark(image, text)
+        marked = image if embeds_in_float(text) and not grid else add_watermark(image, text)
         reason = unreadable_reason(marked, text)
         return marked, ({NOTE_KEY: reason} if reason else {})
 
@@ -99,7 +124,7 @@ class ImageWriter:
         record["timings"] = timings
         return record
 
-    def _infotext(self, job: Job, shape) -> str:
+    def _infotext(self, job: Job, shape, extra: dict | None = None) -> str:
         from sd_cli.files.infotext import format_infotext
         from sd_cli.prompting.prompts import infotext_values
 
@@ -110,8 +135,9 @@ class ImageWriter:
         if sampler_id(sampler_label(job.sampler)) != job.sampler:  # "DPM++ 2M" reads back as dpmpp_2m, not dpm
             values["sampler_id"] = job.sampler
         values.update(infotext_values(self.loaded, job.prompt, job.negative_prompt))
+        values.update(self._sgm_values(job))
         values["version"] = f"sd_cli {__version__}"
-        return format_infotext(job.prompt, job.negative_prompt, infotext_fields(values))
+        return format_infotext(job.prompt, job.negative_prompt, {**infotext_fields(values), **(extra or {})})
 
     def _job_values(self, job: Job, shape) -> dict:
         """What the --json record and the infotext share: the job's sampling values, size and model."""
@@ -122,6 +148,19 @@ class ImageWriter:
                   "model": self.loaded.name, "eta": job.eta}
         if job.init_img is not None:
             values["strength"] = job.strength
+        return values
+
+    def _sgm_values(self, job: Job) -> dict:
+        """generative-models' models: the sampler and its schedule apart, as AUTOMATIC1111 1.9 writes
+        them ("Sampler: Euler, Schedule type: EDM"), and the size and crop flags given."""
+        if self.loaded.model.family.engine != "sgm":
+            return {}
+        from sd_cli.sampling.samplers import SCHEDULES, choose
+
+        choice = choose(job.sampler)
+        values = {"sampler": choice.sampler.id, "schedule_type": SCHEDULES[choice.schedule].label}
+        if self.request.size_flags is not None:
+            values.update(self.request.size_flags.given())
         return values
 
     def _addon_values(self, job: Job) -> dict:
@@ -140,4 +179,23 @@ class ImageWriter:
         uses = uses_for(self.request.loras, job.prompt, self.request.lora_dir)
         if uses:
             values["lora_hashes"] = lora_hashes(uses)
+        values.update(self._refiner_values(job))
+        return values
+
+    def _refiner_values(self, job: Job) -> dict:
+        """The SDXL refiner's fields: AUTOMATIC1111's Refiner and Refiner switch at (the share of the base's
+        steps before the hand-off), sd_cli's strength and steps, and the aesthetic scores wherever a
+        refiner conditioned the image (after a base, or run on its own)."""
+        from sd_cli.loading.checkpoint import model_hash
+        from sd_cli.pipelines.refine import switch_at
+
+        refiner, refining = self.loaded.refiner, self.request.refining
+        values = {}
+        if refiner is not None and refining is not None:
+            values.update(refiner=f"{refiner.name} [{model_hash(refiner.checkpoint_path)}]",
+                          refiner_switch_at=round(switch_at(refining.strength, job.steps), 4),
+                          refiner_strength=refining.strength, refiner_steps=refining.steps or job.steps)
+        elif not self.loaded.family.aesthetic_conditioned:
+            return values
+        values["aesthetic_score"], values["negative_aesthetic_score"] = self.request.aesthetic_scores
         return values

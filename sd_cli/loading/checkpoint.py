@@ -410,14 +410,29 @@ def model_hash(path: str | os.PathLike) -> str:
         raise CheckpointError(f"{path}: cannot read the file ({err.strerror or err}).") from err
 
 
-def _sha256(path: Path) -> str:
-    key = str(path.resolve())
-    before = path.stat()
-    entry = _read_hash_cache().get(key)
-    if isinstance(entry, dict) and (entry.get("size"), entry.get("mtime_ns")) == (before.st_size, before.st_mtime_ns):
+def cached_model_hash(path: str | os.PathLike) -> str | None:
+    """The "Model hash" when the cache holds this file as it is now (same size and mtime), else None:
+    `sd-cli models` shows hashes without reading gigabytes."""
+    path = Path(path)
+    digest = _cached_sha256(path, path.stat())
+    return digest[:10] if digest else None
+
+
+def _cached_sha256(path: Path, stat: os.stat_result) -> str | None:
+    entry = _read_hash_cache().get(str(path.resolve()))
+    if isinstance(entry, dict) and (entry.get("size"), entry.get("mtime_ns")) == (stat.st_size, stat.st_mtime_ns):
         digest = entry.get("sha256")
         if isinstance(digest, str) and re.fullmatch(r"[0-9a-f]{64}", digest):
             return digest
+    return None
+
+
+def _sha256(path: Path) -> str:
+    key = str(path.resolve())
+    before = path.stat()
+    cached = _cached_sha256(path, before)
+    if cached:
+        return cached
     with path.open("rb") as f:
         digest = hashlib.file_digest(f, "sha256").hexdigest()
     after = path.stat()

@@ -47,13 +47,25 @@ class LoadedModel:
         return self.checkpoint_path.stem
 
 
-def load_model(checkpoint_path, config_path=None, *, device="cpu", dtype=torch.float32, use_ema=False,
-               offload: bool = False, mode: str | None = None) -> LoadedModel:
-    """With `offload`, the weights stay on the CPU and each part runs on `device` in turn (offload.py).
+@dataclass
+class PreparedCheckpoint:
+    """A checkpoint opened and its config chosen, no weight read yet (a memory-mapped file's tensors
+    are read when they are copied): what the model is, known before it is built."""
 
-    With `mode` (a subcommand), a model that cannot serve it is refused before any weight is read:
-    the config and the key names decide it.
-    """
+    path: Path
+    weights: dict
+    config: ModelConfig
+    measure_v: bool  # SD 2.x eps vs v is measured once the model is built
+    global_step: int | None
+
+    @property
+    def family(self):
+        return family_of(self.config)
+
+
+def prepare_checkpoint(checkpoint_path, config_path=None, mode: str | None = None) -> PreparedCheckpoint:
+    """Open the file and choose its config. With `mode` (a subcommand), a model that cannot serve it is
+    refused here, before any weight is read: the config and the key names decide it."""
     path = Path(checkpoint_path)
     checkpoint = read_checkpoint(path)
     weights = model_keys(checkpoint.state_dict, path.name)
@@ -61,8 +73,24 @@ def load_model(checkpoint_path, config_path=None, *, device="cpu", dtype=torch.f
     config, measure_v = choose_config(path, config_path, weights)
     if mode is not None:
         family_of(config).check_serves(mode)
-    global_step = checkpoint.global_step
-    del checkpoint  # from here on only `weights` holds the file's tensors
+    return PreparedCheckpoint(path, weights, config, measure_v, checkpoint.global_step)
+
+
+def load_model(checkpoint_path, config_path=None, *, device="cpu", dtype=torch.float32, use_ema=False,
+               offload: bool = False, mode: str | None = None) -> LoadedModel:
+    """With `offload`, the weights stay on the CPU and each part runs on `device` in turn (offload.py);
+    `mode` as for prepare_checkpoint."""
+    return load_prepared(prepare_checkpoint(checkpoint_path, config_path, mode), device=device, dtype=dtype,
+                         use_ema=use_ema, offload=offload)
+
+
+def load_prepared(prepared: PreparedCheckpoint, *, device="cpu", dtype=torch.float32, use_ema=False,
+                  offload: bool = False) -> LoadedModel:
+    """Build the prepared checkpoint's model and load its weights strictly; `prepared` gives up its
+    tensors, so that only the model holds them once it is built."""
+    path, weights, config, measure_v = prepared.path, prepared.weights, prepared.config, prepared.measure_v
+    prepared.weights = {}
+    global_step = prepared.global_step
     home = "cpu" if offload else device
     model = build_and_load(config, weights, path.name, device=home, dtype=dtype, mapped_file=MappedFile(path),
                            channels_last_convs=torch.device(device).type == "cpu", use_ema=use_ema)

@@ -1,14 +1,16 @@
 """Where checkpoints are found: the path as given, then ./checkpoints/, then the files shipped in the package.
 
 With no --ckpt sd_cli's own small model, shipped in the package, is used (docs/builtin-model.md).
+No torch at import: shell completion lists checkpoints through search_dirs.
 """
 
 from pathlib import Path
 
 from sd_cli import log
 from sd_cli.errors import CheckpointError
-from sd_cli.loading.checkpoint import directory_problem
 from sd_cli.loading.packaged import builtin_checkpoint, data_dir
+
+CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt")  # what `sd-cli models` and --ckpt's completion list
 
 
 def search_dirs() -> list[Path]:
@@ -16,6 +18,8 @@ def search_dirs() -> list[Path]:
 
 
 def resolve_checkpoint(requested) -> Path:
+    from sd_cli.loading.checkpoint import directory_problem  # torch: not for shell completion's imports
+
     if requested is None:
         path = builtin_checkpoint()
         if not path.is_file():

@@ -17,7 +17,7 @@ from torch import nn
 
 from sd_cli.loading.config import ModelConfig
 from sd_cli.models.latent_diffusion import DiffusionWrapper, LatentDiffusion
-from sd_cli.models.sdxl_conditioning import SDXLConditioner, SizeConditioning, TextConditioning, returns_pooled
+from sd_cli.models.sdxl_conditioning import SDXLConditioner, SizeConditioning, SizeFlags, TextConditioning, returns_pooled
 from sd_cli.models.unet import UNetModel
 from sd_cli.models.vae import AutoencoderKL
 from sd_cli.sampling import sgm
@@ -71,6 +71,11 @@ class DiffusionEngine(LatentDiffusion):
 
     def vector(self, text: TextConditioning, sizes: SizeConditioning) -> torch.Tensor | None:
         return self.conditioner.vector(text, sizes)
+
+    def size_conditioning(self, size: tuple[int, int], aesthetic_score: float | None) -> SizeConditioning:
+        """The demo's size conditioning of an image of size (height, width): its own size, no crop
+        (run/session.py's applies the run's --original-*, --crop-*, --target-* flags)."""
+        return SizeFlags().conditioning(size, aesthetic_score)
 
     def unet(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, y: torch.Tensor | None = None):
         self._ready("UNet")

@@ -94,6 +94,12 @@ class LatentDiffusion(nn.Module):
         if self.offload is not None:
             self.offload.use(part)
 
+    def make_room(self) -> None:
+        """With --offload, move the part on the device back to host memory: another model (the SDXL
+        refiner after its base) runs there next. Without --offload the weights stay where they are."""
+        if self.offload is not None:
+            self.offload.release()
+
     def encode_text(self, prompts: list[str], options=None) -> torch.Tensor:
         """[B, 77·chunks, D] conditioning for a list of prompts (prompts.py: emphasis, BREAK, long
         prompts, embeddings, clip skip as `options`, a prompts.TextOptions; None: the defaults);

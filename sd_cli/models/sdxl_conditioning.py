@@ -58,6 +58,43 @@ class SizeConditioning:
         return tuple(value)
 
 
+# The flags of each size input (sd_cli/fields.py): (height or top, width or left).
+SIZE_FLAGS = {"original_size_as_tuple": ("original_height", "original_width"),
+              "crop_coords_top_left": ("crop_top", "crop_left"),
+              "target_size_as_tuple": ("target_height", "target_width")}
+
+
+@dataclass(frozen=True)
+class SizeFlags:
+    """--original-width/-height, --crop-top/-left, --target-width/-height as given; None is the demo's
+    default: the size of the image being sampled, and no crop."""
+
+    original_width: int | None = None
+    original_height: int | None = None
+    crop_top: int | None = None
+    crop_left: int | None = None
+    target_width: int | None = None
+    target_height: int | None = None
+
+    def given(self) -> dict[str, int]:
+        return {name: value for name, value in vars(self).items() if value is not None}
+
+    def conditioning(self, size: tuple[int, int], aesthetic_score: float | None) -> SizeConditioning:
+        """The SizeConditioning of an image of size (height, width) sampled with these flags."""
+        def pair(input_key: str, default: tuple[int, int]) -> tuple[int, int]:
+            first, second = (getattr(self, name) for name in SIZE_FLAGS[input_key])
+            return (default[0] if first is None else first, default[1] if second is None else second)
+
+        return SizeConditioning(original_size=pair("original_size_as_tuple", size),
+                                crop_top_left=pair("crop_coords_top_left", (0, 0)),
+                                target_size=pair("target_size_as_tuple", size), aesthetic_score=aesthetic_score)
+
+    def unused_by(self, size_inputs: tuple[str, ...]) -> list[str]:
+        """The given flags' names that none of a model's size inputs takes."""
+        taken = {name for key in size_inputs for name in SIZE_FLAGS.get(key, ())}
+        return [name for name in self.given() if name not in taken]
+
+
 @dataclass
 class TextConditioning:
     """The text part of a conditioning: crossattn [B, 77·k, context_dim], pooled [B, P] (None without one)."""

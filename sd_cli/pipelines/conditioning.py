@@ -1,18 +1,17 @@
 """The guided model every mode samples: prompt and negative-prompt conditioning bound to the UNet."""
 
+from sd_cli.fields import AESTHETIC_SCORES  # the SDXL demo's refiner conditioning (conditional, unconditional)
 from sd_cli.prompting.prompts import match_lengths
 from sd_cli.sampling.guidance import GuidedModel
 
-# The SDXL demo's defaults for the refiner's aesthetic-score conditioning (conditional, unconditional).
-AESTHETIC_SCORES = (6.0, 2.5)
-
 
 def guided_model(model, prompts: list[str], negative_prompts: list[str], scale: float,
-                 size: tuple[int, int]) -> GuidedModel:
+                 size: tuple[int, int], aesthetic_scores: tuple[float, float] = AESTHETIC_SCORES) -> GuidedModel:
     """The classifier-free-guided prediction the samplers call for images of size (height, width); the
-    unconditional branch encodes the negative prompt, and is skipped at scale 1."""
+    unconditional branch encodes the negative prompt, and is skipped at scale 1. aesthetic_scores
+    (conditional, unconditional) condition the SDXL refiner; other models have no such input."""
     if model.family.engine == "sgm":
-        return _engine_guided_model(model, prompts, negative_prompts, scale, size)
+        return _engine_guided_model(model, prompts, negative_prompts, scale, size, aesthetic_scores)
     cond = model.encode_text(prompts)
     uncond = model.encode_text(negative_prompts) if scale != 1.0 else None
     # a long prompt or negative: pad the other
@@ -20,16 +19,16 @@ def guided_model(model, prompts: list[str], negative_prompts: list[str], scale: 
     return GuidedModel(model.unet, cond, uncond, scale, model.parameterization)
 
 
-def _engine_guided_model(model, prompts, negative_prompts, scale, size) -> GuidedModel:
+def _engine_guided_model(model, prompts, negative_prompts, scale, size, aesthetic_scores) -> GuidedModel:
     """generative-models' conditioning: crossattn and the vector y (pooled text, size, crop, target or
     aesthetic score). An SDXL base's empty negative prompt is zeros (the demo's force_uc_zero_embeddings,
     AUTOMATIC1111's rule when every negative is empty); the refiner encodes even an empty one."""
-    from sd_cli.models.sdxl_conditioning import SizeConditioning, zero_text
+    from sd_cli.models.sdxl_conditioning import zero_text
 
     text = model.encode_text(prompts)
     # Every size value a generative-models YAML can ask for; each size embedder takes its own (the base
-    # its target size, the refiner its aesthetic score).
-    sizes = SizeConditioning(original_size=size, target_size=size, aesthetic_score=AESTHETIC_SCORES[0])
+    # its target size, the refiner its aesthetic score). A session applies the run's size flags.
+    sizes = model.size_conditioning(size, aesthetic_scores[0])
     if scale == 1.0:
         return GuidedModel(model.unet, text.crossattn, None, scale, model.parameterization,
                            vector=model.vector(text, sizes))
@@ -37,7 +36,7 @@ def _engine_guided_model(model, prompts, negative_prompts, scale, size) -> Guide
         uncond = zero_text(text)
     else:
         uncond = model.encode_text(negative_prompts)
-    uncond_sizes = SizeConditioning(original_size=size, target_size=size, aesthetic_score=AESTHETIC_SCORES[1])
+    uncond_sizes = model.size_conditioning(size, aesthetic_scores[1])
     cond_x, uncond_x = match_lengths(lambda batch: model.encode_text([""] * batch).crossattn, text.crossattn,
                                      uncond.crossattn)
     return GuidedModel(model.unet, cond_x, uncond_x, scale, model.parameterization,

@@ -17,13 +17,16 @@ def txt2img(model, prompts: list[str], negative_prompts: list[str], seeds: list[
 
 @torch.inference_mode()
 def txt2img_latents(model, prompts: list[str], negative_prompts: list[str], seeds: list[int],
-                    params: SamplingParams, height: int, width: int, progress: Progress | None = None) -> torch.Tensor:
-    """The denoised latents [B, 4, H/8, W/8] of txt2img, before the VAE."""
+                    params: SamplingParams, height: int, width: int, progress: Progress | None = None,
+                    noise: NoiseSource | None = None, handoff: float | None = None) -> torch.Tensor:
+    """The denoised latents [B, 4, H/8, W/8] of txt2img, before the VAE. With `handoff` (the SDXL
+    refiner's strength) the base stops early and the latents are still noisy (pipelines/refine.py);
+    `noise` is then the run's NoiseSource, which the refiner's stage goes on drawing from."""
     # 1. Text conditioning.
     guided = guided_model(model, prompts, negative_prompts, params.scale, (height, width))
     # 2. Start noise: each image's own generator, drawn on the CPU in float32.
-    noise = NoiseSource(seeds)
+    noise = NoiseSource(seeds) if noise is None else noise
     draw = noise.draw(model.family.latent_shape(height, width), model.device)
-    # 3. Denoise from the top.
-    begin = denoising.start(model, params, draw)
+    # 3. Denoise from the top (to where the refiner takes over, with a hand-off).
+    begin = denoising.start(model, params, draw, handoff=handoff)
     return denoising.denoise(model, guided, begin, noise, params, StepHooks(progress))

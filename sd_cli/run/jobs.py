@@ -53,6 +53,9 @@ class Job:
     mask: Path | None = None
     name: str | None = None  # file name inside --outdir; None: numbered samples/NNNNN.png
     line: int | None = None  # 1-based line of the prompt file it came from
+    # Values nothing gave (no flag, defaults file, --from-png or line value): the model's own replace
+    # them once it is loaded (run/render.py with_model_defaults).
+    model_defaults: frozenset[str] = frozenset()
 
     def batch_key(self) -> tuple:
         """Jobs with equal keys can share a batch (prompts, negatives and seeds may differ)."""
@@ -90,6 +93,7 @@ class Defaults:
     n_iter: int = 1
     fixed_code: bool = False
     name_template: str | None = None
+    model_defaults: frozenset[str] = frozenset()  # "scale", "sampler": given nowhere, the model's own
 
 
 # -- reading prompt files ------------------------------------------------------------------------
@@ -268,7 +272,8 @@ def _job(index: int, request: Request, defaults: Defaults, own: int, own_total: 
     values = {**defaults.values, **request.values}
     step = 0 if defaults.fixed_code else (own if "seed" in request.values else index)
     fields = {k: v for k, v in values.items() if k in Job.__dataclass_fields__ and k not in ("name", "seed")}
-    job = Job(index=index, seed=values["seed"] + step, line=request.line, **fields)
+    job = Job(index=index, seed=values["seed"] + step, line=request.line,
+              model_defaults=defaults.model_defaults - set(request.values), **fields)
     if job.sampler == "plms" and job.eta:
         place = f"{job.where}: " if job.line is not None else ""
         raise UsageError(f"{place}PLMS is deterministic and needs --eta 0; use --sampler ddim for eta > 0")
@@ -279,6 +284,7 @@ def _name(job: Job, own_name: str | None, template: str | None, own: int, own_to
     if own_name is not None:
         name = own_name if own_total == 1 else _numbered(own_name, own)
     elif template is not None:
+        _check_name_is_known(template, job)
         name = fill_name(template, job)
     else:
         return None
@@ -297,6 +303,15 @@ def _image_suffix(name: str) -> str:
 
     suffix = Path(name).suffix
     return suffix if suffix.lower() in IMAGE_FORMATS else ""
+
+
+def _check_name_is_known(template: str, job: Job) -> None:
+    """A file name must be known before the model loads (--skip-existing looks for it): a value that
+    will be the model's own default cannot be in it."""
+    for key in sorted(job.model_defaults):
+        if re.search(r"\{" + key + r"[}:!]", template):
+            raise UsageError(f"--name {template}: {{{key}}} is the model's own default when {key} is not given "
+                             f"(SDXL's differs from SD's); pass --{key} to name files by it")
 
 
 def fill_name(template: str, job: Job) -> str:

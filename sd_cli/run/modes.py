@@ -23,16 +23,22 @@ class Mode:
         return job.height or family.native_size, job.width or family.native_size
 
     def passes(self, request, job) -> int:
-        """Sampling passes of a batch (progress counts them)."""
-        return 1
+        """Sampling passes of a batch (progress counts them): the refiner samples after the base."""
+        return 2 if request.refining is not None else 1
 
     def announce(self, family) -> None:
         """What the run should say about how this mode will work with this model."""
 
     def render(self, model, request, job, init, prompts, negatives, seeds, params, progress):
+        if request.refining is not None:
+            from sd_cli.pipelines.refine import img2img_refined
+
+            return img2img_refined(model, model.refiner, init, prompts, negatives, seeds, params, job.strength,
+                                   request.refining, progress)
         from sd_cli.pipelines.img2img import img2img
 
-        return img2img(model, init, prompts, negatives, seeds, params, job.strength, progress)
+        return img2img(model, init, prompts, negatives, seeds, params, job.strength, progress,
+                       aesthetic_scores=request.aesthetic_scores)
 
     def finish(self, request, batch, images: list) -> list:
         """The batch's uint8 images as they are written."""
@@ -43,7 +49,7 @@ class Txt2Img(Mode):
     name = "txt2img"
 
     def passes(self, request, job) -> int:
-        return 2 if request.hires is not None and job.init_img is None else 1
+        return 2 if request.hires is not None and job.init_img is None else super().passes(request, job)
 
     def render(self, model, request, job, init, prompts, negatives, seeds, params, progress):
         if init is not None:
@@ -53,6 +59,11 @@ class Txt2Img(Mode):
             from sd_cli.pipelines.hires import txt2img_hires
 
             return txt2img_hires(model, prompts, negatives, seeds, params, height, width, request.hires, progress)
+        if request.refining is not None:
+            from sd_cli.pipelines.refine import txt2img_refined
+
+            return txt2img_refined(model, model.refiner, prompts, negatives, seeds, params, height, width,
+                                   request.refining, progress)
         from sd_cli.pipelines.txt2img import txt2img
 
         return txt2img(model, prompts, negatives, seeds, params, height, width, progress)

@@ -15,22 +15,39 @@ import torch
 
 # RGB ≈ Σ_c latent[c] · LATENT_RGB[c] for the SD 1.x/2.x VAE, on latents as the samplers hold them
 # (scaled by the model's scale factor), giving roughly [-1, 1]: the widely published linear
-# approximation of that VAE's decoder, as a table of our own. The built-in model's VAE was trained
-# apart from SD's, so its previews show layout and brightness more than true colour.
+# approximation of that VAE's decoder, as a table of our own.
 LATENT_RGB = (
     (0.298, 0.207, 0.208),
     (0.187, 0.286, 0.173),
     (-0.158, 0.189, 0.264),
     (-0.184, -0.271, -0.473),
 )
+NO_BIAS = (0.0, 0.0, 0.0)
+SD_PROJECTION = (LATENT_RGB, NO_BIAS)
+# The built-in model's VAE was trained apart from SD's, so it has a table of its own, with a constant:
+# fitted by builtin_model/preview_table.py (least squares over 256 encoded scenes); on held-out
+# scenes it halves the error of SD's table (docs/builtin-model.md#the-live-preview).
+BUILTIN_LATENT_RGB = (
+    ((0.561, 0.919, 0.887), (0.214, 0.148, -0.181), (0.059, 1.26, 1.66), (-0.446, -0.766, 0.096)),
+    (0.102, -0.319, -0.233),
+)
 EVERY = 5  # steps between rewrites; the last step of each pass is always written
 
 
-def latent_to_rgb(latent: torch.Tensor) -> np.ndarray:
-    """A [4, h, w] latent as an [h, w, 3] uint8 picture: the projection's [-1, 1] mapped to 0..255."""
-    factors = torch.tensor(LATENT_RGB, dtype=torch.float32)
-    rgb = torch.einsum("chw,cr->hwr", latent.detach().float().cpu(), factors)
+def latent_to_rgb(latent: torch.Tensor, projection=SD_PROJECTION) -> np.ndarray:
+    """A [4, h, w] latent as an [h, w, 3] uint8 picture: latent · table + bias, its [-1, 1] mapped to 0..255."""
+    table, bias = projection
+    factors = torch.tensor(table, dtype=torch.float32)
+    rgb = torch.einsum("chw,cr->hwr", latent.detach().float().cpu(), factors) + torch.tensor(bias, dtype=torch.float32)
     return ((rgb.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
+
+
+def projection_for(checkpoint_path) -> tuple:
+    """The built-in model's own table for its file; SD's for every other checkpoint."""
+    from sd_cli.loading.packaged import builtin_checkpoint
+
+    same = checkpoint_path is not None and Path(checkpoint_path).resolve() == builtin_checkpoint().resolve()
+    return BUILTIN_LATENT_RGB if same else SD_PROJECTION
 
 
 class Preview:
@@ -58,7 +75,8 @@ class Preview:
             return
         from sd_cli.files.output import save_image
 
-        save_image(latent_to_rgb(self.predicted_x0(session)), self.path)  # atomic: a viewer never sees half a file
+        picture = latent_to_rgb(self.predicted_x0(session), projection_for(session.checkpoint_path))
+        save_image(picture, self.path)  # atomic: a viewer never sees half a file
 
     def predicted_x0(self, session) -> torch.Tensor:
         """The first image's x̂₀ [4, h, w] from the latest UNet call (input x_t = √ᾱ·x₀ + √(1-ᾱ)·ε)."""

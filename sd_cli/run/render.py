@@ -8,14 +8,14 @@ The jobs (one per image, from jobs.py) carry their own seed and file name. So:
 """
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
 from sd_cli import log
 from sd_cli.run import distributed, modes
 from sd_cli.errors import OutputError, PartialFailure, SdCliError, UsageError
-from sd_cli.fields import LORA_DIR
+from sd_cli.fields import AESTHETIC_SCORES, LORA_DIR
 from sd_cli.files.writer import ImageWriter
 from sd_cli.run.jobs import Job
 
@@ -57,7 +57,14 @@ class RunRequest:
     hires: "HiresOptions | None" = None  # txt2img --hires-scale/--hires-steps/--hires-strength (hires.py)
     random_seed: int | None = None  # the seed drawn when none was given, announced when the run starts
     preview: Path | None = None  # --preview: a small PNG of the batch being sampled, rewritten every few steps (preview.py)
+    # -- the SDXL refiner (pipelines/refine.py)
+    refiner: Path | None = None  # --refiner: the SDXL refiner file the base hands over to
+    refiner_config: Path | None = None  # --refiner-config; None: a YAML beside it, else detected
+    refining: "RefinerOptions | None" = None  # its strength, steps and scores; set exactly when refiner is
+    aesthetic_scores: tuple[float, float] = AESTHETIC_SCORES  # --aesthetic-score, --negative-aesthetic-score
     on_step: "Callable[[int, int], None] | None" = None  # told (done, total) after every step; may raise to stop
+    xy: "Plot | None" = None  # --xy: the X/Y/Z plot the jobs are the cells of (plot.py); its grid replaces the plain one
+    size_flags: "SizeFlags | None" = None  # SDXL's --original-*, --crop-*, --target-* (models/sdxl_conditioning.py)
 
 
 @dataclass
@@ -132,11 +139,13 @@ def _render_jobs(request: RunRequest, jobs: list[Job], targets: dict, rank, repo
     if request.on_error == "stop":  # a bad input fails before the model loads
         modes.mode_of(request).read_input(request, jobs[0])
     session = _load(request, rank)
+    jobs = with_model_defaults(jobs, session.family)
     _check_model_fits(request, session.family)
     if request.random_seed is not None:  # announced once the inputs and the model are known to be good
         log.info(f"seed {request.random_seed} (random; pass --seed {request.random_seed} to repeat this run)")
     writer = ImageWriter(request, session, targets, report.written, grid=_grid_wanted(request, rank))
-    log.info(f"{len(jobs)} image(s), {_describe(jobs)}, {str(session.dtype).replace('torch.', '')} "
+    settings = _describe(jobs, "cell" if request.xy else "line")
+    log.info(f"{len(jobs)} image(s), {settings}, {str(session.dtype).replace('torch.', '')} "
              f"on {session.device}" + (f" (rank {rank.rank} of {rank.world})" if rank.distributed else ""))
     done = 0
     try:
@@ -147,7 +156,7 @@ def _render_jobs(request: RunRequest, jobs: list[Job], targets: dict, rank, repo
                 images, seconds = _try_batch(session, request, batch, report, step)
                 if images is not None:
                     progress.end()
-                    writer.add(batch, _finished(request, batch, images), seconds)
+                    writer.add(batch, _finished(request, batch, images, float_mark_of(request, session)), seconds)
                 del images
         writer.finish()
     except KeyboardInterrupt:
@@ -162,6 +171,14 @@ def _render_jobs(request: RunRequest, jobs: list[Job], targets: dict, rank, repo
         session.loras.restore()  # the weights as loaded, whatever happened
 
 
+def with_model_defaults(jobs: list[Job], family) -> list[Job]:
+    """The jobs with the model's own value wherever nothing gave one (Job.model_defaults): SDXL's
+    guidance 5.0 and Euler, SD's 7.5 and DDIM (models/families/)."""
+    own = {"scale": family.default_scale, "sampler": family.default_sampler}
+    return [replace(job, **{key: own[key] for key in job.model_defaults}) if job.model_defaults else job
+            for job in jobs]
+
+
 def _resume_hint(targets: dict) -> str:
     """How to finish an interrupted run: --skip-existing needs file names fixed in advance."""
     if all(path is not None for path in targets.values()):
@@ -170,14 +187,14 @@ def _resume_hint(targets: dict) -> str:
             "or add --name \"{index:05}-{seed}.png\" so that a rerun with --skip-existing finishes")
 
 
-def _describe(jobs: list[Job]) -> str:
-    """The run's settings; one that prompt-file lines set differently is said to vary."""
+def _describe(jobs: list[Job], varies_by: str = "line") -> str:
+    """The run's settings; one that prompt-file lines (or --xy's cells) set differently is said to vary."""
     settings = {"sampler": lambda j: j.sampler, "steps": lambda j: f"{j.steps} steps",
                 "scale": lambda j: f"scale {j.scale}",
                 "size": lambda j: f"{j.width}x{j.height}" if j.width and j.height else "native size"}
     shared = [value(jobs[0]) for value in settings.values() if len({value(j) for j in jobs}) == 1]
     varying = [name for name, value in settings.items() if len({value(j) for j in jobs}) > 1]
-    return ", ".join(shared + ([f"{', '.join(varying)} per line"] if varying else []))
+    return ", ".join(shared + ([f"{', '.join(varying)} per {varies_by}"] if varying else []))
 
 
 def _passes(request: RunRequest, job: Job) -> int:
@@ -186,9 +203,12 @@ def _passes(request: RunRequest, job: Job) -> int:
 
 
 def _grid_wanted(request: RunRequest, rank) -> bool:
-    """The original's grid: only in the numbered layout of a plain (single-process) run."""
+    """The original's grid: only in the numbered layout of a plain (single-process) run; an --xy plot's
+    grid also beside named images (the names say which cell is which, the grid compares them)."""
+    if request.skip_grid or rank.distributed:
+        return False
     named = request.output is not None or any(job.name for job in request.jobs)
-    return not (request.skip_grid or named or rank.distributed)
+    return request.xy is not None or not named
 
 
 def batches(jobs: list[Job], size: int) -> list[list[Job]]:
@@ -205,7 +225,7 @@ def batches(jobs: list[Job], size: int) -> list[list[Job]]:
 def _load(request: RunRequest, rank):
     """The model and this run's options beside it (run.session.Session)."""
     from sd_cli.runtime.device import resolve_device, resolve_dtype
-    from sd_cli.loading.loader import load_model
+    from sd_cli.loading.loader import load_prepared, prepare_checkpoint
     from sd_cli.loading.locations import resolve_checkpoint
     from sd_cli.loading.lora import LoraMerger
     from sd_cli.prompting.prompts import text_options
@@ -222,8 +242,13 @@ def _load(request: RunRequest, rank):
         check_device(device, dtype)
     offload = _wants_offload(request, device)
     started = time.perf_counter()
-    loaded = load_model(checkpoint, request.config, device=device, dtype=dtype, use_ema=request.ema, offload=offload,
-                        mode=request.mode)
+    prepared = prepare_checkpoint(checkpoint, request.config, mode=request.mode)
+    refiner = None
+    if request.refiner is not None:  # both files are known to be right before either's weights load
+        from sd_cli.run.refiner import prepare_refiner
+
+        refiner = prepare_refiner(request, prepared)
+    loaded = load_prepared(prepared, device=device, dtype=dtype, use_ema=request.ema, offload=offload)
     log.info(f"loaded {checkpoint} in {time.perf_counter() - started:.1f}s")
     text = text_options(loaded.model.text_towers[0], request.emphasis, request.clip_skip, request.embeddings)
     if request.vae is not None:
@@ -241,7 +266,12 @@ def _load(request: RunRequest, rank):
         from sd_cli.runtime.openvino_backend import use_openvino
 
         use_openvino(loaded.model, lambda: _weights_key(request, checkpoint, merger))
-    return Session(loaded, text, merger, vae_tiling=request.vae_tiling)
+    session = Session(loaded, text, merger, vae_tiling=request.vae_tiling, size_flags=request.size_flags)
+    if refiner is not None:
+        from sd_cli.run.refiner import load_refiner
+
+        session.refiner = load_refiner(request, refiner, session, device, dtype, offload)
+    return session
 
 
 def _weights_key(request: RunRequest, checkpoint: Path, merger) -> str:
@@ -329,19 +359,38 @@ def _apply_loras(session, request: RunRequest, batch: list[Job]) -> list[str]:
 def _check_model_fits(request: RunRequest, family) -> None:
     """Before any rendering: the model must serve the subcommand; inpaint says how it will work."""
     family.check_serves(request.mode)
-    if family.engine == "sgm" and request.watermark:
-        raise UsageError(f"{family.description} images carry generative-models' own watermark (a 48-bit "
-                         "message embedded in the float image), which sd_cli does not write yet; pass "
-                         "--no-watermark to render without one")
+    _check_size_flags(request, family)
     modes.mode_of(request).announce(family)
 
 
-def _finished(request: RunRequest, batch: list[Job], decoded) -> list:
-    """The batch's images as uint8 [H, W, 3] arrays; inpaint: the padding cropped and the kept
-    pixels pasted back, in uint8 so that they stay exact."""
+def _check_size_flags(request: RunRequest, family) -> None:
+    """SDXL's size and crop flags need a model conditioned on those values."""
+    from sd_cli.fields import flag
+
+    unused = request.size_flags.unused_by(family.size_inputs) if request.size_flags else []
+    if unused:
+        taken = f"it takes {', '.join(family.size_inputs)}" if family.size_inputs else "it has no size conditioning"
+        raise UsageError(f"{', '.join(flag(name) for name in unused)}: {family.description} is not conditioned on "
+                         f"{'this value' if len(unused) == 1 else 'these values'} ({taken}); drop "
+                         f"{'it' if len(unused) == 1 else 'them'}")
+
+
+def _finished(request: RunRequest, batch: list[Job], decoded, float_mark: str | None) -> list:
+    """The batch's images as uint8 [H, W, 3] arrays, carrying `float_mark` where one is embedded before
+    quantisation (float_mark_of); inpaint: the padding cropped and the kept pixels pasted back, in
+    uint8 so that they stay exact."""
     from sd_cli.files.images import to_uint8
 
-    return modes.mode_of(request).finish(request, batch, to_uint8(decoded))
+    return modes.mode_of(request).finish(request, batch, to_uint8(decoded, float_mark))
+
+
+def float_mark_of(request: RunRequest, session) -> str | None:
+    """The watermark to embed in the float image (generative-models' models), or None; the writer
+    embeds the others in the uint8 image (files/writer.py)."""
+    from sd_cli.files.watermark import embeds_in_float
+
+    text = session.model.watermark_text
+    return text if request.watermark and embeds_in_float(text) else None
 
 
 def _finish(report: RunReport, rank, resumable: bool) -> None:
@@ -384,4 +433,5 @@ def render_images(session, request: RunRequest, batch: list[Job]) -> list:
     written, no progress shown (request.on_step hears every step). The batch's LoRAs stay merged: the
     caller restores the weights (session.loras.restore())."""
     _check_model_fits(request, session.family)
-    return _finished(request, batch, _render_batch(session, request, batch, lambda done, total: None))
+    return _finished(request, batch, _render_batch(session, request, batch, lambda done, total: None),
+                     float_mark_of(request, session))

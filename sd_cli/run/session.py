@@ -13,6 +13,7 @@ import torch
 from sd_cli.loading.loader import LoadedModel
 from sd_cli.loading.lora import LoraMerger
 from sd_cli.models.families import ModelFamily
+from sd_cli.models.sdxl_conditioning import SizeConditioning, SizeFlags
 from sd_cli.prompting.prompts import TextOptions
 
 
@@ -22,6 +23,8 @@ class Session:
     text: TextOptions  # --emphasis, --clip-skip, --embeddings
     loras: LoraMerger  # merges each batch's LoRAs (--lora, <lora:...>) and restores the weights
     vae_tiling: bool = False  # --vae-tiling: encode and decode in overlapping tiles (runtime/tiling.py)
+    refiner: "Session | None" = None  # --refiner: the SDXL refiner beside its base (run/refiner.py)
+    size_flags: SizeFlags | None = None  # SDXL's --original-*, --crop-*, --target-*; None: the demo's defaults
 
     @property
     def model(self):
@@ -77,8 +80,16 @@ class Session:
         """SDXL's vector y from its text conditioning and size conditioning (models/diffusion_engine.py)."""
         return self.model.vector(text, sizes)
 
+    def size_conditioning(self, size: tuple[int, int], aesthetic_score: float | None) -> SizeConditioning:
+        """SDXL's size conditioning of an image of size (height, width), with the run's flags."""
+        return (self.size_flags or SizeFlags()).conditioning(size, aesthetic_score)
+
     def encode_image(self, image: torch.Tensor) -> torch.Tensor:
         return self.model.encode_image(image, tiled=self.vae_tiling)
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         return self.model.decode_latents(latents, tiled=self.vae_tiling)
+
+    def make_room(self) -> None:
+        """--offload: the model's part on the device goes back to host memory (models/latent_diffusion.py)."""
+        self.model.make_room()

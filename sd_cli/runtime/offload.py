@@ -90,6 +90,12 @@ class ModelOffload:
         self.resident = name
         self.moves.append(name)
 
+    def release(self) -> None:
+        """No part on the execution device: another model runs there next (the SDXL refiner)."""
+        if self.resident is not None:
+            self.offloaded[self.resident].move_out()
+            self.resident = None
+
 
 def enable_offload(model, device) -> None:
     """Keep `model` (loaded on the CPU) there, running each part on `device` in turn."""

@@ -13,7 +13,11 @@
 
 A mode's StartRule states where it departs from img2img, as the original scripts do: inpainting
 generates from the draw alone at strength 1; depth2img caps t_enc at steps - 1 and starts from the
-draw alone there, one index below the top.
+draw alone there, one index below the top; the SDXL refiner continues the base's still-noisy latent
+without adding noise (REFINER).
+
+`handoff` (generative-models' models only) is the refiner's strength: the base's schedule stops
+where the refiner takes over (sgm.txt2noisy_sigmas), and its latent is handed over undecoded.
 """
 
 from dataclasses import dataclass
@@ -47,11 +51,15 @@ class StartRule:
     draw_alone_at_full: bool = False  # strength 1, original samplers: the draw alone, not x₀ noised
     k_draw_alone_at_full: bool = False  # the same for the k-diffusion samplers (ε·σ_max)
     cap_index: bool = False  # t_enc = min(int(strength · steps), steps - 1), also for the draw alone
+    add_noise: bool = True  # False: x₀ is already noisy (the refiner's hand-off); the draw is made but unused
 
 
 IMG2IMG = StartRule()
 INPAINT = StartRule(draw_alone_at_full=True, k_draw_alone_at_full=True)
 DEPTH2IMG = StartRule(draw_alone_at_full=True, cap_index=True)
+# The demo's refiner after the base (do_img2img with add_noise=False): it still draws its img2img noise
+# (randn_like), so the draw is made and the ancestral samplers' later draws follow the demo's order.
+REFINER = StartRule(add_noise=False)
 
 
 @dataclass(frozen=True)
@@ -69,10 +77,13 @@ def is_k_sampler(params: SamplingParams) -> bool:
 
 
 def start(model, params: SamplingParams, draw: torch.Tensor, x0: torch.Tensor | None = None,
-          strength: float = 1.0, rule: StartRule = IMG2IMG) -> Start:
-    """The start of a run: draw [B, 4, h, w] is each image's first draw; x0 the image latent (None: txt2img)."""
+          strength: float = 1.0, rule: StartRule = IMG2IMG, handoff: float | None = None) -> Start:
+    """The start of a run: draw [B, 4, h, w] is each image's first draw; x0 the image latent (None: txt2img);
+    handoff: the refiner's strength, where the base stops (None: it denoises to the end)."""
     if model.family.engine == "sgm":
-        return _sgm_start(model, params, draw, x0, strength)
+        return _sgm_start(model, params, draw, x0, strength, rule, handoff)
+    if handoff is not None or not rule.add_noise:
+        raise UsageError(f"the refiner hand-off is generative-models' (SDXL); {model.family.description} has none")
     if is_k_sampler(params):
         return _k_start(model, params, draw, x0, strength, rule)
     return _original_start(model, params, draw, x0, strength, rule)
@@ -98,7 +109,7 @@ def _k_start(model, params, draw, x0, strength, rule: StartRule) -> Start:
     return Start(x0 + draw * float(sigmas[0]), sigmas=sigmas)
 
 
-def _sgm_start(model, params, draw, x0, strength) -> Start:
+def _sgm_start(model, params, draw, x0, strength, rule: StartRule, handoff: float | None) -> Start:
     if not is_k_sampler(params):
         raise UsageError(f"{model.family.description} samples as generative-models does: use one of its samplers "
                          "(euler, euler_a, heun, dpmpp_2m, dpmpp_2s_a, lms, ...), not the original "
@@ -106,9 +117,14 @@ def _sgm_start(model, params, draw, x0, strength) -> Start:
     if samplers.choose(params.sampler).sampler.denoiser != "k":
         raise UsageError(f"{params.sampler} needs its own denoiser, which generative-models' models do not have")
     sigmas = sgm_sigmas(model, params)
+    if x0 is not None:
+        sigmas = sgm.img2img_sigmas(sigmas, strength)
+    if handoff is not None:  # the demo wraps img2img's cut in the hand-off's: both apply
+        sigmas = sgm.txt2noisy_sigmas(sigmas, handoff, params.steps)
     if x0 is None:
         return Start(draw * sgm.start_scale(float(sigmas[0])), sigmas=sigmas)
-    sigmas = sgm.img2img_sigmas(sigmas, strength)
+    if not rule.add_noise:
+        return Start(x0, sigmas=sigmas)
     return Start(x0 + draw * float(sigmas[0]), sigmas=sigmas)
 
 

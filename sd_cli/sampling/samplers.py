@@ -33,6 +33,9 @@ SCHEDULES = {s.id: s for s in (
     Schedule("edm", "EDM"),  # generative-models' EDM discretization (sgm models only)
     Schedule("turbo", "Turbo"),  # SDXL-Turbo / SD-Turbo's timestep subset (sgm models only)
 )}
+# The sampler a generative-models schedule runs with when --schedule comes without --sampler: the
+# demo's EulerEDMSampler for EDM, turbo.py's SubstepSampler over EulerAncestralSampler for Turbo.
+SCHEDULE_SAMPLERS = {"edm": "euler", "turbo": "euler_a"}
 
 
 @dataclass(frozen=True)
@@ -188,6 +191,18 @@ def choose(name: str, schedule: str | None = None) -> Choice:
 
 def canonical(name: str, schedule: str | None = None) -> str:
     return choose(name, schedule).name
+
+
+def completion_names() -> dict[str, str]:
+    """{name: what it is} for shell completion: the ids, AUTOMATIC1111's labels and aliases, and
+    stable-diffusion.cpp's spellings (its label in lower case, " a" as "_a", no spaces: "dpm++2m")."""
+    names = {spec.id: spec.label for spec in SAMPLERS.values()}
+    for spec in SAMPLERS.values():
+        sd_cpp = spec.label.lower().replace(" a", "_a").replace(" ", "")
+        for name in (spec.label, *spec.aliases, sd_cpp):
+            if name not in names and canonical(name) == spec.id:
+                names[name] = f"= {spec.id}"
+    return names
 
 
 def label(name: str) -> str:

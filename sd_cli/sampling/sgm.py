@@ -11,6 +11,9 @@ The samplers are the k-diffusion ones (k_samplers.py); what differs from the SD 
   Turbo's subset of the 1000-step list (t = 999, 899, 799, 699; 1-4 steps) are the others.
 - txt2img starts from n·sqrt(1 + σ₀²), not n·σ₀; img2img keeps the max(int(strength·(S+1)), 1)
   smallest of the S + 1 σ (the final 0 included) and starts from z + n·σ₀.
+- The refiner hand-off (the demo's "Finish denoising with refiner"): the base's σ lose their smallest
+  ones (Txt2NoisyDiscretizationWrapper, txt2noisy_sigmas) and the refiner runs img2img's share of its
+  own σ from the base's still-noisy latent, adding no noise.
 
 σ values are float32, as the reference computes them; the samplers read them as Python floats.
 """
@@ -79,6 +82,17 @@ def img2img_sigmas(sigmas: torch.Tensor, strength: float) -> torch.Tensor:
     """Img2ImgDiscretizationWrapper: the max(int(strength · len), 1) smallest σ, still descending."""
     keep = max(int(strength * len(sigmas)), 1)
     return sigmas[len(sigmas) - keep:]
+
+
+def txt2noisy_sigmas(sigmas: torch.Tensor, strength: float, steps: int) -> torch.Tensor:
+    """Txt2NoisyDiscretizationWrapper(strength, original_steps=steps): without the
+    max(min(int(strength · (steps + 1)) - 1, steps), 0) smallest σ, still descending.
+
+    0.15 of 20 steps drops σ = 0 and t = 49: the base stops at t = 99 after 18 steps. The demo's
+    wrapper counts steps + 1 even when img2img has already cut the list; where that would drop every
+    σ (the demo then fails on an empty list) the largest is kept and the base runs no step."""
+    drop = max(min(int(strength * (steps + 1)) - 1, steps), 0)
+    return sigmas[:max(len(sigmas) - drop, 1)]
 
 
 def start_scale(sigma_0: float) -> float:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from sd_cli import log
 from sd_cli.errors import SdCliError, UsageError
+from sd_cli.fields import AESTHETIC_SCORES
 
 SERVER_TIMEOUT_S = 3600  # one request is one batch; a long batch on a slow device is not a failure
 
@@ -32,6 +33,9 @@ LOCAL_ONLY = {
     "--emphasis none": lambda r: r.emphasis != "original", "--embeddings": lambda r: r.embeddings is not None,
     "--no-watermark": lambda r: not r.watermark, "--device": lambda r: r.device != "auto",
     "--precision": lambda r: r.precision != "auto",
+    # the SDXL refiner: the server loads one model
+    "--refiner": lambda r: r.refiner is not None,
+    "--aesthetic-score": lambda r: r.aesthetic_scores != AESTHETIC_SCORES,
 }
 
 
@@ -93,6 +97,8 @@ def run_remote(request, server: str):
 def _check_sendable(request) -> None:
     if request.mode not in SERVED_MODES:
         raise UsageError(f"--server renders {', '.join(SERVED_MODES)}; run {request.mode} locally (drop --server)")
+    if request.xy is not None:
+        raise UsageError("--xy's labelled grid is drawn by a local run; drop --server (or --xy)")
     if request.mode == "inpaint":
         _check_inpaint_sendable(request)
     given = [flag for flag, is_set in LOCAL_ONLY.items() if is_set(request)]

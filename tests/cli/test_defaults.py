@@ -83,7 +83,7 @@ def test_help_shows_the_defaults_in_force(capsys, defaults_file, monkeypatch):
 @pytest.mark.parametrize("text, message", [
     ("stpes = 3\n", "unknown key 'stpes'; did you mean steps?"),
     ("steps = 'many'\n", "shared key steps = 'many': "),
-    ("[txt2img]\nstrength = 0.5\n", "[txt2img] has unknown key 'strength'; did you mean hires-strength?"),
+    ("[txt2img]\nstrength = 0.5\n", "[txt2img] has unknown key 'strength'; did you mean hires-strength or refiner-strength?"),
     ("[txt2im]\nsteps = 3\n", "unknown table [txt2im]; the tables are [txt2img], [img2img], [inpaint], [depth2img]"),
     ("steps = [\n", "is not valid TOML"),
 ])

@@ -39,6 +39,22 @@ def test_img2img_flags_of_stable_diffusion_cpp(parse):
     assert theirs["init_img"] == Path("in.png") and theirs["strength"] == 0.4
 
 
+@pytest.mark.parametrize("value, clip_skip", [("-1", None), ("2", 2)])
+def test_stable_diffusion_cpp_clip_skip_minus_one_is_the_models_own(capsys, monkeypatch, no_defaults_file, value, clip_skip):
+    import sd_cli.run.render
+
+    made = []
+    monkeypatch.setattr(sd_cli.run.render, "run", made.append)
+    code, _, err = cli(capsys, "txt2img", "x", "--clip-skip", value, "--seed", "1")
+    assert (code, err) == (0, "")
+    assert made[0].clip_skip == clip_skip
+
+
+def test_clip_skip_zero_says_what_it_takes(capsys, no_defaults_file):
+    code, out, err = cli(capsys, "txt2img", "x", "--clip-skip", "0", "--seed", "1")
+    assert (code, out, err) == (2, "", "error: --clip-skip must be at least 1 (or -1 for the model's own layer), got 0\n")
+
+
 def test_prompt_file_keys_are_flags(parse):
     keys = parse("img2img", "x", "--negative_prompt", "blurry", "--cfg_scale", "5", "--sampler_name", "Euler a",
                  "--batch_size", "2", "--denoising_strength", "0.3", "--init_image", "in.png", "--ddim_steps", "9")
@@ -145,7 +161,8 @@ def test_txt2img_help_panels_essentials_first_and_short(help_text):
     text = help_text("txt2img")
     lines = text.splitlines()
     assert panel_titles(text) == ["Arguments", "Essentials", "Batch and prompt files", "Quality and speed",
-                                  "Automation and output", "Original scripts' flags", "CPU backend",
+                                  "Automation and output", "Original scripts' flags", "SDXL and its refiner",
+                                  "CPU backend",
                                   "Other spellings: the original scripts, stable-diffusion.cpp, AUTOMATIC1111 "
                                   "(same meaning)"]
     before_aliases = next(i for i, line in enumerate(lines) if "Original scripts' flags" in line)
@@ -202,6 +219,14 @@ def test_verify_json_help_names_the_fields_it_prints(help_text, capsys, tmp_path
     assert "the fields of txt2img --json" not in described
     for key in record:
         assert key in described, key
+
+
+def test_xy_is_one_line_in_the_batch_panel(help_text):
+    lines = help_text("txt2img").splitlines()
+    batch = lines.index(next(line for line in lines if "Batch and prompt files" in line))
+    end = next(i for i in range(batch + 1, len(lines)) if lines[i].startswith("╰"))
+    xy = [line for line in lines[batch:end] if "--xy" in line]
+    assert len(xy) == 1 and "X/Y/Z plot: every combination of FIELD=V1,V2 axes (1-3), one grid." in xy[0]
 
 
 def test_n_samples_help_says_what_it_does_with_a_prompt_file(help_text):

@@ -63,7 +63,7 @@ def test_render_that_cannot_carry_the_mark_says_so(run_cli, sd1_ckpt, tmp_path, 
     from sd_cli.run import render
 
     yellow = np.full((256, 256, 3), (255, 255, 0), np.uint8)
-    monkeypatch.setattr(render, "_finished", lambda request, batch, decoded: [yellow for _ in batch])
+    monkeypatch.setattr(render, "_finished", lambda request, batch, decoded, float_mark: [yellow for _ in batch])
     out = tmp_path / "yellow.png"
     assert run_cli("txt2img", "x", "--ckpt", sd1_ckpt, "--steps", "2", "--H", "64", "--W", "64", "-o", out).code == 0
     reason = "dwtDct could not carry 'StableDiffusionV1' in this image: it read back at 0.50 when written"

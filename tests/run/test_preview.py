@@ -60,3 +60,32 @@ def test_preview_must_be_a_png(run_cli, tmp_path):
     result = run_cli("txt2img", "a cat", "--seed", "1", "--preview", tmp_path / "p.jpg", "-o", tmp_path / "a.png")
     assert result.code == 2
     assert result.stderr == f"error: --preview {tmp_path / 'p.jpg'}: the preview is a PNG; give a name ending in .png\n"
+
+
+def test_the_builtin_model_has_its_own_table_with_a_constant():
+    from sd_cli.loading.packaged import builtin_checkpoint
+
+    assert preview.projection_for(builtin_checkpoint()) is preview.BUILTIN_LATENT_RGB
+    assert preview.projection_for("checkpoints/v1-5.safetensors") is preview.SD_PROJECTION
+    latent = torch.zeros(4, 1, 2)
+    latent[0, 0, 1] = 1.0  # channel 0's row plus the constant: (0.663, 0.6, 0.654)
+    rgb = preview.latent_to_rgb(latent, preview.BUILTIN_LATENT_RGB)
+    assert rgb[0, 0].tolist() == [141, 87, 98]  # the constant alone: round((1 + (0.102, -0.319, -0.233)) * 127.5)
+    assert rgb[0, 1].tolist() == [212, 204, 211]
+
+
+def test_builtin_previews_are_closer_to_the_image_with_its_table(run_cli, tmp_path, monkeypatch):
+    """The last preview (x̂₀ of the last step) against the image it becomes, averaged over each 8x8 cell."""
+    args = ["a red circle on a blue background", "--seed", "7", "--steps", "10", "--progress", "none"]
+
+    def preview_error(name: str) -> float:
+        shown = tmp_path / f"{name}.png"
+        assert run_cli("txt2img", *args, "-o", tmp_path / f"{name}-image.png", "--preview", shown).code == 0
+        image = np.asarray(Image.open(tmp_path / f"{name}-image.png").convert("RGB"), dtype=np.float64)
+        cells = image.reshape(16, 8, 16, 8, 3).mean(axis=(1, 3))
+        return float(np.abs(np.asarray(Image.open(shown), dtype=np.float64) - cells).mean())
+
+    own = preview_error("own")
+    monkeypatch.setattr(preview, "projection_for", lambda path: preview.SD_PROJECTION)
+    sd = preview_error("sd")
+    assert own < 0.75 * sd, (own, sd)

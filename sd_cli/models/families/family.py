@@ -3,6 +3,7 @@
 from dataclasses import dataclass
 
 from sd_cli.errors import UsageError
+from sd_cli.fields import default
 
 # What a subcommand says when the model cannot serve it: {channels}, {description}, {alternative}.
 REFUSALS = {
@@ -33,6 +34,12 @@ class ModelFamily:
     zero_empty_negative: bool = False  # an empty negative prompt is zeros, not encoded (the SDXL base demo)
     engine: str = "ldm"  # whose original code it follows: "ldm" (CompVis/Stability scripts) or "sgm" (generative-models)
     vae_downsampling: int = 8  # image side / latent side
+    aesthetic_conditioned: bool = False  # the YAML conditions on an aesthetic score (the SDXL refiner)
+    # What a run uses where neither the command line, the defaults file, --from-png nor a prompt-file
+    # line gives a value (run/render.py with_model_defaults): the original code's own.
+    default_scale: float = default("scale")
+    default_sampler: str = default("sampler")
+    size_inputs: tuple[str, ...] = ()  # generative-models' size embedders' input keys ("original_size_as_tuple", ...)
 
     def latent_shape(self, height: int, width: int) -> tuple[int, int, int]:
         """(channels, h, w) of the latent of a height x width image."""

@@ -10,6 +10,10 @@ _SETUPS = {
     "sdxl-refiner": ("sdxl-refiner", "SDXL refiner", 1024),
     "sgm-openclip": ("sd-turbo", "SD 2.1 (generative-models layout, e.g. SD-Turbo)", 512),
 }
+# The demo's defaults (scripts/demo/streamlit_helpers.py): VanillaCFG's cfg-scale 5.0, EulerEDMSampler
+# (s_churn 0: Euler) over the legacy DDPM discretization.
+DEMO_SCALE = 5.0
+DEMO_SAMPLER = "euler"
 SDXL_WATERMARK = "0xB3EC907BB19E"  # sgm.inference.helpers' 48-bit message, embedded in the float image
 
 
@@ -18,6 +22,8 @@ def decide(config) -> ModelFamily | None:
     if setup is None:
         return None
     name, description, native_size = setup
+    size_inputs = tuple(str(entry.get("input_key")) for entry in config.text_params["emb_models"]
+                        if str(entry.get("target", "")).endswith(".ConcatTimestepEmbedderND"))
     return ModelFamily(
         name=name,
         description=description,
@@ -29,4 +35,9 @@ def decide(config) -> ModelFamily | None:
         watermark_text=SDXL_WATERMARK,
         zero_empty_negative=name == "sdxl",  # the demo's force_uc_zero_embeddings; refiner and SD-Turbo encode
         engine="sgm",
+        aesthetic_conditioned=any(entry.get("input_key") == "aesthetic_score"
+                                  for entry in config.text_params.get("emb_models", ())),
+        default_scale=DEMO_SCALE,
+        default_sampler=DEMO_SAMPLER,
+        size_inputs=size_inputs,
     )

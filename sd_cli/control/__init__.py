@@ -1,0 +1,1 @@
+"""ControlNet: hints, units and how they steer the UNet."""
