@@ -5,6 +5,7 @@
     python -m benchmarks --only gpu-step --device cuda
     python -m benchmarks --only attention --precision bf16   # CPU attention candidates (bench_attention.py)
     python -m benchmarks --only unet-call --device cuda --rounds 8 --groupnorm-variants   # bench_unet_call.py
+    python -m benchmarks --only peers --rounds 2   # CPU: sd_cli, its OpenVINO backend, diffusers, OpenVINO, sd.cpp (peers.py)
 
 Speed does not depend on weight values, so the checkpoints are full-size SD 1.5 layouts with
 random weights: a 4 GB fp32 `.ckpt` (Lightning-style pickle) and a 2 GB fp16 `.safetensors`.
@@ -30,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # Full-size random checkpoints take gigabytes: they live in the user's cache, not in the checkout.
 BENCH_DIR = Path(os.environ.get("SD_CLI_BENCH_DIR", Path.home() / ".cache" / "sd_cli" / "bench"))
 FIGURES = ("startup", "load", "cpu-step", "gpu-step", "unet-call", "attention", "gpu-precision", "batch",
-           "memory-modes")
+           "memory-modes", "peers")
 
 
 def main(argv=None) -> None:
@@ -44,9 +45,11 @@ def main(argv=None) -> None:
         from benchmarks.attention import bench_attention
 
         results["attention"] = bench_attention(args.precision or "bf16", args.repeats)
-    if only & set(FIGURES) - {"startup", "attention"}:
+    if only & set(FIGURES) - {"startup", "attention", "peers"}:
         ckpt, st = full_size_checkpoints()
         diffusers_config_dir(st)
+    elif "peers" in only:  # the fp16 file alone
+        st = fp16_checkpoint()
     if "load" in only:
         results["load"] = bench_load(ckpt, st, args.repeats)
     if "cpu-step" in only:
@@ -67,6 +70,14 @@ def main(argv=None) -> None:
     if "gpu-precision" in only:
         results["gpu-precision"] = bench_precision(st, args.device)
         _save(results, args.json_out)
+    if "peers" in only:
+        from benchmarks.peers import bench_peers
+
+        def save(peers):
+            results["peers"] = peers
+            _save(results, args.json_out)
+
+        save(bench_peers(st, BENCH_DIR, max(args.rounds, 1), diffusers_config_dir(st), save))
     if "gpu-step" in only:
         results["gpu-step"] = bench_steps(st, args.device, args.precision or "fp16", args.repeats, args.steps, 512,
                                           compile_unet=args.compile, rounds=args.rounds)
@@ -133,6 +144,16 @@ def full_size_checkpoints() -> tuple[Path, Path]:
 
     save_file({k: v.half().contiguous() for k, v in weights.items()}, str(st))
     return ckpt, st
+
+
+def fp16_checkpoint() -> Path:
+    """The 2 GB fp16 .safetensors alone (what the peers figure reads), built once."""
+    st = BENCH_DIR / "sd15-random-fp16.safetensors"
+    if not st.exists():
+        from benchmarks.random_checkpoint import write_safetensors
+
+        write_safetensors(st, fp16=True)
+    return st
 
 
 def diffusers_config_dir(st: Path) -> Path:

@@ -49,7 +49,8 @@ ORIGINAL = "Original scripts' flags"
 # A model family's own flags come after the aliases: `--help` keeps the common ones on its first page.
 SDXL = "SDXL and its refiner"
 CONTROL = "ControlNet"
-PANELS = (ESSENTIALS, BATCH, QUALITY, AUTOMATION, ORIGINAL, SDXL, CONTROL)
+BACKENDS = "CPU backend"  # --backend openvino (after the aliases: the first page is full)
+PANELS = (ESSENTIALS, BATCH, QUALITY, AUTOMATION, ORIGINAL, SDXL, CONTROL, BACKENDS)
 
 # Shared option types: one definition per flag, used by every subcommand. Help texts are one line
 # at 100 columns where they can be (about 60 characters with the default); rich markup is on,
@@ -95,6 +96,8 @@ ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="Model YAML 
 EmaOpt = Annotated[bool, typer.Option("--ema", help="Use the checkpoint's EMA weights.", rich_help_panel=QUALITY)]
 CompileOpt = Annotated[bool, typer.Option("--compile", help="torch.compile the UNet: a slow first step, then faster.", rich_help_panel=QUALITY)]
 VaeTilingOpt = Annotated[bool, typer.Option("--vae-tiling", help="Encode and decode in tiles to bound memory (pixels differ).", rich_help_panel=QUALITY)]
+# --backend openvino (runtime/openvino_backend.py)
+BackendOpt = Annotated[str, typer.Option("--backend", help="torch, or openvino: compiled CPU graphs, cached (pip install openvino).", metavar="NAME", rich_help_panel=BACKENDS)]
 OffloadOpt = Annotated[bool, typer.Option("--offload", help="Low GPU memory: only the part at work on the GPU.", rich_help_panel=QUALITY)]
 EmphasisOpt = Annotated[Emphasis, typer.Option(*flags("emphasis"), help="Prompt weights: original (A1111's) or none.", metavar="MODE", case_sensitive=False, rich_help_panel=QUALITY)]
 ClipSkipOpt = Annotated[Optional[int], typer.Option(*flags("clip_skip"), help="Text encoder layer N from the end (-1 or unset: the model's).", metavar="N", show_default=False, rich_help_panel=QUALITY)]
@@ -205,6 +208,7 @@ def run_options(
     embeddings: EmbeddingsOpt = None, emphasis: EmphasisOpt = Emphasis(default("emphasis")), clip_skip: ClipSkipOpt = default("clip_skip"),
     device: DeviceOpt = "auto", precision: PrecisionOpt = "auto", threads: ThreadsOpt = None,
     compile_unet: CompileOpt = False, vae_tiling: VaeTilingOpt = False, offload: OffloadOpt = False,
+    backend: BackendOpt = "torch",
     name: NameOpt = default("name"), skip_existing: SkipExistingOpt = False, json_out: JsonOpt = False,
     on_error: OnErrorOpt = OnError.stop, from_png: FromPngOpt = None, no_watermark: NoWatermarkOpt = False,
     server: ServerOpt = None, quiet: QuietOpt = False, progress: ProgressOpt = ProgressMode.auto, preview: PreviewOpt = None,

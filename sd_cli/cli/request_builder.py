@@ -65,6 +65,7 @@ def _request(mode: str, args: dict):
         xy=plot,
         size_flags=_size_flags(args),
         **{name: args[name] for name in AS_GIVEN},
+        backend=_backend(args["backend"], args["compile_unet"], args["offload"], args["device"]),
     )
     if request.offload and request.compile:
         raise UsageError("--offload and --compile do not go together (compiled GPU code keeps the UNet's weights "
@@ -554,6 +555,24 @@ def _positive(flag: str, value: int) -> int:
     if value < 1:
         raise UsageError(f"{flag} must be at least 1, got {value}")
     return value
+
+
+# --backend (runtime/openvino_backend.py)
+BACKENDS = ("torch", "openvino")
+
+
+def _backend(value: str, compile_unet: bool, offload: bool, device: str) -> str:
+    """--backend: torch (eager), or openvino for the CPU; it replaces --compile and has nothing to offload."""
+    backend = value.lower()
+    if backend not in BACKENDS:
+        raise UsageError(f"--backend {value}: not a backend; use one of {', '.join(BACKENDS)}")
+    if backend == "openvino" and device.lower() not in ("auto", "cpu"):
+        raise UsageError(f"--backend openvino runs on the CPU; drop --device {device} or --backend openvino")
+    if backend == "openvino" and (compile_unet or offload):
+        flag = "--compile" if compile_unet else "--offload"
+        raise UsageError(f"--backend openvino and {flag} do not go together (OpenVINO compiles the model itself, "
+                         "on the CPU); drop one of them")
+    return backend
 
 
 def _precision(value: str) -> str:

@@ -10,7 +10,6 @@ The module names equal the weights file's keys (`norm`, `block1.convs.0.weight`,
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 import cv2
@@ -19,9 +18,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from sd_cli.loading.checkpoint import read_checkpoint
-from sd_cli.loading.strict import compare
-from sd_cli.models.empty import empty_modules
+from sd_cli.control.annotator_file import load_annotator
 
 # (input channels, output channels, convolutions) per stage
 STAGES = ((3, 64, 2), (64, 128, 2), (128, 256, 3), (256, 512, 3), (512, 512, 3))
@@ -81,15 +78,4 @@ def safe_step(x: np.ndarray, steps: int = SAFE_STEPS) -> np.ndarray:
 
 def load_hed(path: Path) -> HedNetwork:
     """The HED network from its weights file (ControlNetHED.pth), read safely and loaded strictly."""
-    stat = path.stat() if path.is_file() else None
-    return _cached_hed(str(path), stat.st_mtime_ns if stat else None)
-
-
-@functools.lru_cache(maxsize=1)  # the same file for every hint of a run: read it once
-def _cached_hed(path: str, _mtime: int | None) -> HedNetwork:
-    weights = read_checkpoint(path).state_dict
-    with empty_modules():
-        network = HedNetwork()
-    compare(network.state_dict(), weights).raise_if_any(f"{path} is not ControlNetHED.pth (the HED annotator)")
-    network.load_state_dict({key: value.float() for key, value in weights.items()}, strict=True, assign=True)
-    return network.eval()
+    return load_annotator(path, HedNetwork, "ControlNetHED.pth (the HED annotator)")

@@ -10,16 +10,13 @@ the coarse one. The Sequential indices give the files' key names (`model0.1.weig
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from sd_cli.loading.checkpoint import read_checkpoint
-from sd_cli.loading.strict import compare
-from sd_cli.models.empty import empty_modules
+from sd_cli.control.annotator_file import load_annotator
 
 RESIDUAL_BLOCKS = 3
 
@@ -66,16 +63,4 @@ def line_drawing(pixels: np.ndarray, weights: Path, device: str = "cpu") -> np.n
 
 
 def load_lineart(path: Path) -> LineartGenerator:
-    stat = path.stat() if path.is_file() else None
-    return _cached_lineart(str(path), stat.st_mtime_ns if stat else None)
-
-
-@functools.lru_cache(maxsize=1)  # the same file for every hint of a run: read it once
-def _cached_lineart(path: str, _mtime: int | None) -> LineartGenerator:
-    weights = read_checkpoint(path).state_dict
-    with empty_modules():
-        generator = LineartGenerator()
-    compare(generator.state_dict(), weights).raise_if_any(
-        f"{path} is not a lineart annotator (sk_model.pth or sk_model2.pth)")
-    generator.load_state_dict({key: value.float() for key, value in weights.items()}, strict=True, assign=True)
-    return generator.eval()
+    return load_annotator(path, LineartGenerator, "a lineart annotator (sk_model.pth or sk_model2.pth)")

@@ -11,7 +11,6 @@ lines on white. Nested Sequentials give the file's keys (`model.model.1.model.1.
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 import cv2
@@ -19,9 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from sd_cli.loading.checkpoint import read_checkpoint
-from sd_cli.loading.strict import compare
-from sd_cli.models.empty import empty_modules
+from sd_cli.control.annotator_file import load_annotator
 
 # (outer, inner) channels of the levels between the outermost (3 -> 64) and the innermost, outside in
 LEVELS = ((64, 128), (128, 256), (256, 512), (512, 512), (512, 512), (512, 512))
@@ -88,16 +85,5 @@ def anime_line_drawing(pixels: np.ndarray, weights: Path, device: str = "cpu") -
 
 
 def load_lineart_anime(path: Path) -> AnimeLineartGenerator:
-    stat = path.stat() if path.is_file() else None
-    return _cached_lineart_anime(str(path), stat.st_mtime_ns if stat else None)
-
-
-@functools.lru_cache(maxsize=1)  # the same file for every hint of a run: read it once
-def _cached_lineart_anime(path: str, _mtime: int | None) -> AnimeLineartGenerator:
     # Saved from a DataParallel model: the script drops "module." from the names.
-    weights = {key.replace("module.", ""): value for key, value in read_checkpoint(path).state_dict.items()}
-    with empty_modules():
-        generator = AnimeLineartGenerator()
-    compare(generator.state_dict(), weights).raise_if_any(f"{path} is not netG.pth (the anime lineart annotator)")
-    generator.load_state_dict({key: value.float() for key, value in weights.items()}, strict=True, assign=True)
-    return generator.eval()
+    return load_annotator(path, AnimeLineartGenerator, "netG.pth (the anime lineart annotator)", strip="module.")

@@ -15,7 +15,6 @@ The module names equal the file's keys (`backbone.features.0.0.weight`, `block15
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 import cv2
@@ -24,9 +23,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from sd_cli.loading.checkpoint import read_checkpoint
-from sd_cli.loading.strict import compare
-from sd_cli.models.empty import empty_modules
+from sd_cli.control.annotator_file import load_annotator
 
 # MobileNetV2's blocks as M-LSD keeps them: (expansion, output channels, repeats, first stride)
 TRUNK = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1))
@@ -181,16 +178,4 @@ def _segments(maps: torch.Tensor, score: float, distance: float) -> list[np.ndar
 
 
 def load_mlsd(path: Path) -> LineSegmentDetector:
-    stat = path.stat() if path.is_file() else None
-    return _cached_mlsd(str(path), stat.st_mtime_ns if stat else None)
-
-
-@functools.lru_cache(maxsize=1)  # the same file for every hint of a run: read it once
-def _cached_mlsd(path: str, _mtime: int | None) -> LineSegmentDetector:
-    weights = read_checkpoint(path).state_dict
-    with empty_modules():
-        detector = LineSegmentDetector()
-    compare(detector.state_dict(), weights).raise_if_any(f"{path} is not mlsd_large_512_fp32.pth (M-LSD large)")
-    floats = {key: value.float() if value.is_floating_point() else value for key, value in weights.items()}
-    detector.load_state_dict(floats, strict=True, assign=True)
-    return detector.eval()
+    return load_annotator(path, LineSegmentDetector, "mlsd_large_512_fp32.pth (M-LSD large)")

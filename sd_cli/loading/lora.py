@@ -117,7 +117,7 @@ class LoraMerger:
             return
         if self.applied and self.weights_frozen:
             shown = ", ".join(u.name for u in uses) or "none"
-            raise UsageError(f"--compile on the CPU builds the first batch's weights into the compiled UNet, so a "
+            raise UsageError(f"--compile on the CPU (and --backend openvino) builds the first batch's weights into the compiled UNet, so a "
                              f"later batch cannot change its LoRAs (to: {shown}); render those prompts in a "
                              "separate run, or drop --compile")
         self.applied = True

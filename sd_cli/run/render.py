@@ -46,6 +46,7 @@ class RunRequest:
     depth: "DepthOptions | None" = None  # depth2img: --depth-map, --depth-model, --save-depth (depth.py)
     upscale: "UpscaleOptions | None" = None  # upscale: --noise-level, --upscale-fit, --tile (pipelines/upscale.py)
     compile: bool = False  # --compile: torch.compile the UNet (speed.py)
+    backend: str = "torch"  # --backend: torch, or openvino (runtime/openvino_backend.py)
     vae_tiling: bool = False  # --vae-tiling: decode large images in tiles (tiling.py)
     offload: bool = False  # --offload: weights in host memory, one part on the GPU at a time (offload.py)
     emphasis: str = "original"  # --emphasis: AUTOMATIC1111's (text:1.2) weights, or "none" (prompts.py)
@@ -233,8 +234,14 @@ def _load(request: RunRequest, rank):
     from sd_cli.run.session import Session
 
     checkpoint = resolve_checkpoint(request.checkpoint)
-    device = resolve_device(distributed.device_name(request.device, rank))
+    # --backend openvino computes on the CPU, so there "auto" is the CPU (request_builder refuses others).
+    asked = "cpu" if request.backend == "openvino" else request.device
+    device = resolve_device(distributed.device_name(asked, rank))
     dtype = resolve_dtype(request.precision, device)
+    if request.backend == "openvino":
+        from sd_cli.runtime.openvino_backend import check_device
+
+        check_device(device, dtype)
     offload = _wants_offload(request, device)
     started = time.perf_counter()
     prepared = prepare_checkpoint(checkpoint, request.config, mode=request.mode)
@@ -256,8 +263,12 @@ def _load(request: RunRequest, rank):
 
         compile_model(loaded.model)
         weights_frozen = freezes_weights(loaded.model.device)
-    session = Session(loaded, text, LoraMerger(loaded.model, weights_frozen), vae_tiling=request.vae_tiling,
-                      size_flags=request.size_flags)
+    merger = LoraMerger(loaded.model, weights_frozen or request.backend == "openvino")
+    if request.backend == "openvino":
+        from sd_cli.runtime.openvino_backend import use_openvino
+
+        use_openvino(loaded.model, lambda: _weights_key(request, checkpoint, merger))
+    session = Session(loaded, text, merger, vae_tiling=request.vae_tiling, size_flags=request.size_flags)
     if refiner is not None:
         from sd_cli.run.refiner import load_refiner
 
@@ -278,6 +289,15 @@ def _attach_control(session, request: RunRequest) -> None:
     from sd_cli.control.steering import load_control_set
 
     session.control = load_control_set(request.control, model, session.checkpoint_path)
+
+
+def _weights_key(request: RunRequest, checkpoint: Path, merger) -> str:
+    """What decides the weights a --backend openvino graph is converted with (its cache key)."""
+    from sd_cli.loading.checkpoint import model_hash
+    from sd_cli.loading.lora import lora_hashes
+
+    vae = model_hash(request.vae) if request.vae is not None else "-"
+    return f"{model_hash(checkpoint)}|ema={request.ema}|vae={vae}|lora={lora_hashes(merger.current)}|{[u.weight for u in merger.current]}"
 
 
 def _wants_offload(request: RunRequest, device) -> bool:

@@ -162,6 +162,7 @@ def test_txt2img_help_panels_essentials_first_and_short(help_text):
     lines = text.splitlines()
     assert panel_titles(text) == ["Arguments", "Essentials", "Batch and prompt files", "Quality and speed",
                                   "Automation and output", "Original scripts' flags", "SDXL and its refiner", "ControlNet",
+                                  "CPU backend",
                                   "Other spellings: the original scripts, stable-diffusion.cpp, AUTOMATIC1111 "
                                   "(same meaning)"]
     before_aliases = next(i for i, line in enumerate(lines) if "Original scripts' flags" in line)

@@ -1,0 +1,39 @@
+"""benchmarks/peers.py's arithmetic: seconds per step from the 2- and 8-step processes, the ratios,
+and a tool that is not installed is skipped with a note."""
+
+import sys
+
+from benchmarks import peers
+
+
+def process(wall, load, rss_gb, **stages):
+    return {"wall": wall, "load": load, "peak_rss": rss_gb * 1e9, **stages}
+
+
+def test_step_whole_image_and_ratios():
+    ours = {2: process(20.0, 5.0, 3.0), 8: process(41.0, 5.0, 3.2)}  # 6 steps: 21 s -> 3.5 s/step
+    theirs = {2: process(30.0, 15.0, 7.0), 8: process(45.0, 16.0, 7.5)}  # (29 - 15) / 6
+    tools = {"sd_cli": peers._summary([ours]), "openvino": peers._summary([theirs])}
+    peers._add_ratios(tools)
+    assert tools["sd_cli"]["s_per_step"] == 3.5
+    assert tools["openvino"]["s_per_step"] == round(14 / 6, 3)
+    assert tools["sd_cli"]["image_20_steps_whole_process_s"] == 41.0 + 12 * 3.5
+    assert tools["sd_cli"]["peak_rss_gb"] == 3.2
+    assert tools["openvino"]["ratio_to_sd_cli"]["s_per_step"] == round((14 / 6) / 3.5, 3)
+    assert tools["sd_cli"]["ratio_to_openvino"]["load_to_ready_s"] == round(5.0 / 15.0, 3)
+
+
+def test_sd_cli_stages_are_summarised():
+    stages = dict(text=0.2, decode=4.0, steps=[5.0, 3.0, 3.2, 3.4])
+    summary = peers._summary([{2: process(20.0, 5.0, 3.0, **stages), 8: process(41.0, 5.0, 3.2, **stages)}])
+    assert summary["stages_s"] == {"text_encode": 0.2, "first_step": 5.0, "later_steps_median": 3.2, "decode": 4.0}
+
+
+def test_a_missing_peer_is_skipped_with_a_note(tmp_path, monkeypatch):
+    monkeypatch.delenv("SD_CLI_BENCH_OPENVINO_PYTHON", raising=False)
+    monkeypatch.setattr(peers, "_importable", lambda python, module: module == "diffusers")
+    commands, notes = peers._available_tools(tmp_path / "x.safetensors", tmp_path, tmp_path)
+    assert list(commands) == ["sd_cli", "diffusers"]
+    assert set(notes) == {"sd_cli_openvino", "openvino", "sdcpp"}
+    assert "SD_CLI_BENCH_OPENVINO_PYTHON" in notes["openvino"]
+    assert commands["sd_cli"](2)[:2] == [sys.executable, "-c"]
