@@ -43,6 +43,7 @@ def load_refiner(request, prepared, base_session, device, dtype, offload: bool):
     from sd_cli.loading.lora import LoraMerger
     from sd_cli.prompting.prompts import text_options
     from sd_cli.run.session import Session
+    from sd_cli.runtime.compiling import compile_if_asked
 
     if not offload and not fits_beside_base(prepared, device, dtype):
         from sd_cli.runtime.offload import enable_offload
@@ -57,12 +58,7 @@ def load_refiner(request, prepared, base_session, device, dtype, offload: bool):
     started = time.perf_counter()
     loaded = load_prepared(prepared, device=device, dtype=dtype, offload=offload)
     log.info(f"loaded refiner {prepared.path} in {time.perf_counter() - started:.1f}s")
-    weights_frozen = False
-    if request.compile:
-        from sd_cli.runtime.compiling import compile_model, freezes_weights
-
-        compile_model(loaded.model)
-        weights_frozen = freezes_weights(loaded.model.device)
+    weights_frozen = compile_if_asked(loaded.model, request.compile)
     text = text_options(loaded.model.text_towers[0], request.emphasis, request.clip_skip, request.embeddings)
     return Session(loaded, text, LoraMerger(loaded.model, weights_frozen), vae_tiling=request.vae_tiling)
 

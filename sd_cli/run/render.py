@@ -232,6 +232,7 @@ def _load(request: RunRequest, rank):
     from sd_cli.loading.lora import LoraMerger
     from sd_cli.prompting.prompts import text_options
     from sd_cli.run.session import Session
+    from sd_cli.runtime.compiling import compile_if_asked
 
     checkpoint = resolve_checkpoint(request.checkpoint)
     # --backend openvino computes on the CPU, so there "auto" is the CPU (request_builder refuses others).
@@ -257,12 +258,7 @@ def _load(request: RunRequest, rank):
         from sd_cli.loading.vae_file import load_vae
 
         load_vae(loaded.model, request.vae)
-    weights_frozen = False
-    if request.compile:
-        from sd_cli.runtime.compiling import compile_model, freezes_weights
-
-        compile_model(loaded.model)
-        weights_frozen = freezes_weights(loaded.model.device)
+    weights_frozen = compile_if_asked(loaded.model, request.compile)
     merger = LoraMerger(loaded.model, weights_frozen or request.backend == "openvino")
     if request.backend == "openvino":
         from sd_cli.runtime.openvino_backend import use_openvino

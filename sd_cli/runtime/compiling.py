@@ -35,3 +35,11 @@ def compile_model(model):
 def freezes_weights(device) -> bool:
     """Whether compile_model on `device` builds the UNet's weights into the compiled code (the CPU)."""
     return device.type != "cuda"
+
+
+def compile_if_asked(model, asked: bool) -> bool:
+    """--compile: the UNet compiled; whether its weights are then frozen (LoRA merges must happen first)."""
+    if not asked:
+        return False
+    compile_model(model)
+    return freezes_weights(model.device)
