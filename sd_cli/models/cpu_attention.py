@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import math
 import platform
 from concurrent.futures import ThreadPoolExecutor
 
@@ -86,8 +87,12 @@ def attention_in_bf16_blocks(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) 
     batch, heads, tokens, width = q.shape
     # The output laid out as [B, tokens, heads, d], so that merging the heads after is a view.
     out = torch.empty(batch, tokens, heads, width, dtype=q.dtype).transpose(1, 2)
-    # Per pair: [q/√d | m] with m's column filled block by block, and [k | -1].
-    queries_and_max = q.new_empty(batch, heads, tokens, width + 1)
+    # Per pair: [q/√d | m] with m's column filled block by block, and [k | -1]. The buffer starts
+    # as zeros, with one spare element after it: oneDNN's bf16 product reads the element after
+    # each row of a strided operand (measured with torch 2.14 on AMX, at K of 63, 80 and 81), so
+    # NaN bits left in fresh memory there would turn whole rows of scores into NaN.
+    shape = (batch, heads, tokens, width + 1)
+    queries_and_max = q.new_zeros(math.prod(shape) + 1)[:-1].view(shape)
     torch.mul(q, width ** -0.5, out=queries_and_max[..., :width])
     keys_and_minus_one = k.new_empty(batch, heads, k.shape[2], width + 1)
     keys_and_minus_one[..., :width] = k

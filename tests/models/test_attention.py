@@ -15,9 +15,9 @@ from sd_cli.loading.packaged import builtin_checkpoint
 BUILTIN = builtin_checkpoint()
 
 
-def qkv(dtype, tokens=300, keys=None, sharpness=1.0):
+def qkv(dtype, tokens=300, keys=None, sharpness=1.0, width=40):
     generator = torch.Generator().manual_seed(0)
-    shapes = ((2, 8, tokens, 40), (2, 8, keys or tokens, 40), (2, 8, keys or tokens, 40))
+    shapes = ((2, 8, tokens, width), (2, 8, keys or tokens, width), (2, 8, keys or tokens, width))
     scales = (sharpness, sharpness, 1.0)
     return [(torch.randn(shape, generator=generator) * scale).to(dtype) for shape, scale in zip(shapes, scales)]
 
@@ -53,6 +53,22 @@ def test_bfloat16_over_many_keys_runs_as_bf16_blocks_with_shifted_scores():
     # Sharp attention: rounding the raw scores costs 3-4x more than shifting them first.
     shifted, raw = rms_error(out, q, k, v), rms_error(scores_in_input_dtype(q, k, v), q, k, v)
     assert shifted < 0.006 and shifted < raw / 2.5
+
+
+@needs_bf16_products
+def test_the_blocks_ignore_what_fresh_memory_holds(monkeypatch):
+    """oneDNN's bf16 product reads one element past each row of a strided operand (torch 2.14 on
+    AMX, 80-wide heads as in SD 1.5's middle levels): with every fresh buffer full of NaN bits the
+    output is still finite and the same attention."""
+    q, k, v = qkv(torch.bfloat16, tokens=512, width=80)
+    with torch.inference_mode():
+        clean = attention_in_bf16_blocks(q, k, v)
+        real_new_empty = torch.Tensor.new_empty
+        monkeypatch.setattr(torch.Tensor, "new_empty",
+                            lambda self, *size, **kw: real_new_empty(self, *size, **kw).fill_(float("nan")))
+        poisoned = attention_in_bf16_blocks(q, k, v)
+    assert torch.isfinite(poisoned).all()
+    assert torch.equal(poisoned, clean)
 
 
 def test_the_blocks_compute_attention(monkeypatch):
