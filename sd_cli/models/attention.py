@@ -75,11 +75,15 @@ def merge_heads(x: torch.Tensor) -> torch.Tensor:
 def multi_head_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """softmax(q·kᵀ / √d)·v over [B, heads, tokens, d].
 
-    bfloat16 on the CPU, where torch's fused kernel is slower in bf16 than in float32: over many
-    keys as bf16 matrix products where the CPU has them (cpu_attention.py says why and how), else
-    attention_in_float32. Not when gradients are wanted (training).
+    bfloat16 on the CPU over many keys: with AMX torch's fused kernel in bf16 (as close to exact
+    as float32 attention there, and the fastest); without AMX, where that kernel is slower in bf16
+    than in float32, as bf16 matrix products where the CPU has them (cpu_attention.py says why and
+    how), not when gradients are wanted (training). Over few keys (the text's 77) and elsewhere,
+    attention_in_float32.
     """
     if q.device.type == "cpu" and q.dtype == torch.bfloat16:
+        if cpu_attention.FUSED_BF16 and k.shape[2] >= cpu_attention.MIN_KEYS:
+            return F.scaled_dot_product_attention(q, k, v)
         if cpu_attention.worth_it(q, k) and not torch.is_grad_enabled():
             return cpu_attention.attention_op(q, k, v)
         return attention_in_float32(q, k, v)

@@ -1,9 +1,12 @@
-"""bfloat16 attention on x86 CPUs with AVX-512 BF16: bf16 matrix products, one head per thread.
+"""bfloat16 attention on x86 CPUs with AVX-512 BF16 and no AMX: bf16 matrix products, one head per thread.
 
-Why not torch's fused kernel: on the UNet's shapes it is slower in bfloat16 than in float32, and
-in float32 it runs at the CPU's float32 rate, while oneDNN multiplies bf16 matrices at up to 4x
+Why not torch's fused kernel there: on the UNet's shapes it is slower in bfloat16 than in float32,
+and in float32 it runs at the CPU's float32 rate, while oneDNN multiplies bf16 matrices at up to 4x
 that rate (AVX-512 BF16; 500-750 GFLOP/s against 190 on this project's 2-core EPYC). Attention is
 half of a bf16 UNet step there, so this is where a bf16 step is won (docs/benchmarks.md).
+On a CPU with AMX the fused kernel multiplies in AMX tiles with float32 sums: 3-6x faster than
+these blocks on SD's shapes and as close to exact as float32 attention, so it is used instead
+(FUSED_BF16).
 
 How: per (batch, head) pair and block of queries, three products and a softmax, with the scores
 rounded to bf16 only after subtracting their row's maximum (attention_in_bf16_blocks says why).
@@ -45,9 +48,16 @@ def _available() -> bool:
         return False
 
 
+def _fused_kernel_has_amx() -> bool:
+    """torch's fused CPU kernel runs bf16 on AMX tiles where the CPU has them."""
+    return getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+
+
 # Decided once at import (torch is imported, so its OpenMP library is loaded): torch.compile
 # traces worth_it, and this way it sees constants.
-AVAILABLE = _available()
+FUSED_BF16 = _fused_kernel_has_amx()
+BF16_PRODUCTS = _available()
+AVAILABLE = BF16_PRODUCTS and not FUSED_BF16
 WORKERS = torch.get_num_threads()  # as many as torch computes with
 
 

@@ -37,11 +37,22 @@ def test_bfloat16_over_few_keys_is_float32_attention_rounded_once():
     assert rms_error(out, q, k, v) < rms_error(F.scaled_dot_product_attention(q, k, v), q, k, v)
 
 
-needs_bf16_products = pytest.mark.skipif(not cpu_attention.AVAILABLE,
+needs_bf16_products = pytest.mark.skipif(not cpu_attention.BF16_PRODUCTS,
                                          reason="the CPU has no AVX-512 BF16 (or torch no GNU OpenMP)")
+uses_the_blocks = pytest.mark.skipif(not cpu_attention.AVAILABLE,
+                                     reason="the CPU has no AVX-512 BF16, or has AMX (the fused kernel is used)")
+needs_amx = pytest.mark.skipif(not cpu_attention.FUSED_BF16, reason="the CPU has no AMX")
 
 
-@needs_bf16_products
+def fused_bfloat16(q, k, v):
+    """What bf16 attention is when the blocks are not used: the fused kernel in bf16 with AMX (over
+    many keys), else in float32 rounded once."""
+    if cpu_attention.FUSED_BF16 and k.shape[2] >= cpu_attention.MIN_KEYS:
+        return F.scaled_dot_product_attention(q, k, v)
+    return F.scaled_dot_product_attention(q.float(), k.float(), v.float()).bfloat16()
+
+
+@uses_the_blocks
 def test_bfloat16_over_many_keys_runs_as_bf16_blocks_with_shifted_scores():
     q, k, v = qkv(torch.bfloat16, tokens=600, sharpness=2.5)
     with torch.inference_mode():
@@ -81,7 +92,7 @@ def test_the_blocks_compute_attention(monkeypatch):
                                atol=5e-5, rtol=1e-4)  # float32 sums in another order, scores up to ~30
 
 
-@needs_bf16_products
+@uses_the_blocks
 def test_the_workers_run_torch_single_threaded_and_leave_the_callers_count_alone():
     q, k, v = qkv(torch.bfloat16, tokens=600)
     before = torch.get_num_threads()
@@ -99,17 +110,31 @@ def test_fewer_heads_than_workers_stay_on_the_fused_kernel(monkeypatch):
     q, k, v = qkv(torch.bfloat16, tokens=600)  # 2 x 8 = 16 pairs
     with torch.inference_mode():
         out = multi_head_attention(q, k, v)
-    assert torch.equal(out, F.scaled_dot_product_attention(q.float(), k.float(), v.float()).bfloat16())
+    assert torch.equal(out, fused_bfloat16(q, k, v))
 
 
 def test_with_gradients_bfloat16_stays_on_the_fused_kernel():
     q, k, v = qkv(torch.bfloat16)
     with torch.enable_grad():
         out = multi_head_attention(q, k, v)
-    assert torch.equal(out, F.scaled_dot_product_attention(q.float(), k.float(), v.float()).bfloat16())
+    assert torch.equal(out, fused_bfloat16(q, k, v))
 
 
-@needs_bf16_products
+@needs_amx
+def test_with_amx_bfloat16_is_the_fused_kernel_as_close_as_float32_attention():
+    """With AMX torch's fused kernel sums in float32 on AMX tiles: on sharp attention its bf16
+    output is as close to exact as float32 attention rounded once (and the blocks' is further)."""
+    q, k, v = qkv(torch.bfloat16, tokens=600, sharpness=2.5)
+    with torch.inference_mode():
+        out = multi_head_attention(q, k, v)
+        blocks = attention_in_bf16_blocks(q, k, v)
+    assert torch.equal(out, F.scaled_dot_product_attention(q, k, v))
+    float32 = F.scaled_dot_product_attention(q.float(), k.float(), v.float()).bfloat16()
+    assert rms_error(out, q, k, v) < 1.2 * rms_error(float32, q, k, v)
+    assert rms_error(out, q, k, v) < rms_error(blocks, q, k, v)
+
+
+@uses_the_blocks
 @pytest.mark.skipif(not BUILTIN.is_file(), reason="the built-in model is not in checkpoints/")
 def test_the_builtin_unet_in_bf16_is_as_close_to_float32_with_the_blocks(monkeypatch):
     """Trained weights (the built-in model; some of its heads are sharp): the UNet's bf16 output is
@@ -134,6 +159,31 @@ def test_the_builtin_unet_in_bf16_is_as_close_to_float32_with_the_blocks(monkeyp
     error = lambda out: float((out - reference).norm() / reference.norm())  # noqa: E731
     assert error(blocked) < 0.006
     assert error(blocked) < 1.15 * error(fused)
+
+
+@needs_amx
+@pytest.mark.skipif(not BUILTIN.is_file(), reason="the built-in model is not in checkpoints/")
+def test_with_amx_the_builtin_unet_in_bf16_is_as_close_to_float32_with_the_fused_kernel(monkeypatch):
+    """Trained weights: with AMX the UNet's bf16 output is as far from its float32 output with the
+    fused kernel's bf16 attention as with float32 attention."""
+    from sd_cli.loading.loader import load_model
+
+    fp32 = load_model(BUILTIN, dtype=torch.float32).model
+    bf16 = load_model(BUILTIN, dtype=torch.bfloat16).model
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 4, 32, 32, generator=generator)  # 256²: 1024 and 256 tokens
+    t = torch.tensor([500, 500])
+    with torch.inference_mode():
+        context = fp32.encode_text(["a red circle on a blue background", ""])
+        reference = fp32.unet(x, t, context)
+        fused = bf16.unet(x, t, context).float()
+        monkeypatch.setattr(cpu_attention, "FUSED_BF16", False)
+        monkeypatch.setattr(cpu_attention, "AVAILABLE", False)
+        float_attention = bf16.unet(x, t, context).float()
+    assert not torch.equal(fused, float_attention)
+    error = lambda out: float((out - reference).norm() / reference.norm())  # noqa: E731
+    assert error(fused) < 0.006
+    assert error(fused) < 1.15 * error(float_attention)
 
 
 def test_float32_is_the_fused_kernel_unchanged():
@@ -172,6 +222,7 @@ def test_group_norm_converts_its_affine_to_float32_once_per_change():
 
 
 @needs_bf16_products
+@uses_the_blocks
 def test_compiled_code_keeps_the_blocks_as_one_op(monkeypatch):
     """torch.compile (fullgraph, as --compile runs the UNet) calls the blocks as an opaque op
     rather than tracing their loops, and gets the eager result."""
