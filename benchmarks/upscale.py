@@ -6,8 +6,9 @@
 The checkpoint is a full-size x4 upscaler in x4-upscaler-ema.ckpt's key names and shapes (x4-upscaling.yaml's
 UNet, its factor-4 VAE, OpenCLIP ViT-H's text tower under cond_stage_model.model.*, the noise schedules as
 float32 buffers), fp16 .safetensors, random weights (std 1/sqrt(fan in), norms 1, biases 0), written once into
-the bench folder tensor by tensor. Each configuration runs in a fresh process, one after another: the whole
-latent and a whole decode, --tile 128 (docs/usage.md's advice for a 512 input), --vae-tiling, and both; each
+the bench folder tensor by tensor. Each configuration runs in a fresh process, one after another: both
+--tile 128 (docs/usage.md's advice for a 512 input) and --vae-tiling, each alone, then the whole latent with
+a whole decode (the largest last); each
 at the CLI's default CPU precision (fp32), DDIM, scale 9, noise level 20, --steps steps (default 3), through
 sd_cli's API as `sd-cli upscale` runs it (the same memory check first: a configuration it refuses is reported
 as refused). Figures: load (process start to ready to sample), the first step, the later steps' median,
@@ -33,7 +34,8 @@ PACKAGED_YAML = "x4-upscaling.yaml"
 INPUT_SIDE = 512
 SCALE, NOISE_LEVEL, SCRIPT_STEPS = 9.0, 20, 75
 TILE = 128  # input pixels per UNet tile
-CONFIGURATIONS = {"whole": (0, False), "tile-128": (TILE, False), "vae-tiling": (0, True), "both": (TILE, True)}
+# the most bounded first: a run cut off (or a machine short of memory) keeps the configurations that fit
+CONFIGURATIONS = {"both": (TILE, True), "tile-128": (TILE, False), "vae-tiling": (0, True), "whole": (0, False)}
 # OpenCLIP ViT-H/14's text tower, as x4-upscaler-ema.ckpt (and SD 2.x) carry it
 OPENCLIP_H = dict(vocab_size=49408, context_length=77, width=1024, layers=24, mlp_width=4096)
 LOW_SCALE_PREFIX = "low_scale_model."
