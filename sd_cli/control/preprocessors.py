@@ -62,8 +62,9 @@ def make_hint(image: Image.Image, preprocessor: str, width: int, height: int, *,
     detect_resolution: the detectors' input short side (v1.1's "Preprocessor Resolution"), default
     the output's short side. seed: the content shuffle's random flow (as `np.random.seed(seed)` in
     the shuffle script). mask: read by "inpaint" only; white (or True) = to repaint, at the image's
-    size or at the output's (width x height: the inpaint command hands its own mask at the render size). "inpaint" returns float32 on the 0..255 scale with -255 at masked pixels, so that
-    `hint_tensor` gives -1 there as the script does. weights: the annotator's weights file.
+    size or at the output's (the inpaint command hands its own mask at the render size). "inpaint"
+    returns float32 on the 0..255 scale with -255 at masked pixels, so that `hint_tensor` gives -1
+    there as the script does. weights: the annotator's weights file.
     mlsd_score, mlsd_distance: M-LSD's thresholds on a segment's centre score and its length.
     device: where the annotator networks run, in float32 (the hint itself is always on the CPU).
     """
