@@ -34,7 +34,8 @@ FIGURES = ("s_per_step", "load_to_ready_s", "image_20_steps_whole_process_s", "p
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.controlnet", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=1, help="alternating rounds of both sides' 2- and 8-step processes")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="alternating rounds of both sides' 2- and 8-step processes")
     parser.add_argument("--json-out")
     args = parser.parse_args(argv)
 
@@ -52,8 +53,8 @@ def bench_controlnet(rounds: int, save=lambda result: None) -> dict:
     base = fp16_checkpoint()
     net = controlnet_checkpoint()
     hint = hint_image()
-    commands = {"sd_cli": _sd_cli_command(base, net, hint),
-                "diffusers": _diffusers_command(base, net, hint, diffusers_config_dir(base), controlnet_config_dir(net))}
+    configs = diffusers_config_dir(base), controlnet_config_dir(net)
+    commands = {"sd_cli": _sd_cli_command(base, net, hint), "diffusers": _diffusers_command(base, net, hint, *configs)}
     result = {"size": SIZE, "sampler": "euler", "scale": peers.SCALE, "precision": "bf16", "threads": peers.THREADS,
               "rounds": rounds, "controlnet_file_gb": round(net.stat().st_size / 1e9, 3),
               "load_average": [os.getloadavg()], "failed": {}, "tools": {}}

@@ -183,7 +183,8 @@ def schedule_buffers(linear_start: float, linear_end: float, timesteps: int) -> 
     variance = betas * (1.0 - previous) / (1.0 - cumprod)
     arrays = {"betas": betas, "alphas_cumprod": cumprod, "alphas_cumprod_prev": previous,
               "sqrt_alphas_cumprod": np.sqrt(cumprod), "sqrt_one_minus_alphas_cumprod": np.sqrt(1.0 - cumprod),
-              "log_one_minus_alphas_cumprod": np.log(1.0 - cumprod), "sqrt_recip_alphas_cumprod": np.sqrt(1.0 / cumprod),
+              "log_one_minus_alphas_cumprod": np.log(1.0 - cumprod),
+              "sqrt_recip_alphas_cumprod": np.sqrt(1.0 / cumprod),
               "sqrt_recipm1_alphas_cumprod": np.sqrt(1.0 / cumprod - 1.0), "posterior_variance": variance,
               "posterior_log_variance_clipped": np.log(np.maximum(variance, 1e-20)),
               "posterior_mean_coef1": betas * np.sqrt(previous) / (1.0 - cumprod),

@@ -103,3 +103,26 @@ def test_a_failed_side_is_reported_and_no_ratio_is_made(monkeypatch, tmp_path):
     assert result["failed"] == {"diffusers": "benchmark child failed: out of memory"}
     assert set(result["tools"]) == {"sd_cli"} and result["ratio"] is None
     assert len(result["tools"]["sd_cli"]["runs"]) == 2  # the other side kept running its rounds
+
+
+def test_only_controlnet_runs_it_alone_with_the_rounds_and_writes_its_json(monkeypatch, tmp_path):
+    import json
+
+    from benchmarks import compare
+
+    asked = []
+
+    def fake_bench(rounds, save):
+        asked.append(rounds)
+        save({"partial": True})  # what a run cut off keeps
+        return {"ratio": {"s_per_step": 0.7}}
+
+    def no_other_files():
+        raise AssertionError("the SD 1.5 .ckpt pair is not needed for the ControlNet figure")
+
+    monkeypatch.setattr(bench, "bench_controlnet", fake_bench)
+    monkeypatch.setattr(compare, "full_size_checkpoints", no_other_files)
+    monkeypatch.setattr(compare, "BENCH_DIR", tmp_path)
+    out = tmp_path / "figures.json"
+    compare.main(["--only", "controlnet", "--rounds", "2", "--json-out", str(out)])
+    assert asked == [2] and json.loads(out.read_text()) == {"controlnet": {"ratio": {"s_per_step": 0.7}}}

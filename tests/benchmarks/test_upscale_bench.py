@@ -68,7 +68,8 @@ def test_a_tiny_file_from_the_same_writer_loads_as_the_upscaler(tmp_path):
 
 
 def test_a_childs_lines_become_its_figures_and_the_75_step_projection():
-    stdout = "noise\nREADY 105.0\nDONE " + '{"text": 0.5, "decode": 30.0, "steps": [12.0, 8.0, 10.0], "peak_rss": 9e9}\n'
+    report = '{"text": 0.5, "decode": 30.0, "steps": [12.0, 8.0, 10.0], "peak_rss": 9e9}'
+    stdout = f"noise\nREADY 105.0\nDONE {report}\n"
     measured = bench.parse_child(stdout, "", 0, 100.0, 160.0)
     assert measured["wall"] == 60.0 and measured["load"] == 5.0
     figures = bench.summary(measured, 3)
