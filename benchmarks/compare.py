@@ -6,6 +6,7 @@
     python -m benchmarks --only attention --precision bf16   # CPU attention candidates (bench_attention.py)
     python -m benchmarks --only unet-call --device cuda --rounds 8 --groupnorm-variants   # bench_unet_call.py
     python -m benchmarks --only peers --rounds 2   # CPU: sd_cli, its OpenVINO backend, diffusers, OpenVINO, sd.cpp (peers.py)
+    python -m benchmarks --only controlnet --rounds 2   # CPU: SD 1.5 + a full-size ControlNet (controlnet.py)
 
 Speed does not depend on weight values, so the checkpoints are full-size SD 1.5 layouts with
 random weights: a 4 GB fp32 `.ckpt` (Lightning-style pickle) and a 2 GB fp16 `.safetensors`.
@@ -31,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # Full-size random checkpoints take gigabytes: they live in the user's cache, not in the checkout.
 BENCH_DIR = Path(os.environ.get("SD_CLI_BENCH_DIR", Path.home() / ".cache" / "sd_cli" / "bench"))
 FIGURES = ("startup", "load", "cpu-step", "gpu-step", "unet-call", "attention", "gpu-precision", "batch",
-           "memory-modes", "peers")
+           "memory-modes", "peers", "controlnet")
 
 
 def main(argv=None) -> None:
@@ -45,7 +46,7 @@ def main(argv=None) -> None:
         from benchmarks.attention import bench_attention
 
         results["attention"] = bench_attention(args.precision or "bf16", args.repeats)
-    if only & set(FIGURES) - {"startup", "attention", "peers"}:
+    if only & set(FIGURES) - {"startup", "attention", "peers", "controlnet"}:
         ckpt, st = full_size_checkpoints()
         diffusers_config_dir(st)
     elif "peers" in only:  # the fp16 file alone
@@ -78,6 +79,14 @@ def main(argv=None) -> None:
             _save(results, args.json_out)
 
         save(bench_peers(st, BENCH_DIR, max(args.rounds, 1), diffusers_config_dir(st), save))
+    if "controlnet" in only:  # its own files: the fp16 SD 1.5 file and a random ControlNet beside it
+        from benchmarks.controlnet import bench_controlnet
+
+        def save_controlnet(figures):
+            results["controlnet"] = figures
+            _save(results, args.json_out)
+
+        save_controlnet(bench_controlnet(max(args.rounds, 1), save_controlnet))
     if "gpu-step" in only:
         results["gpu-step"] = bench_steps(st, args.device, args.precision or "fp16", args.repeats, args.steps, 512,
                                           compile_unet=args.compile, rounds=args.rounds)

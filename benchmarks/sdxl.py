@@ -113,12 +113,14 @@ def _kind(key: str, value) -> str:
 
 def write_random_safetensors(path: Path, shapes: dict, seed: int = 0) -> None:
     """The safetensors format written directly: an 8-byte header length, the JSON header, then each
-    tensor's bytes in header order, generated one at a time (peak memory: the largest tensor)."""
+    tensor's bytes in header order, generated one at a time (peak memory: the largest tensor).
+    A kind may also be a float32 tensor of the shape: a fixed buffer (a noise schedule), stored as it is."""
     import torch
 
     header, offset = {}, 0
     for key, (shape, kind) in shapes.items():
-        dtype, width = ("I64", 8) if kind == "positions" else ("F32", 4) if kind == "sigmas" else ("F16", 2)
+        fixed = isinstance(kind, torch.Tensor)
+        dtype, width = ("I64", 8) if kind == "positions" else ("F32", 4) if fixed or kind == "sigmas" else ("F16", 2)
         size = math.prod(shape) * width
         header[key] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + size]}
         offset += size
@@ -134,6 +136,8 @@ def write_random_safetensors(path: Path, shapes: dict, seed: int = 0) -> None:
 def _random_tensor(shape, kind: str, generator):
     import torch
 
+    if isinstance(kind, torch.Tensor):
+        return kind.float().reshape(shape)
     if kind == "positions":
         return torch.arange(shape[-1], dtype=torch.int64).reshape(shape)
     if kind == "sigmas":

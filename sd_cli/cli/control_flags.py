@@ -39,7 +39,7 @@ def control_options(mode: str, args: dict):
         if strength < 0:
             raise UsageError(f"--control-strength {strength} must be 0 or more")
     _check_control_run(mode, args)
-    _check_hints(preprocess, args)
+    _check_hints(mode, preprocess, args)
     units = tuple(ControlUnit(net, image, name, strength) for net, image, name, strength
                   in zip(nets or [None], images, preprocess, strengths))
     return ControlOptions(units, net_config=args.get("control_net_config"), guess_mode=args["guess_mode"],
@@ -48,10 +48,13 @@ def control_options(mode: str, args: dict):
                           save_hint=args.get("save_hint"), annotator_weights=args.get("annotator_weights"))
 
 
-def _check_hints(preprocess: list[str], args: dict) -> None:
+def _check_hints(mode: str, preprocess: list[str], args: dict) -> None:
     """The hint flags' own checks (control/preprocessors.py), before any model loads; --annotator-weights goes
-    to the units whose preprocessor needs weights."""
-    from sd_cli.control.preprocessors import NEEDS_WEIGHTS, SMALLEST_SIDE, check_hint_options
+    to the units whose preprocessor needs weights; the inpaint hint takes the inpaint command's mask."""
+    from sd_cli.control.preprocessors import NEEDS_MASK, NEEDS_WEIGHTS, SMALLEST_SIDE, check_hint_options
+
+    if "inpaint" in preprocess and mode != "inpaint":
+        raise UsageError(NEEDS_MASK)
 
     weights = args.get("annotator_weights")
     if weights is not None:

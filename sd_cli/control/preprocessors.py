@@ -47,6 +47,9 @@ INPAINT_MASK_BLUR = 5.0  # the inpaint script's "Mask Blur" default (a Gaussian 
 SMALLEST_DETECT = 64  # resize_image rounds sides to multiples of 64: below this a side can vanish
 LARGEST_DETECT = 8192
 SMALLEST_SIDE = 8  # one latent pixel
+# the inpaint hint marks the pixels to repaint, which only the inpaint command's --mask says
+NEEDS_MASK = ("--control-preprocess inpaint needs a mask: use it in the inpaint command (--mask), "
+              "or give a prepared hint with --control-preprocess none")
 
 
 def make_hint(image: Image.Image, preprocessor: str, width: int, height: int, *,
@@ -58,9 +61,10 @@ def make_hint(image: Image.Image, preprocessor: str, width: int, height: int, *,
 
     detect_resolution: the detectors' input short side (v1.1's "Preprocessor Resolution"), default
     the output's short side. seed: the content shuffle's random flow (as `np.random.seed(seed)` in
-    the shuffle script). mask: read by "inpaint" only; white (or True) = to repaint, the image's
-    size. "inpaint" returns float32 on the 0..255 scale with -255 at masked pixels, so that
-    `hint_tensor` gives -1 there as the script does. weights: the annotator's weights file.
+    the shuffle script). mask: read by "inpaint" only; white (or True) = to repaint, at the image's
+    size or at the output's (the inpaint command hands its own mask at the render size). "inpaint"
+    returns float32 on the 0..255 scale with -255 at masked pixels, so that `hint_tensor` gives -1
+    there as the script does. weights: the annotator's weights file.
     mlsd_score, mlsd_distance: M-LSD's thresholds on a segment's centre score and its length.
     device: where the annotator networks run, in float32 (the hint itself is always on the CPU).
     """
@@ -73,7 +77,7 @@ def make_hint(image: Image.Image, preprocessor: str, width: int, height: int, *,
 
     pixels = hints.rgb_pixels(image)
     if name == "inpaint":
-        _check_mask(mask, pixels.shape[:2], mask_blur)
+        _check_mask(mask, pixels.shape[:2], (height, width), mask_blur)
     request = hints.HintInput(
         pixels=pixels, width=width, height=height,
         detect_resolution=min(width, height) if detect_resolution is None else detect_resolution,
@@ -159,12 +163,13 @@ def _check_weights(name: str, weights: Path | None) -> None:
                          f"leave {ANNOTATOR_FLAG} out or choose one of {', '.join(NEEDS_WEIGHTS)}")
 
 
-def _check_mask(mask: np.ndarray | None, image_size: tuple[int, int], mask_blur: float) -> None:
+def _check_mask(mask: np.ndarray | None, image_size: tuple[int, int], output_size: tuple[int, int],
+                mask_blur: float) -> None:
     if mask is None:
-        raise UsageError("--control-preprocess inpaint needs a mask: use it in the inpaint command (--mask), "
-                         "or give a prepared hint with --control-preprocess none")
-    if tuple(mask.shape[:2]) != tuple(image_size):
+        raise UsageError(NEEDS_MASK)
+    if tuple(mask.shape[:2]) not in (tuple(image_size), tuple(output_size)):
         raise UsageError(f"the inpaint mask is {mask.shape[1]}x{mask.shape[0]} but the control image is "
-                         f"{image_size[1]}x{image_size[0]}; give a mask of the image's size")
+                         f"{image_size[1]}x{image_size[0]} and the output {output_size[1]}x{output_size[0]}; "
+                         f"give a mask of the image's size")
     if mask_blur <= 0:
         raise UsageError(f"the inpaint hint's mask blur {mask_blur} must be above 0 (a Gaussian sigma)")

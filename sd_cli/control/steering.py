@@ -90,7 +90,17 @@ class ControlSet:
     images: list  # PIL images, one per unit
     device: str = "cpu"  # where the annotator networks run (the run's device)
     seeds: list = field(default_factory=lambda: [0])  # the batch's seeds: the shuffle hint draws from each
+    mask: np.ndarray | None = None  # the inpaint command's mask at the render size (True = repaint), else None
     _hints: dict = field(default_factory=dict)  # (unit, height, width, seed) -> hint
+    _saved: set = field(default_factory=set)  # the units whose hint --save-hint has written
+
+    def use_mask(self, mask: np.ndarray | None) -> None:
+        """The mask of the jobs rendered next; the inpaint hints made for another mask are made again."""
+        if mask is self.mask or (mask is not None and self.mask is not None and np.array_equal(mask, self.mask)):
+            return
+        self.mask = mask
+        self._hints = {key: hint for key, hint in self._hints.items()
+                       if self.options.units[key[0]].preprocess != "inpaint"}
 
     def steering(self, height: int, width: int) -> Steering:
         units = []
@@ -113,15 +123,13 @@ class ControlSet:
             weights = o.annotator_weights if unit.preprocess in NEEDS_WEIGHTS else None
             hint = make_hint(self.images[index], unit.preprocess, width, height, detect_resolution=o.detect_resolution,
                              canny_low=o.canny_low, canny_high=o.canny_high, weights=weights, seed=key[3],
-                             device=self.device)
-            if o.save_hint is not None and not self._hints_saved(index):
+                             mask=self.mask, device=self.device)
+            # --save-hint writes each unit's first hint (the first size and image it is made for)
+            if o.save_hint is not None and index not in self._saved:
                 _save_hint(hint_picture(hint), hint_path(o.save_hint, index))
+                self._saved.add(index)
             self._hints[key] = hint
         return self._hints[key]
-
-    def _hints_saved(self, index: int) -> bool:
-        """--save-hint writes each unit's first hint (the first size and image it is made for)."""
-        return any(key[0] == index for key in self._hints)
 
     def infotext(self) -> dict[str, str]:
         """AUTOMATIC1111's extension's fields: "ControlNet 0": "Module: canny, Model: name [hash], Weight: 1, ..."."""

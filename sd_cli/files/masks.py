@@ -61,11 +61,17 @@ class InpaintCanvas:
         """
         import torch
 
-        pad = [(0, p - s) for p, s in zip(self.padded_size, self.output_size)]
-        pixels = np.pad(self.pixels, pad + [(0, 0)], mode="edge")
-        mask = np.pad(self.model_mask, pad, mode="constant")
+        pixels = np.pad(self.pixels, self._padding() + [(0, 0)], mode="edge")
         image = 2.0 * torch.from_numpy(pixels.astype(np.float32) / 255.0).permute(2, 0, 1)[None] - 1.0
-        return image.contiguous(), torch.from_numpy(mask)[None, None]
+        return image.contiguous(), torch.from_numpy(self.padded_mask())[None, None]
+
+    def padded_mask(self) -> np.ndarray:
+        """The model's mask [H64, W64] in {0, 1} at the render size, the padding marked keep (0); the
+        inpaint command's ControlNet inpaint hint is made from it too (control/steering.py)."""
+        return np.pad(self.model_mask, self._padding(), mode="constant")
+
+    def _padding(self) -> list[tuple[int, int]]:
+        return [(0, p - s) for p, s in zip(self.padded_size, self.output_size)]
 
     def finish(self, image: np.ndarray) -> np.ndarray:
         """A decoded [H64, W64, 3] uint8 result -> the output: cropped, kept pixels pasted back."""

@@ -37,6 +37,10 @@ class Mode:
     def announce(self, family) -> None:
         """What the run should say about how this mode will work with this model."""
 
+    def control_mask(self, init):
+        """The mask a ControlNet inpaint hint marks (bool [H, W] at the render size, True = repaint), or None."""
+        return None
+
     def render(self, model, request, job, init, prompts, negatives, seeds, params, progress):
         if request.refining is not None:
             from sd_cli.pipelines.refine import img2img_refined
@@ -94,6 +98,9 @@ class Inpaint(Mode):
         log.info("inpaint method: " + ("mask and masked-image latent as extra UNet input (inpainting checkpoint)"
                                        if family.inpaint_method == "concat" else "known region blended back after "
                                        "every step (ordinary checkpoint; an inpainting checkpoint usually does better)"))
+
+    def control_mask(self, init):
+        return init.padded_mask() > 0.5  # the very mask the inpainting repaints
 
     def render(self, model, request, job, init, prompts, negatives, seeds, params, progress):
         from sd_cli.pipelines.inpaint import inpaint

@@ -352,8 +352,9 @@ def _render_batch(session, request: RunRequest, batch: list[Job], progress):
                       encodes_input=mode.encodes_input(init), unet_tile=mode.unet_tile(request))
     prompts, negatives, seeds = _apply_loras(session, request, batch), [j.negative_prompt for j in batch], [j.seed for j in batch]
     params = SamplingParams(sampler=job.sampler, steps=job.steps, scale=job.scale, eta=job.eta)
-    if session.control is not None:  # the shuffle hint draws from each image's seed
+    if session.control is not None:  # the shuffle hint draws from each image's seed; inpaint's hint marks its mask
         session.control.seeds = seeds
+        session.control.use_mask(mode.control_mask(init))
     if request.on_step is not None:
         progress = _AlsoTelling(progress, request.on_step)
     return mode.render(model, request, job, init, prompts, negatives, seeds, params, progress)

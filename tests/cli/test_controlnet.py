@@ -120,6 +120,38 @@ def test_img2img_and_inpaint_are_steered(run_cli, files, tmp_path, mode):
     assert np.abs(steered - plain).max() > 2
 
 
+def test_inpaint_hands_its_mask_to_the_inpaint_hint(run_cli, files, tmp_path, monkeypatch):
+    """--control-preprocess inpaint in the inpaint command: the hint is the control image with -1 exactly
+    where the command's own mask (white = repaint, at the render size: 80 wide padded to 128) is above 0.5
+    after the script's Gaussian blur (sigma 5); the padding is kept, so never -1."""
+    from sd_cli.control import steering
+
+    source, mask_file, hint_file = tmp_path / "source.png", tmp_path / "mask.png", tmp_path / "hint.png"
+    Image.fromarray(np.full((64, 80, 3), 90, np.uint8)).save(source)
+    mask = np.zeros((64, 80), np.uint8)
+    mask[16:48, 24:64] = 255
+    Image.fromarray(mask).save(mask_file)
+    seen = []
+    residuals = steering.SteeringUnit.residuals
+    monkeypatch.setattr(steering.SteeringUnit, "residuals",
+                        lambda unit, *args: seen.append(unit.hint.clone()) or residuals(unit, *args))
+    flags = ["--image", source, "--mask", mask_file, "--mask-blur", "0", "--control-net", files["net"],
+             "--control-image", source]
+    steered = render(run_cli, files, tmp_path / "steered.png", *flags, "--control-preprocess", "inpaint",
+                     "--save-hint", hint_file, mode="inpaint")
+    padded = np.pad(mask, ((0, 0), (0, 48))).astype(np.float32) / 255.0  # the render is 128 wide
+    white = cv2.GaussianBlur(padded, (0, 0), 5.0) > 0.5
+    assert white.sum() > 600 and not white[:, 80:].any()
+    hint = seen[0][0]  # [3, 64, 128], what the net is handed at every step
+    assert hint.shape == (3, 64, 128) and len(seen) == STEPS  # one batched [uncond, cond] call a step
+    assert torch.equal(hint == -1, torch.from_numpy(white)[None].expand(3, -1, -1))
+    assert torch.allclose(hint[:, ~torch.from_numpy(white)], torch.tensor(90 / 255))
+    saved = np.asarray(Image.open(hint_file))
+    assert (saved[white] == 0).all() and (saved[~white] == 90).all()
+    plain = render(run_cli, files, tmp_path / "plain.png", *flags, "--control-strength", "0", mode="inpaint")
+    assert np.abs(steered - plain).max() > 2
+
+
 def test_every_sampler_family_is_steered(run_cli, files, tmp_path):
     unit = ["--control-net", files["net"], "--control-image", files["image"]]
     for sampler in ("euler_a", "dpmpp_2m", "plms", "dpm"):
@@ -152,6 +184,9 @@ def test_a_v10_checkpoint_uses_its_own_controlnet(run_cli, files, tmp_path):
     (["--control-image", "{image}", "--control-net", "{net}", "--ckpt", "{sd2}"],
      "error: ctl.pth: ControlNet steers SD 1.5, but the checkpoint is SD 2"),
     (["--control-image", "{image}"], "error: tiny-sd1.safetensors carries no ControlNet (no control_model.* tensors)"),
+    (["--control-image", "{image}", "--control-net", "{net}", "--control-preprocess", "inpaint"],
+     "error: --control-preprocess inpaint needs a mask: use it in the inpaint command (--mask), or give a "
+     "prepared hint with --control-preprocess none"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(run_cli, files, tmp_path, flags, message):
     names = {"missing": tmp_path / "missing.png", "net": files["net"], "image": files["image"], "sd2": files["sd2"]}

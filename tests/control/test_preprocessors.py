@@ -237,11 +237,18 @@ def test_inpaint_hint_is_the_image_with_masked_pixels_at_minus_one(photo):
     assert np.array_equal(boolean, hint)
 
 
-def test_inpaint_needs_a_mask_of_the_images_size(photo):
+def test_inpaint_needs_a_mask_of_the_images_or_the_outputs_size(photo):
     with pytest.raises(UsageError, match="needs a mask"):
         make_hint(Image.fromarray(photo), "inpaint", 192, 128)
-    with pytest.raises(UsageError, match="the inpaint mask is 150x100 but the control image is 300x200"):
+    with pytest.raises(UsageError, match="the inpaint mask is 150x100 but the control image is 300x200 and the "
+                                         "output 192x128"):
         make_hint(Image.fromarray(photo), "inpaint", 192, 128, mask=np.zeros((100, 150), np.uint8))
+    # the inpaint command's own mask comes at the render size: the script's blur rule, no resize
+    at_output = np.zeros((128, 192), dtype=bool)
+    at_output[40:90, 60:140] = True
+    hint = make_hint(Image.fromarray(photo), "inpaint", 192, 128, mask=at_output)
+    blurred = cv2.GaussianBlur(at_output.astype(np.float32), (0, 0), 5.0)
+    assert np.array_equal(hint[..., 0] == -255.0, blurred > 0.5) and (blurred > 0.5).sum() > 3000
 
 
 # ---------------------------------------------------------------- the tensor and image modes
