@@ -15,7 +15,9 @@ refuses a later change of LoRAs (run.render passes weights_frozen).
 
 import hashlib
 import os
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
@@ -121,9 +123,15 @@ class OpenVinoPart:
 
     def _import(self, ov, core, blob: Path, signature: tuple, config: dict):
         mapped = _MappedBlob(blob)
-        compiled = core.import_model(mapped.tensor(ov), "CPU", config)
+        with mapped.releasing():
+            compiled = core.import_model(mapped.tensor(ov), "CPU", config)
         self._blobs[signature] = mapped
         return compiled
+
+    def release_memory(self) -> None:
+        """Give back the graphs' intermediate buffers (another part runs next; the next call allocates them again)."""
+        for compiled in self.compiled.values():
+            compiled.release_memory()
 
     def _key(self, ov, signature: tuple, config: dict) -> str:
         text = "|".join([CONVERSION, self.weights_key(), repr(signature), repr(sorted(config.items())), ov.__version__,
@@ -165,6 +173,29 @@ class _MappedBlob:
 
     def tensor(self, ov):
         return ov.Tensor(self.array, shared_memory=True)
+
+    @contextmanager
+    def releasing(self, every_s: float = 0.2):
+        """While the plugin reads the blob and repacks its constants into memory of its own, the pages it
+        has read are given back every `every_s`: otherwise the file's pages and the repacked copy are
+        resident together (the full UNet: 1.7 + 1.8 GB). Dropping a page it still reads costs a
+        re-read from the page cache, never other data (nothing writes the mapping: its Private_Dirty
+        stays 0)."""
+        from sd_cli.loading.mapped_pages import MappedFile
+
+        pages, done = MappedFile(self.path), threading.Event()
+
+        def give_back():
+            while not done.wait(every_s):
+                pages.release_all()
+
+        thread = threading.Thread(target=give_back, name="openvino-blob-pages", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            done.set()
+            thread.join()
 
     def release(self) -> None:
         if not self.released:
@@ -304,8 +335,8 @@ def use_openvino(model, weights_key: Callable[[], str]) -> None:
                          "(generative-models): drop --backend openvino")
     dtype = model.dtype
     deferred = getattr(model, "deferred", None)
-    _route_unet(model, weights_key, dtype, deferred)
-    _route_decoder(model, weights_key, deferred)
+    unet = _route_unet(model, weights_key, dtype, deferred)
+    _route_decoder(model, weights_key, deferred, before=unet.release_memory)
     for index, tower in enumerate(model.text_towers):
         _route_text_tower(tower, index, weights_key, deferred)
     log.info("openvino: the UNet, VAE decoder and text encoder run on OpenVINO; each new shape is "
@@ -317,10 +348,12 @@ def _route_unet(model, weights_key, dtype, deferred) -> None:
     part = OpenVinoPart("unet", _FromFloat32(unet, unet, dtype), weights_key, dtype, dtype,
                         TorchWeights(deferred, unet, UNET_PREFIX))
     model.model.diffusion_model = _PartModule(part, unet)
+    return part
 
 
-def _route_decoder(model, weights_key, deferred) -> None:
-    """The VAE's decode (post_quant_conv + decoder); the float32 retry after a NaN runs in torch."""
+def _route_decoder(model, weights_key, deferred, before: Callable[[], None]) -> None:
+    """The VAE's decode (post_quant_conv + decoder); the float32 retry after a NaN runs in torch.
+    `before()` runs first: the UNet's buffers go while the decoder's are in use (docs/performance.md)."""
     vae = model.first_stage_model
     dtype = next(vae.parameters()).dtype
     eager_decode = vae.decode
@@ -329,6 +362,7 @@ def _route_decoder(model, weights_key, deferred) -> None:
 
     def decode(z: torch.Tensor) -> torch.Tensor:
         # vae.float() for the NaN retry changes the weights' dtype: that run is the eager one, from the file's weights.
+        before()
         if next(vae.parameters()).dtype == dtype:
             return part(z)
         weights.materialise()
