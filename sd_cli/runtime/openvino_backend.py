@@ -11,6 +11,11 @@ with AVX-512 BF16 or AMX (performance.md has the figures, fidelity.md the tolera
 
 The converted weights are those of the first batch (as with --compile on the CPU), so lora.py
 refuses a later change of LoRAs (run.render passes weights_frozen).
+
+Memory: the parts' torch weights stay in the checkpoint file while their graphs run (the loader
+defers them, loading/deferred.py): a cache hit never reads them, a conversion reads them and
+frees them after. A cached graph is imported from a mapping of its file, whose pages are given
+back as the plugin repacks them (performance.md has the figures).
 """
 
 import hashlib

@@ -232,7 +232,8 @@ def test_a_lora_merge_reads_the_weights_and_keeps_them(sd1_ckpt):
 
 
 def test_the_bf16_cache_keeps_f16_constants(sd1_ckpt, cache):
-    """Half the float32 graph's bytes on disk (and to read at import); the bf16 tolerance above holds with it."""
+    """Two bytes less per UNet weight than the float32 graph, on disk and to read at import (the full
+    UNet's blob: 1.72 against 3.44 GB); the bf16 tolerance above holds with it."""
     x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(1))
     sizes = {}
     for dtype in (torch.float32, torch.bfloat16):
@@ -243,4 +244,16 @@ def test_the_bf16_cache_keeps_f16_constants(sd1_ckpt, cache):
             model.unet(x.to(dtype), torch.tensor([500]), context.to(dtype))
         (blob,) = set(cache.glob("unet-*.blob")) - before
         sizes[dtype] = blob.stat().st_size
-    assert sizes[torch.bfloat16] < 0.6 * sizes[torch.float32]
+    weights = sum(p.numel() for p in load_model(sd1_ckpt).model.model.diffusion_model.parameters())
+    # the tiny graph's structure is a larger share of its blob than the full UNet's; its weights still halve
+    assert 0.8 * 2 * weights < sizes[torch.float32] - sizes[torch.bfloat16] <= 2 * weights
+
+
+def test_an_sd2_file_measured_for_v_reads_its_unet_for_the_test_call_only(sd2v_ckpt):
+    from sd_cli.loading.deferred import holds_weights
+    from sd_cli.loading.loader import load_prepared, prepare_checkpoint
+
+    model = load_prepared(prepare_checkpoint(sd2v_ckpt), defer=openvino_backend.deferred_keys()).model
+    assert model.config.parameterization == load_model(sd2v_ckpt).model.config.parameterization == "v"
+    assert model.deferred.materialisations == 1
+    assert not holds_weights(model.model.diffusion_model)
