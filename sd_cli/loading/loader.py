@@ -20,6 +20,7 @@ from sd_cli.loading.strict import compare
 from sd_cli.loading.detection import check_config_fits, detect_family, is_v_prediction, refuse_foreign
 from sd_cli.loading.keys import model_keys
 from sd_cli.errors import CheckpointError, UsageError
+from sd_cli.loading.deferred import DeferredWeights
 from sd_cli.loading.mapped_pages import MappedFile
 from sd_cli.models.empty import empty_modules
 from sd_cli.models.families import family_of
@@ -87,15 +88,16 @@ def load_model(checkpoint_path, config_path=None, *, device="cpu", dtype=torch.f
 
 
 def load_prepared(prepared: PreparedCheckpoint, *, device="cpu", dtype=torch.float32, use_ema=False,
-                  offload: bool = False) -> LoadedModel:
+                  offload: bool = False, defer=None) -> LoadedModel:
     """Build the prepared checkpoint's model and load its weights strictly; `prepared` gives up its
-    tensors, so that only the model holds them once it is built."""
+    tensors, so that only the model holds them once it is built. `defer(module key)`: the keys left
+    in the file (on meta in the model, model.deferred keeps them: loading/deferred.py)."""
     path, weights, config, measure_v = prepared.path, prepared.weights, prepared.config, prepared.measure_v
     prepared.weights = {}
     global_step = prepared.global_step
     home = "cpu" if offload else device
     model = build_and_load(config, weights, path.name, device=home, dtype=dtype, mapped_file=MappedFile(path),
-                           channels_last_convs=torch.device(device).type == "cpu", use_ema=use_ema)
+                           channels_last_convs=torch.device(device).type == "cpu", use_ema=use_ema, defer=defer)
     model.eval()
     if offload:
         from sd_cli.runtime.offload import enable_offload
@@ -154,8 +156,8 @@ def select_weights(state_dict: dict, use_ema: bool, name: str, unet_keys) -> dic
 
 def build_and_load(config: ModelConfig, weights: dict, name: str, device="cpu", dtype=torch.float32,
                    mapped_file: MappedFile | None = None, channels_last_convs: bool = False,
-                   use_ema: bool = False) -> LatentDiffusion:
-    if config.engine == "sgm":
+                   use_ema: bool = False, defer=None) -> LatentDiffusion:
+    if config.engine == "sgm":  # --backend openvino refuses these models, so nothing is deferred there
         return _build_engine(config, weights, name, device, dtype, mapped_file, channels_last_convs, use_ema)
     encoder_class = text_encoder_class(config.text_encoder)
     with empty_modules():  # no random initialisation: every tensor comes from the file
@@ -167,8 +169,10 @@ def build_and_load(config: ModelConfig, weights: dict, name: str, device="cpu", 
     compare(model.state_dict(), module_weights, unexpected).raise_if_any(
         f"{name} does not match config {config.source}", sides="checkpoint vs config",
         hint=". Pass the config this checkpoint was made for with --config")
-    _cast_in_place(module_weights, device, dtype, mapped_file, channels_last_convs)
+    deferred = DeferredWeights(device, channels_last_convs, mapped_file) if defer is not None else None
+    _cast_in_place(module_weights, device, dtype, mapped_file, channels_last_convs, deferred, defer)
     model.load_state_dict(module_weights, strict=True, assign=True)
+    model.deferred = deferred
     model.alphas_cumprod = _schedule(weights, config, name)
     if model.noise_augmentation is not None:
         _check_augmentation_schedule(weights.get(LOW_SCALE_PREFIX + "alphas_cumprod"), model.noise_augmentation,
@@ -255,7 +259,7 @@ def _module_state_dict(weights: dict, encoder_class, depth: bool, upscaler: bool
 
 
 def _cast_in_place(module_weights: dict, device, dtype, mapped_file: MappedFile | None,
-                   channels_last_convs: bool = False) -> None:
+                   channels_last_convs: bool = False, deferred: DeferredWeights | None = None, defer=None) -> None:
     """Move and cast tensor by tensor, so at most one extra tensor exists at a time.
 
     A tensor already on the device in the dtype, in the layout it runs in (a memory-mapped fp32
@@ -266,8 +270,13 @@ def _cast_in_place(module_weights: dict, device, dtype, mapped_file: MappedFile 
     channels-last while they are copied anyway: oneDNN then runs the UNet's and the VAE's
     convolutions on NHWC activations, 7-10% off a full-size UNet step and about a quarter off
     the VAE decode (docs/benchmarks.md). The maths is the same up to float rounding.
+
+    Keys `defer` names are not read at all: `deferred` keeps the file's tensor, the model a meta one.
     """
     for key, value in module_weights.items():
+        if deferred is not None and defer(key):
+            module_weights[key] = deferred.defer(key, value, dtype)
+            continue
         layout = torch.channels_last if channels_last_convs and value.dim() == 4 else torch.preserve_format
         copy = value.to(device=device, dtype=dtype if value.is_floating_point() else None, memory_format=layout)
         if mapped_file is not None and copy.data_ptr() != value.data_ptr():
@@ -313,8 +322,16 @@ def _usable_schedule(alphas_cumprod: torch.Tensor) -> bool:
 
 
 def _settle_parameterization(model: LatentDiffusion, name: str) -> LatentDiffusion:
+    """The measurement needs the UNet's weights: a deferred UNet is read for it and left in the file again."""
     context_dim = int(model.config.unet_params["context_dim"])
-    v, measured = is_v_prediction(model.unet, context_dim, model.device, model.dtype)
+    unet = model.model.diffusion_model
+    if model.deferred is not None:
+        model.deferred.materialise(unet, UNET_PREFIX)
+    try:
+        v, measured = is_v_prediction(model.unet, context_dim, model.device, model.dtype)
+    finally:
+        if model.deferred is not None:
+            model.deferred.free(unet, UNET_PREFIX)
     if v:
         model.config = dataclasses.replace(model.config, parameterization="v", source=str(packaged_config("v2-inference-v.yaml")))
     kind = "v-prediction (768-v)" if v else "eps-prediction (512-base)"

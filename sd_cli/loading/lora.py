@@ -124,6 +124,10 @@ class LoraMerger:
         self.restore()
         import torch
 
+        deferred = getattr(self.model, "deferred", None)
+        if deferred is not None and any(use.weight != 0 for use in uses):
+            deferred.pin()  # merged in place: the weights must exist, and are kept (--backend openvino)
+
         params = _parameters(self.model)
         for use in uses:
             if use.weight == 0:

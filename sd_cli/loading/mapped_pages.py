@@ -44,6 +44,14 @@ class MappedFile:
                 return
 
 
+    def release_all(self) -> None:
+        """Drop this process's pages of every mapping of the file (a cached OpenVINO graph once it runs)."""
+        if self._madvise is None:
+            return
+        for low, high in self.ranges:
+            self._madvise(ctypes.c_void_p(low), ctypes.c_size_t(high - low), _MADV_DONTNEED)
+
+
 def _mapped_ranges(path: Path) -> list[tuple[int, int]]:
     """[start, end) of every mapping of `path`, matched by device and inode (not by spelling)."""
     try:

@@ -48,6 +48,7 @@ class LatentDiffusion(nn.Module):
         self.first_stage_model = AutoencoderKL(**config.vae_params)
         self.cond_stage_model = text_encoder
         self.offload = None  # --offload: sd_cli/offload.py puts each part on the GPU when it is used
+        self.deferred = None  # weights left in the file until torch needs them (loading/deferred.py)
         self.depth_weights = None  # a depth model's MiDaS weights until depth2img builds it (loader.py)
         self.control_weights = None  # a ControlNet v1.0 file's control_model.* until a run uses them (loader.py)
         self.alphas_cumprod = linear_alphas_cumprod(config.linear_start, config.linear_end, config.timesteps)
@@ -94,6 +95,8 @@ class LatentDiffusion(nn.Module):
         """Where the computation runs (with --offload the weights wait on the CPU in between)."""
         if self.offload is not None:
             return self.offload.device
+        if self.deferred is not None:  # the UNet's parameters may be on meta: the loader's device is the model's
+            return self.deferred.device
         return next(self.model.parameters()).device
 
     def _ready(self, part: str) -> None:

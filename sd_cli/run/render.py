@@ -251,7 +251,8 @@ def _load(request: RunRequest, rank):
         from sd_cli.run.refiner import prepare_refiner
 
         refiner = prepare_refiner(request, prepared)
-    loaded = load_prepared(prepared, device=device, dtype=dtype, use_ema=request.ema, offload=offload)
+    loaded = load_prepared(prepared, device=device, dtype=dtype, use_ema=request.ema, offload=offload,
+                           defer=_deferred_keys(request))
     log.info(f"loaded {checkpoint} in {time.perf_counter() - started:.1f}s")
     text = text_options(loaded.model.text_towers[0], request.emphasis, request.clip_skip, request.embeddings)
     if request.vae is not None:
@@ -285,6 +286,16 @@ def _attach_control(session, request: RunRequest) -> None:
     from sd_cli.control.steering import load_control_set
 
     session.control = load_control_set(request.control, model, session.checkpoint_path)
+
+
+def _deferred_keys(request: RunRequest):
+    """--backend openvino: the parts its graphs replace stay in the file (loading/deferred.py); --vae's
+    weights are loaded over the VAE after loading, so the decoder is then read as usual."""
+    if request.backend != "openvino":
+        return None
+    from sd_cli.runtime.openvino_backend import deferred_keys
+
+    return deferred_keys(decoder=request.vae is None)
 
 
 def _weights_key(request: RunRequest, checkpoint: Path, merger) -> str:

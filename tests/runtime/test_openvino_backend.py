@@ -44,9 +44,26 @@ def shared_cache(shared_cache_dir, monkeypatch):
 
 
 def routed(ckpt, dtype=torch.float32, key="tiny"):
-    model = load_model(ckpt, dtype=dtype).model
+    """Loaded as run.render loads for --backend openvino: the parts the graphs replace left in the file."""
+    from sd_cli.loading.loader import load_prepared, prepare_checkpoint
+
+    model = load_prepared(prepare_checkpoint(ckpt), dtype=dtype, defer=openvino_backend.deferred_keys()).model
     openvino_backend.use_openvino(model, lambda: key)
     return model
+
+
+def replaced_parts(model) -> dict:
+    """The torch modules the graphs replace (the text tower's token embedding runs in torch before its graph)."""
+    vae, tower = model.first_stage_model, model.text_towers[0]
+    return {"unet": model.model.diffusion_model._orig_mod, "decoder": vae.decoder,
+            "post_quant_conv": vae.post_quant_conv, "text blocks": tower.transformer, "ln_final": tower.ln_final}
+
+
+def holding(model) -> list[str]:
+    from sd_cli.loading.deferred import holds_weights
+
+    held = [name for name, module in replaced_parts(model).items() if holds_weights(module)]
+    return held + (["positional_embedding"] if not model.text_towers[0].positional_embedding.is_meta else [])
 
 
 def test_fp32_graphs_give_the_eager_latents_and_pixels(sd1_ckpt, shared_cache):
@@ -111,6 +128,7 @@ def test_the_key_names_the_weights_shapes_and_precision(sd1_ckpt):
 def test_bf16_graphs_stay_within_the_bf16_tolerance_of_fp32(sd1_ckpt, shared_cache):
     expected = txt2img(load_model(sd1_ckpt).model, *ARGS)
     images = txt2img(routed(sd1_ckpt, torch.bfloat16), *ARGS).float()
+    # (its cached graphs keep f16 constants: test_the_bf16_cache_keeps_f16_constants)
     eager_bf16 = txt2img(load_model(sd1_ckpt, dtype=torch.bfloat16).model, *ARGS).float()
     assert (images - expected).abs().mean() < BF16_IMAGE_TOLERANCE
     # as close as the eager bf16 path, within its own error again
@@ -153,3 +171,93 @@ def test_without_the_package_the_error_says_how_to_install_it(run_cli, sd1_ckpt,
     assert result.stderr.strip() == ("error: --backend openvino needs the openvino package, which is not installed: "
                                      "pip install openvino (or pip install 'sd-cli[openvino]')")
     assert not (tmp_path / "x.png").exists()
+
+
+def test_after_the_graphs_run_the_replaced_torch_parts_hold_no_weights(sd1_ckpt, shared_cache):
+    from sd_cli.loading.deferred import holds_weights
+
+    model = routed(sd1_ckpt)
+    assert holding(model) == []  # loaded on meta: nothing read from the file
+    images = txt2img(model, *ARGS)
+    assert holding(model) == []  # converted (or imported) and given up again
+    assert holds_weights(model.first_stage_model.encoder)  # img2img's encoder runs in torch: loaded as usual
+    assert model.text_towers[0].token_embedding.weight.is_meta is False
+    assert model.device == torch.device("cpu") and model.dtype == torch.float32
+    expected = txt2img(load_model(sd1_ckpt).model, *ARGS)
+    assert float((images - expected).abs().max()) < 1e-4
+
+
+def test_a_cache_hit_never_reads_the_replaced_weights(sd1_ckpt, cache, monkeypatch):
+    from sd_cli.loading.deferred import DeferredWeights
+
+    first_model = routed(sd1_ckpt)
+    first = txt2img(first_model, *ARGS)
+    assert first_model.deferred.materialisations == 3  # UNet, decoder, text encoder: read once each to convert
+    reads = []
+    materialise = DeferredWeights.materialise
+    monkeypatch.setattr(DeferredWeights, "materialise", lambda self, module, prefix: (
+        reads.append(prefix), materialise(self, module, prefix)))
+    monkeypatch.setattr(ov, "convert_model", lambda *a, **k: pytest.fail("converted although cached"))
+    model = routed(sd1_ckpt)
+    assert torch.equal(txt2img(model, *ARGS), first)
+    assert (reads, model.deferred.materialisations, holding(model)) == ([], 0, [])
+
+
+def test_a_new_shape_reads_the_weights_from_the_file_again_and_gives_the_eager_pixels(sd1_ckpt, shared_cache):
+    model = routed(sd1_ckpt)
+    txt2img(model, *ARGS)
+    before = model.deferred.materialisations
+    wider = (["a red cube"], [""], [7], PARAMS, 96, 64)  # a second size in the same process (hires fix, prompt file)
+    images = txt2img(model, *wider)
+    assert model.deferred.materialisations == before + 2  # the UNet and the decoder at the new size; the text is cached
+    assert holding(model) == []
+    expected = txt2img(load_model(sd1_ckpt).model, *wider)
+    assert images.shape == expected.shape == (1, 3, 96, 64)
+    assert float((images - expected).abs().max()) < 1e-4
+
+
+def test_a_lora_merge_reads_the_weights_and_keeps_them(sd1_ckpt):
+    from sd_cli.loading.lora import LoraMerger
+
+    model = routed(sd1_ckpt)
+    eager = load_model(sd1_ckpt).model
+    unet = model.model.diffusion_model._orig_mod
+    LoraMerger(model, weights_frozen=True).apply(())  # no LoRA: nothing is read
+    assert holding(model) == []
+    model.deferred.pin()  # what LoraMerger.apply does before merging a LoRA into the weights in place
+    assert sorted(holding(model)) == sorted([*replaced_parts(model), "positional_embedding"])
+    assert torch.equal(unet.out[2].weight, eager.model.diffusion_model.out[2].weight)
+    model.deferred.free(unet, openvino_backend.UNET_PREFIX)
+    assert not unet.out[2].weight.is_meta  # pinned: a conversion after it does not drop the merged weights
+
+
+def test_the_bf16_cache_keeps_f16_constants(sd1_ckpt, cache):
+    """Two bytes less per UNet weight than the float32 graph, on disk and to read at import (the full
+    UNet's blob: 1.72 against 3.44 GB); the bf16 tolerance above holds with it."""
+    x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    sizes = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        model = routed(sd1_ckpt, dtype)
+        context = torch.randn(1, 77, int(model.config.unet_params["context_dim"]), generator=torch.Generator().manual_seed(2))
+        before = set(cache.glob("unet-*.blob")) if cache.exists() else set()
+        with torch.inference_mode():
+            model.unet(x.to(dtype), torch.tensor([500]), context.to(dtype))
+        (blob,) = set(cache.glob("unet-*.blob")) - before
+        sizes[dtype] = blob.stat().st_size
+    weights = sum(p.numel() for p in load_model(sd1_ckpt).model.model.diffusion_model.parameters())
+    # the tiny graph's structure is a larger share of its blob than the full UNet's; its weights still halve
+    assert 0.8 * 2 * weights < sizes[torch.float32] - sizes[torch.bfloat16] <= 2 * weights
+
+
+def test_an_sd2_file_measured_for_v_reads_its_unet_for_the_test_call_only(sd2v_ckpt):
+    """A released SD 2.x file has no YAML beside it, so the loader measures eps against v with one UNet call."""
+    from sd_cli.loading import loader
+    from sd_cli.loading.deferred import holds_weights
+
+    eager = loader._settle_parameterization(load_model(sd2v_ckpt).model, "tiny")
+    model = loader.load_prepared(loader.prepare_checkpoint(sd2v_ckpt), defer=openvino_backend.deferred_keys()).model
+    assert not holds_weights(model.model.diffusion_model)
+    model = loader._settle_parameterization(model, "tiny")
+    assert model.config.parameterization == eager.config.parameterization
+    assert model.deferred.materialisations == 1
+    assert not holds_weights(model.model.diffusion_model)
