@@ -31,8 +31,7 @@ class DiffusionEngine(LatentDiffusion):
         self.model = DiffusionWrapper(UNetModel(**config.unet_params))
         self.first_stage_model = AutoencoderKL(**config.vae_params)
         self.conditioner = conditioner
-        self.offload = None
-        self.depth_weights = None
+        self._no_attachments()
         self.alphas_cumprod = linear_alphas_cumprod(config.linear_start, config.linear_end, config.timesteps)
 
     @functools.cached_property

@@ -47,10 +47,7 @@ class LatentDiffusion(nn.Module):
         self.model = DiffusionWrapper(UNetModel(**config.unet_params))
         self.first_stage_model = AutoencoderKL(**config.vae_params)
         self.cond_stage_model = text_encoder
-        self.offload = None  # --offload: sd_cli/offload.py puts each part on the GPU when it is used
-        self.deferred = None  # weights left in the file until torch needs them (loading/deferred.py)
-        self.depth_weights = None  # a depth model's MiDaS weights until depth2img builds it (loader.py)
-        self.control_weights = None  # a ControlNet v1.0 file's control_model.* until a run uses them (loader.py)
+        self._no_attachments()
         self.alphas_cumprod = linear_alphas_cumprod(config.linear_start, config.linear_end, config.timesteps)
         self.noise_augmentation = None  # the x4 upscaler's low-res noising (noise_augmentation.py)
         if config.low_scale_params is not None:
@@ -89,6 +86,13 @@ class LatentDiffusion(nn.Module):
     def vae_dtype(self) -> torch.dtype:
         """The VAE's dtype: the model's, except where the loader keeps it in float32 (generative-models')."""
         return next(self.first_stage_model.parameters()).dtype
+
+    def _no_attachments(self) -> None:
+        """What a run or the loader attaches later (every model class starts with these)."""
+        self.offload = None  # --offload: sd_cli/offload.py puts each part on the GPU when it is used
+        self.deferred = None  # weights left in the file until torch needs them (loading/deferred.py)
+        self.depth_weights = None  # a depth model's MiDaS weights until depth2img builds it (loader.py)
+        self.control_weights = None  # a ControlNet v1.0 file's control_model.* until a run uses them (loader.py)
 
     @property
     def device(self) -> torch.device:
