@@ -22,6 +22,7 @@ from pathlib import Path
 
 from benchmarks import peers
 from benchmarks.compare import BENCH_DIR, diffusers_config_dir, fp16_checkpoint
+from benchmarks.stages import StageTimer
 
 FILE = "control_v11p_sd15_canny-random-fp16.safetensors"
 CONFIG_DIR = "diffusers-controlnet-config"
@@ -183,7 +184,6 @@ def _diffusers_command(base: Path, net: Path, hint: Path, config_dir: Path, net_
 def sd_cli_child(base: str, net: str, hint: str, steps: str, threads: str, size: str = str(SIZE)) -> None:
     """In a fresh process: sd_cli's own API, as a run with --control-net NET --control-image HINT does.
     Prints "READY <epoch>" when it can sample and "DONE <json>" (stage seconds, peak RSS) at the end."""
-    import resource
     import time
 
     import torch
@@ -202,30 +202,11 @@ def sd_cli_child(base: str, net: str, hint: str, steps: str, threads: str, size:
     model.control = ControlSet(ControlOptions((unit,)), [load_controlnet(Path(net), None, model)],
                                [read_control_image(Path(hint))])
     print("READY", time.time(), flush=True)
-    stages = {"text": 0.0, "decode": 0.0, "steps": []}
-    last = [time.perf_counter()]
-
-    def timed(name, call):
-        def run(*args, **kwargs):
-            started = time.perf_counter()
-            out = call(*args, **kwargs)
-            stages[name] += time.perf_counter() - started
-            last[0] = time.perf_counter()  # the first step is timed from the end of text encoding
-            return out
-        return run
-
-    def progress(done, total):
-        now = time.perf_counter()
-        stages["steps"].append(now - last[0])
-        last[0] = now
-
-    model.encode_text = timed("text", model.encode_text)
-    model.decode_latents = timed("decode", model.decode_latents)
+    timer = StageTimer(model)
     side = int(size)
     txt2img(model, [peers.PROMPT], [""], [0], SamplingParams(sampler="euler", steps=int(steps), scale=peers.SCALE),
-            side, side, progress)
-    stages["peak_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print("DONE", json.dumps(stages), flush=True)
+            side, side, timer.progress)
+    timer.report()
 
 
 def diffusers_child(base: str, net: str, hint: str, steps: str, threads: str, config_dir: str, net_config_dir: str,

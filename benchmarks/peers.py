@@ -33,7 +33,7 @@ TOOLS = ("sd_cli", "sd_cli_openvino", "diffusers", "openvino", "sdcpp")
 # Each child prints "READY <epoch seconds>" when it can sample and, at the end,
 # "DONE <json: stage seconds, peak RSS>"; the parent measures the whole process from outside.
 _SD_CLI_CHILD = """
-import json, resource, sys, time
+import sys, time
 import torch
 torch.set_num_threads(int(sys.argv[4]))
 from sd_cli.loading.loader import load_model
@@ -46,26 +46,11 @@ if sys.argv[3] == "openvino":
     key = model_hash(sys.argv[1])
     use_openvino(model, lambda: key)
 print("READY", time.time(), flush=True)
-stages = {"text": 0.0, "decode": 0.0, "steps": []}
-def timed(name, call):
-    def run(*args, **kwargs):
-        started = time.perf_counter()
-        out = call(*args, **kwargs)
-        stages[name] += time.perf_counter() - started
-        last[0] = time.perf_counter()  # the first step is timed from the end of text encoding
-        return out
-    return run
-model.encode_text = timed("text", model.encode_text)
-model.decode_latents = timed("decode", model.decode_latents)
-last = [time.perf_counter()]
-def progress(done, total):
-    now = time.perf_counter()
-    stages["steps"].append(now - last[0])
-    last[0] = now
+from benchmarks.stages import StageTimer
+timer = StageTimer(model)
 params = SamplingParams(sampler="euler", steps=int(sys.argv[2]), scale=7.5)
-txt2img(model, ["a photo of a cat"], [""], [0], params, 512, 512, progress)
-stages["peak_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-print("DONE", json.dumps(stages))
+txt2img(model, ["a photo of a cat"], [""], [0], params, 512, 512, timer.progress)
+timer.report()
 """
 
 _DIFFUSERS_CHILD = """

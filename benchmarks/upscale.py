@@ -27,6 +27,7 @@ from pathlib import Path
 
 from benchmarks.compare import BENCH_DIR, ROOT
 from benchmarks.peers import PROMPT, THREADS
+from benchmarks.stages import StageTimer
 
 FILE = "x4-upscaler-random-fp16.safetensors"
 LOW_RES = "upscale-input-512.png"
@@ -212,8 +213,6 @@ def low_res_image(side: int = INPUT_SIDE) -> Path:
 def child(path: str, low_res: str, steps: str, tile: str, vae_tiling: str, config: str | None = None) -> None:
     """In a fresh process: the upscale command's path through sd_cli's API (its session, its memory check).
     Prints "READY <epoch>" when it can sample, then "DONE <json>" (stage seconds, peak RSS) or "REFUSED <why>"."""
-    import resource
-
     import torch
 
     torch.set_num_threads(THREADS)
@@ -240,29 +239,10 @@ def child(path: str, low_res: str, steps: str, tile: str, vae_tiling: str, confi
     except UsageError as err:
         print("REFUSED", err, flush=True)
         return
-    stages = {"text": 0.0, "decode": 0.0, "steps": []}
-    last = [time.perf_counter()]
-
-    def timed(name, call):
-        def run(*args, **kwargs):
-            started = time.perf_counter()
-            out = call(*args, **kwargs)
-            stages[name] += time.perf_counter() - started
-            last[0] = time.perf_counter()  # the first step is timed from the end of text encoding
-            return out
-        return run
-
-    def progress(done, total):
-        now = time.perf_counter()
-        stages["steps"].append(now - last[0])
-        last[0] = now
-
-    session.encode_text = timed("text", session.encode_text)
-    session.decode_latents = timed("decode", session.decode_latents)
+    timer = StageTimer(session)
     params = SamplingParams(sampler="ddim", steps=int(steps), scale=SCALE)
-    upscale(session, image, [PROMPT], [""], [0], params, NOISE_LEVEL, progress, int(tile))
-    stages["peak_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print("DONE", json.dumps(stages), flush=True)
+    upscale(session, image, [PROMPT], [""], [0], params, NOISE_LEVEL, timer.progress, int(tile))
+    timer.report()
 
 
 if __name__ == "__main__":
