@@ -80,11 +80,11 @@ def prepare_checkpoint(checkpoint_path, config_path=None, mode: str | None = Non
 
 
 def load_model(checkpoint_path, config_path=None, *, device="cpu", dtype=torch.float32, use_ema=False,
-               offload: bool = False, mode: str | None = None) -> LoadedModel:
+               offload: bool = False, mode: str | None = None, defer=None) -> LoadedModel:
     """With `offload`, the weights stay on the CPU and each part runs on `device` in turn (offload.py);
-    `mode` as for prepare_checkpoint."""
+    `mode` as for prepare_checkpoint, `defer` as for load_prepared."""
     return load_prepared(prepare_checkpoint(checkpoint_path, config_path, mode), device=device, dtype=dtype,
-                         use_ema=use_ema, offload=offload)
+                         use_ema=use_ema, offload=offload, defer=defer)
 
 
 def load_prepared(prepared: PreparedCheckpoint, *, device="cpu", dtype=torch.float32, use_ema=False,
