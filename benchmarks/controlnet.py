@@ -59,20 +59,11 @@ def bench_controlnet(rounds: int, save=lambda result: None) -> dict:
     result = {"size": SIZE, "sampler": "euler", "scale": peers.SCALE, "precision": "bf16", "threads": peers.THREADS,
               "rounds": rounds, "controlnet_file_gb": round(net.stat().st_size / 1e9, 3),
               "load_average": [os.getloadavg()], "failed": {}, "tools": {}}
-    runs = {tool: [] for tool in commands}
-    for _ in range(rounds):
-        for tool, command in commands.items():
-            if tool in result["failed"]:
-                continue
-            try:
-                runs[tool].append(peers._one_round(command))
-            except RuntimeError as err:
-                result["failed"][tool] = str(err)[-2000:]
-                continue
-            result["tools"][tool] = peers._summary(runs[tool])
-            result["load_average"].append(os.getloadavg())
-            result["ratio"] = ratios(result["tools"])
-            save(result)
+    def after_each(result):
+        result["ratio"] = ratios(result["tools"])
+        save(result)
+
+    peers.alternate_rounds(commands, rounds, result, after_each)
     return result
 
 
@@ -86,17 +77,10 @@ def ratios(tools: dict) -> dict | None:
 # -- the files ---------------------------------------------------------------------------------------
 
 def controlnet_checkpoint() -> Path:
-    path = BENCH_DIR / FILE
-    if not path.exists():
-        from benchmarks.sdxl import write_random_safetensors
-        from sd_cli.loading.packaged import packaged_config
+    from benchmarks.sdxl import cached_random_file
+    from sd_cli.loading.packaged import packaged_config
 
-        BENCH_DIR.mkdir(parents=True, exist_ok=True)
-        print(f"writing {path} ...", file=sys.stderr)
-        partial = path.with_suffix(".partial")
-        write_random_safetensors(partial, controlnet_shapes(packaged_config(PACKAGED_YAML)))
-        partial.rename(path)  # a run cut off while writing leaves no file that looks finished
-    return path
+    return cached_random_file(FILE, lambda: controlnet_shapes(packaged_config(PACKAGED_YAML)))
 
 
 def controlnet_shapes(yaml_path) -> dict:

@@ -112,6 +112,18 @@ def bench_peers(st: Path, bench_dir: Path, rounds: int, config_dir: Path, save=l
     if "sd_cli_openvino" in commands:  # the first run converts and fills the cache; the rounds read it
         result["cold_first_run"]["sd_cli_openvino"] = _one_round(commands["sd_cli_openvino"], steps=(STEPS[0],))
         save(result)
+    def after_each(result):
+        _add_ratios(result["tools"])
+        save(result)
+
+    alternate_rounds(commands, rounds, result, after_each)
+    return result
+
+
+def alternate_rounds(commands: dict, rounds: int, result: dict, after_each) -> None:
+    """`rounds` rounds of every tool's processes, one tool after the other; result's "tools" (medians so
+    far), "failed" (a failed tool leaves the later rounds) and "load_average" fill as they come, and
+    after_each(result) runs after every tool's round (ratios, saving: a run cut off keeps what it took)."""
     runs = {tool: [] for tool in commands}
     for _ in range(rounds):
         for tool, command in commands.items():
@@ -124,9 +136,7 @@ def bench_peers(st: Path, bench_dir: Path, rounds: int, config_dir: Path, save=l
                 continue
             result["tools"][tool] = _summary(runs[tool])
             result["load_average"].append(os.getloadavg())
-            _add_ratios(result["tools"])
-            save(result)
-    return result
+            after_each(result)
 
 
 def _available_tools(st: Path, bench_dir: Path, config_dir: Path) -> tuple[dict, dict]:

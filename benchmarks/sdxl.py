@@ -63,11 +63,19 @@ def _save(results: dict, path) -> None:
 # -- the checkpoint --------------------------------------------------------------------------------
 
 def checkpoint() -> Path:
-    path = BENCH_DIR / FILE
+    return cached_random_file(FILE, sdxl_base_shapes)
+
+
+def cached_random_file(name: str, shapes) -> Path:
+    """BENCH_DIR/name, written once from shapes() (called only then); a run cut off while writing
+    leaves a .partial file, never one that looks finished."""
+    path = BENCH_DIR / name
     if not path.exists():
         BENCH_DIR.mkdir(parents=True, exist_ok=True)
         print(f"writing {path} ...", file=sys.stderr)
-        write_random_safetensors(path, sdxl_base_shapes())
+        partial = path.with_suffix(".partial")
+        write_random_safetensors(partial, shapes())
+        partial.rename(path)
     return path
 
 

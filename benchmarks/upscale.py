@@ -118,17 +118,10 @@ def summary(measured: dict, steps: int) -> dict:
 # -- the files ---------------------------------------------------------------------------------------
 
 def upscaler_checkpoint() -> Path:
-    path = BENCH_DIR / FILE
-    if not path.exists():
-        from benchmarks.sdxl import write_random_safetensors
-        from sd_cli.loading.packaged import packaged_config
+    from benchmarks.sdxl import cached_random_file
+    from sd_cli.loading.packaged import packaged_config
 
-        BENCH_DIR.mkdir(parents=True, exist_ok=True)
-        print(f"writing {path} ...", file=sys.stderr)
-        partial = path.with_suffix(".partial")
-        write_random_safetensors(partial, x4_shapes(packaged_config(PACKAGED_YAML)))
-        partial.rename(path)  # a run cut off while writing leaves no file that looks finished
-    return path
+    return cached_random_file(FILE, lambda: x4_shapes(packaged_config(PACKAGED_YAML)))
 
 
 def x4_shapes(yaml_path, text: dict = OPENCLIP_H) -> dict:
