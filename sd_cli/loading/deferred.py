@@ -14,13 +14,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from sd_cli.loading.mapped_pages import MappedFile
+from sd_cli.loading.mapped_pages import MappedFile, copied_out
 
 
 class DeferredWeights:
     """The file tensors of the deferred module keys, and how the loader casts and lays them out."""
 
-    def __init__(self, device, channels_last_convs: bool, mapped_file: MappedFile | None):
+    def __init__(self, wanted, device, channels_last_convs: bool, mapped_file: MappedFile | None):
+        self.wanted = wanted  # module key -> whether the loader leaves it in the file
         self.device = torch.device(device)
         self.channels_last_convs = channels_last_convs
         self.mapped_file = mapped_file
@@ -45,11 +46,9 @@ class DeferredWeights:
             current = _tensor_at(module, name)
             if not current.is_meta:
                 continue
-            source = self.sources[key]
-            layout = torch.channels_last if self.channels_last_convs and source.dim() == 4 else torch.preserve_format
-            copy = source.to(device=self.device, dtype=current.dtype, memory_format=layout, copy=True)
-            if self.mapped_file is not None:
-                self.mapped_file.release(source)
+            # always a copy: a view of the file would keep its pages resident after `free`
+            copy = copied_out(self.sources[key], self.device, current.dtype, self.channels_last_convs,
+                              self.mapped_file, always_copy=True)
             _set_tensor(module, name, copy)
             filled = True
         self.materialisations += filled

@@ -21,7 +21,7 @@ from sd_cli.loading.detection import check_config_fits, detect_family, is_v_pred
 from sd_cli.loading.keys import model_keys
 from sd_cli.errors import CheckpointError, UsageError
 from sd_cli.loading.deferred import DeferredWeights
-from sd_cli.loading.mapped_pages import MappedFile
+from sd_cli.loading.mapped_pages import MappedFile, copied_out
 from sd_cli.models.empty import empty_modules
 from sd_cli.models.families import family_of
 from sd_cli.models.diffusion_engine import DiffusionEngine
@@ -169,8 +169,8 @@ def build_and_load(config: ModelConfig, weights: dict, name: str, device="cpu", 
     compare(model.state_dict(), module_weights, unexpected).raise_if_any(
         f"{name} does not match config {config.source}", sides="checkpoint vs config",
         hint=". Pass the config this checkpoint was made for with --config")
-    deferred = DeferredWeights(device, channels_last_convs, mapped_file) if defer is not None else None
-    _cast_in_place(module_weights, device, dtype, mapped_file, channels_last_convs, deferred, defer)
+    deferred = DeferredWeights(defer, device, channels_last_convs, mapped_file) if defer is not None else None
+    _cast_in_place(module_weights, device, dtype, mapped_file, channels_last_convs, deferred)
     model.load_state_dict(module_weights, strict=True, assign=True)
     model.deferred = deferred
     model.alphas_cumprod = _schedule(weights, config, name)
@@ -259,7 +259,7 @@ def _module_state_dict(weights: dict, encoder_class, depth: bool, upscaler: bool
 
 
 def _cast_in_place(module_weights: dict, device, dtype, mapped_file: MappedFile | None,
-                   channels_last_convs: bool = False, deferred: DeferredWeights | None = None, defer=None) -> None:
+                   channels_last_convs: bool = False, deferred: DeferredWeights | None = None) -> None:
     """Move and cast tensor by tensor, so at most one extra tensor exists at a time.
 
     A tensor already on the device in the dtype, in the layout it runs in (a memory-mapped fp32
@@ -271,17 +271,13 @@ def _cast_in_place(module_weights: dict, device, dtype, mapped_file: MappedFile 
     convolutions on NHWC activations, 7-10% off a full-size UNet step and about a quarter off
     the VAE decode (docs/benchmarks.md). The maths is the same up to float rounding.
 
-    Keys `defer` names are not read at all: `deferred` keeps the file's tensor, the model a meta one.
+    Keys `deferred` wants are not read at all: it keeps the file's tensor, the model a meta one.
     """
     for key, value in module_weights.items():
-        if deferred is not None and defer(key):
+        if deferred is not None and deferred.wanted(key):
             module_weights[key] = deferred.defer(key, value, dtype)
-            continue
-        layout = torch.channels_last if channels_last_convs and value.dim() == 4 else torch.preserve_format
-        copy = value.to(device=device, dtype=dtype if value.is_floating_point() else None, memory_format=layout)
-        if mapped_file is not None and copy.data_ptr() != value.data_ptr():
-            mapped_file.release(value)
-        module_weights[key] = copy
+        else:
+            module_weights[key] = copied_out(value, device, dtype, channels_last_convs, mapped_file)
 
 
 def _schedule(weights: dict, config: ModelConfig, name: str) -> torch.Tensor:

@@ -124,7 +124,7 @@ class LoraMerger:
         self.restore()
         import torch
 
-        deferred = getattr(self.model, "deferred", None)
+        deferred = self.model.deferred
         if deferred is not None and any(use.weight != 0 for use in uses):
             deferred.pin()  # merged in place: the weights must exist, and are kept (--backend openvino)
 
