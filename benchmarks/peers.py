@@ -2,7 +2,8 @@
 
     python -m benchmarks --only peers --rounds 2 --json-out docs/bench-cpu-peers.json
 
-The tools: sd_cli (eager, bf16), sd_cli --backend openvino (bf16), diffusers (bf16), OpenVINO
+The tools: sd_cli (eager, bf16; also beside torch's CPU build where SD_CLI_BENCH_CPU_TORCH_PYTHON names a
+Python that has it and sd_cli), sd_cli --backend openvino (bf16), diffusers (bf16), OpenVINO
 through optimum-intel's OVStableDiffusionPipeline (exported offline from the same weights; its own
 default precision, bf16 on CPUs with AVX-512 BF16) and stable-diffusion.cpp
 (stable-diffusion-cpp-python, which reads the original file). Every run is a fresh process at
@@ -45,8 +46,10 @@ if sys.argv[3] == "openvino":  # loaded as sd-cli --backend openvino loads it: t
     model = load_model(sys.argv[1], dtype=torch.bfloat16, defer=deferred_keys()).model
     key = model_hash(sys.argv[1])
     use_openvino(model, lambda: key)
-else:
-    model = load_model(sys.argv[1], dtype=torch.bfloat16).model
+else:  # as sd-cli loads it on the CPU: the text and VAE encoders wait in the file (runtime/waiting_parts.py)
+    from sd_cli.runtime.waiting_parts import wait_in_file, waiting_keys
+    model = load_model(sys.argv[1], dtype=torch.bfloat16, defer=waiting_keys()).model
+    wait_in_file(model)
 print("READY", time.time(), flush=True)
 from benchmarks.stages import StageTimer
 timer = StageTimer(model)
@@ -112,8 +115,12 @@ def bench_peers(st: Path, bench_dir: Path, rounds: int, config_dir: Path, save=l
     if "sd_cli_openvino" in commands:  # the first run converts and fills the cache; the rounds read it
         result["cold_first_run"]["sd_cli_openvino"] = _one_round(commands["sd_cli_openvino"], steps=(STEPS[0],))
         save(result)
+    result["file_gb"] = round(st.stat().st_size / 1e9, 3)
+
     def after_each(result):
         _add_ratios(result["tools"])
+        for summary in result["tools"].values():  # issue 22's memory goal: at most 1.3x the file
+            summary["peak_rss_over_file"] = round(summary["peak_rss_gb"] / result["file_gb"], 3)
         save(result)
 
     alternate_rounds(commands, rounds, result, after_each)
@@ -156,6 +163,12 @@ def _available_tools(st: Path, bench_dir: Path, config_dir: Path) -> tuple[dict,
         notes["openvino"] = ("SD_CLI_BENCH_OPENVINO_PYTHON does not name a Python with optimum-intel "
                              "(docs/benchmarks.md: its own venv)")
     commands["sd_cli"] = lambda n: [sys.executable, "-c", _SD_CLI_CHILD, str(st), str(n), "torch", threads]
+    cpu_python = os.environ.get("SD_CLI_BENCH_CPU_TORCH_PYTHON")
+    if cpu_python and _importable(cpu_python, "sd_cli"):  # the same child beside torch's CPU build (README's CPU install)
+        commands["sd_cli_cpu_torch"] = lambda n: [cpu_python, "-c", _SD_CLI_CHILD, str(st), str(n), "torch", threads]
+    else:
+        notes["sd_cli_cpu_torch"] = ("SD_CLI_BENCH_CPU_TORCH_PYTHON does not name a Python with torch's CPU build "
+                                     "and sd_cli (docs/benchmarks.md)")
     if _importable(sys.executable, "diffusers"):
         commands["diffusers"] = lambda n: [sys.executable, "-c", _DIFFUSERS_CHILD, str(st), str(n), str(config_dir), threads]
     else:

@@ -1,12 +1,13 @@
-"""Weights left in the checkpoint file until torch needs them (--backend openvino).
+"""Weights left in the checkpoint file until torch needs them.
 
-A part that runs as a compiled OpenVINO graph needs its torch weights only to convert a graph
-that is not cached yet. The loader therefore builds such parts with parameters on the meta
-device (shape and dtype, no memory) and keeps the checkpoint's own tensors, which are views of
-the memory-mapped file: no page of them is read until a part is materialised. `materialise`
-copies them into the module (cast and laid out as the loader would have); `free` puts the meta
-stand-ins back and gives the file pages to the kernel again, so after a conversion the process
-holds the graph and not also the torch weights. A later new shape re-reads them from the file.
+Two users: a part that runs as a compiled OpenVINO graph (--backend openvino) needs its torch
+weights only to convert a graph that is not cached yet, and on the CPU the parts that a denoising
+step does not use wait in the file between their uses (runtime/waiting_parts.py). The loader
+builds such parts with parameters on the meta device (shape and dtype, no memory) and keeps the
+checkpoint's own tensors, which are views of the memory-mapped file: no page of them is read until
+a part is materialised. `materialise` puts them into the module as the loader would have (cast and
+laid out, or the file's view itself); `free` puts the meta stand-ins back and gives the file pages
+to the kernel again, so that the process holds the part only while it is used.
 """
 
 from __future__ import annotations
@@ -46,22 +47,31 @@ class DeferredWeights:
             current = _tensor_at(module, name)
             if not current.is_meta:
                 continue
-            # always a copy: a view of the file would keep its pages resident after `free`
-            copy = copied_out(self.sources[key], self.device, current.dtype, self.channels_last_convs,
-                              self.mapped_file, always_copy=True)
-            _set_tensor(module, name, copy)
+            # As the loader makes it, so that a part read here computes bit for bit what it computes
+            # loaded whole: a view of the file where nothing is cast or laid out, and a normal tensor
+            # even when a run calls this under inference mode (torch runs some ops on inference
+            # tensors by another path, with other rounding; nn.MultiheadAttention in a batch of two).
+            with torch.inference_mode(False):
+                _set_tensor(module, name, copied_out(self.sources[key], self.device, current.dtype,
+                                                     self.channels_last_convs, self.mapped_file))
             filled = True
         self.materialisations += filled
 
     def free(self, module: nn.Module, prefix: str) -> None:
-        """Meta stand-ins again for the deferred keys under `prefix` (their dtype kept), unless pinned."""
+        """Meta stand-ins again for the deferred keys under `prefix` (their dtype kept), unless pinned;
+        the file's pages of the ones that were views of it are given back too."""
         if self.pinned:
             return
         for key in self.keys_under(prefix):
             name = key[len(prefix):]
             current = _tensor_at(module, name)
-            if not current.is_meta:
-                _set_tensor(module, name, torch.empty(current.shape, dtype=current.dtype, device="meta"))
+            if current.is_meta:
+                continue
+            _set_tensor(module, name, torch.empty(current.shape, dtype=current.dtype, device="meta"))
+            source = self.sources[key]
+            if self.mapped_file is not None and current.data_ptr() == source.data_ptr():
+                # clean pages (nothing writes a part that can be freed: a LoRA merge pins first)
+                self.mapped_file.release(source)
 
     def pin(self) -> None:
         """Materialise every registered part for good (their values are about to be changed in place)."""
@@ -85,6 +95,8 @@ def _set_tensor(module: nn.Module, name: str, value: torch.Tensor) -> None:
     owner, _, leaf = name.rpartition(".")
     sub = module.get_submodule(owner)
     if leaf in sub._parameters:
-        sub._parameters[leaf] = nn.Parameter(value, requires_grad=False)
+        # requires_grad as loaded: some CPU kernels take another path by it (other rounding), even
+        # under inference mode
+        sub._parameters[leaf] = nn.Parameter(value, requires_grad=sub._parameters[leaf].requires_grad)
     else:
         sub._buffers[leaf] = value

@@ -83,15 +83,14 @@ def _libc_madvise():
     return madvise
 
 
-def copied_out(value, device, dtype, channels_last: bool, mapped_file: "MappedFile | None", always_copy: bool = False):
+def copied_out(value, device, dtype, channels_last: bool, mapped_file: "MappedFile | None"):
     """A file tensor as the model runs it: on `device`, floating tensors in `dtype`, 4-D weights
-    channels-last where asked; the file's pages of it given back once it has been copied. Without
-    `always_copy` a tensor already as it runs stays a view of the file (no copy at all)."""
+    channels-last where asked; the file's pages of it given back once it has been copied. A tensor
+    already as it runs stays a view of the file (no copy at all)."""
     import torch
 
     layout = torch.channels_last if channels_last and value.dim() == 4 else torch.preserve_format
-    copy = value.to(device=device, dtype=dtype if value.is_floating_point() else None, memory_format=layout,
-                    copy=always_copy)
+    copy = value.to(device=device, dtype=dtype if value.is_floating_point() else None, memory_format=layout)
     if mapped_file is not None and copy.data_ptr() != value.data_ptr():
         mapped_file.release(value)
     return copy

@@ -91,6 +91,7 @@ class LatentDiffusion(nn.Module):
         """What a run or the loader attaches later (every model class starts with these)."""
         self.offload = None  # --offload: sd_cli/offload.py puts each part on the GPU when it is used
         self.deferred = None  # weights left in the file until torch needs them (loading/deferred.py)
+        self.waiting = None  # CPU: the parts a step does not use, read from the file when run (runtime/waiting_parts.py)
         self.depth_weights = None  # a depth model's MiDaS weights until depth2img builds it (loader.py)
         self.control_weights = None  # a ControlNet v1.0 file's control_model.* until a run uses them (loader.py)
 
@@ -103,9 +104,13 @@ class LatentDiffusion(nn.Module):
             return self.deferred.device
         return next(self.model.parameters()).device
 
-    def _ready(self, part: str) -> None:
+    def _ready(self, part: str, piece: str | None = None) -> None:
+        """Before `part` runs: --offload puts it on the GPU; on the CPU the part (or the `piece` of it
+        that runs, the VAE's encoder) is read from the file if it waits there."""
         if self.offload is not None:
             self.offload.use(part)
+        if self.waiting is not None:
+            self.waiting.use(piece or part)
 
     def make_room(self) -> None:
         """With --offload, move the part on the device back to host memory: another model (the SDXL
@@ -137,7 +142,7 @@ class LatentDiffusion(nn.Module):
 
         With `tiled` (--vae-tiling) the VAE encodes overlapping tiles: bounded memory for large inputs.
         """
-        self._ready("VAE")
+        self._ready("VAE", "VAE encoder")
         image = image.to(self.device, self.vae_dtype)
         if not tiled:
             mean, _ = self.first_stage_model.encode_moments(image)

@@ -46,8 +46,9 @@ def check_ddconfig(ddconfig: dict) -> None:
             raise ValueError(f"AutoencoderKL: ddconfig {name}={value!r} is not supported (only {default!r})")
 
 
-def swish(x: torch.Tensor) -> torch.Tensor:
-    return F.silu(x)
+def swish_(x: torch.Tensor) -> torch.Tensor:
+    """SiLU in place: every caller passes a fresh activation (a GroupNorm's output)."""
+    return F.silu(x, inplace=True)
 
 
 def conv3x3(in_channels: int, out_channels: int) -> nn.Conv2d:
@@ -73,9 +74,13 @@ class ResnetBlock(nn.Module):
             self.nin_shortcut = nn.Identity()  # no parameters, so no checkpoint key
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(swish(self.norm1(x)))
-        h = self.conv2(swish(self.norm2(h)))
-        return self.nin_shortcut(x) + h
+        # Each result replaces the one before it (SiLU and the residual add in place): besides x, at
+        # most two activations of the block's size are alive, which is what bounds the decoder's
+        # memory at full resolution. The same operations, so the same numbers.
+        h = self.conv1(swish_(self.norm1(x)))
+        h = swish_(self.norm2(h))
+        h = self.conv2(h)
+        return h.add_(self.nin_shortcut(x))
 
 
 class AttnBlock(nn.Module):
@@ -152,11 +157,15 @@ class Level(nn.Module):
         for name, module in resampler.items():
             self.add_module(name, module)
 
+    def stages(self) -> list[nn.Module]:
+        """The blocks, then the resampler. The encoder and decoder run these one by one rather than
+        calling the level, whose caller would hold the level's input (at full resolution the
+        decoder's largest activation) until the whole level returns."""
+        return [*self.block, *(getattr(self, name) for name in self.resampler_names)]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for block in self.block:
-            x = block(x)
-        for name in self.resampler_names:
-            x = getattr(self, name)(x)
+        for stage in self.stages():
+            x = stage(x)
         return x
 
 
@@ -182,9 +191,10 @@ class Encoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.conv_in(x)
         for level in self.down:
-            h = level(h)
+            for stage in level.stages():
+                h = stage(h)
         h = self.mid(h)
-        return self.conv_out(swish(self.norm_out(h)))
+        return self.conv_out(swish_(self.norm_out(h)))
 
 
 class Decoder(nn.Module):
@@ -213,8 +223,9 @@ class Decoder(nn.Module):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         h = self.mid(self.conv_in(z))
         for level in reversed(self.up):
-            h = level(h)
-        return self.conv_out(swish(self.norm_out(h)))
+            for stage in level.stages():
+                h = stage(h)
+        return self.conv_out(swish_(self.norm_out(h)))
 
 
 class AutoencoderKL(nn.Module):

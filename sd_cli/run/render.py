@@ -252,7 +252,11 @@ def _load(request: RunRequest, rank):
 
         refiner = prepare_refiner(request, prepared)
     loaded = load_prepared(prepared, device=device, dtype=dtype, use_ema=request.ema, offload=offload,
-                           defer=_deferred_keys(request))
+                           defer=_deferred_keys(request, device, offload))
+    if _waits_in_file(request, device, offload):
+        from sd_cli.runtime.waiting_parts import wait_in_file
+
+        wait_in_file(loaded.model)
     log.info(f"loaded {checkpoint} in {time.perf_counter() - started:.1f}s")
     text = text_options(loaded.model.text_towers[0], request.emphasis, request.clip_skip, request.embeddings)
     if request.vae is not None:
@@ -288,14 +292,23 @@ def _attach_control(session, request: RunRequest) -> None:
     session.control = load_control_set(request.control, model, session.checkpoint_path)
 
 
-def _deferred_keys(request: RunRequest):
-    """--backend openvino: the parts its graphs replace stay in the file (loading/deferred.py); --vae's
-    weights are loaded over the VAE after loading, so the decoder is then read as usual."""
-    if request.backend != "openvino":
-        return None
-    from sd_cli.runtime.openvino_backend import deferred_keys
+def _deferred_keys(request: RunRequest, device, offload: bool):
+    """The keys left in the file (loading/deferred.py). --backend openvino: the parts its graphs replace;
+    the eager CPU path: the parts a step does not use (runtime/waiting_parts.py). --vae's weights are
+    loaded over the VAE after loading, so its decoder (openvino) or encoder (eager) is then read as usual."""
+    if request.backend == "openvino":
+        from sd_cli.runtime.openvino_backend import deferred_keys
 
-    return deferred_keys(decoder=request.vae is None)
+        return deferred_keys(decoder=request.vae is None)
+    if _waits_in_file(request, device, offload):
+        from sd_cli.runtime.waiting_parts import waiting_keys
+
+        return waiting_keys(vae_encoder=request.vae is None)
+    return None
+
+
+def _waits_in_file(request: RunRequest, device, offload: bool) -> bool:
+    return request.backend != "openvino" and device.type == "cpu" and not offload
 
 
 def _weights_key(request: RunRequest, checkpoint: Path, merger) -> str:

@@ -31,9 +31,19 @@ def test_sd_cli_stages_are_summarised():
 
 def test_a_missing_peer_is_skipped_with_a_note(tmp_path, monkeypatch):
     monkeypatch.delenv("SD_CLI_BENCH_OPENVINO_PYTHON", raising=False)
+    monkeypatch.delenv("SD_CLI_BENCH_CPU_TORCH_PYTHON", raising=False)
     monkeypatch.setattr(peers, "_importable", lambda python, module: module == "diffusers")
     commands, notes = peers._available_tools(tmp_path / "x.safetensors", tmp_path, tmp_path)
     assert list(commands) == ["sd_cli", "diffusers"]
-    assert set(notes) == {"sd_cli_openvino", "openvino", "sdcpp"}
+    assert set(notes) == {"sd_cli_openvino", "openvino", "sd_cli_cpu_torch", "sdcpp"}
     assert "SD_CLI_BENCH_OPENVINO_PYTHON" in notes["openvino"]
     assert commands["sd_cli"](2)[:2] == [sys.executable, "-c"]
+
+
+def test_the_cpu_torch_python_runs_the_same_sd_cli_child(tmp_path, monkeypatch):
+    monkeypatch.setenv("SD_CLI_BENCH_CPU_TORCH_PYTHON", "/venvs/cpu/bin/python")
+    monkeypatch.setattr(peers, "_importable", lambda python, module: module == "sd_cli")
+    commands, notes = peers._available_tools(tmp_path / "x.safetensors", tmp_path, tmp_path)
+    assert "sd_cli_cpu_torch" not in notes
+    ours, theirs = commands["sd_cli"](8), commands["sd_cli_cpu_torch"](8)
+    assert theirs[0] == "/venvs/cpu/bin/python" and theirs[1:] == ours[1:]
