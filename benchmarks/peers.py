@@ -58,7 +58,35 @@ txt2img(model, ["a photo of a cat"], [""], [0], params, 512, 512, timer.progress
 timer.report()
 """
 
-_DIFFUSERS_CHILD = """
+# The diffusers-style pipelines' own stages, timed as sd_cli's StageTimer times sd_cli's: both text
+# encoder calls, every step (the first from the end of text encoding), the VAE decode.
+_PIPELINE_STAGES = """
+import json, resource, time
+class Stages:
+    def __init__(self, pipe):
+        self.stages = {"text": 0.0, "decode": 0.0, "steps": []}
+        self._wrap(pipe.text_encoder, "forward", "text")
+        self._wrap(pipe.vae, "decode", "decode")
+    def _wrap(self, owner, attr, name):
+        call = getattr(owner, attr)
+        def timed(*args, **kwargs):
+            started = time.perf_counter()
+            out = call(*args, **kwargs)
+            self.stages[name] += time.perf_counter() - started
+            self._last = time.perf_counter()
+            return out
+        setattr(owner, attr, timed)
+    def on_step_end(self, pipe, index, timestep, kwargs):
+        now = time.perf_counter()
+        self.stages["steps"].append(now - self._last)
+        self._last = now
+        return kwargs
+    def report(self):
+        self.stages["peak_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        print("DONE", json.dumps(self.stages), flush=True)
+"""
+
+_DIFFUSERS_CHILD = _PIPELINE_STAGES + """
 import json, resource, sys, time
 import torch
 torch.set_num_threads(int(sys.argv[4]))
@@ -68,12 +96,14 @@ pipe = StableDiffusionPipeline.from_single_file(sys.argv[1], config=sys.argv[3],
 pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
 pipe.set_progress_bar_config(disable=True)
 print("READY", time.time(), flush=True)
-pipe("a photo of a cat", num_inference_steps=int(sys.argv[2]), height=512, width=512, guidance_scale=7.5)
-print("DONE", json.dumps({"peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+stages = Stages(pipe)
+pipe("a photo of a cat", num_inference_steps=int(sys.argv[2]), height=512, width=512, guidance_scale=7.5,
+     callback_on_step_end=stages.on_step_end)
+stages.report()
 """
 
 # Run by the OpenVINO environment's Python: its own default precision and threads set as the others'.
-_OPENVINO_CHILD = """
+_OPENVINO_CHILD = _PIPELINE_STAGES + """
 import json, resource, sys, time
 from optimum.intel import OVStableDiffusionPipeline
 from diffusers import EulerDiscreteScheduler
@@ -83,8 +113,10 @@ pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
 pipe.reshape(batch_size=1, height=512, width=512, num_images_per_prompt=1)
 pipe.compile()
 print("READY", time.time(), flush=True)
-pipe("a photo of a cat", num_inference_steps=int(sys.argv[2]), height=512, width=512, guidance_scale=7.5)
-print("DONE", json.dumps({"peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+stages = Stages(pipe)
+pipe("a photo of a cat", num_inference_steps=int(sys.argv[2]), height=512, width=512, guidance_scale=7.5,
+     callback_on_step_end=stages.on_step_end)
+stages.report()
 """
 
 _OPENVINO_EXPORT = """
@@ -231,7 +263,7 @@ def _summary(rounds_of_tool: list[dict]) -> dict:
                "peak_rss_gb": _median([r[high]["peak_rss"] / 1e9 for r in rounds_of_tool]),
                "runs": rounds_of_tool}
     stages = [r[high] for r in rounds_of_tool if "text" in r[high]]
-    if stages:  # sd_cli's children time their own stages
+    if stages:  # sd_cli's, diffusers' and OpenVINO's children time their stages
         summary["stages_s"] = {"text_encode": _median([s["text"] for s in stages]),
                                "first_step": _median([s["steps"][0] for s in stages]),
                                "later_steps_median": _median([statistics.median(s["steps"][1:]) for s in stages]),
@@ -246,9 +278,12 @@ def _add_ratios(tools: dict) -> None:
         if base is None:
             continue
         for summary in tools.values():
-            summary[f"ratio_to_{base_name}"] = {key: round(summary[key] / base[key], 3) for key in
-                                                ("s_per_step", "load_to_ready_s", "image_20_steps_whole_process_s",
-                                                 "peak_rss_gb")}
+            ratios = {key: round(summary[key] / base[key], 3) for key in
+                      ("s_per_step", "load_to_ready_s", "image_20_steps_whole_process_s", "peak_rss_gb")}
+            for stage in ("later_steps_median", "decode", "text_encode"):  # where both time their stages
+                if stage in summary.get("stages_s", {}) and stage in base.get("stages_s", {}):
+                    ratios[f"stage_{stage}"] = round(summary["stages_s"][stage] / base["stages_s"][stage], 3)
+            summary[f"ratio_to_{base_name}"] = ratios
 
 
 def _median(values: list[float]) -> float:

@@ -29,6 +29,18 @@ def test_sd_cli_stages_are_summarised():
     assert summary["stages_s"] == {"text_encode": 0.2, "first_step": 5.0, "later_steps_median": 3.2, "decode": 4.0}
 
 
+def test_stage_ratios_where_both_time_their_stages():
+    ours = dict(text=0.5, decode=5.5, steps=[4.5, 4.0, 4.2, 3.9])
+    theirs = dict(text=0.1, decode=5.0, steps=[4.4, 5.0, 4.8, 5.2])
+    tools = {"sd_cli": peers._summary([{2: process(20.0, 5.0, 3.0, **ours), 8: process(41.0, 5.0, 3.2, **ours)}]),
+             "openvino": peers._summary([{2: process(30.0, 15.0, 7.0, **theirs), 8: process(45.0, 16.0, 7.5, **theirs)}]),
+             "sdcpp": peers._summary([{2: process(30.0, 2.0, 3.0), 8: process(60.0, 2.0, 3.0)}])}
+    peers._add_ratios(tools)
+    ratios = tools["sd_cli"]["ratio_to_openvino"]
+    assert (ratios["stage_later_steps_median"], ratios["stage_decode"], ratios["stage_text_encode"]) == (0.8, 1.1, 5.0)
+    assert "stage_decode" not in tools["sdcpp"]["ratio_to_openvino"]  # it times no stages
+
+
 def test_a_missing_peer_is_skipped_with_a_note(tmp_path, monkeypatch):
     monkeypatch.delenv("SD_CLI_BENCH_OPENVINO_PYTHON", raising=False)
     monkeypatch.delenv("SD_CLI_BENCH_CPU_TORCH_PYTHON", raising=False)
