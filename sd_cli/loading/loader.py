@@ -173,6 +173,7 @@ def build_and_load(config: ModelConfig, weights: dict, name: str, device="cpu", 
     _cast_in_place(module_weights, device, dtype, mapped_file, channels_last_convs, deferred)
     model.load_state_dict(module_weights, strict=True, assign=True)
     model.deferred = deferred
+    _release_pages_not_held(weights, model, mapped_file)
     model.alphas_cumprod = _schedule(weights, config, name)
     if model.noise_augmentation is not None:
         _check_augmentation_schedule(weights.get(LOW_SCALE_PREFIX + "alphas_cumprod"), model.noise_augmentation,
@@ -213,9 +214,24 @@ def _build_engine(config: ModelConfig, weights: dict, name: str, device, dtype, 
     _cast_in_place(module_weights, device, dtype, mapped_file, channels_last_convs)
     _cast_in_place(vae, device, torch.float32, mapped_file, channels_last_convs)
     model.load_state_dict({**module_weights, **vae}, strict=True, assign=True)
+    _release_pages_not_held(weights, model, mapped_file)
     model.alphas_cumprod = _schedule(weights, config, name)
     _check_sigma_table(weights.get(SGM_SIGMAS_KEY), model.sigma_table, config, name)
     return model
+
+
+def _release_pages_not_held(weights: dict, model, mapped_file: MappedFile | None) -> None:
+    """While the file stays mapped (the model holds views of it or leaves parts in it, deferred.py), pages
+    the load made resident stay so: those of tensors read into one of the load's own (the text towers'
+    q, k and v are concatenated into one) and the neighbours the kernel maps around every page fault
+    (fault-around), parts left in the file among them. Give back the pages of every file tensor the
+    model does not hold as it is."""
+    if mapped_file is None:
+        return
+    held = {t.data_ptr() for t in model.state_dict().values() if not t.is_meta}
+    for tensor in weights.values():
+        if isinstance(tensor, torch.Tensor) and tensor.data_ptr() not in held:
+            mapped_file.release(tensor)
 
 
 def _check_augmentation_schedule(stored, augmentation, config: ModelConfig, name: str) -> None:

@@ -1,8 +1,8 @@
 """On the CPU, the parts that a denoising step does not use wait in the checkpoint file.
 
 The text encoder runs once per batch and the VAE encoder only for an init image (img2img,
-inpainting, a pixel-space hires pass), yet held beside the UNet they are 0.31 GB of the 2.13 GB an
-SD 1.5 file takes in bf16, memory of the process's own, since the file's fp16 tensors are cast. So
+inpainting, a pixel-space hires pass), yet held beside the UNet they are a ninth of an SD 1.5 model
+in bf16 (docs/performance.md), memory of the process's own, since the file's fp16 tensors are cast. So
 the loader leaves them in the file (loading/deferred.py) and the model asks for a part before it
 runs it (`use`):
 
