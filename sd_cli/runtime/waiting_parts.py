@@ -11,7 +11,7 @@ runs it (`use`):
 - the VAE encoder is read at its first use and then kept.
 
 The token embedding stays in memory: embeddings (textual inversion) and the prompt parser look at
-it between encodings. A merged LoRA pins the parts it changes in memory for good (DeferredWeights.pin),
+it between encodings. A merged LoRA, merged in place, pins the waiting parts in memory for good (DeferredWeights.pin),
 and --vae, whose weights replace the VAE's after loading, keeps the VAE encoder loaded. Only the CPU:
 there the weights are host memory; a GPU run keeps them on the device (or uses --offload).
 """
