@@ -251,9 +251,10 @@ def _load(request: RunRequest, rank):
         from sd_cli.run.refiner import prepare_refiner
 
         refiner = prepare_refiner(request, prepared)
+    waits = _waits_in_file(request, device, offload)
     loaded = load_prepared(prepared, device=device, dtype=dtype, use_ema=request.ema, offload=offload,
-                           defer=_deferred_keys(request, device, offload))
-    if _waits_in_file(request, device, offload):
+                           defer=_deferred_keys(request, waits))
+    if waits:
         from sd_cli.runtime.waiting_parts import wait_in_file
 
         wait_in_file(loaded.model)
@@ -292,7 +293,7 @@ def _attach_control(session, request: RunRequest) -> None:
     session.control = load_control_set(request.control, model, session.checkpoint_path)
 
 
-def _deferred_keys(request: RunRequest, device, offload: bool):
+def _deferred_keys(request: RunRequest, waits: bool):
     """The keys left in the file (loading/deferred.py). --backend openvino: the parts its graphs replace;
     the eager CPU path: the parts a step does not use (runtime/waiting_parts.py). --vae's weights are
     loaded over the VAE after loading, so its decoder (openvino) or encoder (eager) is then read as usual."""
@@ -300,7 +301,7 @@ def _deferred_keys(request: RunRequest, device, offload: bool):
         from sd_cli.runtime.openvino_backend import deferred_keys
 
         return deferred_keys(decoder=request.vae is None)
-    if _waits_in_file(request, device, offload):
+    if waits:
         from sd_cli.runtime.waiting_parts import waiting_keys
 
         return waiting_keys(vae_encoder=request.vae is None)
@@ -308,6 +309,7 @@ def _deferred_keys(request: RunRequest, device, offload: bool):
 
 
 def _waits_in_file(request: RunRequest, device, offload: bool) -> bool:
+    """The eager CPU path: the parts a step does not use wait in the file (runtime/waiting_parts.py)."""
     return request.backend != "openvino" and device.type == "cpu" and not offload
 
 

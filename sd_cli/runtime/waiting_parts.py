@@ -20,9 +20,10 @@ from __future__ import annotations
 
 from typing import Callable
 
-TEXT_PREFIX = "cond_stage_model."
+from sd_cli.loading.loader import TEXT_PREFIX, VAE_PREFIX
+
 TOKEN_EMBEDDING_PREFIX = TEXT_PREFIX + "token_embedding."
-VAE_ENCODER_PREFIXES = ("first_stage_model.encoder.", "first_stage_model.quant_conv.")
+VAE_ENCODER_PREFIXES = (VAE_PREFIX + "encoder.", VAE_PREFIX + "quant_conv.")
 
 TEXT_ENCODER = "text encoder"  # the model's part names, as model._ready and --offload use them
 VAE_ENCODER = "VAE encoder"
@@ -48,7 +49,7 @@ class WaitingParts:
         self.text = model.cond_stage_model
         self.vae = model.first_stage_model
         deferred.parts[TEXT_PREFIX] = self.text  # pinned with the rest when a LoRA is merged
-        deferred.parts["first_stage_model."] = self.vae
+        deferred.parts[VAE_PREFIX] = self.vae
         self.text_resident = False
 
     def use(self, part: str) -> None:
@@ -58,7 +59,7 @@ class WaitingParts:
                 self.text_resident = True
             return
         if part == VAE_ENCODER:
-            self.deferred.materialise(self.vae, "first_stage_model.")  # no-op once read
+            self.deferred.materialise(self.vae, VAE_PREFIX)  # no-op once read
         if self.text_resident:
             self.deferred.free(self.text, TEXT_PREFIX)
             self.text_resident = False
